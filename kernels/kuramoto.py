@@ -1,0 +1,358 @@
+"""Kuramoto-type networks: the O(N^2) interaction sums and fixed-step integrators.
+
+Two models share the kernels (``model`` code):
+
+- ``PHASE`` (0): dθ_i/dt = ω_i + (K/N) Σ_j W_ij sin(θ_j − θ_i − α)
+- ``RATE``  (1): dx_i/dt = −x_i + (K/N) Σ_j W_ij σ(x_j) + I_i   (σ by activation code)
+
+The interaction needs S_i = Σ_j W_ij a_j and, for phases, C_i = Σ_j W_ij b_j with a = sin θ,
+b = cos θ, since sin(θ_j − θ_i − α) = cos α (sin θ_j cos θ_i − cos θ_j sin θ_i)
+− sin α (cos θ_j cos θ_i + sin θ_j sin θ_i). The coupling W is held in one of four forms
+(``kind`` code), all evaluated by parallel loops over rows i:
+
+- ``DENSE`` (0): an (N, N) float64 or float32 array, read once per evaluation;
+- ``CSR`` (1): a sparse matrix (indptr, indices, data);
+- ``STRUCTURED`` (2): a matrix-free graphon with O(N) structure,
+  W_ij = (u_i v_j + c_win·[j ∈ window(i)]) μ_j, windows being circular index ranges;
+- ``PAIRWISE`` (3): a graphon evaluated pair by pair, W_ij = w(x_i, x_j) μ_j, with a built-in
+  ``code`` or a user's jitted ``wfun(x, y)``.
+
+The coupling arrays travel as one tuple ``cp`` (see :func:`coupling_sums`).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .activations import act
+
+PHASE, RATE = 0, 1
+DENSE, CSR, STRUCTURED, PAIRWISE = 0, 1, 2, 3
+EULER, RK4 = 0, 1
+OK, NONFINITE = 0, 1
+# Built-in graphon codes for PAIRWISE evaluation and window construction.
+G_CONSTANT, G_SMALL_WORLD, G_POWER_LAW, G_DIRECTED_RING = 0, 1, 2, 3
+
+# Reassociation lets LLVM vectorise the row reductions; NaN/inf semantics are kept (no nnan,
+# ninf). Each row is reduced by one thread, so results do not depend on the thread count.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def coupling_dense(W, a, b, two, sa, sb):
+    """S = W a and (if ``two``) C = W b in one pass over W (rows in parallel)."""
+    n = W.shape[0]
+    m = W.shape[1]
+    if two:
+        for i in prange(n):
+            s = 0.0
+            c = 0.0
+            for j in range(m):
+                w = np.float64(W[i, j])
+                s += w * a[j]
+                c += w * b[j]
+            sa[i] = s
+            sb[i] = c
+    else:
+        for i in prange(n):
+            s = 0.0
+            for j in range(m):
+                s += np.float64(W[i, j]) * a[j]
+            sa[i] = s
+
+
+@njit(cache=True, parallel=True)
+def coupling_csr(indptr, indices, data, a, b, two, sa, sb):
+    """S = W a and (if ``two``) C = W b for W in CSR form (rows in parallel)."""
+    n = indptr.shape[0] - 1
+    for i in prange(n):
+        s = 0.0
+        c = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            w = np.float64(data[k])
+            j = indices[k]
+            s += w * a[j]
+            if two:
+                c += w * b[j]
+        sa[i] = s
+        if two:
+            sb[i] = c
+
+
+@njit(cache=True)
+def _prefix(mu, a, out):
+    """out[k] = Σ_{j<k} μ_j a_j (out has N + 1 entries)."""
+    acc = 0.0
+    out[0] = 0.0
+    for j in range(a.shape[0]):
+        acc += mu[j] * a[j]
+        out[j + 1] = acc
+
+
+@njit(cache=True, inline="always")
+def _window_sum(prefix, start, length, n):
+    end = start + length
+    if end <= n:
+        return prefix[end] - prefix[start]
+    return prefix[n] - prefix[start] + prefix[end - n]
+
+
+@njit(cache=True, parallel=True)
+def coupling_structured(u, v, c_win, start, length, mu, a, b, two, sa, sb, pa, pb):
+    """Matrix-free O(N) sums for W_ij = (u_i v_j + c_win [j in window(i)]) μ_j.
+
+    ``start[i]``, ``length[i]`` give the circular index window of row i; ``pa``/``pb`` are
+    scratch of length N + 1 for prefix sums.
+    """
+    n = a.shape[0]
+    ta = 0.0
+    tb = 0.0
+    for j in range(n):
+        ta += v[j] * mu[j] * a[j]
+        if two:
+            tb += v[j] * mu[j] * b[j]
+    if c_win != 0.0:
+        _prefix(mu, a, pa)
+        if two:
+            _prefix(mu, b, pb)
+    for i in prange(n):
+        s = u[i] * ta
+        c = u[i] * tb
+        if c_win != 0.0 and length[i] > 0:
+            s += c_win * _window_sum(pa, start[i], length[i], n)
+            if two:
+                c += c_win * _window_sum(pb, start[i], length[i], n)
+        sa[i] = s
+        if two:
+            sb[i] = c
+
+
+@njit(cache=True)
+def circular_distance(x, y):
+    """Distance of x, y on the circle [0, 1)."""
+    d = abs(x - y)
+    d = d - math.floor(d)
+    return min(d, 1.0 - d)
+
+
+@njit(cache=True)
+def graphon_value(code, params, x, y):
+    """Built-in graphon w(x, y) on [0, 1]^2.
+
+    constant: p0; small-world: 1 − p1 if circular distance ≤ r = p0 else p1;
+    power-law: (x y)^(−p0); directed ring: 1 if 0 < (y − x) mod 1 ≤ p0 else 0.
+    """
+    if code == G_SMALL_WORLD:
+        return 1.0 - params[1] if circular_distance(x, y) <= params[0] else params[1]
+    if code == G_POWER_LAW:
+        return (x * y) ** (-params[0])
+    if code == G_DIRECTED_RING:
+        d = y - x
+        d = d - math.floor(d)
+        return 1.0 if 0.0 < d <= params[0] else 0.0
+    return params[0]
+
+
+@njit(cache=True)
+def _in_window(code, params, x, y):
+    if code == G_SMALL_WORLD:
+        return circular_distance(x, y) <= params[0]
+    d = y - x
+    d = d - math.floor(d)
+    return 0.0 < d <= params[0]
+
+
+@njit(cache=True, parallel=True)
+def graphon_windows(x, code, params, start, length):
+    """Circular index windows {j : x_j near x_i} for sorted positions ``x`` (in place).
+
+    Scans outward from i with the same predicate the pairwise evaluation uses, so the
+    structured and pairwise forms select exactly the same pairs.
+    """
+    n = x.shape[0]
+    for i in prange(n):
+        back = 0
+        if code == G_SMALL_WORLD:
+            while back < n - 1 and _in_window(code, params, x[i], x[(i - back - 1) % n]):
+                back += 1
+        fwd = 0
+        self_in = 1 if code == G_SMALL_WORLD else 0
+        while back + fwd + self_in < n and _in_window(code, params, x[i], x[(i + fwd + 1) % n]):
+            fwd += 1
+        if self_in == 1:
+            start[i] = (i - back) % n
+            length[i] = back + fwd + 1
+        else:
+            start[i] = (i + 1) % n
+            length[i] = fwd
+
+
+@njit(cache=True, parallel=True)
+def coupling_pairwise(x, mu, code, params, wfun, a, b, two, sa, sb):
+    """Sums with W_ij = w(x_i, x_j) μ_j evaluated on the fly (O(N^2) work, O(N) memory)."""
+    n = x.shape[0]
+    for i in prange(n):
+        s = 0.0
+        c = 0.0
+        xi = x[i]
+        for j in range(n):
+            if wfun is None:
+                w = graphon_value(code, params, xi, x[j]) * mu[j]
+            else:
+                w = wfun(xi, x[j]) * mu[j]
+            s += w * a[j]
+            if two:
+                c += w * b[j]
+        sa[i] = s
+        if two:
+            sb[i] = c
+
+
+@njit(cache=True, parallel=True)
+def graphon_matrix_block(xr, xc, mu, code, params, wfun, out):
+    """out[i, j] = w(xr_i, xc_j) μ_j: a block of rows of the dense graphon matrix."""
+    for i in prange(xr.shape[0]):
+        for j in range(xc.shape[0]):
+            if wfun is None:
+                out[i, j] = graphon_value(code, params, xr[i], xc[j]) * mu[j]
+            else:
+                out[i, j] = wfun(xr[i], xc[j]) * mu[j]
+
+
+@njit(cache=True)
+def coupling_sums(kind, cp, wfun, a, b, two, sa, sb):
+    """Dispatch to the coupling form ``kind``.
+
+    ``cp = (W, indptr, indices, data, x, mu, u, v, start, length, params, code, c_win,
+    pa, pb)``; entries a form does not use may be empty arrays.
+    """
+    if kind == DENSE:
+        coupling_dense(cp[0], a, b, two, sa, sb)
+    elif kind == CSR:
+        coupling_csr(cp[1], cp[2], cp[3], a, b, two, sa, sb)
+    elif kind == STRUCTURED:
+        coupling_structured(cp[6], cp[7], cp[12], cp[8], cp[9], cp[5], a, b, two, sa, sb,
+                            cp[13], cp[14])
+    else:
+        coupling_pairwise(cp[4], cp[5], cp[11], cp[10], wfun, a, b, two, sa, sb)
+
+
+@njit(cache=True, parallel=True)
+def network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, out):
+    """Right-hand side of the PHASE or RATE model into ``out`` (a, b, sa, sb are scratch)."""
+    n = state.shape[0]
+    two = model == PHASE
+    for i in prange(n):
+        if two:
+            a[i] = math.sin(state[i])
+            b[i] = math.cos(state[i])
+        else:
+            a[i] = act(act_code, state[i])
+    coupling_sums(kind, cp, wfun, a, b, two, sa, sb)
+    if two:
+        ca = math.cos(alpha)
+        sn = math.sin(alpha)
+        for i in prange(n):
+            # Σ_j W_ij sin(θ_j − θ_i − α) from S_i, C_i and the row's own sin/cos
+            inter = ca * (sa[i] * b[i] - sb[i] * a[i]) - sn * (sb[i] * b[i] + sa[i] * a[i])
+            out[i] = drive[i] + KN * inter
+    else:
+        for i in prange(n):
+            out[i] = -state[i] + KN * sa[i] + drive[i]
+
+
+@njit(cache=True)
+def order_parameter_sums(theta):
+    """(1/N) Σ_j e^{iθ_j} as (real, imag)."""
+    re = 0.0
+    im = 0.0
+    for j in range(theta.shape[0]):
+        re += math.cos(theta[j])
+        im += math.sin(theta[j])
+    n = theta.shape[0]
+    return re / n, im / n
+
+
+@njit(cache=True)
+def _record(model, act_code, state, obs, k):
+    """Per-step observables: PHASE → (r, ψ); RATE → (mean σ(x), mean x)."""
+    if model == PHASE:
+        re, im = order_parameter_sums(state)
+        obs[k, 0] = math.sqrt(re * re + im * im)
+        obs[k, 1] = math.atan2(im, re)
+    else:
+        s = 0.0
+        m = 0.0
+        for j in range(state.shape[0]):
+            s += act(act_code, state[j])
+            m += state[j]
+        obs[k, 0] = s / state.shape[0]
+        obs[k, 1] = m / state.shape[0]
+
+
+@njit(cache=True, parallel=True)
+def network_advance(model, act_code, state, drive, KN, alpha, dt, method, n_steps, save_every,
+                    step0, kind, cp, wfun, frames, obs):
+    """Advance ``state`` in place by ``n_steps`` fixed steps of Euler or classic RK4.
+
+    After each step k (global step ``step0 + k + 1``) the observables go to ``obs[k]``; when the
+    global step is a multiple of ``save_every`` the state is copied to the next row of
+    ``frames``. Returns ``(n_done, n_frames, status)``; on a non-finite state the step is
+    undone (``state`` holds the last finite one) and status is ``NONFINITE``.
+    """
+    n = state.shape[0]
+    a = np.empty(n)
+    b = np.empty(n)
+    sa = np.empty(n)
+    sb = np.empty(n)
+    k1 = np.empty(n)
+    k2 = np.empty(n)
+    k3 = np.empty(n)
+    k4 = np.empty(n)
+    tmp = np.empty(n)
+    n_frames = 0
+    for k in range(n_steps):
+        network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k1)
+        if method == EULER:
+            for i in prange(n):
+                tmp[i] = state[i] + dt * k1[i]
+        else:
+            h = 0.5 * dt
+            for i in prange(n):
+                tmp[i] = state[i] + h * k1[i]
+            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k2)
+            for i in prange(n):
+                tmp[i] = state[i] + h * k2[i]
+            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k3)
+            for i in prange(n):
+                tmp[i] = state[i] + dt * k3[i]
+            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k4)
+            sixth = dt / 6.0
+            for i in prange(n):
+                tmp[i] = state[i] + sixth * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+        finite = True
+        for i in range(n):
+            if not math.isfinite(tmp[i]):
+                finite = False
+                break
+        if not finite:
+            return k, n_frames, NONFINITE
+        for i in prange(n):
+            state[i] = tmp[i]
+        _record(model, act_code, state, obs, k)
+        if (step0 + k + 1) % save_every == 0:
+            for i in prange(n):
+                frames[n_frames, i] = state[i]
+            n_frames += 1
+    return n_steps, n_frames, OK
+
+
+@njit(cache=True)
+def graphon_eval(xs, ys, code, params, wfun, out):
+    """out[k] = w(xs[k], ys[k]) elementwise."""
+    for k in range(xs.shape[0]):
+        if wfun is None:
+            out[k] = graphon_value(code, params, xs[k], ys[k])
+        else:
+            out[k] = wfun(xs[k], ys[k])

@@ -1,0 +1,470 @@
+"""Kuramoto-type network models and their simulation, streamed to the trajectory store.
+
+Models (i = 1..N, coupling W in any form accepted by :class:`Coupling`):
+
+- :class:`Kuramoto`: dθ_i/dt = ω_i + (K/N) Σ_j W_ij sin(θ_j − θ_i − α)
+- :class:`FiringRate`: dx_i/dt = −x_i + (K/N) Σ_j W_ij σ(x_j) + I_i
+
+:func:`simulate` integrates with fixed-step RK4 or Euler, many steps per kernel call, records
+observables every step (Kuramoto: order parameter r and phase ψ of r e^{iψ} = (1/N) Σ_j e^{iθ_j};
+firing rate: mean rate (1/N) Σ σ(x_j) and mean state) and the state every ``save_every`` steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validate import (
+    as_array,
+    check_finite,
+    check_int,
+    check_option,
+    check_positive,
+)
+from .errors import NonFiniteStateError
+from .graphs import DigraphMeasure, Graphon
+from .kernels import kuramoto as kk
+from .kernels.activations import ACTIVATIONS
+from .storage import TrajectoryWriter, chunk_rows
+
+__all__ = [
+    "Coupling",
+    "Kuramoto",
+    "FiringRate",
+    "NetworkRun",
+    "simulate",
+    "order_parameter",
+    "twisted_state",
+]
+
+METHODS = {"euler": kk.EULER, "rk4": kk.RK4}
+DTYPES = {"float64": np.float64, "float32": np.float32}
+_EMPTY = np.zeros(0)
+_EMPTY_I = np.zeros(0, np.int64)
+
+
+class Coupling:
+    """The coupling W of a network of N nodes, in the form the kernels read.
+
+    Parameters
+    ----------
+    W : array (N, N), scipy.sparse matrix, :class:`Graphon` or :class:`DigraphMeasure`
+        Dense arrays and sparse matrices are used as given (W_ij = weight of the edge j → i);
+        a ``Graphon`` is discretised on the grid x_i = i/N with unit node weights; a
+        ``DigraphMeasure`` carries its own positions and node weights. Built-in graphons are
+        evaluated matrix-free in O(N) memory; ``pairwise=True`` forces the O(N^2)-work pair by
+        pair evaluation (what user graphon functions always use).
+    n : int
+        Number of nodes (checked against W).
+    dtype : "float64" or "float32"
+        Storage precision of dense/sparse weights (float32 halves the memory traffic; sums are
+        accumulated in float64).
+    """
+
+    def __init__(self, W: Any, n: int, *, dtype: str = "float64", pairwise: bool = False):
+        check_option("dtype", dtype, DTYPES)
+        dt = DTYPES[dtype]
+        self.dtype = dtype
+        W_ = x = mu = u = v = _EMPTY
+        indptr = indices = start = length = _EMPTY_I
+        data = _EMPTY.astype(dt)
+        params, code, c_win, self.wfun = np.zeros(2), 0, 0.0, None
+        if isinstance(W, Graphon):
+            W = DigraphMeasure(W, n)
+        if isinstance(W, DigraphMeasure):
+            if W.n != n:
+                raise ValueError(f"coupling has {W.n} nodes but the model has N = {n}")
+            x, mu = W.x, W.mu
+            params, code, self.wfun = W.w.kernel_params(), W.w.code, W.w.fn
+            structure = None if pairwise else W.structure()
+            if structure is None:
+                self.kind, self.description = kk.PAIRWISE, f"graphon:{W.w.name}:pairwise"
+            else:
+                self.kind, self.description = kk.STRUCTURED, f"graphon:{W.w.name}"
+                u, v, c_win, start, length = structure
+            self.measure = W
+        elif sp.issparse(W):
+            if W.shape != (n, n):
+                raise ValueError(f"sparse coupling must have shape ({n}, {n}), got {W.shape}")
+            csr = sp.csr_matrix(W)
+            csr.sum_duplicates()
+            data = np.ascontiguousarray(csr.data, dtype=dt)
+            check_finite("coupling weights", data)
+            indptr = np.ascontiguousarray(csr.indptr, dtype=np.int64)
+            indices = np.ascontiguousarray(csr.indices)
+            if indices.dtype not in (np.int32, np.int64):
+                indices = indices.astype(np.int64)
+            self.kind, self.description = kk.CSR, f"csr:nnz={data.size}"
+        else:
+            W_ = as_array("coupling", W, shape=(n, n), dtype=dt)
+            self.kind, self.description = kk.DENSE, "dense"
+        # prefix-sum scratch of the structured form
+        pa, pb = (np.empty(n + 1), np.empty(n + 1)) if self.kind == kk.STRUCTURED else (x, x)
+        if W_.size == 0:
+            W_ = np.zeros((0, 0), dtype=dt)
+        self.n = n
+        self.cp = (W_, indptr, indices, data, x, mu, u, v, start, length, params, code,
+                   float(c_win), pa, pb)
+
+    def fingerprint(self) -> str:
+        """A digest of the weights, used to check that a resumed run continues the same model."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.description.encode())
+        for arr in self.cp[:11]:
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(repr(self.cp[11:13]).encode())
+        return h.hexdigest()
+
+
+def _coupling(W: Any, n: int, dtype: str) -> Coupling:
+    return W if isinstance(W, Coupling) else Coupling(W, n, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Kuramoto:
+    """Kuramoto oscillators with phase lag: dθ_i/dt = ω_i + (K/N) Σ_j W_ij sin(θ_j − θ_i − α).
+
+    Parameters
+    ----------
+    omega : array (N,)
+        Natural frequencies (rad per time unit).
+    coupling : dense (N, N) array, scipy.sparse matrix, Graphon, DigraphMeasure or Coupling
+    K : float
+        Coupling strength.
+    alpha : float
+        Phase lag α in radians (default 0).
+    dtype : "float64" or "float32"
+        Storage precision of the weights.
+    """
+
+    omega: np.ndarray
+    coupling: Any
+    K: float
+    alpha: float = 0.0
+    dtype: str = "float64"
+    _c: Coupling = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        omega = as_array("omega", self.omega, ndim=1)
+        if omega.size < 1:
+            raise ValueError("N must be >= 1 (omega is empty)")
+        object.__setattr__(self, "omega", omega)
+        object.__setattr__(self, "K", _real("K", self.K))
+        object.__setattr__(self, "alpha", _real("alpha", self.alpha))
+        object.__setattr__(self, "_c", _coupling(self.coupling, omega.size, self.dtype))
+
+    @property
+    def n(self) -> int:
+        return self.omega.size
+
+    model_code = kk.PHASE
+    act_code = 0
+    observables = ("r", "psi")
+
+    @property
+    def drive(self) -> np.ndarray:
+        return self.omega
+
+    def params(self) -> dict[str, Any]:
+        return {"model": "kuramoto", "N": self.n, "K": self.K, "alpha": self.alpha,
+                "coupling": self._c.description, "dtype": self._c.dtype, "omega": self.omega}
+
+
+@dataclass(frozen=True)
+class FiringRate:
+    """Firing-rate network: dx_i/dt = −x_i + (K/N) Σ_j W_ij σ(x_j) + I_i.
+
+    Parameters
+    ----------
+    I : array (N,)
+        External inputs.
+    coupling : as for :class:`Kuramoto`
+    K : float
+        Coupling strength.
+    activation : one of "tanh", "sigmoid", "relu", "softplus", "identity", "gelu"
+    dtype : "float64" or "float32"
+    """
+
+    I: np.ndarray
+    coupling: Any
+    K: float
+    activation: str = "tanh"
+    dtype: str = "float64"
+    _c: Coupling = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        inp = as_array("I", self.I, ndim=1)
+        if inp.size < 1:
+            raise ValueError("N must be >= 1 (I is empty)")
+        check_option("activation", self.activation, ACTIVATIONS)
+        object.__setattr__(self, "I", inp)
+        object.__setattr__(self, "K", _real("K", self.K))
+        object.__setattr__(self, "_c", _coupling(self.coupling, inp.size, self.dtype))
+
+    @property
+    def n(self) -> int:
+        return self.I.size
+
+    model_code = kk.RATE
+    observables = ("mean_rate", "mean_state")
+
+    @property
+    def act_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+    @property
+    def drive(self) -> np.ndarray:
+        return self.I
+
+    def params(self) -> dict[str, Any]:
+        return {"model": "firing_rate", "N": self.n, "K": self.K, "activation": self.activation,
+                "coupling": self._c.description, "dtype": self._c.dtype, "I": self.I}
+
+
+def _real(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class NetworkRun:
+    """Result of :func:`simulate`.
+
+    ``t`` (S + 1,) and ``obs`` (S + 1, 2) hold the observables at every step (column names in
+    ``names``); ``frame_t`` (F,) and ``frames`` (F, N) the saved states. With an output file
+    only the final state is kept in memory (``t``, ``obs``, ``frames`` are then the last chunk);
+    read the rest with :func:`nndyn_fast.open_run`.
+    """
+
+    t: np.ndarray
+    obs: np.ndarray
+    frame_t: np.ndarray
+    frames: np.ndarray
+    state: np.ndarray
+    names: tuple[str, ...]
+    path: str | None = None
+    steps: int = 0
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        names = object.__getattribute__(self, "names")
+        if name in names:
+            return object.__getattribute__(self, "obs")[:, names.index(name)]
+        raise AttributeError(name)
+
+
+def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Kuramoto order parameter r e^{iψ} = (1/N) Σ_j e^{iθ_j} of phases ``theta`` (..., N).
+
+    Returns ``(r, psi)`` with the leading shape of ``theta``.
+    """
+    th = as_array("theta", theta, ndim=(1, 2))
+    z = np.exp(1j * th).mean(axis=-1)
+    return np.abs(z), np.angle(z)
+
+
+def twisted_state(n: int, q: int, c: float = 0.0) -> np.ndarray:
+    """q-twisted state θ_i = 2π q i / N + c, i = 1..N (an equilibrium of identical oscillators
+    on ring graphons)."""
+    n = check_int("N", n, minimum=1)
+    q = check_int("q", q)
+    return 2 * np.pi * q * np.arange(1, n + 1) / n + _real("c", c)
+
+
+def _plan_chunk(n: int, save_every: int, chunk_steps: int | None) -> tuple[int, int]:
+    """(steps per kernel call, frame rows per call): about 1 MiB of frames per chunk."""
+    frames = chunk_rows((n,), np.float64)
+    steps = chunk_steps if chunk_steps is not None else min(frames * save_every, 1 << 16)
+    steps = max(1, steps)
+    return steps, steps // save_every + 1
+
+
+def simulate(
+    model: Kuramoto | FiringRate,
+    state0: Any,
+    t_end: float,
+    dt: float,
+    *,
+    method: str = "rk4",
+    save_every: int = 1,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    chunk_steps: int | None = None,
+    extra_params: dict[str, Any] | None = None,
+) -> NetworkRun:
+    """Integrate a network model with fixed steps from t = 0 to t_end (rounded up to a step).
+
+    Parameters
+    ----------
+    model : Kuramoto or FiringRate
+    state0 : array (N,)
+        Initial phases θ(0) (rad) or states x(0).
+    t_end, dt : float
+        End time and step (> 0); the run takes ceil(t_end / dt) steps.
+    method : "rk4" (default) or "euler"
+    save_every : int
+        Save the state every this many steps (observables are kept every step).
+    out : path, optional
+        Stream to this HDF5 run file (see :mod:`nndyn_fast.storage`): series ``trajectory``
+        (time, step, value (N,)) and ``observables`` (time, step, value (2,)), committed per
+        chunk with a checkpoint, so a killed run keeps every committed chunk.
+    overwrite, resume : bool
+        Replace an existing ``out``, or continue the run it holds from its last checkpoint
+        (the model, dt, method and save_every must be the same; the result is identical to an
+        uninterrupted run).
+    progress : bool
+        Print a progress bar on stderr for runs longer than a few seconds.
+    chunk_steps : int, optional
+        Steps per kernel call (default: about 1 MiB of frames, at most 65536 steps).
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, NaN/inf, dt <= 0, unknown method, unwritable or existing ``out``.
+    NonFiniteStateError
+        The state became NaN/inf; the error names the step and time, and the run file keeps
+        every frame before it (status ``failed``).
+    """
+    if not isinstance(model, (Kuramoto, FiringRate)):
+        raise ValueError(f"model must be a Kuramoto or FiringRate, got {type(model).__name__}")
+    n = model.n
+    x0 = as_array("state0", state0, shape=(n,))
+    t_end = check_positive("t_end", t_end)
+    dt = check_positive("dt", dt)
+    check_option("method", method, METHODS)
+    save_every = check_int("save_every", save_every, minimum=1)
+    if chunk_steps is not None:
+        chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    total = int(np.ceil(t_end / dt - 1e-9))
+    steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
+    c = model._c
+    names = model.observables
+    params = {**model.params(), "dt": dt, "t_end": t_end, "steps": total, "method": method,
+              "save_every": save_every, "fingerprint": c.fingerprint(),
+              **(extra_params or {})}
+
+    writer = None
+    state = x0.copy()
+    step = 0
+    if out is not None and resume:
+        writer = TrajectoryWriter.resume(out)
+        stored = writer.params
+        for key in ("fingerprint", "dt", "method", "save_every", "steps", "N"):
+            if stored.get(key) != params[key]:
+                writer.close("failed", "resume refused: parameters differ")
+                raise ValueError(
+                    f"cannot resume {str(out)!r}: its {key} is {stored.get(key)!r}, this run's "
+                    f"is {params[key]!r}; resume with the same model and options"
+                )
+        ck = writer.checkpoint
+        state = np.ascontiguousarray(ck["state"], dtype=np.float64)
+        step = int(ck["step"])
+    elif out is not None:
+        writer = TrajectoryWriter.create(
+            out, kind=params["model"], params=params, overwrite=overwrite,
+            series={"trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
+                    "observables": {"time": (), "step": ((), np.int64), "value": (2,)}},
+            chunk_frames={"trajectory": frame_rows - 1 or 1, "observables": steps_per_call},
+        )
+        obs0 = _observables(model, state)
+        writer.append("trajectory", time=np.zeros(1), step=np.zeros(1, np.int64), value=state[None])
+        writer.append("observables", time=np.zeros(1), step=np.zeros(1, np.int64), value=obs0)
+        writer.commit(state=state, step=0)
+
+    frames_buf = np.empty((frame_rows, n))
+    obs_buf = np.empty((steps_per_call, 2))
+    # in memory (no out): every step's observables and every saved frame, from t = 0
+    keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
+    keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
+    steps_idx = frame_steps = np.zeros(0, np.int64)
+    bar = _Progress(total, enabled=progress)
+    bar.update(step)
+    try:
+        while step < total:
+            k = min(steps_per_call, total - step)
+            done, nf, status = kk.network_advance(
+                model.model_code, model.act_code, state, model.drive, model.K / n, model.alpha,
+                dt, METHODS[method], k, save_every, step, c.kind, c.cp, c.wfun, frames_buf, obs_buf,
+            )
+            steps_idx = np.arange(step + 1, step + done + 1, dtype=np.int64)
+            frame_steps = steps_idx[steps_idx % save_every == 0]
+            if writer is not None:
+                writer.append("observables", time=steps_idx * dt, step=steps_idx,
+                              value=obs_buf[:done])
+                writer.append("trajectory", time=frame_steps * dt, step=frame_steps,
+                              value=frames_buf[:nf])
+                writer.commit(state=state, step=step + done)
+            else:
+                keep_t.append(steps_idx * dt)
+                keep_obs.append(obs_buf[:done].copy())
+                keep_ft.append(frame_steps * dt)
+                keep_frames.append(frames_buf[:nf].copy())
+            step += done
+            bar.update(step)
+            if status != kk.OK:
+                raise NonFiniteStateError(
+                    f"the state became non-finite at step {step + 1} (t = {(step + 1) * dt:g}); "
+                    f"{step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
+                    step=step + 1, time=(step + 1) * dt,
+                )
+    except BaseException as exc:
+        bar.close()
+        if writer is not None:
+            writer.close("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    bar.close()
+    if writer is not None:
+        path = writer.path
+        writer.close("complete")
+        return NetworkRun(steps_idx * dt, obs_buf[: steps_idx.size].copy(), frame_steps * dt,
+                          frames_buf[: frame_steps.size].copy(), state, names, path, total)
+    return NetworkRun(np.concatenate(keep_t), np.concatenate(keep_obs), np.concatenate(keep_ft),
+                      np.concatenate(keep_frames), state, names, None, total)
+
+
+def _observables(model: Kuramoto | FiringRate, state: np.ndarray) -> np.ndarray:
+    obs = np.empty((1, 2))
+    kk._record(model.model_code, model.act_code, state, obs, 0)
+    return obs
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown once a run has taken more than 2 s."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = max(total, 1), enabled
+        self.t0 = _time.monotonic()
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = _time.monotonic() - self.t0
+        if elapsed < 2.0 and not self.shown:
+            return
+        frac = done / self.total
+        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  step {done}/{self.total}  "
+                         f"eta {eta:6.1f}s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
