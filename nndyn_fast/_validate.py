@@ -28,7 +28,8 @@ __all__ = [
 
 
 def _shape_text(shape: Iterable[int | None]) -> str:
-    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    parts = ["*" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
 def as_array(

@@ -41,6 +41,7 @@ __all__ = [
     "FiringRate",
     "NetworkRun",
     "simulate",
+    "rhs",
     "order_parameter",
     "twisted_state",
 ]
@@ -214,6 +215,7 @@ class FiringRate:
         return self.I.size
 
     model_code = kk.RATE
+    alpha = 0.0  # no phase lag in the rate model
     observables = ("mean_rate", "mean_state")
 
     @property
@@ -263,6 +265,19 @@ class NetworkRun:
         if name in names:
             return object.__getattribute__(self, "obs")[:, names.index(name)]
         raise AttributeError(name)
+
+
+def rhs(model: Kuramoto | FiringRate, state: Any) -> np.ndarray:
+    """The model's vector field dθ/dt (or dx/dt) at ``state`` (N,), as the integrators see it."""
+    if not isinstance(model, (Kuramoto, FiringRate)):
+        raise ValueError(f"model must be a Kuramoto or FiringRate, got {type(model).__name__}")
+    x = as_array("state", state, shape=(model.n,))
+    n = model.n
+    a, b, sa, sb, out = (np.empty(n) for _ in range(5))
+    c = model._c
+    kk.network_rhs(model.model_code, model.act_code, x, model.drive, model.K / n, model.alpha,
+                   c.kind, c.cp, c.wfun, a, b, sa, sb, out)
+    return out
 
 
 def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:

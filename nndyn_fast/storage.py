@@ -147,7 +147,10 @@ class TrajectoryWriter:
         p = check_out_path("out", path, overwrite=overwrite)
         check_option("compression", compression, _COMPRESSION)
         fields = {s: {f: _as_field(spec) for f, spec in cols.items()} for s, cols in series.items()}
-        h5 = h5py.File(p, "w")
+        try:
+            h5 = h5py.File(p, "w")
+        except OSError as exc:
+            raise ValueError(f"out: cannot create {str(p)!r}: {exc}") from None
         try:
             h5.attrs["schema"] = SCHEMA
             h5.attrs["schema_version"] = SCHEMA_VERSION
