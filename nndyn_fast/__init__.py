@@ -8,7 +8,39 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import NonFiniteStateError
+
+# Neural ODEs: integrators, models, flow maps, expressivity
+from .expressivity import (
+    FeedForward,
+    ShearEmbedding,
+    classify,
+    critical_points,
+    liouville_determinant,
+    mlp_as_augmented_ode,
+)
 from .graphs import DigraphMeasure, Graphon, erdos_renyi, load_matrix, w_random_graph
+from .integrate import IntegrationError, Solution, odeint
+
+# Lyapunov exponents (QR method): maps, flows, random products, SGD stability, deep networks
+from .lyapunov import (
+    FlowSystem,
+    Henon,
+    Lorenz63,
+    LyapunovSpectrum,
+    MapSystem,
+    NetworkLyapunov,
+    SGDLyapunov,
+    StabilityDiagram,
+    lyapunov_spectrum,
+    mean_square_exponent,
+    network_lyapunov,
+    plot_stability_diagram,
+    product_lyapunov,
+    random_network_lyapunov,
+    sgd_lyapunov,
+    sgd_lyapunov_mlp,
+    sgd_stability_diagram,
+)
 from .meanfield import (
     Coupling,
     FiringRate,
@@ -19,7 +51,31 @@ from .meanfield import (
     simulate,
     twisted_state,
 )
+from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
 from .storage import RunFile, TrajectoryWriter, open_run
+
+# Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
+from .training import (
+    MLP,
+    Eigenpairs,
+    GDRun,
+    GDStability,
+    eos_dataset,
+    eos_experiment,
+    forward,
+    gauss_newton_vp,
+    gd_stability,
+    grad,
+    gradient_descent,
+    hessian_operator,
+    hvp,
+    loss,
+    loss_and_grad,
+    per_sample_gradients,
+    plot_eos,
+    sharpness,
+    top_eigenpairs,
+)
 
 __all__ = [
     "__version__",
@@ -42,4 +98,56 @@ __all__ = [
     "simulate",
     "twisted_state",
     "w_random_graph",
+    # neural ODEs
+    "AugmentedNeuralODE",
+    "FeedForward",
+    "IntegrationError",
+    "NeuralODE",
+    "ShearEmbedding",
+    "Solution",
+    "classify",
+    "critical_points",
+    "flow_jacobian",
+    "flow_map",
+    "liouville_determinant",
+    "mlp_as_augmented_ode",
+    "odeint",
+    # Lyapunov exponents
+    "FlowSystem",
+    "Henon",
+    "Lorenz63",
+    "LyapunovSpectrum",
+    "MapSystem",
+    "NetworkLyapunov",
+    "SGDLyapunov",
+    "StabilityDiagram",
+    "lyapunov_spectrum",
+    "mean_square_exponent",
+    "network_lyapunov",
+    "plot_stability_diagram",
+    "product_lyapunov",
+    "random_network_lyapunov",
+    "sgd_lyapunov",
+    "sgd_lyapunov_mlp",
+    "sgd_stability_diagram",
+    # training dynamics
+    "MLP",
+    "Eigenpairs",
+    "GDRun",
+    "GDStability",
+    "eos_dataset",
+    "eos_experiment",
+    "forward",
+    "gauss_newton_vp",
+    "gd_stability",
+    "grad",
+    "gradient_descent",
+    "hessian_operator",
+    "hvp",
+    "loss",
+    "loss_and_grad",
+    "per_sample_gradients",
+    "plot_eos",
+    "sharpness",
+    "top_eigenpairs",
 ]

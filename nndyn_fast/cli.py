@@ -14,6 +14,8 @@ import sys
 FAMILIES = [
     ("nndyn_fast.cli_kuramoto", "add_kuramoto_parser"),
     ("nndyn_fast.cli_kuramoto", "add_plot_parser"),
+    ("nndyn_fast.cli_ode", "add_ode_parser"),
+    ("nndyn_fast.cli_eos", "add_eos_parser"),
     # further families register here
 ]
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import sys
 import time as _time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -115,6 +118,17 @@ class Coupling:
         self.cp = (W_, indptr, indices, data, x, mu, u, v, start, length, params, code,
                    float(c_win), pa, pb)
 
+    @property
+    def work(self) -> int:
+        """Multiply-adds per interaction evaluation (decides whether threads pay off)."""
+        if self.kind == kk.DENSE:
+            return self.n * self.n
+        if self.kind == kk.CSR:
+            return self.cp[3].size
+        if self.kind == kk.PAIRWISE:
+            return 8 * self.n * self.n  # a graphon evaluation costs several flops
+        return 4 * self.n
+
     def fingerprint(self) -> str:
         """A digest of the weights, used to check that a resumed run continues the same model."""
         h = hashlib.blake2b(digest_size=16)
@@ -123,6 +137,22 @@ class Coupling:
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(repr(self.cp[11:13]).encode())
         return h.hexdigest()
+
+
+# Below this many multiply-adds per evaluation, starting threads costs more than it saves
+# (measured: O(N) graphon sums at N = 10^5 run faster on one thread). Results are identical
+# for any thread count, so this only changes speed.
+PARALLEL_MIN_WORK = 250_000
+
+
+@contextmanager
+def _threads_for(work: int) -> Iterator[None]:
+    before = numba.get_num_threads()
+    numba.set_num_threads(before if work >= PARALLEL_MIN_WORK else 1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _coupling(W: Any, n: int, dtype: str) -> Coupling:
@@ -275,8 +305,9 @@ def rhs(model: Kuramoto | FiringRate, state: Any) -> np.ndarray:
     n = model.n
     a, b, sa, sb, out = (np.empty(n) for _ in range(5))
     c = model._c
-    kk.network_rhs(model.model_code, model.act_code, x, model.drive, model.K / n, model.alpha,
-                   c.kind, c.cp, c.wfun, a, b, sa, sb, out)
+    with _threads_for(c.work):
+        kk.network_rhs(model.model_code, model.act_code, x, model.drive, model.K / n,
+                       model.alpha, c.kind, c.cp, c.wfun, a, b, sa, sb, out)
     return out
 
 
@@ -411,10 +442,12 @@ def simulate(
     try:
         while step < total:
             k = min(steps_per_call, total - step)
-            done, nf, status = kk.network_advance(
-                model.model_code, model.act_code, state, model.drive, model.K / n, model.alpha,
-                dt, METHODS[method], k, save_every, step, c.kind, c.cp, c.wfun, frames_buf, obs_buf,
-            )
+            with _threads_for(c.work):
+                done, nf, status = kk.network_advance(
+                    model.model_code, model.act_code, state, model.drive, model.K / n,
+                    model.alpha, dt, METHODS[method], k, save_every, step, c.kind, c.cp, c.wfun,
+                    frames_buf, obs_buf,
+                )
             steps_idx = np.arange(step + 1, step + done + 1, dtype=np.int64)
             frame_steps = steps_idx[steps_idx % save_every == 0]
             if writer is not None:

@@ -1,0 +1,130 @@
+"""Benchmarks of the delay integrators, each beside its baseline in the same group.
+
+- ``dde-mackey-glass``: Mackey-Glass (beta 0.2, gamma 0.1, n 10, tau 17, history 1.2) to
+  t_end (1000 with NNDYN_BENCH_FULL=1, else 100), every solver at the loosest setting that
+  reaches an error of 1e-6 at t = 100 against a tight-tolerance dopri5 run (cross-checked by
+  fixed-step RK4): our dopri5, our rk4, and a pure numpy/Python RK4 with Hermite history.
+- ``dde-neural-batch``: 1000 (full; 200 default) one-dimensional NeuralDDE inputs to T = 10,
+  all threads vs one thread vs numpy RK4 vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from nndyn_fast.delay import MackeyGlass, NeuralDDE, ddeint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_dde import mackey_glass_rhs, naive_rk4, neural_dde_rhs  # noqa: E402
+
+FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
+T_END = 1000.0 if FULL else 100.0
+TARGET = 1e-6
+MG = MackeyGlass()
+H0 = np.array([1.2])
+
+
+def _mg_hist(s):
+    return np.array([1.2])
+
+
+@pytest.fixture(scope="module")
+def mg_settings():
+    t100 = np.array([0.0, 100.0])
+    ref = ddeint(MG, H0, t100, delays=17.0, rtol=1e-12, atol=1e-14).y[-1, 0]
+    chk = ddeint(MG, H0, t100, delays=17.0, method="rk4", dt=0.01).y[-1, 0]
+    assert abs(ref - chk) < 1e-9  # the reference is cross-checked by the fixed-step method
+    rtol = next(
+        r
+        for r in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7, 3e-8, 1e-8)
+        if abs(ddeint(MG, H0, t100, delays=17.0, rtol=r, atol=r).y[-1, 0] - ref) <= TARGET
+    )
+    dts = (1.0, 0.5, 0.25, 0.2, 0.125, 0.1)  # divisors of 17 for the naive fixed grid
+    dt_ours = next(
+        d
+        for d in dts
+        if abs(ddeint(MG, H0, t100, delays=17.0, method="rk4", dt=d).y[-1, 0] - ref) <= TARGET
+    )
+    f = mackey_glass_rhs()
+    dt_naive = next(
+        d
+        for d in dts
+        if abs(naive_rk4(f, _mg_hist, 0.0, 100.0, d, [17.0])[1][-1, 0] - ref) <= TARGET
+    )
+    print(f"\nMackey-Glass settings for error {TARGET} at t=100: dopri5 rtol={rtol}, "
+          f"rk4 dt={dt_ours}, naive dt={dt_naive}")  # fmt: skip
+    return rtol, dt_ours, dt_naive
+
+
+T_OUT = np.linspace(0.0, T_END, 11)
+
+
+@pytest.mark.benchmark(group="dde-mackey-glass")
+def test_mg_ours_dopri5(benchmark, mg_settings):
+    rtol = mg_settings[0]
+    ddeint(MG, H0, T_OUT, delays=17.0, rtol=rtol, atol=rtol)  # compile
+    benchmark(ddeint, MG, H0, T_OUT, delays=17.0, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.benchmark(group="dde-mackey-glass")
+def test_mg_ours_rk4(benchmark, mg_settings):
+    dt = mg_settings[1]
+    ddeint(MG, H0, T_OUT, delays=17.0, method="rk4", dt=dt)
+    benchmark(ddeint, MG, H0, T_OUT, delays=17.0, method="rk4", dt=dt)
+
+
+@pytest.mark.benchmark(group="dde-mackey-glass")
+def test_mg_naive_numpy_rk4(benchmark, mg_settings):
+    dt = mg_settings[2]
+    f = mackey_glass_rhs()
+    benchmark.pedantic(
+        naive_rk4, args=(f, _mg_hist, 0.0, T_END, dt, [17.0]), rounds=3 if FULL else 1
+    )
+
+
+# --- a batch of one-dimensional NeuralDDE inputs ---
+BATCH = 1000 if FULL else 200
+_rng = np.random.default_rng(0)
+NEURAL = NeuralDDE(
+    _rng.normal(size=(1, 8)) / 3, _rng.normal(size=(8, 1)), _rng.normal(size=(8, 1)),
+    _rng.normal(size=8),
+)  # fmt: skip
+X = np.linspace(-2.0, 2.0, BATCH)[:, None]
+T10 = np.array([0.0, 10.0])
+DT = 0.01
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_parallel(benchmark):
+    ddeint(NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+    benchmark(ddeint, NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_one_thread(benchmark):
+    ddeint(NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+    numba.set_num_threads(1)
+    try:
+        benchmark(ddeint, NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_numpy(benchmark):
+    W, A, B, b = NEURAL.layer_weights()
+    base = neural_dde_rhs(W, A, B, b)
+
+    def f(t, x, xd, tl=None):  # the batch as one diagonal system: x (BATCH,)
+        z = A[0] @ x[None, :] + B[0, 0] @ xd[0][None, :] + b[0][:, None]
+        return (W[0] @ np.tanh(z))[0]
+
+    x0 = X[:, 0].copy()
+    assert np.allclose(f(0.0, x0[:1], x0[None, :1]), base(0.0, x0[:1], x0[None, :1]))
+    benchmark.pedantic(naive_rk4, args=(f, lambda s: x0, 0.0, 10.0, DT, [1.0]), rounds=1)

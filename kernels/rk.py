@@ -1,0 +1,458 @@
+"""Explicit Runge-Kutta integrators: tableaus as data, one stepping loop.
+
+A method is its Butcher tableau ``(A, B, C)`` (plus ``E = b - b_hat`` and dense-output weights
+for the embedded Dormand-Prince 5(4) pair). Stage ``s`` of a step of size ``h`` from ``(t, y)``
+is ``k_s = f(t + C[s] h, y + h sum_j A[s, j] k_j)`` and the step gives
+``y_new = y + h sum_s B[s] k_s``; the embedded error estimate is ``h sum_s E[s] k_s``.
+
+Tableaus (module-level constants, float64):
+
+- ``EULER_A/B/C`` forward Euler (order 1)
+- ``RK2_A/B/C`` Heun's method (explicit trapezoid, order 2)
+- ``RK4_A/B/C`` the classic fourth-order method
+- ``DOPRI5_A/B/C/E/D`` Dormand-Prince 5(4), first same as last (the 7th stage is ``f(y_new)``);
+  ``DOPRI5_D`` are the weights of Hairer's continuous extension (order 4).
+
+References
+----------
+J. R. Dormand, P. J. Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl.
+Math. 6 (1980) 19-26. E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential
+Equations I", 2nd ed., Springer 1993, sections II.4-II.6 (step-size control, dense output).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .neural import neural_rhs
+
+# --- tableaus --------------------------------------------------------------------------------
+
+EULER_A = np.zeros((1, 1))
+EULER_B = np.array([1.0])
+EULER_C = np.array([0.0])
+
+RK2_A = np.array([[0.0, 0.0], [1.0, 0.0]])
+RK2_B = np.array([0.5, 0.5])
+RK2_C = np.array([0.0, 1.0])
+
+RK4_A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0],
+        [0.5, 0.0, 0.0, 0.0],
+        [0.0, 0.5, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+    ]
+)
+RK4_B = np.array([1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0])
+RK4_C = np.array([0.0, 0.5, 0.5, 1.0])
+
+DOPRI5_C = np.array([0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0])
+DOPRI5_A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0 / 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [3.0 / 40.0, 9.0 / 40.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0, 0.0, 0.0, 0.0, 0.0],
+        [19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0, 0.0, 0.0, 0.0],
+        [
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+            0.0,
+            0.0,
+        ],
+        [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0],
+    ]
+)
+# fifth-order weights (= last row of A: first same as last)
+DOPRI5_B = np.array(
+    [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0]
+)
+# fourth-order embedded weights b_hat
+DOPRI5_BHAT = np.array(
+    [
+        5179.0 / 57600.0,
+        0.0,
+        7571.0 / 16695.0,
+        393.0 / 640.0,
+        -92097.0 / 339200.0,
+        187.0 / 2100.0,
+        1.0 / 40.0,
+    ]
+)
+# error weights E = b - b_hat (written out exactly)
+DOPRI5_E = np.array(
+    [
+        71.0 / 57600.0,
+        0.0,
+        -71.0 / 16695.0,
+        71.0 / 1920.0,
+        -17253.0 / 339200.0,
+        22.0 / 525.0,
+        -1.0 / 40.0,
+    ]
+)
+# Hairer's dense-output weights d_s (continuous extension of order 4)
+DOPRI5_D = np.array(
+    [
+        -12715105075.0 / 11282082432.0,
+        0.0,
+        87487479700.0 / 32700410799.0,
+        -10690763975.0 / 1880347072.0,
+        701980252875.0 / 199316789632.0,
+        -1453857185.0 / 822651844.0,
+        69997945.0 / 29380423.0,
+    ]
+)
+DOPRI5_ORDER = 5  # order of the propagated solution; the error estimate is O(h^5)
+
+# --- stepping kernels ------------------------------------------------------------------------
+OK = 0
+NONFINITE = 1
+STEP_UNDERFLOW = 2
+MAX_STEPS = 3
+
+_SAFETY = 0.9
+_BETA = 0.04  # PI controller: integral exponent 1/5 - 0.75 beta, proportional exponent beta
+_FAC_MIN = 0.2
+_FAC_MAX = 10.0
+_EPS = 2.220446049250313e-16
+
+
+@njit(cache=True)
+def _user_tangent(jac_fn, args, t, z, out, d, nvar, J):
+    # out_V = J(x) V for a user field with a user Jacobian jac_fn(t, x, args, J)
+    if jac_fn is not None:
+        jac_fn(t, z[:d], args, J)
+        for i in range(d):
+            base = d + i * nvar
+            for c in range(nvar):
+                out[base + c] = 0.0
+            for j in range(d):
+                a = J[i, j]
+                if a != 0.0:
+                    bj = d + j * nvar
+                    for c in range(nvar):
+                        out[base + c] += a * z[bj + c]
+
+
+@njit(cache=True)
+def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
+    """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)``.
+
+    ``fn_ip`` (in-place user field ``f(t, x, args, out)``) or ``fn_s`` (simple user field
+    ``f(t, x, args) -> dx``) is a jitted function, or both are ``None`` for the built-in neural
+    field ``model`` (see :mod:`nndyn_fast.kernels.neural`). Tangents of user fields need
+    ``jac_fn(t, x, args, J)``; ``pre``, ``av``, ``J`` are scratch.
+    """
+    if fn_ip is not None:
+        out = K[s]
+        fn_ip(t, z[:d], args, out[:d])
+        if nvar > 0:
+            _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
+    elif fn_s is not None:
+        out = K[s]
+        r = fn_s(t, z[:d], args)
+        for i in range(d):
+            out[i] = r[i]
+        if nvar > 0:
+            _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
+    else:
+        neural_rhs(model, layer, d, nvar, z, K, s, pre, av)
+
+
+@njit(cache=True)
+def _all_finite(v):
+    for x in v:
+        if not math.isfinite(x):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _layer_at(tstops, t):
+    n = 0
+    for s in tstops:
+        if s <= t:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _next_stop(tstops, t, te):
+    for s in tstops:
+        if s > t and s < te:
+            return s
+    return te
+
+
+@njit(cache=True)
+def _rk_stages(
+    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
+    TA, TB, TC, k0_ready, pre, av, J,
+):  # fmt: skip
+    # the one stepping loop: stages k_s, then znew = z + h sum_s B_s k_s; returns evaluations
+    n = z.shape[0]
+    S = TB.shape[0]
+    nev = 0
+    if not k0_ready:
+        eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
+        nev += 1
+    for s in range(1, S):
+        for i in range(n):
+            ztmp[i] = z[i]
+        for j in range(s):
+            c = h * TA[s, j]
+            if c != 0.0:
+                for i in range(n):
+                    ztmp[i] += c * K[j, i]
+        eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + TC[s] * h, ztmp, K, s,
+                   pre, av, J)  # fmt: skip
+        nev += 1
+    for i in range(n):
+        znew[i] = z[i]
+    for s in range(S):
+        c = h * TB[s]
+        if c != 0.0:
+            for i in range(n):
+                znew[i] += c * K[s, i]
+    return nev
+
+
+@njit(cache=True)
+def _wrms(e, z, znew, rtol, atol):
+    n = e.shape[0]
+    acc = 0.0
+    for i in range(n):
+        sc = atol[i] + rtol[i] * max(abs(z[i]), abs(znew[i]))
+        r = e[i] / sc
+        acc += r * r
+    return math.sqrt(acc / n)
+
+
+@njit(cache=True)
+def rk_solve_one(
+    fn_ip, fn_s, jac_fn, args, model, d, nvar, z0, t_out, tstops, dt, adaptive,
+    TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, col, stats,
+):  # fmt: skip
+    """Integrate one trajectory from ``t_out[0]`` through every time of ``t_out``.
+
+    The state ``z0`` has length ``n = d (1 + nvar)`` (state then row-major tangents, see
+    :func:`eval_field`); frame ``k`` is written to ``Y[k, col, :]``. The field is evaluated
+    with layer ``l`` = number of ``tstops`` <= t and steps never cross a stop.
+
+    Fixed step (``adaptive`` False): every interval between consecutive output times and stops
+    is cut into ``ceil(length / dt)`` equal steps (one step when ``dt <= 0``).
+    Adaptive (``adaptive`` True, first-same-as-last tableau with error weights ``TE`` and dense
+    weights ``TD``): PI step-size control on the weighted RMS norm of the error estimate with
+    per-component ``rtol``/``atol``; output times are filled by the dense output; ``h0 > 0`` is
+    the first step, else it is chosen automatically. ``stats`` (3,) gets accepted steps,
+    rejected steps and field evaluations.
+
+    Returns ``(status, n_frames, t_reached, h_next)``: status ``OK``, ``NONFINITE`` (the state
+    became NaN/inf), ``STEP_UNDERFLOW`` or ``MAX_STEPS``; ``n_frames`` frames of ``Y`` are
+    valid; ``t_reached`` is the last time with a finite state.
+    """
+    n = z0.shape[0]
+    S = TB.shape[0]
+    T = t_out.shape[0]
+    H = model[4].shape[1]
+    z = z0.copy()
+    znew = np.empty(n)
+    ztmp = np.empty(n)
+    e = np.empty(n)
+    K = np.empty((S, n))
+    pre = np.empty(max(H, 1))
+    av = np.empty((max(H, 1), max(nvar, 1)))
+    J = np.empty((d, d))
+    for i in range(n):
+        Y[0, col, i] = z[i]
+    naccept = 0
+    nreject = 0
+    nfev = 0
+    t = t_out[0]
+    if not adaptive:
+        for k in range(1, T):
+            a = t_out[k - 1]
+            tb = t_out[k]
+            while a < tb:
+                eb = _next_stop(tstops, a, tb)
+                layer = _layer_at(tstops, a)
+                span = eb - a
+                m = 1
+                if dt > 0.0:
+                    m = max(1, int(math.ceil(span / dt * (1.0 - 1e-12))))
+                h = span / m
+                for q in range(m):
+                    t = a + q * h
+                    nfev += _rk_stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z,
+                                       K, ztmp, znew, TA, TB, TC, False, pre, av, J)  # fmt: skip
+                    if not _all_finite(znew):
+                        stats[0] = naccept
+                        stats[1] = nreject
+                        stats[2] = nfev
+                        return NONFINITE, k, t, h
+                    naccept += 1
+                    for i in range(n):
+                        z[i] = znew[i]
+                a = eb
+            t = tb
+            for i in range(n):
+                Y[k, col, i] = z[i]
+        stats[0] = naccept
+        stats[1] = nreject
+        stats[2] = nfev
+        return OK, T, t, dt
+
+    # adaptive: Dormand-Prince type pair with PI control and dense output
+    tend = t_out[T - 1]
+    expo1 = 1.0 / order - 0.75 * _BETA
+    h = h0
+    k_out = 1
+    errold = 1e-4
+    rejected_last = False
+    nonfinite = False
+    status = OK
+    while t < tend and status == OK:
+        te = _next_stop(tstops, t, tend)
+        layer = _layer_at(tstops, t)
+        k0_ready = False
+        if h <= 0.0:
+            # Hairer's starting step: two field evaluations
+            eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
+            nfev += 1
+            k0_ready = True
+            d0 = 0.0
+            d1 = 0.0
+            for i in range(n):
+                sc = atol[i] + rtol[i] * abs(z[i])
+                d0 += (z[i] / sc) ** 2
+                d1 += (K[0, i] / sc) ** 2
+            d0 = math.sqrt(d0 / n)
+            d1 = math.sqrt(d1 / n)
+            hh = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+            hh = min(hh, te - t)
+            for i in range(n):
+                ztmp[i] = z[i] + hh * K[0, i]
+            eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, 1,
+                       pre, av, J)  # fmt: skip
+            nfev += 1
+            d2 = 0.0
+            for i in range(n):
+                sc = atol[i] + rtol[i] * abs(z[i])
+                d2 += ((K[1, i] - K[0, i]) / sc) ** 2
+            d2 = math.sqrt(d2 / n) / hh
+            dm = max(d1, d2)
+            if not math.isfinite(dm):
+                h1 = hh
+            elif dm <= 1e-15:
+                h1 = max(1e-6, hh * 1e-3)
+            else:
+                h1 = (0.01 / dm) ** (1.0 / order)
+            h = min(100.0 * hh, h1, te - t)
+        while t < te:
+            if naccept + nreject >= max_steps:
+                status = MAX_STEPS
+                break
+            last = False
+            if t + h >= te:
+                h = te - t
+                last = True
+            if h <= 16.0 * _EPS * max(abs(t), abs(te)):
+                status = NONFINITE if nonfinite else STEP_UNDERFLOW
+                break
+            nfev += _rk_stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K,
+                               ztmp, znew, TA, TB, TC, k0_ready, pre, av, J)  # fmt: skip
+            k0_ready = True  # K[0] = f(t, z) stays valid after a rejection
+            for i in range(n):
+                acc = 0.0
+                for s in range(S):
+                    acc += TE[s] * K[s, i]
+                e[i] = h * acc
+            err = _wrms(e, z, znew, rtol, atol)
+            if err <= 1.0 and _all_finite(znew):
+                tnew = te if last else t + h
+                # dense output (Hairer's continuous extension) for outputs in (t, tnew]
+                while k_out < T and t_out[k_out] <= tnew:
+                    tk = t_out[k_out]
+                    if tk == tnew:
+                        for i in range(n):
+                            Y[k_out, col, i] = znew[i]
+                    else:
+                        th = (tk - t) / h
+                        th1 = 1.0 - th
+                        for i in range(n):
+                            ydiff = znew[i] - z[i]
+                            bspl = h * K[0, i] - ydiff
+                            r4 = ydiff - h * K[S - 1, i] - bspl
+                            r5 = 0.0
+                            for s in range(S):
+                                r5 += TD[s] * K[s, i]
+                            r5 *= h
+                            Y[k_out, col, i] = z[i] + th * (
+                                ydiff + th1 * (bspl + th * (r4 + th1 * r5))
+                            )
+                    k_out += 1
+                if err == 0.0:
+                    fac = _FAC_MAX
+                else:
+                    fac = _SAFETY * err ** (-expo1) * errold**_BETA
+                    fac = min(_FAC_MAX, max(_FAC_MIN, fac))
+                if rejected_last:
+                    fac = min(fac, 1.0)
+                errold = max(err, 1e-4)
+                rejected_last = False
+                nonfinite = False
+                for i in range(n):
+                    z[i] = znew[i]
+                    K[0, i] = K[S - 1, i]
+                t = tnew
+                naccept += 1
+                h = h * fac
+            else:
+                if math.isfinite(err) and _all_finite(znew):
+                    fac = max(_FAC_MIN, _SAFETY * err ** (-expo1))
+                    nonfinite = False
+                else:
+                    fac = 0.1
+                    nonfinite = True
+                h = h * fac
+                rejected_last = True
+                nreject += 1
+    stats[0] = naccept
+    stats[1] = nreject
+    stats[2] = nfev
+    return status, k_out, t, h
+
+
+@njit(cache=True, parallel=True)
+def rk_solve(
+    fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0, t_out, tstops, dt, adaptive,
+    TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, Y, status, nframes, t_reached, stats,
+):  # fmt: skip
+    """Integrate a batch ``Z0`` (B, n) in parallel, each trajectory with its own steps.
+
+    Arguments as in :func:`rk_solve_one`; ``Y`` (T, B, n), per-trajectory outputs ``status``,
+    ``nframes`` (int64), ``t_reached`` (float64), ``stats`` (B, 3) int64. ``h`` (B,) holds the
+    first step on entry (<= 0: automatic) and the proposed next step on exit. Returns the
+    number of trajectories that failed.
+    """
+    B = Z0.shape[0]
+    for bi in prange(B):
+        st, nf, tr, hn = rk_solve_one(
+            fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0[bi], t_out, tstops, dt, adaptive,
+            TA, TB, TC, TE, TD, order, rtol, atol, h[bi], max_steps, Y, bi, stats[bi],
+        )  # fmt: skip
+        status[bi] = st
+        nframes[bi] = nf
+        t_reached[bi] = tr
+        h[bi] = hn
+    nbad = 0
+    for bi in range(B):
+        if status[bi] != OK:
+            nbad += 1
+    return nbad

@@ -1,0 +1,76 @@
+"""``nndyn eos``: the edge-of-stability experiment (full-batch GD of a tanh MLP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .training import eos_experiment, plot_eos
+
+
+def add_eos_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eos",
+        help="edge of stability: GD sharpness against 2/lr for several learning rates",
+        description="Full-batch gradient descent of a tanh MLP on a fixed synthetic regression "
+        "set, one run per learning rate, recording loss and sharpness λ_max(H) (Lanczos on exact "
+        "Hessian-vector products). At the edge of stability λ_max rises to 2/lr and hovers "
+        "there while the loss keeps decreasing non-monotonically.",
+    )
+    p.add_argument(
+        "--lrs",
+        default="0.2,0.25,0.3",
+        help="comma-separated learning rates (default 0.2,0.25,0.3)",
+    )
+    p.add_argument("--steps", type=int, default=2000, help="GD steps per run (default 2000)")
+    p.add_argument(
+        "--sharpness-every",
+        type=int,
+        default=25,
+        help="measure the sharpness every n steps (default 25)",
+    )
+    p.add_argument("--n", type=int, default=100, help="data points (default 100)")
+    p.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
+    p.add_argument("--width", type=int, default=32, help="hidden width (default 32)")
+    p.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
+    p.add_argument("--out-dir", default=".", help="folder for eos_lr<lr>.h5 run files")
+    p.add_argument("--plot", default="eos.png", help="figure file (default eos.png; '' for none)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing run files")
+    p.set_defaults(func=run_eos)
+
+
+def run_eos(args: argparse.Namespace) -> int:
+    try:
+        lrs = [float(s) for s in args.lrs.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+    runs = eos_experiment(
+        lrs,
+        n=args.n,
+        d=args.d,
+        width=args.width,
+        depth=args.depth,
+        steps=args.steps,
+        sharpness_every=args.sharpness_every,
+        seed=args.seed,
+        out_dir=args.out_dir,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{'lr':>8} {'2/lr':>9} {'λ_max(0)':>9} {'λ_max end':>9} {'late mean/(2/lr)':>17} "
+        f"{'loss end':>10}"
+    )
+    for lr, run in sorted(runs.items()):
+        s = run.sharpness[:, 0]
+        late = s[len(s) // 2 :] * lr / 2 if s.size else np.array([np.nan])
+        print(
+            f"{lr:8.4g} {2 / lr:9.4g} {s[0]:9.4g} {s[-1]:9.4g} {late.mean():17.3f} "
+            f"{run.loss[-1]:10.3e}"
+        )
+    if args.plot:
+        plot_eos(runs, args.plot)
+        print(f"figure: {Path(args.plot)}")
+    return 0

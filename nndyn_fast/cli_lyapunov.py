@@ -1,0 +1,135 @@
+"""``nndyn sgd-lyapunov``: the (lr, B) stability diagram of SGD at an interpolation minimum.
+
+The per-sample gradients come from a ``.npy`` file (rows g_i), from a random teacher MLP (any
+parameter vector interpolates the targets it produces itself), or from a random Gaussian matrix.
+Learning rates are given in units of the full-batch GD threshold 2/lambda_max unless ``--lr``
+lists absolute values. It only parses options and calls :mod:`nndyn_fast.lyapunov`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ._validate import check_int, check_option, check_positive
+from .lyapunov import plot_stability_diagram, sgd_stability_diagram
+
+__all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
+
+
+def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sgd-lyapunov",
+        help="stability diagram of SGD over (learning rate, batch size) by Lyapunov exponents",
+        description="lambda = lim (1/t) log ||M_t ... M_1 v|| with M = I - (lr/B) sum_{i in batch}"
+        " g_i g_i^T on the span of the per-sample gradients g_i, compared with the mean-square "
+        "criterion and the GD threshold lr < 2/lambda_max; saved to HDF5 and plotted.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--gradients", help=".npy file with the per-sample gradients (n, d)")
+    src.add_argument(
+        "--mlp", help="layer widths of a random teacher MLP, e.g. 2,16,16,1 (gradients at init)"
+    )
+    p.add_argument("--n", type=int, default=50, help="samples (random G or MLP inputs)")
+    p.add_argument("--d", type=int, default=100, help="parameters of a random Gaussian G")
+    p.add_argument("--activation", default="tanh", help="MLP activation (default tanh)")
+    p.add_argument(
+        "--lr-factors",
+        type=float,
+        nargs="+",
+        default=None,
+        help="learning rates as multiples of 2/lambda_max (default 12 values in [0.1, 5])",
+    )
+    p.add_argument("--lr", type=float, nargs="+", default=None, help="absolute learning rates")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes"
+    )
+    p.add_argument("--steps", type=int, default=20000, help="SGD steps per replica")
+    p.add_argument("--transient", type=int, default=1000, help="discarded steps")
+    p.add_argument("--replicas", type=int, default=4, help="independent chains per point")
+    p.add_argument("--sampling", default="with", choices=["with", "without"])
+    p.add_argument("--no-mean-square", action="store_true", help="skip the mean-square exponent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="sgd_lyapunov.h5", help="output HDF5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--plot", default=None, help="save the diagram as this image (e.g. .png)")
+    p.set_defaults(func=run_sgd_lyapunov)
+
+
+def gradients_from_options(args: argparse.Namespace) -> tuple[np.ndarray, int]:
+    """(G, rows_per_sample) from ``--gradients``, ``--mlp`` or a random Gaussian matrix."""
+    n = check_int("--n", args.n, minimum=1)
+    rng = np.random.default_rng(args.seed)
+    if args.gradients:
+        path = Path(args.gradients)
+        if not path.is_file():
+            raise ValueError(f"--gradients: file {str(path)!r} does not exist")
+        return np.load(path), 1
+    if args.mlp:
+        from .training import MLP, per_sample_gradients
+
+        try:
+            sizes = tuple(int(s) for s in args.mlp.split(","))
+        except ValueError:
+            raise ValueError(f"--mlp must be comma-separated widths, got {args.mlp!r}") from None
+        mlp = MLP(sizes, activation=args.activation)
+        theta = mlp.init(args.seed)
+        X = rng.standard_normal((n, sizes[0]))
+        return per_sample_gradients(mlp, theta, X), sizes[-1]
+    d = check_int("--d", args.d, minimum=1)
+    return rng.standard_normal((n, d)) / np.sqrt(d), 1
+
+
+def run_sgd_lyapunov(args: argparse.Namespace) -> int:
+    check_option("--sampling", args.sampling, ("with", "without"))
+    G, q = gradients_from_options(args)
+    if args.lr is not None:
+        lrs = np.array([check_positive("--lr", v) for v in args.lr])
+    else:
+        from .lyapunov import _build_operator
+
+        lam_max = _build_operator(G, q, "span").lam_max
+        if not lam_max > 0:
+            raise ValueError("the gradients are all zero: lambda_max = 0")
+        factors = args.lr_factors or list(np.geomspace(0.1, 5.0, 12))
+        lrs = np.array([check_positive("--lr-factors", f) for f in factors]) * 2.0 / lam_max
+    diag = sgd_stability_diagram(
+        G,
+        np.sort(lrs),
+        args.batch_sizes,
+        steps=args.steps,
+        seed=args.seed,
+        transient=args.transient,
+        sampling=args.sampling,
+        replicas=args.replicas,
+        rows_per_sample=q,
+        mean_square=not args.no_mean_square,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"rank {diag.meta['rank']}, lambda_max {diag.lam_max:.6g}, GD threshold "
+        f"2/lambda_max = {diag.gd_threshold:.6g}"
+    )
+    print("top Lyapunov exponent per step (rows: batch size; columns: lr / GD threshold)")
+    print("      B " + " ".join(f"{lr / diag.gd_threshold:9.3g}" for lr in diag.lrs))
+    for i, B in enumerate(diag.batch_sizes):
+        print(f"{B:7d} " + " ".join(f"{v:9.3g}" for v in diag.lam[i]))
+    for i, B in enumerate(diag.batch_sizes):
+        stable = diag.lrs[diag.lam[i] < 0]
+        ms_stable = diag.lrs[diag.ms[i] < 0] if not args.no_mean_square else np.array([])
+        print(
+            f"B = {B}: a.s. stable up to lr = {stable.max() if stable.size else 0:.4g}"
+            + (
+                f", mean-square up to {ms_stable.max() if ms_stable.size else 0:.4g}"
+                if not args.no_mean_square
+                else ""
+            )
+        )
+    print(f"wrote {args.out}")
+    if args.plot:
+        plot_stability_diagram(diag, path=args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,390 @@
+"""Explicit Runge-Kutta integration of ODEs: ``odeint`` and its ``Solution``.
+
+The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`); batches of
+initial states are integrated in parallel, each trajectory with its own adaptive steps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import kernels as _kpkg  # noqa: F401  (makes nndyn_fast.kernels importable)
+from ._validate import (
+    as_array,
+    check_int,
+    check_jitted,
+    check_option,
+    check_positive,
+    check_time_grid,
+)
+from .errors import NonFiniteStateError
+from .kernels import rk as _rk
+
+__all__ = ["METHODS", "IntegrationError", "Solution", "odeint"]
+
+# name -> (A, B, C, E, D, order, adaptive)
+_EMPTY = np.zeros(0)
+METHODS: dict[str, tuple] = {
+    "dopri5": (_rk.DOPRI5_A, _rk.DOPRI5_B, _rk.DOPRI5_C, _rk.DOPRI5_E, _rk.DOPRI5_D, 5, True),
+    "rk4": (_rk.RK4_A, _rk.RK4_B, _rk.RK4_C, np.zeros(4), _EMPTY, 4, False),
+    "rk2": (_rk.RK2_A, _rk.RK2_B, _rk.RK2_C, np.zeros(2), _EMPTY, 2, False),
+    "euler": (_rk.EULER_A, _rk.EULER_B, _rk.EULER_C, np.zeros(1), _EMPTY, 1, False),
+}
+_STATUS = {
+    _rk.OK: "success",
+    _rk.NONFINITE: "the state became NaN/inf",
+    _rk.STEP_UNDERFLOW: "the step size fell below the resolution of t",
+    _rk.MAX_STEPS: "max_steps steps were taken",
+}
+# the user-field path passes a dummy model of the built-in type, so kernels see one signature
+_DUMMY_MODEL = (
+    np.zeros((1, 0, 0)),
+    np.zeros((1, 0, 0)),
+    np.zeros((1, 0, 0)),
+    np.zeros((1, 0, 0)),
+    np.zeros((1, 0)),
+    0,
+    0,
+)
+
+
+_SERIAL_USER_BATCH = 32
+
+
+class IntegrationError(FloatingPointError):
+    """The integrator stopped early (step-size underflow or ``max_steps``).
+
+    ``time`` is the time reached; ``solution`` holds the frames computed before (NaN after).
+    """
+
+    def __init__(self, message: str, *, time: float, solution: Solution | None = None):
+        super().__init__(message)
+        self.time = time
+        self.solution = solution
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """Result of :func:`odeint`.
+
+    Attributes
+    ----------
+    t : (T,) output times.
+    y : (T, d) or (T, B, d) states at ``t`` (``None`` when streamed to a file).
+    stats : dict with ``n_accepted``, ``n_rejected``, ``n_fev`` (totals over the batch) and
+        ``per_trajectory`` (B, 3) int array of the same three counts.
+    status : ``"success"`` or the reason the run stopped.
+    jac : (T, d, d) or (T, B, d, d) flow Jacobians ``dx(t)/dx0`` (``variational=True``), else
+        ``None``.
+    path : the HDF5 run file when ``out`` was given, else ``None``.
+    """
+
+    t: np.ndarray
+    y: np.ndarray | None
+    stats: dict = field(default_factory=dict)
+    status: str = "success"
+    jac: np.ndarray | None = None
+    path: str | None = None
+
+
+def _tolerance(name: str, value: Any, d: int, *, minimum: float) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array, got {value!r}") from None
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape != (d,)):
+        raise ValueError(f"{name} must be a scalar or have shape ({d},), got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if np.any(arr < minimum):
+        raise ValueError(f"{name} must be >= {minimum:g} (float64 resolution), got {value!r}")
+    return np.ascontiguousarray(np.broadcast_to(arr, (d,)), dtype=np.float64)
+
+
+def _check_user_output(name: str, r: Any, d: int) -> None:
+    arr = np.asarray(r)
+    if arr.shape != (d,):
+        raise ValueError(f"{name} must return an array of shape ({d},), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must return floating-point values, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} returned NaN/inf at the initial state")
+
+
+def _user_field(f: Any, x: np.ndarray, t0: float, args: tuple) -> tuple[Any, Any]:
+    """Return ``(fn_inplace, fn_simple)`` after one checked call of the user's field."""
+    check_jitted("f", f)
+    nargs = f.py_func.__code__.co_argcount
+    d = x.shape[0]
+    if nargs == 4:
+        out = np.full(d, np.nan)
+        f(t0, x.copy(), args, out)
+        _check_user_output("f(t, x, args, out)", out, d)
+        return f, None
+    if nargs == 3:
+        r = f(t0, x.copy(), args)
+        _check_user_output("f(t, x, args)", r, d)
+        return None, f
+    raise TypeError(
+        "f must take (t, x, args, out) (in-place form) or (t, x, args) (simple form), "
+        f"got a function of {nargs} argument(s)"
+    )
+
+
+def _user_jac(jac: Any, x: np.ndarray, t0: float, args: tuple) -> Any:
+    check_jitted("jac", jac)
+    if jac.py_func.__code__.co_argcount != 4:
+        raise TypeError("jac must take (t, x, args, J) and fill the (d, d) array J in place")
+    d = x.shape[0]
+    J = np.full((d, d), np.nan)
+    jac(t0, x.copy(), args, J)
+    if not np.all(np.isfinite(J)):
+        raise ValueError("jac(t, x, args, J) left NaN/inf in J at the initial state")
+    return jac
+
+
+def _is_model(f: Any) -> bool:
+    return hasattr(f, "_kernel_model") and hasattr(f, "dim")
+
+
+def odeint(
+    f: Any,
+    x0: Any,
+    t: Any,
+    *,
+    method: str = "dopri5",
+    dt: float | None = None,
+    rtol: Any = 1e-6,
+    atol: Any = 1e-9,
+    args: tuple = (),
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    max_steps: int = 1_000_000,
+    variational: bool = False,
+    jac: Any = None,
+) -> Solution:
+    """Integrate ``dx/dt = f(t, x)`` from ``x(t[0]) = x0`` and return ``x`` at every ``t``.
+
+    Parameters
+    ----------
+    f : a built-in model (:class:`~nndyn_fast.NeuralODE`, :class:`~nndyn_fast.AugmentedNeuralODE`)
+        or a Numba ``@njit`` function in the in-place form ``f(t, x, args, out)`` or the simple
+        form ``f(t, x, args) -> dx`` (told apart by the number of arguments).
+    x0 : (d,) or (B, d) float initial state(s); a batch is integrated in parallel, each
+        trajectory with its own steps. For an augmented model, states of the input dimension
+        are lifted by zero padding.
+    t : (T,) strictly increasing output times (T >= 2), same units as the field's time.
+    method : ``"dopri5"`` (adaptive Dormand-Prince 5(4), PI step control, dense output),
+        ``"rk4"``, ``"rk2"`` (Heun) or ``"euler"``.
+    dt : fixed-step methods: largest step; every interval between output times is cut into
+        ``ceil(length / dt)`` equal steps (``None``: one step per interval). ``dopri5``: first
+        step (``None``: chosen automatically).
+    rtol, atol : relative and absolute tolerances of ``dopri5``, scalars or (d,) arrays, > 0:
+        each step's error estimate e satisfies ``rms(e / (atol + rtol |x|)) <= 1``.
+    args : tuple of extra arguments passed to a user field.
+    out : optional HDF5 path; frames are streamed chunk by chunk into the run file (series
+        ``trajectory`` with ``time`` and ``value`` (B, d)) instead of memory; ``y`` is ``None``.
+    overwrite : replace an existing ``out``.
+    max_steps : step budget per trajectory (``dopri5``).
+    variational : also integrate the variational equation ``dV/dt = Df(x) V``, ``V(t0) = I``
+        and return the flow Jacobians ``dx(t)/dx0`` in ``Solution.jac``. Built-in models use
+        their analytic Jacobian; a user field needs ``jac``.
+    jac : Numba ``@njit`` function ``jac(t, x, args, J)`` writing ``Df(x)`` (d, d) into ``J``.
+
+    Returns
+    -------
+    Solution with ``t``, ``y`` of shape (T, *x0.shape), ``stats``, ``status``, ``jac``.
+
+    Raises
+    ------
+    ValueError for bad shapes, NaN/inf inputs, non-increasing ``t``, bad tolerances or options;
+    TypeError if ``f`` is not a built-in model or a Numba-jitted function;
+    NonFiniteStateError when a trajectory overflows (naming the time reached; good frames are
+    kept in ``error.solution``); IntegrationError on step-size underflow or ``max_steps``.
+
+    References
+    ----------
+    Hairer, Norsett, Wanner, "Solving Ordinary Differential Equations I", Springer 1993.
+    """
+    check_option("method", method, METHODS)
+    TA, TB, TC, TE, TD, order, adaptive = METHODS[method]
+    tt = check_time_grid("t", t)
+    x = as_array("x0", x0, ndim=(1, 2))
+    if x.shape[-1] == 0 or (x.ndim == 2 and x.shape[0] == 0):
+        raise ValueError(f"x0 must be non-empty, got shape {x.shape}")
+    if not isinstance(args, tuple):
+        raise ValueError(f"args must be a tuple, got {type(args).__name__}")
+    h0 = 0.0 if dt is None else check_positive("dt", dt)
+    max_steps = check_int("max_steps", max_steps, minimum=1)
+
+    fn_ip = fn_s = jac_fn = None
+    if _is_model(f):
+        x = f._prepare_state(x)
+        model = f._kernel_model()
+        tstops = f._tstops()
+        if jac is not None:
+            raise ValueError("jac is only used with user fields; built-in models have their own")
+    else:
+        if not callable(f):
+            raise TypeError(f"f must be a built-in model or a Numba-jitted function, got {f!r}")
+        x0_row = x if x.ndim == 1 else x[0]
+        fn_ip, fn_s = _user_field(f, x0_row, float(tt[0]), args)
+        model = _DUMMY_MODEL
+        tstops = _EMPTY
+        if variational:
+            if jac is None:
+                raise ValueError("variational=True with a user field needs jac(t, x, args, J)")
+            jac_fn = _user_jac(jac, x0_row, float(tt[0]), args)
+    batched = x.ndim == 2
+    X = x if batched else x[None, :]
+    B, d = X.shape
+    rt = _tolerance("rtol", rtol, d, minimum=1e-15)
+    at = _tolerance("atol", atol, d, minimum=1e-300)
+    nvar = d if variational else 0
+    if nvar:
+        eye = np.broadcast_to(np.eye(d).ravel(), (B, d * d))
+        Z0 = np.ascontiguousarray(np.concatenate([X, eye], axis=1))
+        rt = np.concatenate([rt, np.full(d * d, rt.min())])
+        at = np.concatenate([at, np.full(d * d, at.min())])
+    else:
+        Z0 = np.ascontiguousarray(X)
+    kern = dict(
+        fn_ip=fn_ip, fn_s=fn_s, jac_fn=jac_fn, args=args, model=model, d=d, nvar=nvar,
+        tstops=tstops, dt=(0.0 if dt is None else h0), adaptive=adaptive, TA=TA, TB=TB, TC=TC,
+        TE=TE, TD=TD, order=order, rtol=rt, atol=at, max_steps=max_steps,
+    )  # fmt: skip
+    hs = np.full(B, h0 if adaptive else 0.0)
+    if out is not None:
+        return _odeint_to_file(out, overwrite, kern, Z0, tt, hs, batched, method, f)
+    Y, status, nframes, t_reached, stats = _run(kern, Z0, tt, hs)
+    sol = _solution(tt, Y, stats, d, nvar, batched, status)
+    _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched)
+    return sol
+
+
+def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
+    B, n = Z0.shape
+    T = tt.shape[0]
+    Y = np.empty((T, B, n))
+    status = np.zeros(B, np.int64)
+    nframes = np.zeros(B, np.int64)
+    t_reached = np.zeros(B)
+    stats = np.zeros((B, 3), np.int64)
+    k = kern
+    common = (
+        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], k["d"], k["nvar"],
+    )  # fmt: skip
+    tail = (k["TA"], k["TB"], k["TC"], k["TE"], k["TD"], k["order"], k["rtol"], k["atol"])
+    if B < _SERIAL_USER_BATCH and (k["fn_ip"] is not None or k["fn_s"] is not None):
+        # a few trajectories of a user field: the serial kernel, called per trajectory, compiles
+        # in about half the time of the parallel one (user kernels compile once per process)
+        for b in range(B):
+            st, nf, tr, hn = _rk.rk_solve_one(
+                *common, Z0[b], tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs[b],
+                k["max_steps"], Y, b, stats[b],
+            )  # fmt: skip
+            status[b], nframes[b], t_reached[b], hs[b] = st, nf, tr, hn
+    else:
+        _rk.rk_solve(
+            *common, Z0, tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs, k["max_steps"],
+            Y, status, nframes, t_reached, stats,
+        )  # fmt: skip
+    for b in np.nonzero(status != _rk.OK)[0]:
+        Y[nframes[b] :, b, :] = np.nan
+    return Y, status, nframes, t_reached, stats
+
+
+def _stats(stats: np.ndarray) -> dict:
+    tot = stats.sum(axis=0)
+    return {
+        "n_accepted": int(tot[0]),
+        "n_rejected": int(tot[1]),
+        "n_fev": int(tot[2]),
+        "per_trajectory": stats,
+    }
+
+
+def _solution(tt, Y, stats, d, nvar, batched, status) -> Solution:
+    T, B, _ = Y.shape
+    y = Y[:, :, :d]
+    jacs = Y[:, :, d:].reshape(T, B, d, d) if nvar else None
+    if not batched:
+        y = y[:, 0, :]
+        jacs = jacs[:, 0] if jacs is not None else None
+    bad = status != _rk.OK
+    st = "success" if not bad.any() else _STATUS[int(status[np.argmax(bad)])]
+    return Solution(
+        t=tt, y=np.ascontiguousarray(y), stats=_stats(stats), status=st,
+        jac=None if jacs is None else np.ascontiguousarray(jacs),
+    )  # fmt: skip
+
+
+def _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched, t_offset=0) -> None:
+    bad = np.nonzero(status != _rk.OK)[0]
+    if bad.size == 0:
+        return
+    b = int(bad[np.argmin(t_reached[bad])])
+    code = int(status[b])
+    who = f"trajectory {b}" if batched else "the trajectory"
+    good = int(nframes[b]) + t_offset
+    msg = (
+        f"{who} stopped at t = {t_reached[b]:.17g} after {int(stats[b, 0])} steps: "
+        f"{_STATUS[code]}; {good} output frame(s) up to t = {tt[nframes[b] - 1]:.17g} are kept"
+    )
+    if code == _rk.NONFINITE:
+        err = NonFiniteStateError(msg, step=int(stats[b, 0]), time=float(t_reached[b]))
+        err.solution = sol
+        raise err
+    raise IntegrationError(msg, time=float(t_reached[b]), solution=sol)
+
+
+def _odeint_to_file(out, overwrite, kern, Z0, tt, hs, batched, method, f) -> Solution:
+    from .storage import TrajectoryWriter, chunk_rows
+
+    B, n = Z0.shape
+    d = kern["d"]
+    rows = chunk_rows((B, d), np.float64)
+    params = {
+        "method": method,
+        "rtol": float(kern["rtol"].min()),
+        "atol": float(kern["atol"].min()),
+        "dt": float(kern["dt"]),
+        "d": d,
+        "batch": B,
+        "field": type(f).__name__ if _is_model(f) else getattr(f, "__name__", "user"),
+    }
+    series = {"trajectory": {"time": (), "value": (B, d)}}
+    totals = np.zeros((B, 3), np.int64)
+    with TrajectoryWriter.create(
+        out, kind="ode", params=params, series=series, overwrite=overwrite,
+        chunk_frames={"trajectory": rows},
+    ) as w:  # fmt: skip
+        z = Z0
+        k0 = 0
+        T = tt.shape[0]
+        first = True
+        while k0 < T - 1:
+            k1 = min(T - 1, k0 + rows)
+            Y, status, nframes, t_reached, stats = _run(kern, z, tt[k0 : k1 + 1], hs)
+            totals += stats
+            start = 0 if first else 1
+            ok = int(nframes.min())
+            if ok > start:
+                w.append(
+                    "trajectory",
+                    time=tt[k0 + start : k0 + ok],
+                    value=Y[start:ok, :, :d],
+                )
+                w.commit(state=Y[ok - 1], t=float(tt[k0 + ok - 1]), h=hs.copy())
+            if (status != _rk.OK).any():
+                _raise_on_failure(status, nframes, t_reached, totals, tt[k0:], None, batched)
+            z = np.ascontiguousarray(Y[-1])
+            first = False
+            k0 = k1
+        w.set_attrs(n_accepted=int(totals[:, 0].sum()), n_fev=int(totals[:, 2].sum()))
+        path = w.path
+    return Solution(t=tt, y=None, stats=_stats(totals), status="success", path=path)

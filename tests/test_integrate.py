@@ -1,0 +1,277 @@
+"""odeint: every method against closed forms and scipy, convergence orders, validation."""
+
+import nndyn_fast.kernels.rk as krk
+import numba
+import numpy as np
+import pytest
+from numba import njit
+from scipy.integrate import solve_ivp
+from scipy.linalg import expm
+
+from nndyn_fast.errors import NonFiniteStateError
+from nndyn_fast.integrate import IntegrationError, odeint
+from nndyn_fast.neural import NeuralODE
+from nndyn_fast.storage import open_run
+
+
+@njit
+def lotka(t, x, args, out):
+    # Lotka-Volterra with a periodic forcing: smooth, not stiff
+    a, b = args
+    out[0] = a * x[0] - x[0] * x[1] + 0.1 * np.sin(t)
+    out[1] = -b * x[1] + x[0] * x[1]
+
+
+@njit
+def lotka_jac(t, x, args, J):
+    a, b = args
+    J[0, 0] = a - x[1]
+    J[0, 1] = -x[0]
+    J[1, 0] = x[1]
+    J[1, 1] = -b + x[0]
+
+
+@njit
+def riccati(t, x, args):
+    # x' = x^2 blows up at t = 1 / x0
+    return x * x
+
+
+def _linear():
+    M = np.array([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.1, 0.0, -1.0]])
+    return M, NeuralODE.inner(M, np.zeros(3), "identity")
+
+
+def _ref(fun, x0, t, *args):
+    return solve_ivp(
+        fun, (t[0], t[-1]), x0, method="DOP853", rtol=1e-12, atol=1e-14, t_eval=t, args=args
+    ).y.T
+
+
+def _lotka_py(t, x, a, b):
+    out = np.empty(2)
+    lotka.py_func(t, x, (a, b), out)
+    return out
+
+
+# tolerance per method at dt = 1e-3 (discretisation C dt^p) or rtol = 1e-10 (dopri5)
+METHOD_TOL = [
+    ("dopri5", None, 1e-8),
+    ("rk4", 1e-3, 1e-9),
+    ("rk2", 1e-3, 1e-4),
+    ("euler", 1e-3, 5e-2),
+]
+
+
+@pytest.mark.parametrize("method,dt,tol", METHOD_TOL)
+def test_linear_system_closed_form(method, dt, tol):
+    M, model = _linear()
+    x0 = np.array([1.0, -0.5, 0.25])
+    t = np.linspace(0.0, 2.0, 9)
+    sol = odeint(model, x0, t, method=method, dt=dt, rtol=1e-10, atol=1e-12)
+    exact = np.array([expm(M * s) @ x0 for s in t])
+    assert np.abs(sol.y - exact).max() < tol
+    ref = _ref(lambda s, x: M @ x, x0, t)
+    assert np.abs(ref - exact).max() < 1e-10  # the scipy reference agrees with the exponential
+    assert sol.status == "success"
+
+
+@pytest.mark.parametrize("method,dt,tol", METHOD_TOL)
+def test_nonlinear_user_field_vs_scipy(method, dt, tol):
+    x0 = np.array([1.0, 0.5])
+    t = np.linspace(0.0, 3.0, 7)
+    sol = odeint(lotka, x0, t, method=method, dt=dt, rtol=1e-10, atol=1e-12, args=(1.0, 1.0))
+    ref = _ref(_lotka_py, x0, t, 1.0, 1.0)
+    assert np.abs(sol.y - ref).max() < tol
+
+
+@pytest.mark.parametrize("method,dt,tol", METHOD_TOL)
+def test_random_neural_ode_vs_scipy(method, dt, tol):
+    model = NeuralODE.random(4, 6, scale=1.5, seed=3)
+    x0 = np.random.default_rng(0).standard_normal(4)
+    t = np.linspace(0.0, 1.0, 5)
+    sol = odeint(model, x0, t, method=method, dt=dt, rtol=1e-10, atol=1e-12)
+    ref = _ref(lambda s, x: model(x, s), x0, t)
+    assert np.abs(sol.y - ref).max() < tol
+
+
+@pytest.mark.parametrize("method,p", [("euler", 1), ("rk2", 2), ("rk4", 4)])
+def test_convergence_order(method, p):
+    model = NeuralODE.random(3, 5, scale=2.0, seed=5)
+    x0 = np.array([0.5, -0.3, 0.8])
+    ref = _ref(lambda s, x: model(x, s), x0, np.array([0.0, 1.0]))[-1]
+    dts = np.array([1 / 8, 1 / 16, 1 / 32, 1 / 64])
+    errs = [
+        np.abs(odeint(model, x0, [0.0, 1.0], method=method, dt=h).y[-1] - ref).max() for h in dts
+    ]
+    slope = np.polyfit(np.log(dts), np.log(errs), 1)[0]
+    assert abs(slope - p) < 0.3  # observed order within 0.3 of the theoretical order
+
+
+def test_dopri5_error_tracks_rtol():
+    model = NeuralODE.random(3, 5, scale=2.0, seed=5)
+    x0 = np.array([0.5, -0.3, 0.8])
+    t = np.linspace(0.0, 2.0, 11)
+    ref = _ref(lambda s, x: model(x, s), x0, t)
+    rtols = 10.0 ** -np.arange(3, 11)
+    errs = []
+    for r in rtols:
+        sol = odeint(model, x0, t, rtol=r, atol=r * 1e-3)
+        errs.append(np.abs(sol.y - ref).max())
+        # FSAL accounting: 2 evaluations for the first step, then 6 per attempted step
+        st = sol.stats
+        assert st["n_fev"] == 2 + 6 * (st["n_accepted"] + st["n_rejected"])
+    errs = np.array(errs)
+    # tolerance proportionality: global error within [1e-3, 10] x rtol over eight decades
+    assert np.all(errs < 10 * rtols) and np.all(errs > 1e-3 * rtols)
+    slope = np.polyfit(np.log(rtols), np.log(errs), 1)[0]
+    assert 0.7 < slope < 1.3  # error shrinks in proportion to rtol
+
+
+def test_dense_output_matches_closed_form():
+    M, model = _linear()
+    x0 = np.array([1.0, -0.5, 0.25])
+    t = np.linspace(0.0, 2.0, 401)  # many outputs per step: filled by the continuous extension
+    sol = odeint(model, x0, t, rtol=1e-9, atol=1e-12)
+    exact = np.array([expm(M * s) @ x0 for s in t])
+    assert sol.stats["n_accepted"] < 100  # steps are not forced onto the output grid
+    assert np.abs(sol.y - exact).max() < 1e-7  # order-4 dense output at rtol 1e-9
+
+
+def test_batched_equals_unbatched_and_thread_independent():
+    model = NeuralODE.random(5, 7, scale=1.5, seed=9, layers=3)
+    X = np.random.default_rng(1).standard_normal((6, 5))
+    t = np.linspace(0.0, 1.0, 4)
+    for method in ("dopri5", "rk4"):
+        batch = odeint(model, X, t, method=method, dt=0.05).y
+        single = np.stack([odeint(model, x, t, method=method, dt=0.05).y for x in X], axis=1)
+        np.testing.assert_array_equal(batch, single)  # same per-trajectory arithmetic
+    nthreads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = odeint(model, X, t).y
+    finally:
+        numba.set_num_threads(nthreads)
+    np.testing.assert_array_equal(one, odeint(model, X, t).y)
+
+
+def test_piecewise_layers_vs_scipy():
+    model = NeuralODE.random(3, 4, scale=2.0, seed=11, layers=4)
+    x0 = np.array([0.2, 0.1, -0.4])
+    ref = x0
+    for k in range(4):  # independent reference: one scipy solve per layer interval
+        a, b = model.t_layers[k], model.t_layers[k + 1]
+        ref = _ref(lambda s, x, m=0.5 * (a + b): model(x, m), ref, np.array([a, b]))[-1]
+    for method, tol in (("dopri5", 1e-8), ("rk4", 1e-8)):  # tolerance as in METHOD_TOL
+        y = odeint(model, x0, [0.0, 1.0], method=method, dt=1e-2, rtol=1e-10, atol=1e-12).y
+        assert np.abs(y[-1] - ref).max() < tol
+
+
+def test_user_variational_equation_vs_finite_differences():
+    x0 = np.array([1.0, 0.5])
+    t = np.array([0.0, 1.5])
+    sol = odeint(lotka, x0, t, args=(1.0, 1.0), rtol=1e-11, atol=1e-13, variational=True,
+                 jac=lotka_jac)  # fmt: skip
+    eps = 1e-6
+    fd = np.stack(
+        [
+            (odeint(lotka, x0 + eps * e, t, args=(1.0, 1.0), rtol=1e-12, atol=1e-14).y[-1]
+             - odeint(lotka, x0 - eps * e, t, args=(1.0, 1.0), rtol=1e-12, atol=1e-14).y[-1])
+            / (2 * eps)
+            for e in np.eye(2)
+        ],
+        axis=1,
+    )  # fmt: skip
+    assert np.abs(sol.jac[-1] - fd).max() < 1e-6  # FD error eps^2 + solver error / eps
+    np.testing.assert_array_equal(sol.jac[0], np.eye(2))
+
+
+def test_overflow_names_time_and_keeps_frames():
+    t = np.linspace(0.0, 2.0, 21)
+    with pytest.raises(NonFiniteStateError, match=r"stopped at t = 1\.0") as info:
+        odeint(riccati, np.array([1.0]), t, method="rk4", dt=0.01)
+    err = info.value
+    assert 0.95 <= err.time < 1.1  # blow-up at t = 1; fixed steps of 0.01 may step past it
+    y = err.solution.y
+    good = t < 0.95
+    np.testing.assert_allclose(y[good, 0], 1.0 / (1.0 - t[good]), rtol=1e-3)  # kept frames
+    assert np.isnan(y[t > 1.05]).all()
+    with pytest.raises((NonFiniteStateError, IntegrationError), match="stopped at t =") as info:
+        odeint(riccati, np.array([1.0]), t, max_steps=10**5)
+    assert abs(info.value.time - 1.0) < 1e-3  # adaptive steps shrink onto the blow-up time
+
+
+def test_max_steps_reports():
+    with pytest.raises(IntegrationError, match="max_steps"):
+        odeint(_linear()[1], np.ones(3), [0.0, 10.0], max_steps=3)
+
+
+def test_stream_to_file(tmp_path):
+    model = NeuralODE.random(3, 4, seed=2)
+    X = np.random.default_rng(4).standard_normal((2, 3))
+    t = np.linspace(0.0, 1.0, 6)
+    mem = odeint(model, X, t, method="rk4", dt=0.01)
+    sol = odeint(model, X, t, method="rk4", dt=0.01, out=tmp_path / "ode.h5")
+    assert sol.y is None
+    with open_run(sol.path) as run:
+        np.testing.assert_array_equal(run.read("trajectory", "value"), mem.y)
+        np.testing.assert_array_equal(run.read("trajectory", "time"), t)
+        assert run.status == "complete"
+
+
+def _bad(t, x):
+    return -x
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"x0": np.ones((2, 2, 3))}, "x0 must have"),
+        ({"x0": np.ones(4)}, "x0 must have 3 columns"),
+        ({"x0": np.array([1.0, np.nan, 0.0])}, "x0 must be finite"),
+        ({"x0": np.array(["a", "b", "c"])}, "x0 must be convertible"),
+        ({"t": [0.0, 1.0, 1.0]}, "strictly increasing"),
+        ({"t": [0.0]}, "at least 2"),
+        ({"rtol": 0.0}, "rtol must be > 0"),
+        ({"rtol": -1e-3}, "rtol must be > 0"),
+        ({"atol": np.ones(2)}, "atol must be a scalar or have shape"),
+        ({"method": "rk45"}, "method must be one of"),
+        ({"dt": 0.0}, "dt must be"),
+        ({"args": [1.0]}, "args must be a tuple"),
+    ],
+)
+def test_validation_errors(kwargs, match):
+    call = {"x0": np.ones(3), "t": [0.0, 1.0], **kwargs}
+    model = NeuralODE.random(3, 4, seed=0)
+    x0, t = call.pop("x0"), call.pop("t")
+    with pytest.raises(ValueError, match=match):
+        odeint(model, x0, t, **call)
+
+
+def test_bad_fields():
+    with pytest.raises(ValueError, match="A must be finite"):
+        NeuralODE(np.ones((2, 2)), np.array([[1.0, np.nan], [0.0, 1.0]]), np.zeros(2))
+    with pytest.raises(TypeError, match="Numba-jitted"):
+        odeint(_bad, np.ones(2), [0.0, 1.0])
+    with pytest.raises(TypeError, match="in-place form"):
+        odeint(njit(lambda x: x), np.ones(2), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        odeint(njit(lambda t, x, args: x[:1]), np.ones(3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        odeint(lotka, np.ones(3), [0.0, 1.0], args=(1.0, 1.0))  # out[2] never written
+
+
+def test_tableaus_are_consistent():
+    for A, B, C in [
+        (krk.EULER_A, krk.EULER_B, krk.EULER_C),
+        (krk.RK2_A, krk.RK2_B, krk.RK2_C),
+        (krk.RK4_A, krk.RK4_B, krk.RK4_C),
+        (krk.DOPRI5_A, krk.DOPRI5_B, krk.DOPRI5_C),
+    ]:
+        np.testing.assert_allclose(A.sum(axis=1), C, atol=1e-15)  # row-sum condition
+        assert abs(B.sum() - 1.0) < 1e-15  # consistency
+    np.testing.assert_allclose(krk.DOPRI5_B - krk.DOPRI5_BHAT, krk.DOPRI5_E, atol=1e-16)
+    np.testing.assert_array_equal(krk.DOPRI5_A[-1], krk.DOPRI5_B)  # first same as last
+    # order conditions of the fifth-order weights: sum b c^(k-1) = 1/k
+    for k in range(1, 6):
+        assert abs(krk.DOPRI5_B @ krk.DOPRI5_C ** (k - 1) - 1.0 / k) < 1e-15
