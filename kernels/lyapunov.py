@@ -63,19 +63,21 @@ def qr_rows(V, logr, R, fill_R):
             for j in range(k):
                 R[i, j] = 0.0
     for j in range(k):
+        vj = V[j]
         for _pass in range(2):
             for i in range(j):
+                vi = V[i]
                 d = 0.0
                 for a in range(m):
-                    d += V[i, a] * V[j, a]
+                    d += vi[a] * vj[a]
                 if d != 0.0:
                     for a in range(m):
-                        V[j, a] -= d * V[i, a]
+                        vj[a] -= d * vi[a]
                 if fill_R:
                     R[i, j] += d
         nrm = 0.0
         for a in range(m):
-            nrm += V[j, a] * V[j, a]
+            nrm += vj[a] * vj[a]
         nrm = math.sqrt(nrm)
         if not math.isfinite(nrm):
             return NONFINITE
@@ -88,7 +90,7 @@ def qr_rows(V, logr, R, fill_R):
         logr[j] += math.log(nrm)
         inv = 1.0 / nrm
         for a in range(m):
-            V[j, a] *= inv
+            vj[a] *= inv
     return status
 
 
@@ -308,7 +310,42 @@ def batches_without_replacement(u, perm, idx):
                 idx[r, t, b] = perm[r, b]
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
+def _sgd_rank_chain(A, q, c, idx, Vr, reorth_every, logr):
+    """One chain of :func:`sgd_rank_products`: ``idx`` (T, B), ``Vr`` (k, m), ``logr`` (k,)."""
+    T = idx.shape[0]
+    B = idx.shape[1]
+    k = Vr.shape[0]
+    m = Vr.shape[1]
+    s = np.empty(B * q)
+    Rm = np.empty((1, 1))
+    for t in range(T):
+        for j in range(k):
+            v = Vr[j]
+            for b in range(B):
+                base = idx[t, b] * q
+                for o in range(q):
+                    arow = A[base + o]
+                    acc = 0.0
+                    for a in range(m):
+                        acc += arow[a] * v[a]
+                    s[b * q + o] = c * acc
+            for b in range(B):
+                base = idx[t, b] * q
+                for o in range(q):
+                    arow = A[base + o]
+                    cf = s[b * q + o]
+                    if cf != 0.0:
+                        for a in range(m):
+                            v[a] -= cf * arow[a]
+        if (t + 1) % reorth_every == 0 or t == T - 1:
+            st = qr_rows(Vr, logr, Rm, False)
+            if st != OK:
+                return st
+    return OK
+
+
+@njit(cache=True, parallel=True)
 def sgd_rank_products(A, q, c, idx, V, reorth_every, logr, status):
     """Apply M_t = I - c sum_{b<B} sum_{o<q} a_{i q + o} a_{i q + o}^T, i = idx[r, t, b].
 
@@ -316,43 +353,25 @@ def sgd_rank_products(A, q, c, idx, V, reorth_every, logr, status):
     r in span coordinates); ``c`` = lr / B; ``idx`` (R, T, B) int32; ``V`` (R, k, m) tangent
     blocks updated in place; ``logr`` (R, k) accumulates log|R_jj|; ``status`` (R,) receives
     each replica's status. Each factor is a rank-(B q) update: O(m B q k) per step, no (m, m)
-    matrix is formed. Replicas run in parallel, one thread each. Returns the largest status.
+    matrix is formed. Replicas run in parallel, one thread each (use
+    :func:`sgd_rank_products_serial` for a single chain). Returns the largest status.
     """
     n_rep = idx.shape[0]
-    T = idx.shape[1]
-    B = idx.shape[2]
-    k = V.shape[1]
-    m = V.shape[2]
-    nb = B * q
     for r in prange(n_rep):
-        s = np.empty(nb)
-        Rm = np.empty((1, 1))
-        st = OK
-        for t in range(T):
-            for j in range(k):
-                for b in range(B):
-                    base = idx[r, t, b] * q
-                    for o in range(q):
-                        row = base + o
-                        acc = 0.0
-                        for a in range(m):
-                            acc += A[row, a] * V[r, j, a]
-                        s[b * q + o] = c * acc
-                for b in range(B):
-                    base = idx[r, t, b] * q
-                    for o in range(q):
-                        row = base + o
-                        cf = s[b * q + o]
-                        if cf != 0.0:
-                            for a in range(m):
-                                V[r, j, a] -= cf * A[row, a]
-            if (t + 1) % reorth_every == 0 or t == T - 1:
-                st = qr_rows(V[r], logr[r], Rm, False)
-                if st != OK:
-                    break
-        status[r] = st
+        status[r] = _sgd_rank_chain(A, q, c, idx[r], V[r], reorth_every, logr[r])
     worst = OK
     for r in range(n_rep):
+        if status[r] > worst:
+            worst = status[r]
+    return worst
+
+
+@njit(cache=True)
+def sgd_rank_products_serial(A, q, c, idx, V, reorth_every, logr, status):
+    """:func:`sgd_rank_products` on the calling thread (no thread pool; for R = 1)."""
+    worst = OK
+    for r in range(idx.shape[0]):
+        status[r] = _sgd_rank_chain(A, q, c, idx[r], V[r], reorth_every, logr[r])
         if status[r] > worst:
             worst = status[r]
     return worst

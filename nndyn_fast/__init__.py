@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Delay differential equations and neural DDEs: ddeint, models, memory capacity
+from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 from .errors import NonFiniteStateError
 
 # Neural ODEs: integrators, models, flow maps, expressivity
@@ -130,6 +132,12 @@ __all__ = [
     "sgd_lyapunov",
     "sgd_lyapunov_mlp",
     "sgd_stability_diagram",
+    # delay differential equations
+    "LinearDDE",
+    "MackeyGlass",
+    "NeuralDDE",
+    "ddeint",
+    "lipschitz_bound",
     # training dynamics
     "MLP",
     "Eigenpairs",

@@ -16,6 +16,8 @@ FAMILIES = [
     ("nndyn_fast.cli_kuramoto", "add_plot_parser"),
     ("nndyn_fast.cli_ode", "add_ode_parser"),
     ("nndyn_fast.cli_eos", "add_eos_parser"),
+    ("nndyn_fast.cli_dde", "add_dde_parser"),
+    ("nndyn_fast.cli_lyapunov", "add_sgd_lyapunov_parser"),
     # further families register here
 ]
 

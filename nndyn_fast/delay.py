@@ -34,7 +34,7 @@ from ._validate import (
     check_time_grid,
 )
 from .errors import NonFiniteStateError
-from .integrate import Solution
+from .integrate import IntegrationError, Solution
 from .kernels import dde as _kd
 from .kernels.activations import ACTIVATIONS
 
@@ -575,6 +575,8 @@ def ddeint(
         ``f`` or a history function that is not Numba-jitted.
     NonFiniteStateError
         A trajectory became NaN/inf (names the time reached).
+    IntegrationError
+        The step size underflowed (names the time reached).
 
     References
     ----------
@@ -771,9 +773,10 @@ def _raise_on_status(ist: np.ndarray, ring: list[np.ndarray]) -> None:
             time=tr,
         )
     why = {_kd.STEP_UNDERFLOW: "the step size underflowed", _kd.MAX_STEPS: "too many steps"}
-    raise RuntimeError(
+    raise IntegrationError(
         f"ddeint: trajectory {b} stopped at t = {tr} (step {steps}): "
-        f"{why.get(int(st[b]), f'status {int(st[b])}')}"
+        f"{why.get(int(st[b]), f'status {int(st[b])}')}",
+        time=tr,
     )
 
 

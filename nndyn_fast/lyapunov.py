@@ -779,7 +779,8 @@ def sgd_lyapunov(
             idx = np.empty((R, n, B), dtype=np.int32)
             _k.batches_without_replacement(u, perm, idx)
         if op.kind == "rank":
-            st = _k.sgd_rank_products(op.A, op.q, c, idx, V, reorth_every, logr, status)
+            kern = _k.sgd_rank_products if R > 1 else _k.sgd_rank_products_serial
+            st = kern(op.A, op.q, c, idx, V, reorth_every, logr, status)
         else:
             st = _k.sgd_hessian_products(op.A, c, idx, V, reorth_every, logr, status)
         if st != _k.OK:

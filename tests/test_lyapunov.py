@@ -77,6 +77,7 @@ def test_kernels_are_jitted_and_cached():
         "benettin_flow_advance",
         "qr_matrix_products",
         "sgd_rank_products",
+        "sgd_rank_products_serial",
         "sgd_hessian_products",
         "batches_without_replacement",
         "mlp_jacobian_qr",
