@@ -56,6 +56,9 @@ from .meanfield import (
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
 from .storage import RunFile, TrajectoryWriter, open_run
 
+# Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
+from .sweep import SweepPointError, SweepResult, kuramoto_order_parameter, sweep
+
 # Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
 from .training import (
     MLP,
@@ -82,6 +85,11 @@ from .training import (
 __all__ = [
     "__version__",
     "NonFiniteStateError",
+    # parameter sweeps
+    "SweepPointError",
+    "SweepResult",
+    "kuramoto_order_parameter",
+    "sweep",
     # storage
     "RunFile",
     "TrajectoryWriter",

@@ -18,6 +18,7 @@ FAMILIES = [
     ("nndyn_fast.cli_eos", "add_eos_parser"),
     ("nndyn_fast.cli_dde", "add_dde_parser"),
     ("nndyn_fast.cli_lyapunov", "add_sgd_lyapunov_parser"),
+    ("nndyn_fast.cli_sweep", "add_sweep_parser"),
     # further families register here
 ]
 

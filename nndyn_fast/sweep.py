@@ -392,13 +392,14 @@ def _distributed() -> Any:
     return distributed
 
 
-def _client_for(scheduler: Any, n_workers: int | None) -> tuple[Any, list]:
-    """(client or None for serial, objects to close afterwards)."""
+def _scheduler_kind(scheduler: Any) -> str:
+    """Check ``scheduler`` (before any file or cluster is touched) and name its kind:
+    "serial", "local", "address" or "client"."""
     if isinstance(scheduler, str) and scheduler == "serial":
-        return None, []
+        return "serial"
     dist = _distributed()
     if scheduler is None and dist is None:
-        return None, []  # documented fallback: no dask, run in-process
+        return "serial"  # documented fallback: no dask, run in-process
     if isinstance(scheduler, str):
         if scheduler != "local" and not _ADDRESS.match(scheduler):
             raise ValueError(
@@ -415,19 +416,33 @@ def _client_for(scheduler: Any, n_workers: int | None) -> tuple[Any, list]:
             f"scheduler={scheduler!r} needs dask.distributed: pip install "
             "'nndyn_fast[distributed]' (or use scheduler='serial')"
         )
-    if isinstance(scheduler, dist.Client):
-        return scheduler, []
     if scheduler is None or scheduler == "local":
+        return "local"
+    return "client" if isinstance(scheduler, dist.Client) else "address"
+
+
+def _client_for(kind: str, scheduler: Any, n_workers: int | None) -> tuple[Any, list]:
+    """(client or None for serial, objects to close afterwards)."""
+    if kind == "serial":
+        return None, []
+    if kind == "client":
+        return scheduler, []
+    dist = _distributed()
+    if kind == "local":
         workers = (os.cpu_count() or 1) if n_workers is None else n_workers
         cluster = dist.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
             env={"NUMBA_NUM_THREADS": "1"},
         )
-        client = dist.Client(cluster)
+        try:
+            client = dist.Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
         return client, [client, cluster]
     try:
         client = dist.Client(scheduler, timeout="30s")
@@ -592,31 +607,32 @@ def sweep(
         "grid_fingerprint": g.fingerprint(),
         **{f"grid_{n}": g.columns[n] for n in g.names},
     }
-    # resolve the scheduler before touching any file: bad kinds fail here
-    client, owned = _client_for(scheduler, n_workers)
+    kind = _scheduler_kind(scheduler)  # bad kinds fail before any file or cluster is touched
+    writer, done, schema = None, set(), None
+    if resume:
+        writer, done, schema = _resume(path, g, params)
+    sink = _Sink(g, params, path, overwrite, writer, done, schema)
+    passes_seed = _takes_seed(fn) and "seed" not in g.names
+    seeds = np.random.SeedSequence(seed).spawn(g.size) if passes_seed else [None] * g.size
+    pending = [i for i in range(g.size) if i not in done]
+    exc: BaseException | None = None
+    owned: list = []
     try:
-        writer, done, schema = None, set(), None
-        if resume:
-            writer, done, schema = _resume(path, g, params)
-        sink = _Sink(g, params, path, overwrite, writer, done, schema)
-        children = np.random.SeedSequence(seed).spawn(g.size)
-        passes_seed = _takes_seed(fn) and "seed" not in g.names
-        seeds = children if passes_seed else [None] * g.size
-        pending = [i for i in range(g.size) if i not in done]
-        exc: BaseException | None = None
-        try:
-            if pending and client is None:
+        if pending:  # a finished sweep that is resumed starts no cluster
+            client, owned = _client_for(kind, scheduler, n_workers)
+            if client is None:
                 _run_serial(fn, g, seeds, pending, sink)
-            elif pending:
+            else:
                 _run_dask(client, fn, g, seeds, pending, sink)
-        except BaseException as e:
-            exc = e
-            raise
-        finally:
-            sink.close(exc)
+    except BaseException as e:
+        exc = e
+        raise
     finally:
-        for obj in owned:
-            obj.close()
+        try:
+            sink.close(exc)
+        finally:
+            for obj in owned:
+                obj.close()
     if sink.schema is None:  # nothing computed and nothing stored: cannot happen with P >= 1
         raise ValueError("the sweep produced no results")
     return SweepResult(

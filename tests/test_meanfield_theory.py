@@ -81,7 +81,7 @@ def _phase_rms(a, b):
 @pytest.mark.slow
 def test_w_random_graphs_and_discretisations_approach_the_graphon():
     w, K, T, dt = Graphon.small_world(0.2, 0.3), 3.0, 2.0, 0.05
-    sizes = np.array([250, 1000, 4000])
+    sizes = np.array([200, 800, 3200])
     rand_err, disc_err = [], []
     for n in sizes:
         theta0, omega = _ring_setup(n)

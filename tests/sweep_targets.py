@@ -1,0 +1,56 @@
+"""Module-level sweep targets for tests/test_sweep.py and bench/bench_sweep.py.
+
+They live in an importable module (tests/conftest.py puts this folder on sys.path, and worker
+processes inherit sys.path) so that Dask worker processes unpickle them by reference.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def affine_noise(a, b, seed):
+    """A scalar and an array result; the array depends on the point's seed only."""
+    return {"s": 2.0 * a + b, "v": np.random.default_rng(seed).random(3)}
+
+
+def no_seed(a, b):
+    return {"p": a * b}
+
+
+def slow_first(i, n):
+    """Point i sleeps (n - i) * 20 ms: with two workers later points finish first."""
+    time.sleep(0.02 * (n - i))
+    return {"sq": float(i * i)}
+
+
+def flaky(i, seed, marker, log):
+    """Raises at i == 3 while ``marker`` does not exist (a crash), creating it; every call
+    appends i to the ``log`` file so that a test can count evaluations."""
+    with open(log, "a") as f:
+        f.write(f"{i}\n")
+    if i == 3 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("simulated crash")
+    return {"x": float(i) + np.random.default_rng(seed).random(), "y": np.full(2, i)}
+
+
+def bad_keys(i):
+    return {"x": 1.0} if i < 2 else {"z": 1.0}
+
+
+def bad_shape(i):
+    return {"x": np.zeros(2 if i < 2 else 3)}
+
+
+def not_a_dict(i):
+    return 1.0
+
+
+def cheap(x):
+    return {"y": x * x}
+
+
+def clash(i):
+    return {"i": 1.0}
