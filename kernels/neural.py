@@ -26,44 +26,135 @@ FORM_OUTER = 0
 FORM_INNER = 1
 
 
-@njit(cache=True, inline="always")
-def _act(code, x):
-    # tanh through expm1 (accurate to a few ulp, cheaper than libm tanh); others by code
+# ln 2 split in a high part with trailing zero bits and a low part (Cody-Waite reduction)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.4426950408889634
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def tanh_fast(x):
+    """tanh(x) from ``expm1(-2|x|)`` in plain arithmetic (within a few ulp of libm tanh).
+
+    No library call and no branch that cannot become a select, so loops over it vectorise
+    (libm ``tanh``/``expm1`` are scalar calls, about 10x slower per element). NaN propagates.
+    ``expm1(u)``, ``u = -2|x|`` clipped to [-40, 0] (tanh rounds to 1 beyond): ``u = k ln 2 + r``
+    with ``|r| <= ln 2 / 2``, ``expm1(r)`` by its Taylor series to ``r^13`` (truncation below
+    1e-17 relative), ``expm1(u) = 2^k expm1(r) + (2^k - 1)`` with ``2^k`` built exactly from the
+    binary digits of ``-k``; then ``tanh|x| = -e / (2 + e)``.
+    """
+    u = -2.0 * abs(x)
+    if u < -40.0:
+        u = -40.0
+    kf = float(int(u * _INV_LN2 - 0.5))  # nearest integer to u / ln 2 (u <= 0), in [-58, 0]
+    r = (u - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    em = r + r * r * p
+    m = -kf
+    s = 1.0
+    if m >= 32.0:
+        s *= 2.3283064365386963e-10
+        m -= 32.0
+    if m >= 16.0:
+        s *= 1.52587890625e-05
+        m -= 16.0
+    if m >= 8.0:
+        s *= 0.00390625
+        m -= 8.0
+    if m >= 4.0:
+        s *= 0.0625
+        m -= 4.0
+    if m >= 2.0:
+        s *= 0.25
+        m -= 2.0
+    if m >= 1.0:
+        s *= 0.5
+    e = s * em + (s - 1.0)
+    y = -e / (2.0 + e)
+    return y if x >= 0.0 else -y
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _apply_act(code, src, dst, n):
+    # dst[:n] = σ(src[:n]); the tanh loop vectorises
     if code == TANH:
-        e = math.expm1(-2.0 * abs(x))
-        r = -e / (2.0 + e)
-        return r if x >= 0.0 else -r
-    return act(code, x)
+        for j in range(n):
+            dst[j] = tanh_fast(src[j])
+    else:
+        for j in range(n):
+            dst[j] = act(code, src[j])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _matvec_acc(M, l, v, nv, acc, row, m):
+    """``acc[row, :m] += sum_k v[k] M[l, k, :m]`` (axpy along contiguous rows of ``M[l]``).
+
+    Eight rows per pass to cut the loads and stores of ``acc``; every entry is still summed in
+    the order k = 0, 1, ..., nv - 1 (no reassociation), so results do not depend on how the
+    loop is blocked or vectorised.
+    """
+    k = 0
+    while k + 8 <= nv:
+        v0 = v[k]
+        v1 = v[k + 1]
+        v2 = v[k + 2]
+        v3 = v[k + 3]
+        v4 = v[k + 4]
+        v5 = v[k + 5]
+        v6 = v[k + 6]
+        v7 = v[k + 7]
+        for i in range(m):
+            a = acc[row, i] + v0 * M[l, k, i]
+            a += v1 * M[l, k + 1, i]
+            a += v2 * M[l, k + 2, i]
+            a += v3 * M[l, k + 3, i]
+            a += v4 * M[l, k + 4, i]
+            a += v5 * M[l, k + 5, i]
+            a += v6 * M[l, k + 6, i]
+            acc[row, i] = a + v7 * M[l, k + 7, i]
+        k += 8
+    while k < nv:
+        vk = v[k]
+        for i in range(m):
+            acc[row, i] += vk * M[l, k, i]
+        k += 1
+
+
+@njit(cache=True, error_model="numpy")
 def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
     """Write ``(f(x), Df(x) V)`` into ``out[row, :]`` for the built-in field ``model``.
 
-    ``z`` and ``out[row]`` have length ``d (1 + nvar)``; ``pre`` (H,) and ``av`` (H, nvar) are
-    scratch. Weights are indexed in place (no per-call array views on the hot path).
+    ``z`` and ``out[row]`` have length ``d (1 + nvar)``; ``pre`` (2, H) (pre-activations and
+    activations) and ``av`` (H, nvar) are scratch. Weights are indexed in place (no per-call
+    array views on the hot path).
     """
     W, WT, A, AT, b, code, form = model
     H = b.shape[1]
     l = layer
     # pre-activation p = A x + b, accumulated along contiguous rows of A^T
     for j in range(H):
-        pre[j] = b[l, j]
-    for i in range(d):
-        xi = z[i]
-        for j in range(H):
-            pre[j] += xi * AT[l, i, j]
+        pre[0, j] = b[l, j]
+    _matvec_acc(AT, l, z, d, pre, 0, H)
     if form == FORM_OUTER:
+        _apply_act(code, pre[0], pre[1], H)
         for i in range(d):
             out[row, i] = 0.0
-        for j in range(H):
-            a = _act(code, pre[j])
-            for i in range(d):
-                out[row, i] += a * WT[l, j, i]
+        _matvec_acc(WT, l, pre[1], H, out, row, d)
         if nvar > 0:
             # av = diag(σ'(p)) A V
             for j in range(H):
-                g = dact(code, pre[j])
+                g = dact(code, pre[0, j])
                 for c in range(nvar):
                     av[j, c] = 0.0
                 for i in range(d):
@@ -83,11 +174,10 @@ def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
                         for c in range(nvar):
                             out[row, base + c] += w * av[j, c]
     else:
-        for i in range(d):
-            out[row, i] = _act(code, pre[i])
+        _apply_act(code, pre[0], out[row], d)
         if nvar > 0:
             for i in range(d):
-                g = dact(code, pre[i])
+                g = dact(code, pre[0, i])
                 base = d + i * nvar
                 for c in range(nvar):
                     out[row, base + c] = 0.0
@@ -137,7 +227,7 @@ def neural_field_batch(model, layer, X, out):
     """``out[i] = f(X[i])`` for a batch ``X`` (B, d) with the layer ``layer``."""
     B, d = X.shape
     H = model[4].shape[1]
-    pre = np.empty(H)
+    pre = np.empty((2, H))
     dummy = np.empty((H, 0))
     for i in range(B):
         neural_rhs(model, layer, d, 0, X[i], out, i, pre, dummy)

@@ -266,7 +266,7 @@ def rk_solve_one(
     ztmp = np.empty(n)
     e = np.empty(n)
     K = np.empty((S, n))
-    pre = np.empty(max(H, 1))
+    pre = np.empty((2, max(H, 1)))
     av = np.empty((max(H, 1), max(nvar, 1)))
     J = np.empty((d, d))
     for i in range(n):

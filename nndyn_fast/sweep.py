@@ -44,9 +44,9 @@ from .storage import TrajectoryWriter, open_run
 
 __all__ = ["SweepPointError", "SweepResult", "kuramoto_order_parameter", "sweep"]
 
-# Appended rows are committed (made durable, with the checkpoint) at most this often, and always
-# before the sweep returns or raises: a kill -9 loses at most this many seconds of results, and
-# the O(points) checkpoint is not rewritten after every cheap point.
+# Finished rows are written and committed (made durable, with the checkpoint) at most this
+# often, and always before the sweep returns or raises: a kill -9 loses at most this many seconds
+# of results, and the O(points) checkpoint is not rewritten after every cheap point.
 COMMIT_SECONDS = 0.5
 _RESERVED = ("index",)
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s:/]+:\d+/?$|^[a-z][a-z0-9+.-]*://\S+$")
@@ -297,7 +297,7 @@ class _Sink:
         self.grid, self.params, self.out, self.overwrite = grid, params, out, overwrite
         self.writer, self.done, self.schema = writer, done, schema
         self.rows: dict[int, dict[str, np.ndarray]] = {}
-        self.uncommitted = 0
+        self.buffer: list[tuple[int, dict[str, np.ndarray]]] = []  # rows not yet written
         self.last_commit = time.monotonic()
         self.computed = 0
 
@@ -323,19 +323,25 @@ class _Sink:
                 overwrite=self.overwrite,
                 series={"points": series},
             )
-        cols = {"index": np.array([i], np.int64)}
-        cols.update({n: self.grid.columns[n][i : i + 1] for n in self.grid.names})
-        cols.update({k: v[None] for k, v in res.items()})
-        self.writer.append("points", **cols)
-        self.uncommitted += 1
+            self.buffer.append((i, res))
+            self.commit(force=True)  # the file holds a commit from the start: always resumable
+            return
+        self.buffer.append((i, res))
 
     def commit(self, force: bool = False) -> None:
-        if self.writer is None or self.uncommitted == 0:
+        """Write the buffered rows (one resize per field) and commit them with the checkpoint,
+        if ``force`` or ``COMMIT_SECONDS`` have passed since the last commit."""
+        if self.writer is None or not self.buffer:
             return
         if force or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+            idx = np.array([i for i, _ in self.buffer], np.int64)
+            cols = {"index": idx}
+            cols.update({n: self.grid.columns[n][idx] for n in self.grid.names})
+            cols.update({k: np.stack([r[k] for _, r in self.buffer]) for k in self.schema})
+            self.writer.append("points", **cols)
             done = np.array(sorted(self.done), np.int64)
             self.writer.commit(done=done, n_done=done.size)
-            self.uncommitted = 0
+            self.buffer = []
             self.last_commit = time.monotonic()
 
     def close(self, exc: BaseException | None) -> None:
@@ -549,9 +555,10 @@ def sweep(
         ``distributed.Client``: used as is and left open.
     out : path, optional
         Stream results into this HDF5 run file (layout in :mod:`nndyn_fast.sweep`): rows are
-        appended as points finish and committed, with the set of finished points as checkpoint,
-        at least every ``COMMIT_SECONDS`` and before returning or raising. The file is created
-        when the first result arrives. Without ``out`` results are kept in memory only.
+        buffered as points finish (in completion order) and written and committed together, with
+        the set of finished points as checkpoint, once ``COMMIT_SECONDS`` (0.5 s) have passed
+        since the last commit and always before returning or raising. The file is created (and
+        first committed) when the first result arrives. Without ``out`` results stay in memory.
     overwrite : bool
         Replace an existing ``out``.
     resume : bool
