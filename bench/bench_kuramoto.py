@@ -117,8 +117,10 @@ def test_rk4_run_scipy_solve_ivp(benchmark, run_reference):
     W, omega, theta, model, fine = run_reference
     f = _numpy_rhs(W, omega, 2.0)
     sol = benchmark.pedantic(
-        solve_ivp, args=(lambda t, y: f(y), (0, STEPS_RUN * DT), theta),
-        kwargs={"method": "RK45", "rtol": 1e-7, "atol": 1e-9}, rounds=1,
+        solve_ivp,
+        args=(lambda t, y: f(y), (0, STEPS_RUN * DT), theta),
+        kwargs={"method": "RK45", "rtol": 1e-7, "atol": 1e-9},
+        rounds=1,
     )
     benchmark.extra_info["max_error"] = float(np.abs(sol.y[:, -1] - fine).max())
     benchmark.extra_info["nfev"] = int(sol.nfev)
@@ -145,13 +147,16 @@ LARGE = {
 @pytest.mark.parametrize("name", list(LARGE))
 @pytest.mark.benchmark(group="large-runs")
 def test_large_run_ours(benchmark, name):
-    code = "import numpy as np, resource\n" + LARGE[name] + (
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    code = (
+        "import numpy as np, resource\n"
+        + LARGE[name]
+        + ("print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     )
 
     def run():
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
         return int(out.stdout.split()[-1])
 
     rss_kib = benchmark.pedantic(run, rounds=1)

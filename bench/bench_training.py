@@ -105,25 +105,20 @@ def test_hvp_numpy_baseline(benchmark, problem):
     benchmark(_numpy_hvp, SIZES, theta, X, Y, v)
 
 
-@pytest.mark.benchmark(group="top-eigenvalue")
-def test_lanczos_numba(benchmark, problem):
-    mlp, theta, X, Y, _ = problem
-    res = benchmark(tr.sharpness, mlp, theta, X, Y, method="lanczos", tol=1e-8)
-    benchmark.extra_info["n_hvp"] = res.n_hvp
-    benchmark.extra_info["lambda_max"] = res.sharpness
+def _record(benchmark, n_hvp, lam):
+    benchmark.extra_info["n_hvp"] = int(n_hvp)
+    benchmark.extra_info["lambda_max"] = float(lam)
 
 
 @pytest.mark.benchmark(group="top-eigenvalue")
-def test_power_numba(benchmark, problem):
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_sharpness_numba(benchmark, problem, method):
     mlp, theta, X, Y, _ = problem
-    res = benchmark(tr.sharpness, mlp, theta, X, Y, method="power", tol=1e-8)
-    benchmark.extra_info["n_hvp"] = res.n_hvp
-    benchmark.extra_info["lambda_max"] = res.sharpness
+    res = benchmark(tr.sharpness, mlp, theta, X, Y, method=method, tol=1e-8)
+    _record(benchmark, res.n_hvp, res.sharpness)
 
 
 @pytest.mark.benchmark(group="top-eigenvalue")
 def test_power_100_numpy_baseline(benchmark, problem):
     mlp, theta, X, Y, _ = problem
-    lam = benchmark(_power_numpy, SIZES, theta, X, Y)
-    benchmark.extra_info["n_hvp"] = 100
-    benchmark.extra_info["lambda_max"] = float(lam)
+    _record(benchmark, 100, benchmark(_power_numpy, SIZES, theta, X, Y))

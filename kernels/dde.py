@@ -26,7 +26,9 @@ Built-in fields (``model`` code, parameters packed in ``ip`` (int64) and ``P`` (
 - ``LINEAR`` (1): x' = A x + sum_k B_k x(t - tau_k); ``P = [A (d*d), B (m*d*d)]``.
 - ``NEURAL`` (2): x' = W_l sigma(A_l x + sum_k B_lk x(t - tau_k) + b_l), layer ``l`` active on
   ``[t_layers[l], t_layers[l + 1])``; ``ip = [model, d, m, L, H, act, oW, oA, oB, ob]``,
-  ``P = [t_layers (L + 1), W (L, d, H), A (L, H, d), B (L, m, H, d), b (L, H)]``.
+  ``P = [t_layers (L + 1), W (L, d, H), A^T (L, d, H), B^T (L, m, d, H), b (L, H)]`` (A and B
+  transposed, so the loops over hidden units run over contiguous memory and vectorise; tanh is
+  :func:`tanh_fast`, a library-free form within 3 ulp of ``math.tanh``).
 - ``MACKEY_GLASS`` (3): x' = beta x(t - tau_1) / (1 + x(t - tau_1)^n) - gamma x (per component);
   ``P = [beta, gamma, n]``.
 
@@ -50,7 +52,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .activations import act
+from .activations import TANH, act
 from .rk import DOPRI5_A, DOPRI5_C, DOPRI5_D, DOPRI5_E, RK4_A, RK4_B, RK4_C
 
 # status codes (the first four as in kernels.rk)
@@ -73,6 +75,57 @@ _MAX_ITER = 30  # fixed-point passes when a delay is shorter than the step
 _ITER_TOL_DOPRI = 1e-3  # iteration converged: change below this in units of the error tolerance
 _ITER_TOL_RK4 = 1e-13  # relative change at which the RK4 iteration stops
 
+# RK4 with the derivative at the new node as a fifth stage (row B, time 1), so that both methods
+# run one stage loop whose last stage is f(t_new, y_new) (first same as last)
+_RK4F_A = np.zeros((5, 5))
+_RK4F_A[:4, :4] = RK4_A
+_RK4F_A[4, :4] = RK4_B
+_RK4F_C = np.append(RK4_C, 1.0)
+
+# tanh without a library call, so the hidden-unit loop vectorises: tanh|x| = e / (e + 2) with
+# e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1, r = 2|x| - n ln 2 in [-ln2/2, ln2/2], expm1(r) by
+# its Taylor polynomial to degree 14 (remainder < 1e-17); within 3 ulp of math.tanh
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that n * _LN2_HI is exact for n < 2^11
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+(_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13, _E14) = (
+    1.0 / math.factorial(k) for k in range(2, 15)
+)
+
+
+@njit(cache=True, inline="always")
+def tanh_fast(x):
+    """tanh(x) by a branch-free expm1 (vectorisable; callers need ``error_model="numpy"``)."""
+    ax = abs(x)
+    if ax > 20.0:
+        ax = 20.0  # tanh(20) rounds to 1; NaN passes through
+    y = 2.0 * ax
+    n = math.floor(y * _INV_LN2 + 0.5)
+    r = (y - n * _LN2_HI) - n * _LN2_LO
+    r2 = r * r
+    p = _E12 + r * _E13 + r2 * _E14
+    p = _E10 + r * _E11 + r2 * p
+    p = _E8 + r * _E9 + r2 * p
+    p = _E6 + r * _E7 + r2 * p
+    p = _E4 + r * _E5 + r2 * p
+    q = r + r2 * (_E2 + r * _E3 + r2 * p)  # expm1(r)
+    p2 = float(1 << (int(n) & 63))
+    e = p2 * q + (p2 - 1.0)
+    t = e / (e + 2.0)
+    return t if x >= 0.0 else -t
+
+
+@njit(cache=True, inline="always")
+def _wrap(i, cap):
+    """Ring slot of position ``i < 2 cap`` (a compare instead of an integer division)."""
+    return i - cap if i >= cap else i
+
+
+@njit(cache=True)
+def _copy(src, dst):
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
 
 @njit(cache=True)
 def hermite_eval(ta, ya, fa, tb, yb, fb, s, out):
@@ -92,17 +145,14 @@ def history_eval(hkind, hist, hfn, s, out):
     """The history at ``s <= t0``: constant, Hermite samples, or ``hfn(s, p, out)``."""
     hc, hst, hsy, hsdy, hp = hist
     if hkind == H_CONST:
-        for i in range(out.shape[0]):
-            out[i] = hc[i]
+        _copy(hc, out)
     elif hkind == H_SAMPLES:
         n = hst.shape[0]
         if s <= hst[0]:
-            for i in range(out.shape[0]):
-                out[i] = hsy[0, i]
+            _copy(hsy[0], out)
             return
         if s >= hst[n - 1]:
-            for i in range(out.shape[0]):
-                out[i] = hsy[n - 1, i]
+            _copy(hsy[n - 1], out)
             return
         lo = 0
         hi = n - 1
@@ -121,29 +171,31 @@ def history_eval(hkind, hist, hfn, s, out):
             hfn(s, hp, out)
 
 
-@njit(cache=True)
-def ring_eval(ring, head, cnt, s, out):
-    """Hermite value at ``s`` from the ring interval holding it (``T_0 <= s <= T_last``)."""
+@njit(cache=True, inline="always")
+def ring_eval(ring, head, cnt, cur, k, s, out):
+    """Hermite value at ``s`` from the ring interval holding it (``T_0 <= s <= T_last``).
+
+    ``cur[k]`` is the interval (position from the head) found for delay ``k`` last time; the
+    delayed times of a trajectory move forward step by step (back only on a rejected step), so
+    walking from it takes a step or two where a bisection would take log2(count).
+    """
     rt, ry, rfl, rfr = ring
     cap = rt.shape[0]
     if cnt == 1:
-        for i in range(out.shape[0]):
-            out[i] = ry[head, i]
+        _copy(ry[head], out)
         return
-    lo = 0
-    hi = cnt - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if rt[(head + mid) % cap] <= s:
-            lo = mid
-        else:
-            hi = mid
-    a = (head + lo) % cap
-    b = (head + hi) % cap
+    lo = min(cur[k], cnt - 2)
+    while lo > 0 and rt[_wrap(head + lo, cap)] > s:
+        lo -= 1
+    while lo < cnt - 2 and rt[_wrap(head + lo + 1, cap)] <= s:
+        lo += 1
+    cur[k] = lo
+    a = _wrap(head + lo, cap)
+    b = _wrap(a + 1, cap)
     hermite_eval(rt[a], ry[a], rfr[a], rt[b], ry[b], rfl[b], s, out)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def builtin_rhs(model, ip, P, tl, x, xd, z, out):
     """Built-in vector field (``model`` code) at state ``x``, delayed states ``xd`` (m, d)."""
     d = x.shape[0]
@@ -167,27 +219,32 @@ def builtin_rhs(model, ip, P, tl, x, xd, z, out):
             v = xd[0, i]
             out[i] = beta * v / (1.0 + v**n) - gamma * x[i]
     else:
-        L = ip[3]
-        H = ip[4]
-        code = ip[5]
-        oW = ip[6]
-        oA = ip[7]
-        oB = ip[8]
-        ob = ip[9]
+        L, H, code, oW, oA, oB, ob = ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9]
         lay = 0
         while lay < L - 1 and P[lay + 1] <= tl:
             lay += 1
-        aoff = oA + lay * H * d
-        boff = oB + lay * m * H * d
+        # pre-activations, hidden unit innermost (A and B are stored transposed, (d, H) blocks)
+        boff = ob + lay * H
         for r in range(H):
-            s = P[ob + lay * H + r]
+            z[r] = P[boff + r]
+        aoff = oA + lay * d * H
+        for j in range(d):
+            xj = x[j]
+            for r in range(H):
+                z[r] += P[aoff + j * H + r] * xj
+        doff = oB + lay * m * d * H
+        for k in range(m):
             for j in range(d):
-                s += P[aoff + r * d + j] * x[j]
-            for k in range(m):
-                base = boff + (k * H + r) * d
-                for j in range(d):
-                    s += P[base + j] * xd[k, j]
-            z[r] = act(code, s)
+                xj = xd[k, j]
+                base = doff + (k * d + j) * H
+                for r in range(H):
+                    z[r] += P[base + r] * xj
+        if code == TANH:
+            for r in range(H):
+                z[r] = tanh_fast(z[r])
+        else:
+            for r in range(H):
+                z[r] = act(code, z[r])
         woff = oW + lay * d * H
         for i in range(d):
             s = 0.0
@@ -196,40 +253,21 @@ def builtin_rhs(model, ip, P, tl, x, xd, z, out):
             out[i] = s
 
 
-@njit(cache=True)
-def dde_field(
-    fn,
-    args,
-    model,
-    ip,
-    P,
-    hkind,
-    hist,
-    hfn,
-    t0,
-    taus,
-    ring,
-    head,
-    cnt,
-    tent_t,
-    tent_y,
-    tent_f,
-    tent_ok,
-    t,
-    tl,
-    x,
-    xd,
-    z,
-    out,
-):
+@njit(cache=True, inline="always")
+def dde_field(fn, args, hfn, env, head, cnt, scr, tent, t, tl, x, out):
     """f(t, x, x(t - tau_k)) into ``out``; returns 1 if a delayed time fell past the last node.
 
-    Delayed values past the last node come from the tentative step ``(tent_t, tent_y, tent_f)``
-    when ``tent_ok``, else from a linear extrapolation of the last node.
+    ``env = (fld, hist, ring)`` (see :func:`dde_advance`), ``scr = (cur, xd, z)`` scratch (ring
+    cursors, delayed states, hidden units); ``tent = (t, y, f, ok)`` is the
+    tentative step: delayed values past the last node come from it when ``ok``, else from a
+    linear extrapolation of the last node.
     """
+    fld, hist, ring = env
+    model, ip, P, hkind, t0, taus = fld
     rt, ry, rfl, rfr = ring
-    cap = rt.shape[0]
-    last = (head + cnt - 1) % cap
+    cur, xd, z = scr
+    tent_t, tent_y, tent_f, tent_ok = tent
+    last = _wrap(head + cnt - 1, rt.shape[0])
     tlast = rt[last]
     over = 0
     for k in range(taus.shape[0]):
@@ -238,7 +276,7 @@ def dde_field(
         if s <= t0:
             history_eval(hkind, hist, hfn, s, row)
         elif s <= tlast:
-            ring_eval(ring, head, cnt, s, row)
+            ring_eval(ring, head, cnt, cur, k, s, row)
         else:
             over = 1
             if tent_ok:
@@ -273,53 +311,64 @@ def _wrms(e, y, ynew, rtol, atol):
 
 
 @njit(cache=True)
+def _combine(K, w, nst, h, out):
+    """``out = h sum_s w[s] K[s]`` over the first ``nst`` stages."""
+    for i in range(out.shape[0]):
+        acc = 0.0
+        for s in range(nst):
+            acc += w[s] * K[s, i]
+        out[i] = h * acc
+
+
+@njit(cache=True)
 def _dense_dopri(y, ynew, k, h, th, out):
     """Hairer's order-4 continuous extension of a Dormand-Prince step at fraction ``th``."""
     th1 = 1.0 - th
+    _combine(k, DOPRI5_D, 7, h, out)
     for i in range(y.shape[0]):
         dy = ynew[i] - y[i]
         r3 = h * k[0, i] - dy
         r4 = dy - h * k[6, i] - r3
-        r5 = 0.0
-        for s in range(7):
-            r5 += DOPRI5_D[s] * k[s, i]
-        r5 *= h
-        out[i] = y[i] + th * (dy + th1 * (r3 + th * (r4 + th1 * r5)))
+        out[i] = y[i] + th * (dy + th1 * (r3 + th * (r4 + th1 * out[i])))
 
 
 @njit(cache=True)
-def dde_advance_one(
-    fn,
-    args,
-    model,
-    ip,
-    P,
-    hkind,
-    hist,
-    hfn,
-    t0,
-    taus,
-    disc,
-    djump,
-    method,
-    dt,
-    rtol,
-    atol,
-    hmax,
-    t_end,
-    tout,
-    yout,
-    b,
-    ring,
-    ist,
-    fst,
-    max_steps,
-    H,
-):
+def _first_node(fn, args, hfn, env, scr, tent_y, tent_f, tiny):
+    """Start an empty ring at t0 with the history value and f(t0+) there (1 f evaluation)."""
+    fld, hist, ring = env
+    t0 = fld[4]
+    rt, ry, rfl, rfr = ring
+    rt[0] = t0
+    history_eval(fld[3], hist, hfn, t0, ry[0])
+    tent = (t0, tent_y, tent_f, False)
+    dde_field(fn, args, hfn, env, 0, 1, scr, tent, t0, t0 + tiny, ry[0], rfr[0])
+    _copy(rfr[0], rfl[0])
+
+
+@njit(cache=True)
+def _initial_step(y, f, rtol, atol, hmax):
+    """Hairer's first guess: 1% of |y| / |f| in the tolerance norm."""
+    d = y.shape[0]
+    d0 = 0.0
+    d1 = 0.0
+    for i in range(d):
+        sc = atol + rtol * abs(y[i])
+        d0 += (y[i] / sc) ** 2
+        d1 += (f[i] / sc) ** 2
+    d0 = math.sqrt(d0 / d)
+    d1 = math.sqrt(d1 / d)
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    return min(h0, hmax)
+
+
+@njit(cache=True)
+def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst):
     """Advance one trajectory to ``t_end``, writing ``yout[j, b]`` for the times ``tout[j]``.
 
     Initialises the ring from the history at ``t0`` when it is empty. Returns the status.
     """
+    model, ip, P, hkind, t0, taus = fld
+    method, dt, rtol, atol, hmax, t_end, disc, djump, max_steps = ctl
     rt, ry, rfl, rfr = ring
     cap = rt.shape[0]
     d = ry.shape[1]
@@ -327,16 +376,19 @@ def dde_advance_one(
     taumax = 0.0
     for k in range(m):
         taumax = max(taumax, taus[k])
-    nst = 7 if method == DOPRI5 else 4
+    if method == DOPRI5:
+        TA, TC, nst = DOPRI5_A, DOPRI5_C, 7
+    else:
+        TA, TC, nst = _RK4F_A, _RK4F_C, 5
+    kl = nst - 1  # the last stage: f at the new node
+    H = ip[4] if (fn is None and model == NEURAL) else 1
     K = np.empty((7, d))
-    y = np.empty(d)
-    ynew = np.empty(d)
-    ytmp = np.empty(d)
-    tent_y = np.empty(d)
-    tent_f = np.empty(d)
-    err = np.empty(d)
-    xd = np.empty((m, d))
-    z = np.empty(max(H, 1))
+    y, ynew, ytmp = np.empty(d), np.empty(d), np.empty(d)
+    tent_y, tent_f, err = np.empty(d), np.empty(d), np.empty(d)
+    # ring interval last used by each delay, delayed states, hidden units
+    scr = (np.zeros(m, dtype=np.int64), np.empty((m, d)), np.empty(max(H, 1)))
+    cur = scr[0]
+    env = (fld, hist, ring)
     tiny = 1e-9 * (1.0 + abs(t0))
     if ist[I_STATUS] == RING_FULL:
         ist[I_STATUS] = OK
@@ -346,36 +398,8 @@ def dde_advance_one(
     if ist[I_COUNT] == 0:
         ist[I_HEAD] = 0
         ist[I_COUNT] = 1
-        rt[0] = t0
-        history_eval(hkind, hist, hfn, t0, ry[0])
-        dde_field(
-            fn,
-            args,
-            model,
-            ip,
-            P,
-            hkind,
-            hist,
-            hfn,
-            t0,
-            taus,
-            ring,
-            0,
-            1,
-            t0,
-            tent_y,
-            tent_f,
-            False,
-            t0,
-            t0 + tiny,
-            ry[0],
-            xd,
-            z,
-            rfr[0],
-        )
         ist[I_NFEV] += 1
-        for i in range(d):
-            rfl[0, i] = rfr[0, i]
+        _first_node(fn, args, hfn, env, scr, tent_y, tent_f, tiny)
         if not _all_finite(rfr[0]):
             ist[I_STATUS] = NONFINITE
             return NONFINITE
@@ -384,32 +408,26 @@ def dde_advance_one(
     cnt = ist[I_COUNT]
     last = (head + cnt - 1) % cap
     t = rt[last]
-    for i in range(d):
-        y[i] = ry[last, i]
+    _copy(ry[last], y)
 
     # outputs at (or before) the current time: already written except one equal to t
     nout = tout.shape[0]
     j = 0
     while j < nout and tout[j] <= t:
         if tout[j] == t:
-            for i in range(d):
-                yout[j, b, i] = y[i]
+            _copy(y, yout[j, b])
         j += 1
 
     if method == DOPRI5 and fst[F_H] <= 0.0:
-        # initial step: 1% of |y| / |f| in the tolerance norm (Hairer's first guess)
-        d0 = 0.0
-        d1 = 0.0
-        for i in range(d):
-            sc = atol + rtol * abs(y[i])
-            d0 += (y[i] / sc) ** 2
-            d1 += (rfr[last, i] / sc) ** 2
-        d0 = math.sqrt(d0 / d)
-        d1 = math.sqrt(d1 / d)
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        fst[F_H] = min(h0, hmax)
+        fst[F_H] = _initial_step(y, rfr[last], rtol, atol, hmax)
         fst[F_FACOLD] = 1e-4
 
+    # counters live in registers during the loop and go back to ``ist`` at the end
+    dp = ist[I_DISC]
+    grid = ist[I_GRID]
+    nacc = 0
+    nrej = 0
+    nfev = 0
     ndisc = disc.shape[0]
     nsteps = 0
     rejected_last = False
@@ -419,10 +437,8 @@ def dde_advance_one(
             status = MAX_STEPS
             break
         # --- choose the step and where it ends --------------------------------------------
-        dp = ist[I_DISC]
         while dp < ndisc and disc[dp] <= t + tiny:
             dp += 1
-        ist[I_DISC] = dp
         stop = t_end
         hit_disc = False
         if dp < ndisc and disc[dp] < t_end - tiny:
@@ -430,7 +446,7 @@ def dde_advance_one(
             hit_disc = True
         on_grid = False
         if method == RK4:
-            g = t0 + (ist[I_GRID] + 1) * dt
+            g = t0 + (grid + 1) * dt
             if abs(stop - g) <= 1e-9 * dt:
                 tnew = stop  # a stop on a grid point: take it exactly
                 on_grid = True
@@ -457,118 +473,28 @@ def dde_advance_one(
             break
         tl = t + 0.5 * h  # layer of a time-dependent built-in: the one holding the step
         # --- the step, iterated when a delayed time falls inside it -------------------------
-        for i in range(d):
-            K[0, i] = rfr[last, i]
+        _copy(rfr[last], K[0])
         tent_ok = False
         for _it in range(_MAX_ITER):
+            tent = (tnew, tent_y, tent_f, tent_ok)
             over = 0
-            if method == DOPRI5:
-                for s in range(1, 7):
-                    for i in range(d):
-                        acc = 0.0
-                        for q in range(s):
-                            acc += DOPRI5_A[s, q] * K[q, i]
-                        ytmp[i] = y[i] + h * acc
-                    over |= dde_field(
-                        fn,
-                        args,
-                        model,
-                        ip,
-                        P,
-                        hkind,
-                        hist,
-                        hfn,
-                        t0,
-                        taus,
-                        ring,
-                        head,
-                        cnt,
-                        tnew,
-                        tent_y,
-                        tent_f,
-                        tent_ok,
-                        tnew if s == 6 else t + DOPRI5_C[s] * h,
-                        tl,
-                        ytmp,
-                        xd,
-                        z,
-                        K[s],
-                    )
-                for i in range(d):
-                    ynew[i] = ytmp[i]  # stage 7 input is the fifth-order solution (FSAL)
-                ist[I_NFEV] += 6
-            else:
-                for s in range(1, 4):
-                    for i in range(d):
-                        acc = 0.0
-                        for q in range(s):
-                            acc += RK4_A[s, q] * K[q, i]
-                        ytmp[i] = y[i] + h * acc
-                    over |= dde_field(
-                        fn,
-                        args,
-                        model,
-                        ip,
-                        P,
-                        hkind,
-                        hist,
-                        hfn,
-                        t0,
-                        taus,
-                        ring,
-                        head,
-                        cnt,
-                        tnew,
-                        tent_y,
-                        tent_f,
-                        tent_ok,
-                        t + RK4_C[s] * h,
-                        tl,
-                        ytmp,
-                        xd,
-                        z,
-                        K[s],
-                    )
+            for s in range(1, nst):
                 for i in range(d):
                     acc = 0.0
-                    for q in range(4):
-                        acc += RK4_B[q] * K[q, i]
-                    ynew[i] = y[i] + h * acc
-                # derivative at the new node (the next step's first stage)
-                over |= dde_field(
-                    fn,
-                    args,
-                    model,
-                    ip,
-                    P,
-                    hkind,
-                    hist,
-                    hfn,
-                    t0,
-                    taus,
-                    ring,
-                    head,
-                    cnt,
-                    tnew,
-                    tent_y,
-                    tent_f,
-                    tent_ok,
-                    tnew,
-                    tl,
-                    ynew,
-                    xd,
-                    z,
-                    K[6],
-                )
-                ist[I_NFEV] += 4
+                    for q in range(s):
+                        acc += TA[s, q] * K[q, i]
+                    ytmp[i] = y[i] + h * acc
+                ts = tnew if s == kl else t + TC[s] * h  # the last stage sits on the node
+                over |= dde_field(fn, args, hfn, env, head, cnt, scr, tent, ts, tl, ytmp, K[s])
+            _copy(ytmp, ynew)  # the last stage's input is the new solution
+            nfev += nst - 1
             if over == 0:
                 break
             if tent_ok:
                 for i in range(d):
                     err[i] = ynew[i] - tent_y[i]
                 if method == DOPRI5:
-                    chg = _wrms(err, y, ynew, rtol, atol)
-                    if chg <= _ITER_TOL_DOPRI:
+                    if _wrms(err, y, ynew, rtol, atol) <= _ITER_TOL_DOPRI:
                         break
                 else:
                     chg = 0.0
@@ -578,29 +504,20 @@ def dde_advance_one(
                         scl = max(scl, abs(ynew[i]))
                     if chg <= _ITER_TOL_RK4 * (1.0 + scl):
                         break
-            for i in range(d):
-                tent_y[i] = ynew[i]
-                tent_f[i] = K[6, i]
+            _copy(ynew, tent_y)
+            _copy(K[kl], tent_f)
             tent_ok = True
         nsteps += 1
-        finite = _all_finite(ynew) and _all_finite(K[6])
+        finite = _all_finite(ynew) and _all_finite(K[kl])
         # --- accept or reject --------------------------------------------------------------
         if method == DOPRI5:
-            for i in range(d):
-                acc = 0.0
-                for s in range(nst):
-                    acc += DOPRI5_E[s] * K[s, i]
-                err[i] = h * acc
+            _combine(K, DOPRI5_E, nst, h, err)
             e_step = _wrms(err, y, ynew, rtol, atol)
-            for i in range(d):
-                acc = 0.0
-                for s in range(7):
-                    acc += DOPRI5_D[s] * K[s, i]
-                err[i] = h * acc / 16.0
+            _combine(K, DOPRI5_D, nst, h / 16.0, err)
             e_int = _wrms(err, y, ynew, rtol, atol)
             en = max(e_step, e_int)
             if not finite or not math.isfinite(en):
-                ist[I_REJ] += 1
+                nrej += 1
                 fst[F_H] = 0.25 * h
                 rejected_last = True
                 if fst[F_H] <= 16.0 * _EPS * max(abs(t), 1.0):
@@ -612,7 +529,7 @@ def dde_advance_one(
             fac = max(1.0 / _FAC_MAX, min(1.0 / _FAC_MIN, fac / _SAFETY))
             hnew = h / fac
             if en > 1.0:
-                ist[I_REJ] += 1
+                nrej += 1
                 fst[F_H] = h / min(1.0 / _FAC_MIN, fac11 / _SAFETY)
                 rejected_last = True
                 continue
@@ -626,216 +543,78 @@ def dde_advance_one(
             status = NONFINITE
             break
         # --- make room in the ring, then write outputs and push the node --------------------
-        while cnt >= 2 and rt[(head + 1) % cap] <= tnew - taumax:
-            head = (head + 1) % cap
+        while cnt >= 2 and rt[_wrap(head + 1, cap)] <= tnew - taumax:
+            head = _wrap(head + 1, cap)
             cnt -= 1
+            for k in range(m):
+                cur[k] = max(cur[k] - 1, 0)
         if cnt >= cap:
-            ist[I_HEAD] = head
-            ist[I_COUNT] = cnt
             status = RING_FULL
             break
         while j < nout and tout[j] <= tnew:
             if method == DOPRI5:
-                _dense_dopri(y, ynew, K, h, (tout[j] - t) / h, ytmp)
+                _dense_dopri(y, ynew, K, h, (tout[j] - t) / h, yout[j, b])
             else:
-                hermite_eval(t, y, K[0], tnew, ynew, K[6], tout[j], ytmp)
-            for i in range(d):
-                yout[j, b, i] = ytmp[i]
+                hermite_eval(t, y, K[0], tnew, ynew, K[kl], tout[j], yout[j, b])
             j += 1
-        new = (head + cnt) % cap
+        new = _wrap(head + cnt, cap)
         rt[new] = tnew
-        for i in range(d):
-            ry[new, i] = ynew[i]
-            rfl[new, i] = K[6, i]
-            rfr[new, i] = K[6, i]
+        _copy(ynew, ry[new])
+        _copy(K[kl], rfl[new])
+        _copy(K[kl], rfr[new])
         cnt += 1
-        ist[I_HEAD] = head
-        ist[I_COUNT] = cnt
-        ist[I_ACC] += 1
+        nacc += 1
         if method == RK4 and on_grid:
-            ist[I_GRID] += 1
+            grid += 1
         if hit_disc:
-            ist[I_DISC] = dp + 1
-            if djump[dp]:
+            dp += 1
+            if djump[dp - 1]:
                 # f jumps in time here: the right derivative starts the next interval
+                tent = (tnew, tent_y, tent_f, False)
                 dde_field(
-                    fn,
-                    args,
-                    model,
-                    ip,
-                    P,
-                    hkind,
-                    hist,
-                    hfn,
-                    t0,
-                    taus,
-                    ring,
-                    head,
-                    cnt,
-                    tnew,
-                    tent_y,
-                    tent_f,
-                    False,
-                    tnew,
-                    tnew + tiny,
-                    ynew,
-                    xd,
-                    z,
-                    rfr[new],
+                    fn, args, hfn, env, head, cnt, scr, tent, tnew, tnew + tiny, ynew, rfr[new]
                 )
-                ist[I_NFEV] += 1
+                nfev += 1
         last = new
         t = tnew
-        for i in range(d):
-            y[i] = ynew[i]
+        _copy(ynew, y)
+    ist[I_HEAD] = head
+    ist[I_COUNT] = cnt
+    ist[I_DISC] = dp
+    ist[I_GRID] = grid
+    ist[I_ACC] += nacc
+    ist[I_REJ] += nrej
+    ist[I_NFEV] += nfev
     ist[I_STATUS] = status
     return status
 
 
+@njit(cache=True)
+def _advance_member(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst, b):
+    """:func:`dde_advance_one` for member ``b`` of the batched history and ring arrays."""
+    hc, hst, hsy, hsdy, hp = hists
+    rt, ry, rfl, rfr = rings
+    hist = (hc[b], hst, hsy[b], hsdy[b], hp[b])
+    ring = (rt[b], ry[b], rfl[b], rfr[b])
+    dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist[b], fst[b])
+
+
 @njit(cache=True, parallel=True)
-def dde_advance(
-    fn,
-    args,
-    model,
-    ip,
-    P,
-    hkind,
-    hc,
-    hst,
-    hsy,
-    hsdy,
-    hfn,
-    hp,
-    t0,
-    taus,
-    disc,
-    djump,
-    method,
-    dt,
-    rtol,
-    atol,
-    hmax,
-    t_end,
-    tout,
-    yout,
-    rt,
-    ry,
-    rfl,
-    rfr,
-    ist,
-    fst,
-    max_steps,
-):
+def dde_advance(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst):
     """Advance every trajectory ``b`` of the batch to ``t_end`` (batch members in parallel).
 
-    ``yout`` (len(tout), B, d) receives the solution at ``tout``; history arrays are indexed by
-    member: ``hc`` (B, d), ``hsy``/``hsdy`` (B, n, d), ``hp`` (B, p). Returns nothing; each
-    member's status is ``ist[b, 7]``.
+    ``fld = (model, ip, P, hkind, t0, taus)`` (the field and history kind),
+    ``ctl = (method, dt, rtol, atol, hmax, t_end, disc, djump, max_steps)``,
+    ``hists = (hc (B, d), hst (n,), hsy (B, n, d), hsdy (B, n, d), hp (B, p))``,
+    ``rings = (rt, ry, rfl, rfr)``. ``yout`` (len(tout), B, d) receives the solution at
+    ``tout``. Returns nothing; each member's status is ``ist[b, 7]``.
     """
-    B = rt.shape[0]
-    H = 1
-    if fn is None and model == NEURAL:
-        H = ip[4]
-    for b in prange(B):
-        hist = (hc[b], hst, hsy[b], hsdy[b], hp[b])
-        ring = (rt[b], ry[b], rfl[b], rfr[b])
-        dde_advance_one(
-            fn,
-            args,
-            model,
-            ip,
-            P,
-            hkind,
-            hist,
-            hfn,
-            t0,
-            taus,
-            disc,
-            djump,
-            method,
-            dt,
-            rtol,
-            atol,
-            hmax,
-            t_end,
-            tout,
-            yout,
-            b,
-            ring,
-            ist[b],
-            fst[b],
-            max_steps,
-            H,
-        )
+    for b in prange(ist.shape[0]):
+        _advance_member(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst, b)
 
 
 @njit(cache=True)
-def dde_advance_serial(
-    fn,
-    args,
-    model,
-    ip,
-    P,
-    hkind,
-    hc,
-    hst,
-    hsy,
-    hsdy,
-    hfn,
-    hp,
-    t0,
-    taus,
-    disc,
-    djump,
-    method,
-    dt,
-    rtol,
-    atol,
-    hmax,
-    t_end,
-    tout,
-    yout,
-    rt,
-    ry,
-    rfl,
-    rfr,
-    ist,
-    fst,
-    max_steps,
-):
+def dde_advance_serial(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst):
     """:func:`dde_advance` in one thread (a single trajectory; compiles faster)."""
-    B = rt.shape[0]
-    H = 1
-    if fn is None and model == NEURAL:
-        H = ip[4]
-    for b in range(B):
-        hist = (hc[b], hst, hsy[b], hsdy[b], hp[b])
-        ring = (rt[b], ry[b], rfl[b], rfr[b])
-        dde_advance_one(
-            fn,
-            args,
-            model,
-            ip,
-            P,
-            hkind,
-            hist,
-            hfn,
-            t0,
-            taus,
-            disc,
-            djump,
-            method,
-            dt,
-            rtol,
-            atol,
-            hmax,
-            t_end,
-            tout,
-            yout,
-            b,
-            ring,
-            ist[b],
-            fst[b],
-            max_steps,
-            H,
-        )
+    for b in range(ist.shape[0]):
+        _advance_member(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst, b)

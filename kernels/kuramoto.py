@@ -232,8 +232,9 @@ def coupling_sums(kind, cp, wfun, a, b, two, sa, sb):
     elif kind == CSR:
         coupling_csr(cp[1], cp[2], cp[3], a, b, two, sa, sb)
     elif kind == STRUCTURED:
-        coupling_structured(cp[6], cp[7], cp[12], cp[8], cp[9], cp[5], a, b, two, sa, sb,
-                            cp[13], cp[14])
+        coupling_structured(
+            cp[6], cp[7], cp[12], cp[8], cp[9], cp[5], a, b, two, sa, sb, cp[13], cp[14]
+        )
     else:
         coupling_pairwise(cp[4], cp[5], cp[11], cp[10], wfun, a, b, two, sa, sb)
 
@@ -292,8 +293,24 @@ def _record(model, act_code, state, obs, k):
 
 
 @njit(cache=True, parallel=True)
-def network_advance(model, act_code, state, drive, KN, alpha, dt, method, n_steps, save_every,
-                    step0, kind, cp, wfun, frames, obs):
+def network_advance(
+    model,
+    act_code,
+    state,
+    drive,
+    KN,
+    alpha,
+    dt,
+    method,
+    n_steps,
+    save_every,
+    step0,
+    kind,
+    cp,
+    wfun,
+    frames,
+    obs,
+):
     """Advance ``state`` in place by ``n_steps`` fixed steps of Euler or classic RK4.
 
     After each step k (global step ``step0 + k + 1``) the observables go to ``obs[k]``; when the

@@ -118,6 +118,16 @@ def _bvec(theta, sizes, woff, l):
     return theta[b0 : b0 + nout]
 
 
+@njit(cache=True, inline="always")
+def _col_sums(M, out):
+    """out[o] = Σ_i M[i, o], rows added in order (the bias part of a backward pass)."""
+    for o in range(M.shape[1]):
+        out[o] = 0.0
+    for i in range(M.shape[0]):
+        for o in range(M.shape[1]):
+            out[o] += M[i, o]
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2):
     """Forward pass of the points idx[i0:i0+m] (rows i0:i0+m if idx is empty).
@@ -154,6 +164,18 @@ def _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2):
                     T2[i, o] = s2
 
 
+@njit(cache=True, inline="always")
+def _softmax_norm(F, i):
+    """(max_k F[i, k], Σ_k exp(F[i, k] − max)): the stable pieces of softmax and logsumexp."""
+    mx = F[i, 0]
+    for k in range(1, F.shape[1]):
+        mx = max(mx, F[i, k])
+    se = 0.0
+    for k in range(F.shape[1]):
+        se += math.exp(F[i, k] - mx)
+    return mx, se
+
+
 @njit(cache=True)
 def _output_rows(loss_code, F, Y, idx, i0, m, inv_n, D):
     """Loss of the block (times inv_n, returned) and δ_L = ∂L/∂f into D (m, d_L)."""
@@ -168,12 +190,7 @@ def _output_rows(loss_code, F, Y, idx, i0, m, inv_n, D):
                 total += 0.5 * e * e * inv_n
                 D[i, k] = e * inv_n
         else:
-            mx = F[i, 0]
-            for k in range(1, dout):
-                mx = max(mx, F[i, k])
-            se = 0.0
-            for k in range(dout):
-                se += math.exp(F[i, k] - mx)
+            mx, se = _softmax_norm(F, i)
             lse = mx + math.log(se)
             ysum = 0.0
             yf = 0.0
@@ -198,12 +215,7 @@ def _loss_hessian_rows(loss_code, F, RF, Y, idx, i0, m, inv_n, RD):
                 RD[i, k] = RF[i, k] * inv_n
         else:
             r = idx[i0 + i] if use_idx else i0 + i
-            mx = F[i, 0]
-            for k in range(1, dout):
-                mx = max(mx, F[i, k])
-            se = 0.0
-            for k in range(dout):
-                se += math.exp(F[i, k] - mx)
+            mx, se = _softmax_norm(F, i)
             ysum = 0.0
             q = 0.0
             for k in range(dout):
@@ -225,13 +237,7 @@ def _backward_block(sizes, theta, woff, uoff, m, A, S1, D, g):
         Dl = _lay(D, m, sizes, uoff, l + 1)
         Ap = _lay(A, m, sizes, uoff, l)
         np.dot(Dl.T, Ap, _wmat(g, sizes, woff, l))
-        gb = _bvec(g, sizes, woff, l)
-        nout = sizes[l + 1]
-        for o in range(nout):
-            gb[o] = 0.0
-        for i in range(m):
-            for o in range(nout):
-                gb[o] += Dl[i, o]
+        _col_sums(Dl, _bvec(g, sizes, woff, l))
         if l > 0:
             Dp = _lay(D, m, sizes, uoff, l)
             np.dot(Dl, _wmat(theta, sizes, woff, l), Dp)
@@ -290,12 +296,7 @@ def _rbackward_block(sizes, theta, v, woff, uoff, m, A, S1, S2, D, RZ, RA, RD, T
             for o in range(nout):
                 for j in range(nin):
                     hW[o, j] += Tw[o, j]
-        hb = _bvec(h, sizes, woff, l)
-        for o in range(nout):
-            hb[o] = 0.0
-        for i in range(m):
-            for o in range(nout):
-                hb[o] += RDl[i, o]
+        _col_sums(RDl, _bvec(h, sizes, woff, l))
         if l > 0:
             W = _wmat(theta, sizes, woff, l)
             Dp = _lay(D, m, sizes, uoff, l)
@@ -356,26 +357,34 @@ def _sum_rows(part, out):
         out[p] = s
 
 
+@njit(cache=True, inline="always")
+def _n_blocks(n):
+    return (n + BLOCK - 1) // BLOCK
+
+
+@njit(cache=True, inline="always")
+def _block_forward(sizes, code, theta, X, idx, b, n, woff, uoff, U):
+    """Block b of n points: ``(i0, m, A, S1, S2)``, its first row, its size and its own freshly
+    allocated forward-pass buffers (see ``_forward_block``)."""
+    i0 = b * BLOCK
+    m = min(BLOCK, n - i0)
+    A = np.empty(m * U)
+    S1 = np.empty(m * U)
+    S2 = np.empty(m * U)
+    _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
+    return i0, m, A, S1, S2
+
+
 @njit(cache=True, parallel=True)
 def mlp_forward(sizes, code, theta, X, out):
     """Network outputs f(x_i; θ) of every row of X into ``out`` (n, d_L)."""
     n = X.shape[0]
     woff, uoff, P, U = mlp_layout(sizes)
     L = sizes.shape[0] - 1
-    dout = sizes[L]
-    nb = (n + BLOCK - 1) // BLOCK
     idx = np.empty(0, np.int64)
-    for b in prange(nb):
-        i0 = b * BLOCK
-        m = min(BLOCK, n - i0)
-        A = np.empty(m * U)
-        S1 = np.empty(m * U)
-        S2 = np.empty(m * U)
-        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
-        F = _lay(A, m, sizes, uoff, L)
-        for i in range(m):
-            for k in range(dout):
-                out[i0 + i, k] = F[i, k]
+    for b in prange(_n_blocks(n)):
+        i0, m, A, S1, S2 = _block_forward(sizes, code, theta, X, idx, b, n, woff, uoff, U)
+        out[i0 : i0 + m] = _lay(A, m, sizes, uoff, L)
     return OK
 
 
@@ -388,18 +397,13 @@ def mlp_loss_grad(sizes, code, loss_code, theta, X, Y, idx, want_grad, grad):
     nsel = idx.shape[0] if idx.shape[0] > 0 else X.shape[0]
     woff, uoff, P, U = mlp_layout(sizes)
     L = sizes.shape[0] - 1
-    nb = (nsel + BLOCK - 1) // BLOCK
+    nb = _n_blocks(nsel)
     inv_n = 1.0 / nsel
     lpart = np.zeros(nb)
     part = np.empty((nb if want_grad else 0, P))
     for b in prange(nb):
-        i0 = b * BLOCK
-        m = min(BLOCK, nsel - i0)
-        A = np.empty(m * U)
-        S1 = np.empty(m * U)
-        S2 = np.empty(m * U)
+        i0, m, A, S1, S2 = _block_forward(sizes, code, theta, X, idx, b, nsel, woff, uoff, U)
         D = np.empty(m * U)
-        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
         F = _lay(A, m, sizes, uoff, L)
         lpart[b] = _output_rows(loss_code, F, Y, idx, i0, m, inv_n, _lay(D, m, sizes, uoff, L))
         if want_grad:
@@ -413,12 +417,13 @@ def mlp_loss_grad(sizes, code, loss_code, theta, X, Y, idx, want_grad, grad):
 
 
 @njit(cache=True, parallel=True)
-def mlp_hvp(sizes, code, loss_code, theta, X, Y, v, out):
-    """Exact Hessian-vector product H(θ) v of the loss (R-operator) into ``out`` (P,)."""
+def _curvature_vp(sizes, code, loss_code, theta, X, Y, v, gauss_newton, out):
+    """H v (exact, R-forward then R-backward pass) or, with ``gauss_newton``, G v (R-forward
+    pass, then a plain backward pass of H_f R{f}) into ``out`` (P,)."""
     n = X.shape[0]
     woff, uoff, P, U = mlp_layout(sizes)
     L = sizes.shape[0] - 1
-    nb = (n + BLOCK - 1) // BLOCK
+    nb = _n_blocks(n)
     inv_n = 1.0 / n
     idx = np.empty(0, np.int64)
     part = np.empty((nb, P))
@@ -426,58 +431,35 @@ def mlp_hvp(sizes, code, loss_code, theta, X, Y, v, out):
     for l in range(L):
         wmax = max(wmax, sizes[l + 1] * sizes[l], BLOCK * sizes[l], BLOCK * sizes[l + 1])
     for b in prange(nb):
-        i0 = b * BLOCK
-        m = min(BLOCK, n - i0)
-        A = np.empty(m * U)
-        S1 = np.empty(m * U)
-        S2 = np.empty(m * U)
-        D = np.empty(m * U)
+        i0, m, A, S1, S2 = _block_forward(sizes, code, theta, X, idx, b, n, woff, uoff, U)
         RZ = np.empty(m * U)
         RA = np.empty(m * U)
         RD = np.empty(m * U)
         T = np.empty(wmax)
-        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
         F = _lay(A, m, sizes, uoff, L)
-        _output_rows(loss_code, F, Y, idx, i0, m, inv_n, _lay(D, m, sizes, uoff, L))
         _rforward_block(sizes, theta, v, woff, uoff, m, A, S1, RZ, RA, T)
         RF = _lay(RA, m, sizes, uoff, L)
         _loss_hessian_rows(loss_code, F, RF, Y, idx, i0, m, inv_n, _lay(RD, m, sizes, uoff, L))
-        _rbackward_block(sizes, theta, v, woff, uoff, m, A, S1, S2, D, RZ, RA, RD, T, part[b])
+        if gauss_newton:
+            _backward_block(sizes, theta, woff, uoff, m, A, S1, RD, part[b])
+        else:
+            D = np.empty(m * U)
+            _output_rows(loss_code, F, Y, idx, i0, m, inv_n, _lay(D, m, sizes, uoff, L))
+            _rbackward_block(sizes, theta, v, woff, uoff, m, A, S1, S2, D, RZ, RA, RD, T, part[b])
     _sum_rows(part, out)
     return OK
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def mlp_hvp(sizes, code, loss_code, theta, X, Y, v, out):
+    """Exact Hessian-vector product H(θ) v of the loss (R-operator) into ``out`` (P,)."""
+    return _curvature_vp(sizes, code, loss_code, theta, X, Y, v, False, out)
+
+
+@njit(cache=True)
 def mlp_gnvp(sizes, code, loss_code, theta, X, Y, v, out):
     """Gauss–Newton product G v = Σ_i J_iᵀ H_f J_i v (J_i = ∂f(x_i)/∂θ) into ``out`` (P,)."""
-    n = X.shape[0]
-    woff, uoff, P, U = mlp_layout(sizes)
-    L = sizes.shape[0] - 1
-    nb = (n + BLOCK - 1) // BLOCK
-    inv_n = 1.0 / n
-    idx = np.empty(0, np.int64)
-    part = np.empty((nb, P))
-    wmax = 0
-    for l in range(L):
-        wmax = max(wmax, BLOCK * sizes[l + 1])
-    for b in prange(nb):
-        i0 = b * BLOCK
-        m = min(BLOCK, n - i0)
-        A = np.empty(m * U)
-        S1 = np.empty(m * U)
-        S2 = np.empty(m * U)
-        RZ = np.empty(m * U)
-        RA = np.empty(m * U)
-        RD = np.empty(m * U)
-        T = np.empty(wmax)
-        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
-        _rforward_block(sizes, theta, v, woff, uoff, m, A, S1, RZ, RA, T)
-        F = _lay(A, m, sizes, uoff, L)
-        RF = _lay(RA, m, sizes, uoff, L)
-        _loss_hessian_rows(loss_code, F, RF, Y, idx, i0, m, inv_n, _lay(RD, m, sizes, uoff, L))
-        _backward_block(sizes, theta, woff, uoff, m, A, S1, RD, part[b])
-    _sum_rows(part, out)
-    return OK
+    return _curvature_vp(sizes, code, loss_code, theta, X, Y, v, True, out)
 
 
 @njit(cache=True, parallel=True)
@@ -487,21 +469,14 @@ def mlp_per_sample_grads(sizes, code, theta, X, out):
     woff, uoff, P, U = mlp_layout(sizes)
     L = sizes.shape[0] - 1
     dout = sizes[L]
-    nb = (n + BLOCK - 1) // BLOCK
     idx = np.empty(0, np.int64)
-    for b in prange(nb):
-        i0 = b * BLOCK
-        m = min(BLOCK, n - i0)
-        A = np.empty(m * U)
-        S1 = np.empty(m * U)
-        S2 = np.empty(m * U)
+    for b in prange(_n_blocks(n)):
+        i0, m, A, S1, S2 = _block_forward(sizes, code, theta, X, idx, b, n, woff, uoff, U)
         D = np.empty(m * U)
-        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
         DL = _lay(D, m, sizes, uoff, L)
         for i in range(m):
             for k in range(dout):
-                for kk in range(dout):
-                    DL[i, kk] = 0.0
+                DL[i, :] = 0.0
                 DL[i, k] = 1.0
                 _backward_row(sizes, theta, woff, uoff, m, i, A, S1, D, out[(i0 + i) * dout + k])
     return OK

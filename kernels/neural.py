@@ -131,7 +131,7 @@ def _matvec_acc(M, l, v, nv, acc, row, m):
         k += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
     """Write ``(f(x), Df(x) V)`` into ``out[row, :]`` for the built-in field ``model``.
 

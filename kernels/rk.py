@@ -140,9 +140,9 @@ def _user_tangent(jac_fn, args, t, z, out, d, nvar, J):
                         out[base + c] += a * z[bj + c]
 
 
-@njit(cache=True)
-def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
-    """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)``.
+@njit(cache=True, inline="always", error_model="numpy")
+def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
+    """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (inlined into the stage loop).
 
     ``fn_ip`` (in-place user field ``f(t, x, args, out)``) or ``fn_s`` (simple user field
     ``f(t, x, args) -> dx``) is a jitted function, or both are ``None`` for the built-in neural
@@ -163,6 +163,12 @@ def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre
             _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
     else:
         neural_rhs(model, layer, d, nvar, z, K, s, pre, av)
+
+
+@njit(cache=True, error_model="numpy")
+def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
+    """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (see :func:`_eval_field`)."""
+    _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J)
 
 
 @njit(cache=True)
@@ -190,19 +196,18 @@ def _next_stop(tstops, t, te):
     return te
 
 
-@njit(cache=True)
-def _rk_stages(
+@njit(cache=True, inline="always", error_model="numpy")
+def _stages(
     fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
     TA, TB, TC, k0_ready, pre, av, J,
 ):  # fmt: skip
-    # the one stepping loop: stages k_s, then znew = z + h sum_s B_s k_s; returns evaluations
+    # the one stepping loop: stages k_s, then znew = z + h sum_s B_s k_s; returns evaluations.
+    # A single (inlined) field evaluation site keeps calls and reference counting out of the
+    # stage loop; zero tableau entries are skipped.
     n = z.shape[0]
     S = TB.shape[0]
-    nev = 0
-    if not k0_ready:
-        eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
-        nev += 1
-    for s in range(1, S):
+    first = 1 if k0_ready else 0
+    for s in range(first, S):
         for i in range(n):
             ztmp[i] = z[i]
         for j in range(s):
@@ -210,9 +215,8 @@ def _rk_stages(
             if c != 0.0:
                 for i in range(n):
                     ztmp[i] += c * K[j, i]
-        eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + TC[s] * h, ztmp, K, s,
-                   pre, av, J)  # fmt: skip
-        nev += 1
+        _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + TC[s] * h, ztmp, K, s,
+                    pre, av, J)  # fmt: skip
     for i in range(n):
         znew[i] = z[i]
     for s in range(S):
@@ -220,7 +224,40 @@ def _rk_stages(
         if c != 0.0:
             for i in range(n):
                 znew[i] += c * K[s, i]
-    return nev
+    return S - first
+
+
+@njit(cache=True, error_model="numpy")
+def _rk_stages(
+    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
+    TA, TB, TC, k0_ready, pre, av, J,
+):  # fmt: skip
+    # one step (adaptive loop)
+    return _stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
+                   TA, TB, TC, k0_ready, pre, av, J)  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def _rk_fixed_steps(
+    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, a, h, m, z, K, ztmp, znew,
+    TA, TB, TC, pre, av, J,
+):  # fmt: skip
+    # m steps of size h from time a, z updated in place; returns (steps taken, time reached).
+    # A step whose result is not finite stops the loop (z then holds that result) and the
+    # returned time is the start of that step.
+    n = z.shape[0]
+    for q in range(m):
+        t = a + q * h
+        _stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
+                TA, TB, TC, False, pre, av, J)  # fmt: skip
+        finite = True
+        for i in range(n):
+            v = znew[i]
+            finite &= math.isfinite(v)
+            z[i] = v
+        if not finite:
+            return q, t
+    return m, a + m * h
 
 
 @njit(cache=True)
@@ -287,18 +324,15 @@ def rk_solve_one(
                 if dt > 0.0:
                     m = max(1, int(math.ceil(span / dt * (1.0 - 1e-12))))
                 h = span / m
-                for q in range(m):
-                    t = a + q * h
-                    nfev += _rk_stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z,
-                                       K, ztmp, znew, TA, TB, TC, False, pre, av, J)  # fmt: skip
-                    if not _all_finite(znew):
-                        stats[0] = naccept
-                        stats[1] = nreject
-                        stats[2] = nfev
-                        return NONFINITE, k, t, h
-                    naccept += 1
-                    for i in range(n):
-                        z[i] = znew[i]
+                done, t = _rk_fixed_steps(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, a, h,
+                                          m, z, K, ztmp, znew, TA, TB, TC, pre, av, J)  # fmt: skip
+                nfev += S * min(done + 1, m)
+                naccept += done
+                if done < m:
+                    stats[0] = naccept
+                    stats[1] = nreject
+                    stats[2] = nfev
+                    return NONFINITE, k, t, h
                 a = eb
             t = tb
             for i in range(n):

@@ -49,7 +49,9 @@ def as_array(
     try:
         arr = np.ascontiguousarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be convertible to a {np.dtype(dtype).name} array: {exc}")
+        raise ValueError(
+            f"{name} must be convertible to a {np.dtype(dtype).name} array: {exc}"
+        ) from None
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
@@ -58,7 +60,9 @@ def as_array(
                 f"got shape {arr.shape}"
             )
     if shape is not None:
-        ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape))
+        ok = arr.ndim == len(shape) and all(
+            s is None or s == a for s, a in zip(shape, arr.shape, strict=True)
+        )
         if not ok:
             raise ValueError(f"{name} must have shape {_shape_text(shape)}, got {arr.shape}")
     if finite and np.issubdtype(arr.dtype, np.inexact):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from .training import eos_experiment, plot_eos
+from .training import eos_experiment, eos_summary, plot_eos
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,17 +57,7 @@ def run_eos(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         overwrite=args.overwrite,
     )
-    print(
-        f"{'lr':>8} {'2/lr':>9} {'λ_max(0)':>9} {'λ_max end':>9} {'late mean/(2/lr)':>17} "
-        f"{'loss end':>10}"
-    )
-    for lr, run in sorted(runs.items()):
-        s = run.sharpness[:, 0]
-        late = s[len(s) // 2 :] * lr / 2 if s.size else np.array([np.nan])
-        print(
-            f"{lr:8.4g} {2 / lr:9.4g} {s[0]:9.4g} {s[-1]:9.4g} {late.mean():17.3f} "
-            f"{run.loss[-1]:10.3e}"
-        )
+    print(eos_summary(runs))
     if args.plot:
         plot_eos(runs, args.plot)
         print(f"figure: {Path(args.plot)}")

@@ -27,44 +27,88 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
         "(N = 10000 all-to-all, Lorentzian frequencies of half-width 0.5, K = 2) compares the "
         "final order parameter with the Ott–Antonsen value sqrt(1 − 2γ/K).",
     )
-    p.add_argument("--model", default="phase", choices=["phase", "rate"],
-                   help="phase oscillators (default) or firing-rate network")
+    p.add_argument(
+        "--model",
+        default="phase",
+        choices=["phase", "rate"],
+        help="phase oscillators (default) or firing-rate network",
+    )
     p.add_argument("--N", type=int, default=10000, help="number of nodes (default 10000)")
     p.add_argument("--K", type=float, default=2.0, help="coupling strength (default 2)")
     p.add_argument("--alpha", type=float, default=0.0, help="phase lag in radians (default 0)")
-    p.add_argument("--freq", default="lorentzian",
-                   help=f"frequencies: one of {list(FREQUENCIES)} or a .npy file (default "
-                   "lorentzian); for --model rate these are the inputs I_i")
-    p.add_argument("--width", type=float, default=0.5,
-                   help="half-width γ (lorentzian), std (normal) or half-range (uniform)")
-    p.add_argument("--graph", default="complete",
-                   help=f"one of {list(GRAPHS)} or a .npz/.npy/.h5 matrix file")
-    p.add_argument("--p", type=float, default=0.1,
-                   help="edge probability (erdos-renyi), rewiring level (small-world)")
+    p.add_argument(
+        "--freq",
+        default="lorentzian",
+        help=f"frequencies: one of {list(FREQUENCIES)} or a .npy file (default "
+        "lorentzian); for --model rate these are the inputs I_i",
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=0.5,
+        help="half-width γ (lorentzian), std (normal) or half-range (uniform)",
+    )
+    p.add_argument(
+        "--graph", default="complete", help=f"one of {list(GRAPHS)} or a .npz/.npy/.h5 matrix file"
+    )
+    p.add_argument(
+        "--p",
+        type=float,
+        default=0.1,
+        help="edge probability (erdos-renyi), rewiring level (small-world)",
+    )
     p.add_argument("--r", type=float, default=0.25, help="coupling range of ring graphons")
     p.add_argument("--gamma", type=float, default=0.5, help="power-law exponent in (0, 1)")
-    p.add_argument("--representation", default="auto", choices=REPRESENTATIONS,
-                   help="graphons: matrix-free (auto), dense matrix, or sampled W-random graph")
+    p.add_argument(
+        "--representation",
+        default="auto",
+        choices=REPRESENTATIONS,
+        help="graphons: matrix-free (auto), dense matrix, or sampled W-random graph",
+    )
     p.add_argument("--activation", default="tanh", help="activation of --model rate")
     p.add_argument("--dt", type=float, default=0.05, help="time step (default 0.05)")
     p.add_argument("--t-end", type=float, default=100.0, help="end time (default 100)")
     p.add_argument("--method", default="rk4", choices=["rk4", "euler"])
     p.add_argument("--save-every", type=int, default=20, help="save phases every n steps")
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"],
-                   help="precision of stored weights")
+    p.add_argument(
+        "--dtype",
+        default="float64",
+        choices=["float64", "float32"],
+        help="precision of stored weights",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of frequencies, phases, graphs")
     p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last committed chunk, with the "
-                   "options stored in the file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last committed chunk, with the "
+        "options stored in the file",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_kuramoto)
 
 
-_RUN_OPTIONS = ("model", "N", "K", "alpha", "freq", "width", "graph", "p", "r", "gamma",
-                "representation", "activation", "dt", "t_end", "method", "save_every", "dtype",
-                "seed")
+_RUN_OPTIONS = (
+    "model",
+    "N",
+    "K",
+    "alpha",
+    "freq",
+    "width",
+    "graph",
+    "p",
+    "r",
+    "gamma",
+    "representation",
+    "activation",
+    "dt",
+    "t_end",
+    "method",
+    "save_every",
+    "dtype",
+    "seed",
+)
 
 
 def _frequencies(kind: str, n: int, width: float, rng: np.random.Generator) -> np.ndarray:
@@ -86,8 +130,7 @@ def _graph(o: argparse.Namespace) -> Any:
     if o.graph not in GRAPHS:
         if Path(o.graph).suffix.lower() in (".npz", ".npy", ".h5", ".hdf5"):
             return load_matrix(o.graph)
-        raise ValueError(f"--graph must be one of {list(GRAPHS)} or a matrix file, got "
-                         f"{o.graph!r}")
+        raise ValueError(f"--graph must be one of {list(GRAPHS)} or a matrix file, got {o.graph!r}")
     if o.graph == "erdos-renyi":
         return w_random_graph(Graphon.constant(o.p), n, seed=o.seed + 1)
     w = {
@@ -125,9 +168,19 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         model = FiringRate(drive, coupling, o.K, o.activation, dtype=o.dtype)
         theta0 = rng.standard_normal(n)
     options = {k: getattr(o, k) for k in _RUN_OPTIONS}
-    result = simulate(model, theta0, o.t_end, o.dt, method=o.method, save_every=o.save_every,
-                      out=o.out, overwrite=o.overwrite, resume=o.resume, progress=not o.quiet,
-                      extra_params={"cli_options": json.dumps(options)})
+    result = simulate(
+        model,
+        theta0,
+        o.t_end,
+        o.dt,
+        method=o.method,
+        save_every=o.save_every,
+        out=o.out,
+        overwrite=o.overwrite,
+        resume=o.resume,
+        progress=not o.quiet,
+        extra_params={"cli_options": json.dumps(options)},
+    )
     with open_run(result.path) as run:
         rows = run.rows["observables"]
         tail = run.read("observables", "value", max(0, rows - max(1, rows // 5)))
@@ -135,10 +188,10 @@ def run_kuramoto(o: argparse.Namespace) -> int:
     names = model.observables
     mean_last = tail[:, 0].mean()
     print(f"wrote {result.path}: {result.steps} steps to t = {t_last:g}, N = {n}")
-    print(f"final {names[0]} = {tail[-1, 0]:.4f} (mean over the last 20% of steps: "
-          f"{mean_last:.4f})")
-    if (o.model == "phase" and o.freq == "lorentzian" and o.graph == "complete"
-            and o.alpha == 0.0):
+    print(
+        f"final {names[0]} = {tail[-1, 0]:.4f} (mean over the last 20% of steps: {mean_last:.4f})"
+    )
+    if o.model == "phase" and o.freq == "lorentzian" and o.graph == "complete" and o.alpha == 0.0:
         kc = 2.0 * o.width
         theory = np.sqrt(1.0 - kc / o.K) if o.K > kc else 0.0
         print(f"Ott–Antonsen prediction for N → ∞: r = {theory:.4f} (K_c = 2γ = {kc:g})")

@@ -441,7 +441,9 @@ def _pack_model(f: Any, d: int, m: int) -> tuple[int, np.ndarray, np.ndarray, li
         W, A, B, b = f.layer_weights()
         L, _, H = W.shape
         tl = f._t_layers
-        parts = [tl, W.ravel(), A.ravel(), B.ravel(), b.ravel()]
+        # A and B transposed: the kernel's loops over hidden units run over contiguous memory
+        parts = [tl, W.ravel(), A.transpose(0, 2, 1).ravel(), B.transpose(0, 1, 3, 2).ravel()]
+        parts.append(b.ravel())
         offs = np.cumsum([0] + [p.size for p in parts])
         ip[:] = [_kd.NEURAL, d, m, L, H, ACTIVATIONS[f.activation], *offs[1:5]]
         jumps = [float(s) for s in tl[1:L]]
@@ -625,67 +627,16 @@ def ddeint(
     fst = np.zeros((B, 2))
     if mname == "dopri5" and dt is not None:
         fst[:, _kd.F_H] = min(dt, hmax)
-    consts = dict(
-        fn=fn,
-        args=kargs,
-        model=model,
-        ip=ip,
-        P=P,
-        hkind=hist.kind,
-        hc=hist.hc,
-        hst=hist.hst,
-        hsy=hist.hsy,
-        hsdy=hist.hsdy,
-        hfn=hist.hfn,
-        hp=hist.hp,
-        t0=t0,
-        taus=taus,
-        disc=disc,
-        djump=djump,
-        method=METHODS[mname],
-        dt=float(dt or 0.0),
-        rtol=rtol,
-        atol=atol,
-        hmax=hmax,
-    )
+    fld = (model, ip, P, hist.kind, t0, taus)
+    hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
+    method_code, dt_k = METHODS[mname], float(dt or 0.0)
 
     def advance(tout: np.ndarray, yout: np.ndarray) -> None:
         nonlocal ring
+        kern = _kd.dde_advance if B > 1 else _kd.dde_advance_serial
+        ctl = (method_code, dt_k, rtol, atol, hmax, float(tout[-1]), disc, djump, _MAX_STEPS)
         while True:
-            kern = _kd.dde_advance if B > 1 else _kd.dde_advance_serial
-            kern(
-                consts["fn"],
-                consts["args"],
-                consts["model"],
-                consts["ip"],
-                consts["P"],
-                consts["hkind"],
-                consts["hc"],
-                consts["hst"],
-                consts["hsy"],
-                consts["hsdy"],
-                consts["hfn"],
-                consts["hp"],
-                consts["t0"],
-                consts["taus"],
-                consts["disc"],
-                consts["djump"],
-                consts["method"],
-                consts["dt"],
-                consts["rtol"],
-                consts["atol"],
-                consts["hmax"],
-                float(tout[-1]),
-                tout,
-                yout,
-                ring[0],
-                ring[1],
-                ring[2],
-                ring[3],
-                ist,
-                fst,
-                _MAX_STEPS,
-            )
+            kern(fn, kargs, hist.hfn, fld, hists, ctl, tout, yout, tuple(ring), ist, fst)
             if np.any(ist[:, _kd.I_STATUS] == _kd.RING_FULL):
                 ring = _grow_ring(ring, ist, 2 * ring[0].shape[1])
                 continue

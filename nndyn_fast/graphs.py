@@ -113,12 +113,19 @@ class Graphon:
         """w(x, y) for arrays broadcast against each other (the kernels' own evaluation)."""
         x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
         out = np.empty(x.size)
-        kk.graphon_eval(np.ascontiguousarray(x.ravel()), np.ascontiguousarray(y.ravel()),
-                        self.code, self.kernel_params(), self.fn, out)
+        kk.graphon_eval(
+            np.ascontiguousarray(x.ravel()),
+            np.ascontiguousarray(y.ravel()),
+            self.code,
+            self.kernel_params(),
+            self.fn,
+            out,
+        )
         return out.reshape(x.shape)
 
-    def matrix(self, n_or_x: int | np.ndarray, mu: np.ndarray | None = None,
-               dtype: Any = np.float64) -> np.ndarray:
+    def matrix(
+        self, n_or_x: int | np.ndarray, mu: np.ndarray | None = None, dtype: Any = np.float64
+    ) -> np.ndarray:
         """Dense matrix W_ij = w(x_i, x_j) μ_j at positions x (or the grid x_i = i/N)."""
         return DigraphMeasure(self, n_or_x, mu).matrix(dtype)
 
@@ -173,8 +180,9 @@ class DigraphMeasure:
     def matrix(self, dtype: Any = np.float64) -> np.ndarray:
         """The dense (N, N) matrix W_ij = w(x_i, x_j) μ_j."""
         out = np.empty((self.n, self.n))
-        kk.graphon_matrix_block(self.x, self.x, self.mu, self.w.code, self.w.kernel_params(),
-                                self.w.fn, out)
+        kk.graphon_matrix_block(
+            self.x, self.x, self.mu, self.w.code, self.w.kernel_params(), self.w.fn, out
+        )
         return out.astype(dtype, copy=False)
 
     def structure(self) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray] | None:

@@ -26,15 +26,25 @@ NeurIPS 2016 (order-to-chaos transition of random networks).
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._validate import as_array, check_int, check_jitted, check_option, check_positive
+from ._validate import (
+    as_array,
+    check_int,
+    check_jitted,
+    check_nonnegative,
+    check_option,
+    check_out_path,
+    check_positive,
+)
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
 
@@ -66,8 +76,31 @@ _MAX_INDEX_ENTRIES = 1 << 23  # batch indices held per chunk (32 MiB of int32)
 # ============================================================================================
 # Systems
 # ============================================================================================
+class _BuiltinSystem:
+    """Shared checks of the built-in systems: every field is a finite number."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+
+    def args(self) -> np.ndarray:
+        """The parameters as the float64 array the built-in kernels take."""
+        return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
+
+
+class _UserSystem:
+    """Shared checks of the user systems: jitted functions and a dimension >= 1."""
+
+    def __post_init__(self) -> None:
+        check_jitted(self._fn_name, getattr(self, self._fn_name))
+        check_jitted("jac", self.jac)
+        check_int("dim", self.dim, minimum=1)
+
+
 @dataclass(frozen=True)
-class Henon:
+class Henon(_BuiltinSystem):
     """Hénon map (x, y) -> (1 - a x^2 + y, b x); det DF = -b, so lambda_1 + lambda_2 = log b."""
 
     a: float = 1.4
@@ -75,18 +108,9 @@ class Henon:
     kind = "map"
     dim = 2
 
-    def __post_init__(self) -> None:
-        for name in ("a", "b"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-
-    def args(self) -> np.ndarray:
-        return np.array([self.a, self.b], dtype=np.float64)
-
 
 @dataclass(frozen=True)
-class Lorenz63:
+class Lorenz63(_BuiltinSystem):
     """Lorenz-63 flow x' = sigma (y - x), y' = x (rho - z) - y, z' = x y - beta z.
 
     tr Df = -(sigma + 1 + beta), so the exponents sum to -(sigma + 1 + beta).
@@ -98,18 +122,9 @@ class Lorenz63:
     kind = "flow"
     dim = 3
 
-    def __post_init__(self) -> None:
-        for name in ("sigma", "rho", "beta"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-
-    def args(self) -> np.ndarray:
-        return np.array([self.sigma, self.rho, self.beta], dtype=np.float64)
-
 
 @dataclass(frozen=True)
-class MapSystem:
+class MapSystem(_UserSystem):
     """A user map x_{t+1} = step(x_t): Numba ``@njit`` functions ``step(x, args, out)`` and
     ``jac(x, args, J)`` (J the (dim, dim) Jacobian at x); ``args`` is passed through unchanged."""
 
@@ -118,15 +133,11 @@ class MapSystem:
     dim: int
     args: Any = ()
     kind = "map"
-
-    def __post_init__(self) -> None:
-        check_jitted("step", self.step)
-        check_jitted("jac", self.jac)
-        check_int("dim", self.dim, minimum=1)
+    _fn_name = "step"
 
 
 @dataclass(frozen=True)
-class FlowSystem:
+class FlowSystem(_UserSystem):
     """A user flow dx/dt = f(t, x): Numba ``@njit`` functions ``f(t, x, args, out)`` and
     ``jac(t, x, args, J)``; ``args`` is passed through unchanged."""
 
@@ -135,11 +146,7 @@ class FlowSystem:
     dim: int
     args: Any = ()
     kind = "flow"
-
-    def __post_init__(self) -> None:
-        check_jitted("f", self.f)
-        check_jitted("jac", self.jac)
-        check_int("dim", self.dim, minimum=1)
+    _fn_name = "f"
 
 
 _BUILTIN_NAMES = {"henon": Henon, "lorenz63": Lorenz63}
@@ -166,9 +173,14 @@ def _t_quantile(level: float, dof: int) -> float:
     return float(t.ppf(0.5 + level / 2.0, dof))
 
 
-def _block_stats(incr: np.ndarray, lengths: np.ndarray, n_blocks: int) -> tuple[np.ndarray, int]:
-    """Standard error of the exponents by batch means: chunks regrouped into ``n_blocks``
-    consecutive blocks, each block's exponent = its log growth / its length."""
+def _block_stats(sums: np.ndarray, ends: np.ndarray, n_blocks: int) -> tuple[np.ndarray, int]:
+    """Standard error of the exponents by batch means.
+
+    ``sums`` (n_chunks, k) are the cumulative log growths at the chunk ends ``ends``
+    (n_chunks,); the chunks are regrouped into ``n_blocks`` consecutive blocks, each block's
+    exponent = its log growth / its length."""
+    incr = np.diff(sums, axis=0, prepend=0.0)
+    lengths = np.diff(ends, prepend=0.0)
     n_chunks = incr.shape[0]
     nb = min(n_blocks, n_chunks)
     if nb < 2:
@@ -176,6 +188,91 @@ def _block_stats(incr: np.ndarray, lengths: np.ndarray, n_blocks: int) -> tuple[
     groups = np.array_split(np.arange(n_chunks), nb)
     est = np.array([incr[g].sum(0) / lengths[g].sum() for g in groups])
     return est.std(axis=0, ddof=1) / math.sqrt(nb), nb
+
+
+def _tangent_failure(status: int) -> str:
+    """What a kernel status other than OK means, for error messages."""
+    return "became NaN/inf" if status == _k.NONFINITE else "collapsed to zero (exponent -inf)"
+
+
+# --------------------------------------------------------------------------------------------
+# Run files: create, or resume after checking the parameters; failed/complete on exit
+# --------------------------------------------------------------------------------------------
+def _fingerprint(*arrays: Any) -> str:
+    """A digest of arrays (dtype, shape and bytes): resuming checks that the data are the same."""
+    h = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _same_param(stored: Any, value: Any) -> bool:
+    if isinstance(stored, np.ndarray) or isinstance(value, np.ndarray):
+        return bool(np.array_equal(np.asarray(stored), np.asarray(value)))
+    return bool(stored == value)
+
+
+def _start_run(
+    out: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    kind: str,
+    params: dict[str, Any],
+    derived: dict[str, Any],
+    series: dict[str, dict[str, Any]],
+) -> tuple[Any, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Create the run file ``out``, or reopen it to continue from its last commit.
+
+    A resume is refused (ValueError, file untouched) unless the file holds a ``kind`` run with
+    at least one commit whose stored ``params`` equal these; ``derived`` values (computed from
+    the parameters) are stored but not compared. Returns the writer, the last checkpoint and the
+    committed rows ``{series: {field: array}}`` (both empty for a new run).
+    """
+    from .storage import TrajectoryWriter, open_run
+
+    if not resume:
+        writer = TrajectoryWriter.create(
+            out, kind=kind, params={**params, **derived}, series=series, overwrite=overwrite
+        )
+        return writer, {}, {}
+    check_out_path("out", out, resume=True)
+    with open_run(out) as run:
+        if run.attrs.get("kind") != kind:
+            raise ValueError(
+                f"cannot resume {str(out)!r}: it holds a {run.attrs.get('kind')!r} run, "
+                f"not a {kind!r} run"
+            )
+        stored = run.params
+        for key, value in params.items():
+            if key not in stored or not _same_param(stored[key], value):
+                raise ValueError(
+                    f"cannot resume {str(out)!r}: its {key} is {stored.get(key)!r}, this run's "
+                    f"is {value!r}; resume with the same data and options"
+                )
+        ck = run.checkpoint
+        if not ck:
+            raise ValueError(
+                f"cannot resume {str(out)!r}: it holds no committed chunk; start a new run"
+            )
+        rows = {s: {f: run.read(s, f) for f in cols} for s, cols in series.items()}
+    return TrajectoryWriter.resume(out), ck, rows
+
+
+@contextmanager
+def _recording(writer: Any) -> Iterator[None]:
+    """Close ``writer`` (if any) as ``complete`` when the block ends normally, ``failed`` (with
+    the message, committed chunks kept) when it raises."""
+    try:
+        yield
+    except BaseException as exc:
+        if writer is not None:
+            writer.close("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if writer is not None:
+        writer.close("complete")
 
 
 @dataclass(frozen=True)
@@ -218,6 +315,27 @@ def _drift(time: np.ndarray, running: np.ndarray) -> np.ndarray:
 def _orthonormal_rows(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
     q, _ = np.linalg.qr(rng.standard_normal((d, k)))
     return np.ascontiguousarray(q.T)
+
+
+def _spectrum_result(
+    time: Any, sums: Any, t_total: float, steps: int, n_blocks: int, x: Any, V: np.ndarray
+) -> LyapunovSpectrum:
+    """The result from the cumulative log sums ``sums`` (n_records, k) at the times ``time``."""
+    time = np.asarray(time, dtype=np.float64)
+    sums = np.asarray(sums, dtype=np.float64).reshape(len(time), -1)
+    running = sums / time[:, None]
+    se, _ = _block_stats(sums, time, n_blocks)
+    return LyapunovSpectrum(
+        exponents=sums[-1] / t_total,
+        stderr=se,
+        drift=_drift(time, running),
+        time=time,
+        running=running,
+        x=x,
+        V=V,
+        steps=steps,
+        t_total=t_total,
+    )
 
 
 # ============================================================================================
@@ -319,97 +437,82 @@ def lyapunov_spectrum(
         fn = system.step if not is_flow else system.f
         jac, args = system.jac, system.args
         _check_user_system(system, x, is_flow, d)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
 
-    if V0 is None:
-        V = _orthonormal_rows(np.random.default_rng(seed), k, d)
-    else:
-        V = np.ascontiguousarray(np.linalg.qr(as_array("V0", V0, shape=(k, d)).T)[0].T)
-        if np.linalg.matrix_rank(V) < k:
-            raise ValueError("V0 must have linearly independent rows")
-
-    def advance(n: int, t0: float, logr: np.ndarray) -> tuple[int, int]:
+    def advance(n: int, t0: float, logr: np.ndarray) -> None:
         if is_flow:
-            return _k.benettin_flow_advance(
+            nd, st = _k.benettin_flow_advance(
                 fn, jac, _k.LORENZ63, bparams, args, x, V, t0, dt, n, reorth_every, logr
             )
-        return _k.benettin_map_advance(
-            fn, jac, _k.HENON, bparams, args, x, V, n, reorth_every, logr
-        )
-
-    def fail(status: int, step: int) -> None:
-        what = "became NaN/inf" if status == _k.NONFINITE else "collapsed to zero (exponent -inf)"
-        raise NonFiniteStateError(
-            f"state or tangent vectors {what} at step {step} (t = {step * dt:g})",
-            step=step,
-            time=step * dt,
-        )
+        else:
+            nd, st = _k.benettin_map_advance(
+                fn, jac, _k.HENON, bparams, args, x, V, n, reorth_every, logr
+            )
+        if st != _k.OK:
+            step = int(round(t0 / dt)) + nd
+            raise NonFiniteStateError(
+                f"state or tangent vectors {_tangent_failure(st)} at step {step} "
+                f"(t = {step * dt:g})",
+                step=step,
+                time=step * dt,
+            )
 
     chunk = max(1, -(-n_steps // n_records))
     chunk = -(-chunk // reorth_every) * reorth_every
-    logsum = np.zeros(k)
-    done = 0
-    rec_t: list[float] = []
-    rec_est: list[np.ndarray] = []
-    rec_sum: list[np.ndarray] = []
+    params = {
+        "system": type(system).__name__,
+        "kind": system.kind,
+        "dim": d,
+        "k": k,
+        "steps": n_steps,
+        "dt": dt,
+        "transient_steps": n_trans,
+        "reorth_every": reorth_every,
+        "n_records": n_records,
+        "seed": seed,
+        "x0": np.asarray(x0, dtype=np.float64),
+        "system_params": _fingerprint(bparams) if fn is None else _args_fingerprint(args),
+        "V0": "random" if V0 is None else _fingerprint(as_array("V0", V0, shape=(k, d))),
+    }
+    series = {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}}
     writer = None
-    if out is not None and resume:
-        from .storage import TrajectoryWriter
-
-        writer = TrajectoryWriter.resume(out)
-        ck = writer.checkpoint
+    if resume:
+        writer, ck, rows = _start_run(
+            out, resume=True, overwrite=False, kind="lyapunov_spectrum", params=params,
+            derived={}, series=series,
+        )
         x[:] = ck["x"]
-        V = np.ascontiguousarray(ck["V"])
+        V = np.ascontiguousarray(ck["V"], dtype=np.float64)
         logsum = np.array(ck["logsum"], dtype=np.float64)
         done = int(ck["step"])
-        from .storage import open_run
-
-        with open_run(out) as run:
-            rec_t = list(run.read("running", "time"))
-            rec_est = list(run.read("running", "estimate"))
-            rec_sum = list(run.read("running", "logsum"))
+        rec_t = list(rows["running"]["time"])
+        rec_sum = list(rows["running"]["logsum"])
     else:
-        t_phase = 0.0
-        pos = 0
-        while pos < n_trans:
-            n = min(chunk, n_trans - pos)
-            junk = np.zeros(k)
-            nd, st = advance(n, t_phase, junk)
-            if st != _k.OK:
-                fail(st, pos + nd)
-            pos += n
-            t_phase += n * dt
+        if V0 is None:
+            V = _orthonormal_rows(np.random.default_rng(seed), k, d)
+        else:
+            V = np.ascontiguousarray(np.linalg.qr(as_array("V0", V0, shape=(k, d)).T)[0].T)
+            if np.linalg.matrix_rank(V) < k:
+                raise ValueError("V0 must have linearly independent rows")
+        for pos in range(0, n_trans, chunk):
+            advance(min(chunk, n_trans - pos), pos * dt, np.zeros(k))
+        logsum = np.zeros(k)
+        done = 0
+        rec_t, rec_sum = [], []
         if out is not None:
-            from .storage import TrajectoryWriter
-
-            writer = TrajectoryWriter.create(
-                out,
-                kind="lyapunov_spectrum",
-                params={
-                    "system": type(system).__name__,
-                    "kind": system.kind,
-                    "dim": d,
-                    "k": k,
-                    "steps": n_steps,
-                    "dt": dt,
-                    "transient_steps": n_trans,
-                    "reorth_every": reorth_every,
-                    "seed": seed,
-                    "x0": np.asarray(x0, dtype=np.float64),
-                },
-                series={"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
-                overwrite=overwrite,
+            writer, _, _ = _start_run(
+                out, resume=False, overwrite=overwrite, kind="lyapunov_spectrum",
+                params=params, derived={}, series=series,
             )
     t_start = n_trans * dt
-    try:
+    with _recording(writer):
         while done < n_steps:
             n = min(chunk, n_steps - done)
-            nd, st = advance(n, t_start + done * dt, logsum)
-            if st != _k.OK:
-                fail(st, n_trans + done + nd)
+            advance(n, t_start + done * dt, logsum)
             done += n
             t = done * dt
             rec_t.append(t)
-            rec_est.append(logsum / t)
             rec_sum.append(logsum.copy())
             if writer is not None:
                 writer.append(
@@ -419,30 +522,17 @@ def lyapunov_spectrum(
                     estimate=(logsum / t)[None],
                     logsum=logsum[None],
                 )
-                writer.commit(x=x.copy(), V=V.copy(), logsum=logsum.copy(), step=done)
-    except BaseException as exc:
-        if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if writer is not None:
-        writer.close("complete")
-    time = np.asarray(rec_t)
-    running = np.asarray(rec_est).reshape(len(rec_t), k)
-    sums = np.asarray(rec_sum).reshape(len(rec_t), k)
-    incr = np.diff(np.vstack([np.zeros((1, k)), sums]), axis=0)
-    lengths = np.diff(np.concatenate([[0.0], time]))
-    se, _ = _block_stats(incr, lengths, n_blocks)
-    return LyapunovSpectrum(
-        exponents=logsum / (n_steps * dt),
-        stderr=se,
-        drift=_drift(time, running),
-        time=time,
-        running=running,
-        x=x,
-        V=V,
-        steps=n_steps,
-        t_total=n_steps * dt,
-    )
+                writer.commit(x=x, V=V, logsum=logsum, step=done)
+    return _spectrum_result(rec_t, rec_sum, n_steps * dt, n_steps, n_blocks, x, V)
+
+
+def _args_fingerprint(args: Any) -> str:
+    """Fingerprint of a user system's ``args`` (numbers and arrays), or its repr otherwise."""
+    items = args if isinstance(args, tuple) else (args,)
+    try:
+        return _fingerprint(*(np.asarray(a, dtype=np.float64) for a in items))
+    except (TypeError, ValueError):
+        return repr(args)
 
 
 def _nonneg(name: str, v: Any) -> float:

@@ -115,8 +115,23 @@ class Coupling:
         if W_.size == 0:
             W_ = np.zeros((0, 0), dtype=dt)
         self.n = n
-        self.cp = (W_, indptr, indices, data, x, mu, u, v, start, length, params, code,
-                   float(c_win), pa, pb)
+        self.cp = (
+            W_,
+            indptr,
+            indices,
+            data,
+            x,
+            mu,
+            u,
+            v,
+            start,
+            length,
+            params,
+            code,
+            float(c_win),
+            pa,
+            pb,
+        )
 
     @property
     def work(self) -> int:
@@ -205,8 +220,15 @@ class Kuramoto:
         return self.omega
 
     def params(self) -> dict[str, Any]:
-        return {"model": "kuramoto", "N": self.n, "K": self.K, "alpha": self.alpha,
-                "coupling": self._c.description, "dtype": self._c.dtype, "omega": self.omega}
+        return {
+            "model": "kuramoto",
+            "N": self.n,
+            "K": self.K,
+            "alpha": self.alpha,
+            "coupling": self._c.description,
+            "dtype": self._c.dtype,
+            "omega": self.omega,
+        }
 
 
 @dataclass(frozen=True)
@@ -257,8 +279,15 @@ class FiringRate:
         return self.I
 
     def params(self) -> dict[str, Any]:
-        return {"model": "firing_rate", "N": self.n, "K": self.K, "activation": self.activation,
-                "coupling": self._c.description, "dtype": self._c.dtype, "I": self.I}
+        return {
+            "model": "firing_rate",
+            "N": self.n,
+            "K": self.K,
+            "activation": self.activation,
+            "coupling": self._c.description,
+            "dtype": self._c.dtype,
+            "I": self.I,
+        }
 
 
 def _real(name: str, value: Any) -> float:
@@ -306,8 +335,22 @@ def rhs(model: Kuramoto | FiringRate, state: Any) -> np.ndarray:
     a, b, sa, sb, out = (np.empty(n) for _ in range(5))
     c = model._c
     with _threads_for(c.work):
-        kk.network_rhs(model.model_code, model.act_code, x, model.drive, model.K / n,
-                       model.alpha, c.kind, c.cp, c.wfun, a, b, sa, sb, out)
+        kk.network_rhs(
+            model.model_code,
+            model.act_code,
+            x,
+            model.drive,
+            model.K / n,
+            model.alpha,
+            c.kind,
+            c.cp,
+            c.wfun,
+            a,
+            b,
+            sa,
+            sb,
+            out,
+        )
     return out
 
 
@@ -399,9 +442,16 @@ def simulate(
     steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
     c = model._c
     names = model.observables
-    params = {**model.params(), "dt": dt, "t_end": t_end, "steps": total, "method": method,
-              "save_every": save_every, "fingerprint": c.fingerprint(),
-              **(extra_params or {})}
+    params = {
+        **model.params(),
+        "dt": dt,
+        "t_end": t_end,
+        "steps": total,
+        "method": method,
+        "save_every": save_every,
+        "fingerprint": c.fingerprint(),
+        **(extra_params or {}),
+    }
 
     writer = None
     state = x0.copy()
@@ -421,9 +471,14 @@ def simulate(
         step = int(ck["step"])
     elif out is not None:
         writer = TrajectoryWriter.create(
-            out, kind=params["model"], params=params, overwrite=overwrite,
-            series={"trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
-                    "observables": {"time": (), "step": ((), np.int64), "value": (2,)}},
+            out,
+            kind=params["model"],
+            params=params,
+            overwrite=overwrite,
+            series={
+                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
+                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
+            },
             chunk_frames={"trajectory": frame_rows - 1 or 1, "observables": steps_per_call},
         )
         obs0 = _observables(model, state)
@@ -444,17 +499,32 @@ def simulate(
             k = min(steps_per_call, total - step)
             with _threads_for(c.work):
                 done, nf, status = kk.network_advance(
-                    model.model_code, model.act_code, state, model.drive, model.K / n,
-                    model.alpha, dt, METHODS[method], k, save_every, step, c.kind, c.cp, c.wfun,
-                    frames_buf, obs_buf,
+                    model.model_code,
+                    model.act_code,
+                    state,
+                    model.drive,
+                    model.K / n,
+                    model.alpha,
+                    dt,
+                    METHODS[method],
+                    k,
+                    save_every,
+                    step,
+                    c.kind,
+                    c.cp,
+                    c.wfun,
+                    frames_buf,
+                    obs_buf,
                 )
             steps_idx = np.arange(step + 1, step + done + 1, dtype=np.int64)
             frame_steps = steps_idx[steps_idx % save_every == 0]
             if writer is not None:
-                writer.append("observables", time=steps_idx * dt, step=steps_idx,
-                              value=obs_buf[:done])
-                writer.append("trajectory", time=frame_steps * dt, step=frame_steps,
-                              value=frames_buf[:nf])
+                writer.append(
+                    "observables", time=steps_idx * dt, step=steps_idx, value=obs_buf[:done]
+                )
+                writer.append(
+                    "trajectory", time=frame_steps * dt, step=frame_steps, value=frames_buf[:nf]
+                )
                 writer.commit(state=state, step=step + done)
             else:
                 keep_t.append(steps_idx * dt)
@@ -467,7 +537,8 @@ def simulate(
                 raise NonFiniteStateError(
                     f"the state became non-finite at step {step + 1} (t = {(step + 1) * dt:g}); "
                     f"{step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
-                    step=step + 1, time=(step + 1) * dt,
+                    step=step + 1,
+                    time=(step + 1) * dt,
                 )
     except BaseException as exc:
         bar.close()
@@ -478,10 +549,26 @@ def simulate(
     if writer is not None:
         path = writer.path
         writer.close("complete")
-        return NetworkRun(steps_idx * dt, obs_buf[: steps_idx.size].copy(), frame_steps * dt,
-                          frames_buf[: frame_steps.size].copy(), state, names, path, total)
-    return NetworkRun(np.concatenate(keep_t), np.concatenate(keep_obs), np.concatenate(keep_ft),
-                      np.concatenate(keep_frames), state, names, None, total)
+        return NetworkRun(
+            steps_idx * dt,
+            obs_buf[: steps_idx.size].copy(),
+            frame_steps * dt,
+            frames_buf[: frame_steps.size].copy(),
+            state,
+            names,
+            path,
+            total,
+        )
+    return NetworkRun(
+        np.concatenate(keep_t),
+        np.concatenate(keep_obs),
+        np.concatenate(keep_ft),
+        np.concatenate(keep_frames),
+        state,
+        names,
+        None,
+        total,
+    )
 
 
 def _observables(model: Kuramoto | FiringRate, state: np.ndarray) -> np.ndarray:
@@ -507,8 +594,9 @@ class _Progress:
         frac = done / self.total
         eta = elapsed / frac - elapsed if frac > 0 else float("nan")
         bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  step {done}/{self.total}  "
-                         f"eta {eta:6.1f}s")
+        sys.stderr.write(
+            f"\r[{bar:<30}] {100 * frac:5.1f}%  step {done}/{self.total}  eta {eta:6.1f}s"
+        )
         sys.stderr.flush()
         self.shown = True
 

@@ -202,7 +202,9 @@ class TrajectoryWriter:
         fields = {}
         for s in commit["rows"]:
             g = h5[s]
-            fields[s] = {f: _Field(g[f].shape[1:], g[f].dtype) for f in json.loads(g.attrs["fields"])}
+            fields[s] = {
+                f: _Field(g[f].shape[1:], g[f].dtype) for f in json.loads(g.attrs["fields"])
+            }
             for f in fields[s]:
                 g[f].resize(commit["rows"][s], axis=0)
         h5.attrs["status"] = "running"
@@ -229,7 +231,9 @@ class TrajectoryWriter:
         """Append rows to ``series``; every field of the series must be given, same row count."""
         cols = self._fields[series]
         if set(columns) != set(cols):
-            raise ValueError(f"append to {series!r} needs fields {sorted(cols)}, got {sorted(columns)}")
+            raise ValueError(
+                f"append to {series!r} needs fields {sorted(cols)}, got {sorted(columns)}"
+            )
         n = {np.shape(v)[0] for v in columns.values()}
         if len(n) != 1:
             raise ValueError(f"append to {series!r}: fields have different row counts {n}")
@@ -265,7 +269,11 @@ class TrajectoryWriter:
             else:
                 g.attrs[key] = value
         self._h5.flush()
-        self._commit = {"rows": dict(self._pending), "slot": slot, "chunks": self._commit["chunks"] + 1}
+        self._commit = {
+            "rows": dict(self._pending),
+            "slot": slot,
+            "chunks": self._commit["chunks"] + 1,
+        }
         self._h5.attrs["commit"] = json.dumps(self._commit)
         self._h5.flush()
 
@@ -314,7 +322,11 @@ def _inner_chunk(shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
     if not shape or chunk_rows(shape, dtype) > 1:
         return shape
     last = max(1, CHUNK_BYTES // (np.dtype(dtype).itemsize * int(np.prod(shape[:-1]))))
-    return (*[1] * (len(shape) - 1), min(shape[-1], last)) if len(shape) > 1 else (min(shape[0], last),)
+    return (
+        (*[1] * (len(shape) - 1), min(shape[-1], last))
+        if len(shape) > 1
+        else (min(shape[0], last),)
+    )
 
 
 def _read_checkpoint(g: h5py.Group) -> dict[str, Any]:

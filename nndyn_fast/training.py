@@ -47,10 +47,13 @@ __all__ = [
     "hessian_operator",
     "top_eigenpairs",
     "sharpness",
+    "SpectrumDensity",
+    "hessian_spectrum_density",
     "gd_stability",
     "gradient_descent",
     "eos_dataset",
     "eos_experiment",
+    "eos_summary",
     "plot_eos",
 ]
 
@@ -214,6 +217,23 @@ def _vec(mlp: MLP, v: Any, name: str = "v") -> np.ndarray:
     return _theta(mlp, v, name=name)
 
 
+def _checked(
+    mlp: Any, theta: Any, X: Any, Y: Any
+) -> tuple[MLP, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(mlp, θ, X, Y)``: the checks every loss-derivative function runs first."""
+    mlp = _check_mlp(mlp)
+    theta = _theta(mlp, theta)
+    X, Y = _data(mlp, X, Y)
+    return mlp, theta, X, Y
+
+
+def _check_k(k: Any, P: int) -> int:
+    k = check_int("k", k, minimum=1)
+    if k > P:
+        raise ValueError(f"k must be <= the number of parameters P = {P}, got {k}")
+    return k
+
+
 # -- evaluations ------------------------------------------------------------------------------
 def forward(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
     """Network outputs f(x_i; θ).
@@ -248,9 +268,7 @@ def loss(mlp: MLP, theta: Any, X: Any, Y: Any) -> float:
     X : array (n, d_0)
     Y : array (n, d_L) (or (n,) when d_L = 1)
     """
-    mlp = _check_mlp(mlp)
-    theta = _theta(mlp, theta)
-    X, Y = _data(mlp, X, Y)
+    mlp, theta, X, Y = _checked(mlp, theta, X, Y)
     g = np.empty(0)
     return float(
         km.mlp_loss_grad(mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y, _EMPTY_I, False, g)
@@ -259,9 +277,7 @@ def loss(mlp: MLP, theta: Any, X: Any, Y: Any) -> float:
 
 def loss_and_grad(mlp: MLP, theta: Any, X: Any, Y: Any) -> tuple[float, np.ndarray]:
     """L(θ) and ∇L(θ) (P,) from one forward and one backward pass (arguments as :func:`grad`)."""
-    mlp = _check_mlp(mlp)
-    theta = _theta(mlp, theta)
-    X, Y = _data(mlp, X, Y)
+    mlp, theta, X, Y = _checked(mlp, theta, X, Y)
     g = np.empty(mlp.n_params)
     L = km.mlp_loss_grad(mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y, _EMPTY_I, True, g)
     return float(L), g
@@ -296,17 +312,20 @@ def hvp(mlp: MLP, theta: Any, X: Any, Y: Any, v: Any) -> np.ndarray:
     X : array (n, d_0)
     Y : array (n, d_L)
     v : array (P,)
+        The direction.
 
     Returns
     -------
     array (P,)
     """
-    mlp = _check_mlp(mlp)
-    theta = _theta(mlp, theta)
-    X, Y = _data(mlp, X, Y)
+    return _curvature_product(km.mlp_hvp, mlp, theta, X, Y, v)
+
+
+def _curvature_product(kern, mlp: Any, theta: Any, X: Any, Y: Any, v: Any) -> np.ndarray:
+    mlp, theta, X, Y = _checked(mlp, theta, X, Y)
     v = _vec(mlp, v)
     out = np.empty(mlp.n_params)
-    km.mlp_hvp(mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y, v, out)
+    kern(mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y, v, out)
     return out
 
 
@@ -315,26 +334,12 @@ def gauss_newton_vp(mlp: MLP, theta: Any, X: Any, Y: Any, v: Any) -> np.ndarray:
 
     H_ℓ is the Hessian of the per-point loss in the outputs (identity for MSE,
     diag(p) − p pᵀ for softmax cross-entropy). G equals H at an interpolating minimum.
+    G is positive semi-definite; it costs about two gradient evaluations.
 
-    Parameters
-    ----------
-    mlp : MLP
-    theta : array (P,)
-    X : array (n, d_0)
-    Y : array (n, d_L)
-    v : array (P,)
-
-    Returns
-    -------
-    array (P,)
+    Parameters and return value as :func:`hvp`: θ (P,), X (n, d_0), Y (n, d_L), the
+    direction v (P,); returns G v (P,).
     """
-    mlp = _check_mlp(mlp)
-    theta = _theta(mlp, theta)
-    X, Y = _data(mlp, X, Y)
-    v = _vec(mlp, v)
-    out = np.empty(mlp.n_params)
-    km.mlp_gnvp(mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y, v, out)
-    return out
+    return _curvature_product(km.mlp_gnvp, mlp, theta, X, Y, v)
 
 
 def per_sample_gradients(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
@@ -379,9 +384,7 @@ def hessian_operator(mlp: MLP, theta: Any, X: Any, Y: Any, *, gauss_newton: bool
     """
     from scipy.sparse.linalg import LinearOperator
 
-    mlp = _check_mlp(mlp)
-    theta = _theta(mlp, theta)
-    X, Y = _data(mlp, X, Y)
+    mlp, theta, X, Y = _checked(mlp, theta, X, Y)
     kern = km.mlp_gnvp if gauss_newton else km.mlp_hvp
     args = (mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y)
 
@@ -423,6 +426,49 @@ class Eigenpairs:
 METHODS = ("lanczos", "power")
 
 
+def _lanczos_basis(matvec, q0: np.ndarray, m_max: int, stop=None):
+    """Lanczos tridiagonalisation T = Qᵀ H Q with full reorthogonalisation.
+
+    Runs at most ``m_max`` steps from q0/||q0||. After step m, ``stop(alpha[:m], beta[:m])``
+    (if given) may end the iteration by returning True; β_m is the norm of the next residual.
+    An invariant Krylov subspace (β_m ≤ 1e-13 ||T||) also ends it: the Ritz values are then
+    eigenvalues of H. Returns ``(Q (m, P), alpha (m,), beta (m,), n_matvec, ended)`` where
+    ``ended`` says whether ``stop`` or an invariant subspace ended the iteration.
+    """
+    P = q0.shape[0]
+    Q = np.empty((m_max + 1, P))
+    alpha = np.zeros(m_max)
+    beta = np.zeros(m_max)
+    Q[0] = q0 / np.linalg.norm(q0)
+    tnorm = np.finfo(float).tiny
+    m = 0
+    ended = False
+    for j in range(m_max):
+        w = matvec(Q[j])
+        alpha[j] = Q[j] @ w
+        w = w - alpha[j] * Q[j] - (beta[j - 1] * Q[j - 1] if j > 0 else 0.0)
+        for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan–Parlett)
+            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta[j] = np.linalg.norm(w)
+        m = j + 1
+        # Gershgorin bound on ||T||: rows of T hold beta[j-1], alpha[j], beta[j]
+        tnorm = max(tnorm, abs(alpha[j]) + beta[j] + (beta[j - 1] if j > 0 else 0.0))
+        if beta[j] <= 1e-13 * tnorm or (stop is not None and stop(alpha[:m], beta[:m])):
+            ended = True
+            break
+        Q[j + 1] = w / beta[j]
+    return Q[:m], alpha[:m], beta[:m], m, ended
+
+
+def _ritz(alpha: np.ndarray, beta: np.ndarray, k: int, largest: bool):
+    """The k largest (smallest) Ritz values of T and their eigenvectors S (m, k) in T."""
+    from scipy.linalg import eigh_tridiagonal
+
+    theta, S = eigh_tridiagonal(alpha, beta[:-1])
+    order = np.argsort(theta)[::-1] if largest else np.argsort(theta)
+    return theta, S, order[:k]
+
+
 def _lanczos(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray, largest: bool):
     """Lanczos with full reorthogonalisation for the k largest (or smallest) eigenpairs.
 
@@ -431,53 +477,28 @@ def _lanczos(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray, l
     Ritz value (the a-posteriori bound |θ − λ| ≤ r²/gap). An invariant subspace (β ≈ 0) ends
     the iteration with exact pairs.
     """
-    from scipy.linalg import eigh_tridiagonal
+    tiny = np.finfo(float).tiny
 
-    m_max = min(maxiter, P)
-    Q = np.empty((m_max + 1, P))
-    alpha = np.zeros(m_max)
-    beta = np.zeros(m_max)
-    Q[0] = v0 / np.linalg.norm(v0)
-    n_mv = 0
-    theta = S = None
-    converged = False
-    m = 0
-    for j in range(m_max):
-        w = matvec(Q[j])
-        n_mv += 1
-        alpha[j] = Q[j] @ w
-        w = w - alpha[j] * Q[j] - (beta[j - 1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan–Parlett)
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta[j] = np.linalg.norm(w)
-        m = j + 1
-        if m >= k:
-            theta, S = eigh_tridiagonal(alpha[:m], beta[: m - 1])
-            order = np.argsort(theta)[::-1] if largest else np.argsort(theta)
-            sel = order[:k]
-            res = beta[j] * np.abs(S[-1, sel])
-            scale = np.maximum(np.abs(theta[sel]), np.finfo(float).tiny)
-            if m > 1:
-                gaps = np.array(
-                    [
-                        np.min(np.abs(np.delete(theta, s) - theta[s])) if m > 1 else np.inf
-                        for s in sel
-                    ]
-                )
-                err = np.minimum(res, res**2 / np.maximum(gaps, np.finfo(float).tiny))
-            else:
-                err = res
-            anorm = np.max(np.abs(theta))
-            if beta[j] <= 1e-13 * max(anorm, np.finfo(float).tiny) or np.all(err <= tol * scale):
-                converged = True
-                break
-        if beta[j] == 0.0:
-            break
-        Q[j + 1] = w / beta[j]
-    order = np.argsort(theta)[::-1] if largest else np.argsort(theta)
-    sel = order[:k]
-    vecs = Q[:m].T @ S[:, sel]
-    return theta[sel], vecs, n_mv, converged
+    def converged(alpha: np.ndarray, beta: np.ndarray) -> bool:
+        m = alpha.shape[0]
+        if m < k:
+            return False
+        theta, S, sel = _ritz(alpha, beta, k, largest)
+        res = beta[-1] * np.abs(S[-1, sel])
+        err = res
+        if m > 1:
+            gaps = np.array([np.min(np.abs(np.delete(theta, s) - theta[s])) for s in sel])
+            err = np.minimum(res, res**2 / np.maximum(gaps, tiny))
+        return bool(np.all(err <= tol * np.maximum(np.abs(theta[sel]), tiny)))
+
+    Q, alpha, beta, n_mv, ended = _lanczos_basis(matvec, v0, min(maxiter, P), converged)
+    if alpha.shape[0] < k:
+        raise ValueError(
+            f"v0 lies in an invariant subspace of dimension {alpha.shape[0]} < k = {k}; "
+            "start from another vector"
+        )
+    theta, S, sel = _ritz(alpha, beta, k, largest)
+    return theta[sel], Q.T @ S[:, sel], n_mv, ended
 
 
 def _power(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray):
@@ -527,6 +548,23 @@ def _power(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray):
     return np.array(vals)[order], np.array(vecs).T[:, order], n_mv, all_conv
 
 
+def _as_operator(H: Any, P: int | None, needs: str):
+    """``(matvec, P, A)`` for H given as an array (A, the dense matrix), a LinearOperator or a
+    plain callable v -> H v (A None); a callable takes its size P from ``needs``."""
+    if isinstance(H, (np.ndarray, list, tuple)):
+        A = as_array("H", H, ndim=2)
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"H must be square, got shape {A.shape}")
+        return A.__matmul__, A.shape[0], A
+    if hasattr(H, "matvec") and hasattr(H, "shape"):
+        return H.matvec, H.shape[0], None
+    if callable(H):
+        if P is None:
+            raise ValueError(f"a plain callable H needs {needs}")
+        return H, P, None
+    raise TypeError(f"H must be an array, LinearOperator or callable, got {type(H).__name__}")
+
+
 def top_eigenpairs(
     op: Any,
     *,
@@ -560,25 +598,9 @@ def top_eigenpairs(
     check_option("method", method, METHODS)
     check_option("which", which, ("largest", "smallest"))
     tol = check_positive("tol", tol)
-    if isinstance(op, np.ndarray):
-        A = as_array("H", op, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
-        P = A.shape[0]
-        matvec = A.__matmul__
-    elif hasattr(op, "matvec") and hasattr(op, "shape"):
-        P = op.shape[0]
-        matvec = op.matvec
-    elif callable(op):
-        if v0 is None:
-            raise ValueError("v0 must be given when H is a plain callable (it fixes P)")
-        P = np.shape(v0)[0]
-        matvec = op
-    else:
-        raise TypeError(f"H must be an array, LinearOperator or callable, got {type(op).__name__}")
-    k = check_int("k", k, minimum=1)
-    if k > P:
-        raise ValueError(f"k must be <= the number of parameters P = {P}, got {k}")
+    P_v0 = None if v0 is None else np.shape(v0)[0]
+    matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
+    k = _check_k(k, P)
     if v0 is None:
         v0 = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(P)
     else:
@@ -645,10 +667,151 @@ def sharpness(
         Shapes that do not match the network, k > P, unknown method, tol <= 0.
     """
     op = hessian_operator(mlp, theta, X, Y)
-    k = check_int("k", k, minimum=1)
-    if k > mlp.n_params:
-        raise ValueError(f"k must be <= the number of parameters P = {mlp.n_params}, got {k}")
+    k = _check_k(k, mlp.n_params)
     return top_eigenpairs(op, k=k, method=method, tol=tol, maxiter=maxiter, v0=v0, seed=seed)
+
+
+# -- spectral density ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpectrumDensity:
+    """Result of :func:`hessian_spectrum_density`.
+
+    Attributes
+    ----------
+    grid : array (G,), the points x where the density is evaluated.
+    density : array (G,), the broadened spectral density φ_σ(x) (integrates to 1 over ℝ).
+    nodes : array (n_probes, m), Gauss quadrature nodes (Ritz values) of each probe.
+    weights : array (n_probes, m), their weights (each row sums to 1; entries past a probe's
+        Krylov dimension are padding with node 0 and weight 0).
+    sigma : the Gaussian broadening width σ.
+    n_hvp : number of Hessian-vector products used.
+
+    ``grid, density = result`` unpacks the density.
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+    n_hvp: int
+
+    def __iter__(self):
+        return iter((self.grid, self.density))
+
+    def probe_moments(self, k: int) -> np.ndarray:
+        """Per-probe quadrature estimates Σ_j w_j θ_j^k of zᵀH^k z / P, shape (n_probes,)."""
+        k = check_int("k", k, minimum=0)
+        return np.sum(self.weights * self.nodes**k, axis=1)
+
+    def moment(self, k: int) -> float:
+        """The SLQ estimate of the spectral moment tr(H^k)/P (mean over the probes)."""
+        return float(np.mean(self.probe_moments(k)))
+
+
+def hessian_spectrum_density(
+    mlp: MLP,
+    theta: Any,
+    X: Any,
+    Y: Any,
+    *,
+    n_probes: int = 10,
+    n_steps: int = 80,
+    seed: int = 0,
+    grid: Any = None,
+    sigma: float | None = None,
+) -> SpectrumDensity:
+    """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature (SLQ).
+
+    The spectral density φ(x) = (1/P) Σ_i δ(x − λ_i) of H = ∇²L(θ) is estimated through
+    (1/P) tr f(H) = E_z[zᵀ f(H) z]/P for Rademacher probes z (entries ±1, ||z||² = P). For each
+    probe, m Lanczos steps from q_1 = z/√P (full reorthogonalisation, exact Hessian-vector
+    products) give T_m = S diag(θ_j) Sᵀ, and zᵀ f(H) z / P ≈ Σ_j τ_j f(θ_j) with
+    τ_j = S_{1j}², the m-point Gauss quadrature of the spectral measure of q_1, exact for
+    polynomials f of degree ≤ 2m − 1. Averaging over probes and broadening each node by a
+    Gaussian of width σ gives
+
+        φ_σ(x) = (1/n_probes) Σ_probes Σ_j τ_j exp(−(x − θ_j)²/(2σ²)) / (σ√(2π)).
+
+    The moments ∫ x^k φ_σ(x) dx for k ≤ 1 equal the quadrature moments exactly, and those
+    are unbiased estimates of tr(H^k)/P for k ≤ 2m − 1 with the Hutchinson variance
+    2(||H^k||_F² − Σ_i (H^k)_ii²)/P² per probe.
+
+    Parameters
+    ----------
+    mlp : MLP
+    theta : array (P,)
+    X : array (n, d_0)
+    Y : array (n, d_L)
+    n_probes : int
+        Number of Rademacher probes (>= 1); they are the rows of
+        ``2 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1``.
+    n_steps : int
+        Lanczos steps per probe (>= 1), at most P are taken (the Krylov space is then the whole
+        invariant subspace of the probe, and the nodes are eigenvalues of H).
+    seed : int
+        Seed of the probes (>= 0).
+    grid : array (G,), optional
+        Points where φ_σ is evaluated; default 1000 points spanning the nodes ± 6σ.
+    sigma : float, optional
+        Broadening width (> 0), in units of the eigenvalues; default 1% of the node range
+        (of max(|node|, 1) when all nodes coincide).
+
+    Returns
+    -------
+    SpectrumDensity
+        ``grid``, ``density``, quadrature ``nodes`` and ``weights``, ``sigma``, ``n_hvp``.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match the network, non-finite inputs, n_probes < 1, n_steps < 1,
+        seed < 0, sigma <= 0, a grid that is not a finite 1-D array.
+
+    References
+    ----------
+    G. H. Golub, G. Meurant, "Matrices, moments and quadrature with applications" (2010).
+    S. Ubaru, J. Chen, Y. Saad, "Fast estimation of tr(f(A)) via stochastic Lanczos
+    quadrature", SIAM J. Matrix Anal. Appl. 38 (2017).
+    B. Ghorbani, S. Krishnan, Y. Xiao, "An investigation into neural net optimization via
+    Hessian eigenvalue density", ICML 2019.
+    """
+    from ._validate import check_positive
+
+    op = hessian_operator(mlp, theta, X, Y)
+    n_probes = check_int("n_probes", n_probes, minimum=1)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if sigma is not None:
+        sigma = check_positive("sigma", sigma)
+    if grid is not None:
+        grid = as_array("grid", grid, ndim=1)
+        if grid.size == 0:
+            raise ValueError("grid must hold at least one point, got an empty array")
+    P = mlp.n_params
+    m_max = min(n_steps, P)
+    probes = 2.0 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1.0
+    nodes = np.zeros((n_probes, m_max))
+    weights = np.zeros((n_probes, m_max))
+    n_hvp = 0
+    for i in range(n_probes):
+        _, alpha, beta, n_mv, _ = _lanczos_basis(op.matvec, probes[i], m_max)
+        theta_i, S, _ = _ritz(alpha, beta, n_mv, True)
+        nodes[i, :n_mv] = theta_i
+        weights[i, :n_mv] = S[0] ** 2
+        n_hvp += n_mv
+    used = weights > 0
+    lo, hi = float(nodes[used].min()), float(nodes[used].max())
+    if sigma is None:
+        sigma = 0.01 * (hi - lo) if hi > lo else 0.01 * max(abs(hi), 1.0)
+    if grid is None:
+        grid = np.linspace(lo - 6.0 * sigma, hi + 6.0 * sigma, 1000)
+    density = np.zeros(grid.shape[0])
+    c = 1.0 / (n_probes * sigma * np.sqrt(2.0 * np.pi))
+    for i in range(n_probes):  # one probe at a time keeps the work array at (G, m)
+        u = (grid[:, None] - nodes[i][None, :]) / sigma
+        density += c * (np.exp(-0.5 * u * u) @ weights[i])
+    return SpectrumDensity(grid, density, nodes, weights, float(sigma), n_hvp)
 
 
 # -- linear stability of gradient descent -----------------------------------------------------
@@ -745,29 +908,15 @@ def gd_stability(
 
     lr = check_positive("lr", lr)
     rank_tol = check_positive("rank_tol", rank_tol)
-    if isinstance(H, np.ndarray) or isinstance(H, (list, tuple)):
-        A = as_array("H", H, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
+    P_jac = None if jacobian is None else np.shape(jacobian)[1]
+    matvec, P, A = _as_operator(H, P_jac, "jacobian (it fixes P and the normal space)")
+    dense = A is not None
+    if dense:
         A = 0.5 * (A + A.T)
-        P = A.shape[0]
+        matvec = A.__matmul__
         lam, U = np.linalg.eigh(A)
         lam_min, lam_max = float(lam[0]), float(lam[-1])
-        matvec = A.__matmul__
-        dense = True
     else:
-        if hasattr(H, "matvec") and hasattr(H, "shape"):
-            P = H.shape[0]
-            matvec = H.matvec
-        elif callable(H):
-            if jacobian is None:
-                raise ValueError("a callable H needs jacobian (it fixes P and the normal space)")
-            P = np.shape(jacobian)[1]
-            matvec = H
-        else:
-            raise TypeError(
-                f"H must be an array, LinearOperator or callable, got {type(H).__name__}"
-            )
         lam_max = top_eigenpairs(matvec, k=1, tol=tol, v0=np.ones(P)).eigenvalues[0]
         lam_min = top_eigenpairs(matvec, k=1, tol=tol, v0=np.ones(P), which="smallest").eigenvalues[
             0
@@ -928,9 +1077,7 @@ def gradient_descent(
     lr = check_positive("lr", lr)
     steps = check_int("steps", steps, minimum=1)
     sharpness_every = check_int("sharpness_every", sharpness_every, minimum=0)
-    k = check_int("k", k, minimum=1)
-    if k > mlp.n_params:
-        raise ValueError(f"k must be <= the number of parameters P = {mlp.n_params}, got {k}")
+    k = _check_k(k, mlp.n_params)
     n = X.shape[0]
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -1150,6 +1297,24 @@ def eos_experiment(
             overwrite=overwrite,
         )
     return runs
+
+
+def eos_summary(runs: dict[float, GDRun]) -> str:
+    """A text table of edge-of-stability runs, one line per learning rate η: 2/η, the
+    sharpness at the first and last measurement, the mean of the late half of the sharpness
+    series over 2/η (≈ 1 at the edge of stability), and the final loss."""
+    lines = [
+        f"{'lr':>8} {'2/lr':>9} {'λ_max(0)':>9} {'λ_max end':>9} {'late mean/(2/lr)':>17} "
+        f"{'loss end':>10}"
+    ]
+    for lr, run in sorted(runs.items()):
+        s = run.sharpness[:, 0] if run.sharpness.size else np.array([np.nan])
+        late = s[len(s) // 2 :] * lr / 2
+        loss_end = run.loss[-1] if run.loss.size else np.nan
+        lines.append(
+            f"{lr:8.4g} {2 / lr:9.4g} {s[0]:9.4g} {s[-1]:9.4g} {late.mean():17.3f} {loss_end:10.3e}"
+        )
+    return "\n".join(lines)
 
 
 def plot_eos(runs: dict[float, GDRun], path: Any) -> None:

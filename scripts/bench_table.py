@@ -27,8 +27,10 @@ def main() -> None:
     for b in data["benchmarks"]:
         groups[(b["group"] or "", _param(b["name"]))].append(b)
     info = data.get("machine_info", {})
-    print(f"Machine: {info.get('cpu', {}).get('brand_raw', '?')}, "
-          f"{info.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}")
+    print(
+        f"Machine: {info.get('cpu', {}).get('brand_raw', '?')}, "
+        f"{info.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}"
+    )
     print()
     print("| group | ours (ms) | baseline | baseline (ms) | speed-up |")
     print("| --- | ---: | --- | ---: | ---: |")

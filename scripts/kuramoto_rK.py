@@ -31,8 +31,9 @@ def main() -> None:
     Ks = np.linspace(0.2, 4.0, 20) * 2 * o.gamma / 2
     r = []
     for K in Ks:
-        run = simulate(Kuramoto(omega, Graphon.constant(1.0), K), theta0, o.t_end, o.dt,
-                       save_every=10**9)
+        run = simulate(
+            Kuramoto(omega, Graphon.constant(1.0), K), theta0, o.t_end, o.dt, save_every=10**9
+        )
         r.append(run.r[run.t > o.t_end / 2].mean())
         print(f"K = {K:.3f}  r = {r[-1]:.4f}")
     K_fine = np.linspace(Ks[0], Ks[-1], 400)

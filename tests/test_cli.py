@@ -22,8 +22,20 @@ def test_kuramoto_small_run_prints_order_parameter(tmp_path, capsys):
 @pytest.mark.parametrize("graph", ["erdos-renyi", "small-world", "power-law", "directed-ring"])
 def test_kuramoto_graph_options(tmp_path, graph):
     out = tmp_path / f"{graph}.h5"
-    args = ["kuramoto", "--N", "300", "--t-end", "1", "--graph", graph, "--out", str(out),
-            "--quiet", "--freq", "normal"]
+    args = [
+        "kuramoto",
+        "--N",
+        "300",
+        "--t-end",
+        "1",
+        "--graph",
+        graph,
+        "--out",
+        str(out),
+        "--quiet",
+        "--freq",
+        "normal",
+    ]
     assert main(args) == 0
 
 
@@ -31,8 +43,27 @@ def test_matrix_file_rate_model_and_plot(tmp_path):
     W = np.random.default_rng(0).random((100, 100))
     np.save(tmp_path / "W.npy", W)
     out = tmp_path / "rate.h5"
-    assert main(["kuramoto", "--model", "rate", "--N", "100", "--graph", str(tmp_path / "W.npy"),
-                 "--t-end", "2", "--out", str(out), "--quiet", "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "kuramoto",
+                "--model",
+                "rate",
+                "--N",
+                "100",
+                "--graph",
+                str(tmp_path / "W.npy"),
+                "--t-end",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     assert main(["plot", str(out)]) == 0
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -61,8 +92,23 @@ def test_sparse_npz_and_h5_matrix_files_match_dense(tmp_path):
     finals = []
     for name in ("W.npz", "W.h5"):
         out = tmp_path / f"{name}.run.h5"
-        assert main(["kuramoto", "--N", "80", "--graph", str(tmp_path / name), "--t-end", "1",
-                     "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "kuramoto",
+                    "--N",
+                    "80",
+                    "--graph",
+                    str(tmp_path / name),
+                    "--t-end",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         with open_run(out) as run:
             assert run.params["coupling"] == ("dense" if name == "W.h5" else "csr:nnz=1280")
             finals.append(run.read("trajectory", "value")[-1])

@@ -97,8 +97,11 @@ def test_digraph_measure_random_positions_and_weights():
         ref = naive_phase_rhs(theta, omega, dense, 1.5, 0.2)
         for c in (m, Coupling(m, n, pairwise=True)):
             # rounding only (power law weights reach ~x^-0.8 ~ 100, hence the scale)
-            np.testing.assert_allclose(rhs(Kuramoto(omega, c, 1.5, 0.2), theta), ref,
-                                       atol=1e-12 * np.abs(dense).sum(1).max())
+            np.testing.assert_allclose(
+                rhs(Kuramoto(omega, c, 1.5, 0.2), theta),
+                ref,
+                atol=1e-12 * np.abs(dense).sum(1).max(),
+            )
 
 
 def _phase_field(omega, W, K, alpha):
@@ -112,8 +115,14 @@ def test_rk4_matches_naive_rk4_and_scipy():
     run = simulate(Kuramoto(omega, W, 4.0, 0.2), theta, 2.0, 0.01)
     ref = naive_rk4(_phase_field(omega, W, 4.0, 0.2), theta, 0.01, 200)
     np.testing.assert_allclose(run.state, ref, atol=1e-12)  # same scheme, rounding only
-    sol = solve_ivp(lambda t, y: naive_phase_rhs(y, omega, W, 4.0, 0.2), (0, 2.0), theta,
-                    method="DOP853", rtol=1e-12, atol=1e-12)
+    sol = solve_ivp(
+        lambda t, y: naive_phase_rhs(y, omega, W, 4.0, 0.2),
+        (0, 2.0),
+        theta,
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # RK4 global error C dt^4 with C ~ (K + |ω|)^4 ~ 1e2: about 1e-6 at dt = 0.01
     np.testing.assert_allclose(run.state, sol.y[:, -1], atol=1e-6)
 
@@ -124,11 +133,19 @@ def test_convergence_order(method, order):
     omega, theta, rng = _setup(n, 6)
     W = rng.random((n, n))
     model = Kuramoto(omega, W, 3.0, 0.5)
-    sol = solve_ivp(lambda t, y: naive_phase_rhs(y, omega, W, 3.0, 0.5), (0, 1.0), theta,
-                    method="DOP853", rtol=1e-13, atol=1e-13)
+    sol = solve_ivp(
+        lambda t, y: naive_phase_rhs(y, omega, W, 3.0, 0.5),
+        (0, 1.0),
+        theta,
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
+    )
     dts = [0.04, 0.02, 0.01, 0.005] if order == 4 else [0.01, 0.005, 0.0025, 0.00125]
-    errs = [np.abs(simulate(model, theta, 1.0, dt, method=method).state - sol.y[:, -1]).max()
-            for dt in dts]
+    errs = [
+        np.abs(simulate(model, theta, 1.0, dt, method=method).state - sol.y[:, -1]).max()
+        for dt in dts
+    ]
     slope = np.polyfit(np.log(dts), np.log(errs), 1)[0]
     assert abs(slope - order) < 0.3, (errs, slope)
 

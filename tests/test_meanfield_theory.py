@@ -27,8 +27,9 @@ def test_ott_antonsen_lorentzian_above_threshold():
     r_inf = np.sqrt(1 - 2 * gamma / K)  # Ott–Antonsen stationary state, N → ∞
     errs, stds = [], []
     for n in (2000, 20000):
-        mean, std = _stationary_r(Kuramoto(_quantiles(stats.cauchy(0, gamma), n), COMPLETE, K),
-                                  n, seed=0)
+        mean, std = _stationary_r(
+            Kuramoto(_quantiles(stats.cauchy(0, gamma), n), COMPLETE, K), n, seed=0
+        )
         errs.append(abs(mean - r_inf))
         stds.append(std)
     # finite-N fluctuations of r are O(N^-1/2): ~0.008 at N = 2000, ~0.0025 at N = 20000
@@ -50,8 +51,13 @@ def _self_consistent_r(K, g):
     """Kuramoto's self-consistency r = K r ∫ cos²φ g(K r sin φ) dφ over |φ| < π/2."""
 
     def f(r):
-        return K * integrate.quad(lambda p: np.cos(p) ** 2 * g(K * r * np.sin(p)),
-                                  -np.pi / 2, np.pi / 2)[0] - 1
+        return (
+            K
+            * integrate.quad(
+                lambda p: np.cos(p) ** 2 * g(K * r * np.sin(p)), -np.pi / 2, np.pi / 2
+            )[0]
+            - 1
+        )
 
     return optimize.brentq(f, 1e-9, 1.0)
 

@@ -61,8 +61,13 @@ def test_firing_rate_unknown_activation():
     ],
 )
 def test_simulate_errors(kwargs, match):
-    args = {"model": Kuramoto(OK_OMEGA, OK_W, 1.0), "state0": np.zeros(4), "t_end": 1.0,
-            "dt": 0.1, **kwargs}
+    args = {
+        "model": Kuramoto(OK_OMEGA, OK_W, 1.0),
+        "state0": np.zeros(4),
+        "t_end": 1.0,
+        "dt": 0.1,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=match):
         simulate(**args)
 

@@ -29,9 +29,9 @@ def _model(n=50, seed=0):
 def test_writer_layout_params_and_lazy_reader(tmp_path):
     path = tmp_path / "w.h5"
     series = {"trajectory": {"time": (), "value": (3,)}, "observables": {"loss": ((), "f4")}}
-    with TrajectoryWriter.create(path, kind="demo", params={"N": 3, "name": "x",
-                                                             "w": np.eye(2)},
-                                 series=series) as w:
+    with TrajectoryWriter.create(
+        path, kind="demo", params={"N": 3, "name": "x", "w": np.eye(2)}, series=series
+    ) as w:
         for k in range(3):
             w.append("trajectory", time=np.array([k, k + 0.5]), value=np.full((2, 3), k))
             w.append("observables", loss=np.array([k], "f4"))
@@ -44,7 +44,7 @@ def test_writer_layout_params_and_lazy_reader(tmp_path):
         np.testing.assert_array_equal(run.params["w"], np.eye(2))
         assert run.rows == {"trajectory": 6, "observables": 3}
         assert isinstance(run["trajectory/value"], h5py.Dataset)  # lazy
-        np.testing.assert_array_equal(run.read("trajectory", "time"), [0, .5, 1, 1.5, 2, 2.5])
+        np.testing.assert_array_equal(run.read("trajectory", "time"), [0, 0.5, 1, 1.5, 2, 2.5])
         assert run["observables/loss"].dtype == np.float32
         assert run.checkpoint["step"] == 2 and run.checkpoint["meta"] == {"k": 2}
 
@@ -86,15 +86,13 @@ def test_streamed_run_equals_in_memory_run(tmp_path):
 
 def test_resume_after_interruption_reproduces_uninterrupted_run(tmp_path):
     model, theta = _model()
-    full = simulate(model, theta, 2.0, 0.01, save_every=3, out=tmp_path / "full.h5",
-                    chunk_steps=17)
+    full = simulate(model, theta, 2.0, 0.01, save_every=3, out=tmp_path / "full.h5", chunk_steps=17)
     part = tmp_path / "part.h5"
     with pytest.raises(KeyboardInterrupt):
         _interrupt_after(model, theta, part, commits=4)
     with open_run(part) as run:
         assert run.status == "failed" and 0 < run.rows["observables"] < 201
-    resumed = simulate(model, theta, 2.0, 0.01, save_every=3, out=part, resume=True,
-                       chunk_steps=17)
+    resumed = simulate(model, theta, 2.0, 0.01, save_every=3, out=part, resume=True, chunk_steps=17)
     np.testing.assert_array_equal(resumed.state, full.state)
     with open_run(part) as a, open_run(tmp_path / "full.h5") as b:
         for s in ("trajectory", "observables"):
@@ -134,8 +132,24 @@ def test_resume_refuses_a_different_model(tmp_path):
 @pytest.mark.slow
 def test_sigkill_leaves_readable_file_and_resume_is_exact(tmp_path):
     """A real SIGKILL of the command line mid-run; the file opens and resumes exactly."""
-    args = ["kuramoto", "--N", "600", "--graph", "ring", "--r", "0.2", "--representation",
-            "dense", "--t-end", "30", "--dt", "0.01", "--save-every", "5", "--quiet"]
+    args = [
+        "kuramoto",
+        "--N",
+        "600",
+        "--graph",
+        "ring",
+        "--r",
+        "0.2",
+        "--representation",
+        "dense",
+        "--t-end",
+        "30",
+        "--dt",
+        "0.01",
+        "--save-every",
+        "5",
+        "--quiet",
+    ]
     killed = tmp_path / "killed.h5"
     code = "import sys; from nndyn_fast.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(killed)])

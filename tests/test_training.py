@@ -172,12 +172,20 @@ def test_results_do_not_depend_on_thread_count():
         outs = []
         for nt in sorted({1, old}):
             numba.set_num_threads(nt)
-            outs.append((tr.grad(mlp, theta, X, Y), tr.hvp(mlp, theta, X, Y, v)))
+            outs.append(
+                (
+                    tr.grad(mlp, theta, X, Y),
+                    tr.hvp(mlp, theta, X, Y, v),
+                    tr.gauss_newton_vp(mlp, theta, X, Y, v),
+                    tr.forward(mlp, theta, X),
+                    tr.per_sample_gradients(mlp, theta, X),
+                )
+            )
     finally:
         numba.set_num_threads(old)
-    for g, h in outs[1:]:
-        np.testing.assert_array_equal(g, outs[0][0])
-        np.testing.assert_array_equal(h, outs[0][1])
+    for res in outs[1:]:
+        for a, b in zip(res, outs[0], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_tanh_fast_accuracy():
@@ -381,6 +389,89 @@ def test_small_lr_stays_below_threshold():
     assert np.all(np.diff(run.loss) < 0)
 
 
+# -- spectral density by stochastic Lanczos quadrature ----------------------------------------
+def _hutchinson_se(A, n_probes):
+    """Standard error of the mean of zᵀAz/P over Rademacher probes: per probe the variance is
+    2(||A||_F² − Σ A_ii²)/P² (the diagonal contributes no randomness)."""
+    P = A.shape[0]
+    return np.sqrt(2.0 * (np.sum(A * A) - np.sum(np.diag(A) ** 2)) / n_probes) / P
+
+
+def test_spectrum_density_moments_match_exact_hessian():
+    mlp, theta, X, Y = _problem(sizes=(2, 4, 1), n=15, seed=3)
+    P = mlp.n_params
+    H = _fd_hessian(mlp, theta, X, Y)
+    H = 0.5 * (H + H.T)
+    n_probes = 300
+    # 2 Lanczos steps: Gauss quadrature is exact for degrees <= 2·2 − 1 = 3
+    res = tr.hessian_spectrum_density(mlp, theta, X, Y, n_probes=n_probes, n_steps=2, seed=4)
+    assert res.nodes.shape == res.weights.shape == (n_probes, 2)
+    assert res.n_hvp == 2 * n_probes
+    z = 2.0 * np.random.default_rng(4).integers(0, 2, (n_probes, P)) - 1.0  # the documented probes
+    scale = np.abs(np.linalg.eigvalsh(H)).max()
+    for k in range(4):
+        Hk = np.linalg.matrix_power(H, k)
+        # per probe the quadrature equals zᵀH^k z/P exactly; the FD Hessian (relative error
+        # ~1e-9) and rounding in the Lanczos recurrence leave ~1e-9·scale^k
+        direct = np.einsum("ip,pq,iq->i", z, Hk, z) / P
+        np.testing.assert_allclose(res.probe_moments(k), direct, rtol=1e-7, atol=1e-8 * scale**k)
+        # the probe average estimates tr(H^k)/P without bias: 4 standard errors of the
+        # Hutchinson estimator (k = 0 is exact: the weights of each probe sum to 1)
+        exact = np.trace(Hk) / P
+        tol = 4.0 * _hutchinson_se(Hk, n_probes) + 1e-8 * scale**k
+        assert abs(res.moment(k) - exact) <= tol, (k, res.moment(k), exact, tol)
+
+
+def test_spectrum_density_full_krylov_space():
+    mlp, theta, X, Y = _problem(sizes=(2, 3, 1), n=12, seed=5)
+    P = mlp.n_params
+    H = _fd_hessian(mlp, theta, X, Y)
+    H = 0.5 * (H + H.T)
+    lam = np.linalg.eigvalsh(H)
+    n_probes = 200
+    # n_steps > P: capped at P, each probe's Krylov space becomes invariant
+    res = tr.hessian_spectrum_density(mlp, theta, X, Y, n_probes=n_probes, n_steps=2 * P, seed=6)
+    grid, density = res
+    assert res.nodes.shape == (n_probes, P)
+    np.testing.assert_allclose(res.weights.sum(axis=1), 1.0, rtol=1e-12)  # rounding only
+    # the nodes of an invariant Krylov space are eigenvalues of H: FD Hessian accuracy ~1e-9
+    used = res.weights > 1e-8
+    dist = np.min(np.abs(res.nodes[used][:, None] - lam[None, :]), axis=1)
+    assert dist.max() < 1e-6 * np.abs(lam).max()
+    assert np.all(density >= 0)
+    # default grid spans the nodes ± 6σ: the Gaussian tails outside hold 2Φ(−6) ≈ 2e-9, the
+    # trapezoid rule with spacing ~0.1σ is exponentially accurate for Gaussians
+    assert abs(np.trapezoid(density, grid) - 1.0) < 1e-7
+    # broadening keeps the mean; the mean estimates tr(H)/P within 4 Hutchinson SEs
+    mean = np.trapezoid(grid * density, grid)
+    assert mean == pytest.approx(res.moment(1), abs=1e-7 * np.abs(lam).max())
+    assert abs(mean - np.trace(H) / P) <= 4.0 * _hutchinson_se(H, n_probes) + 1e-7
+    # a user grid and σ are used as given
+    g2 = np.linspace(lam[0] - 1, lam[-1] + 1, 50)
+    r2 = tr.hessian_spectrum_density(mlp, theta, X, Y, n_probes=3, n_steps=4, grid=g2, sigma=0.1)
+    assert r2.sigma == 0.1 and r2.density.shape == (50,)
+    np.testing.assert_array_equal(r2.grid, g2)
+
+
+def test_spectrum_density_bad_inputs():
+    mlp, theta, X, Y = _problem(sizes=(3, 4, 1), n=10)
+    f = tr.hessian_spectrum_density
+    with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+        f(mlp, theta, X, Y, n_probes=0)
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 1"):
+        f(mlp, theta, X, Y, n_steps=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        f(mlp, theta, X, Y, seed=-1)
+    with pytest.raises(ValueError, match="sigma must be"):
+        f(mlp, theta, X, Y, sigma=0.0)
+    with pytest.raises(ValueError, match="grid must"):
+        f(mlp, theta, X, Y, grid=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="grid must be finite"):
+        f(mlp, theta, X, Y, grid=[0.0, np.inf])
+    with pytest.raises(ValueError, match="X must have shape"):
+        f(mlp, theta, X[:, :2], Y)
+
+
 # -- bad inputs ------------------------------------------------------------------------------
 def test_bad_inputs_raise():
     mlp, theta, X, Y = _problem(sizes=(3, 5, 2))
@@ -416,6 +507,50 @@ def test_bad_inputs_raise():
         tr.gd_stability(np.eye(3), 0.1, jacobian=np.ones((2, 4)))
     with pytest.raises(TypeError, match="mlp must be an MLP"):
         tr.forward("net", theta, X)
+    with pytest.raises(ValueError, match="X must have shape"):
+        tr.per_sample_gradients(mlp, theta, X[:, :2])
+    with pytest.raises(ValueError, match="X must have shape"):
+        tr.gradient_descent(mlp, theta, np.ones((X.shape[0], 4)), Y, lr=0.1, steps=3)
+    with pytest.raises(ValueError, match="lr must be"):
+        tr.gradient_descent(mlp, theta, X, Y, lr=-0.1, steps=3)
+    with pytest.raises(ValueError, match="k must be <="):
+        tr.gradient_descent(mlp, theta, X, Y, lr=0.1, steps=3, sharpness_every=1, k=99)
+    with pytest.raises(ValueError, match="k must be <="):
+        tr.top_eigenpairs(np.eye(3), k=4)
+
+
+def _no_kernel(*args):
+    raise AssertionError("a kernel ran before the inputs were validated")
+
+
+@pytest.mark.parametrize("where", ["X", "Y", "theta", "v"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_raise_before_any_kernel(monkeypatch, where, bad):
+    mlp, theta, X, Y = _problem(sizes=(3, 5, 2), n=6)
+    v = np.ones(mlp.n_params)
+    arrays = {"X": X, "Y": Y, "theta": theta, "v": v}
+    arrays[where] = arrays[where].copy()
+    arrays[where].flat[3] = bad
+    for name in ("mlp_forward", "mlp_loss_grad", "mlp_hvp", "mlp_gnvp", "mlp_per_sample_grads"):
+        monkeypatch.setattr(tr.km, name, _no_kernel)
+    X, Y, theta, v = arrays["X"], arrays["Y"], arrays["theta"], arrays["v"]
+    calls = [
+        lambda: tr.hvp(mlp, theta, X, Y, v),
+        lambda: tr.gauss_newton_vp(mlp, theta, X, Y, v),
+    ]
+    if where != "v":
+        calls += [
+            lambda: tr.loss(mlp, theta, X, Y),
+            lambda: tr.grad(mlp, theta, X, Y),
+            lambda: tr.sharpness(mlp, theta, X, Y),
+            lambda: tr.hessian_spectrum_density(mlp, theta, X, Y, n_probes=1, n_steps=1),
+            lambda: tr.gradient_descent(mlp, theta, X, Y, lr=0.1, steps=2),
+        ]
+    if where in ("X", "theta"):
+        calls += [lambda: tr.forward(mlp, theta, X), lambda: tr.per_sample_gradients(mlp, theta, X)]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"{where}0? must be finite"):
+            call()
 
 
 def test_divergence_raises_and_keeps_steps(tmp_path):
