@@ -3,7 +3,10 @@
 - ``dde-mackey-glass``: Mackey-Glass (beta 0.2, gamma 0.1, n 10, tau 17, history 1.2) to
   t_end (1000 with NNDYN_BENCH_FULL=1, else 100), every solver at the loosest setting that
   reaches an error of 1e-6 at t = 100 against a tight-tolerance dopri5 run (cross-checked by
-  fixed-step RK4): our dopri5, our rk4, and a pure numpy/Python RK4 with Hermite history.
+  fixed-step RK4): our dopri5, our rk4, a pure numpy/Python RK4 with Hermite history, and the
+  compiled DDE solver jitcdde (Bogacki-Shampine 3(2) in C generated and compiled at run time;
+  skipped when jitcdde is not installed; its C compilation is done once outside the timing and
+  reported in ``extra_info``).
 - ``dde-neural-batch``: 1000 (full; 200 default) one-dimensional NeuralDDE inputs to T = 10,
   all threads vs one thread vs numpy RK4 vectorised over the batch.
 """
@@ -59,7 +62,7 @@ def mg_settings():
     )
     print(f"\nMackey-Glass settings for error {TARGET} at t=100: dopri5 rtol={rtol}, "
           f"rk4 dt={dt_ours}, naive dt={dt_naive}")  # fmt: skip
-    return rtol, dt_ours, dt_naive
+    return rtol, dt_ours, dt_naive, ref
 
 
 T_OUT = np.linspace(0.0, T_END, 11)
@@ -86,6 +89,40 @@ def test_mg_naive_numpy_rk4(benchmark, mg_settings):
     benchmark.pedantic(
         naive_rk4, args=(f, _mg_hist, 0.0, T_END, dt, [17.0]), rounds=3 if FULL else 1
     )
+
+
+def _jitcdde_run(dde, tol, times):
+    """jitcdde from the constant history 1.2 at tolerance ``tol``; x at ``times``."""
+    dde.purge_past()
+    dde.constant_past([1.2], time=0.0)
+    dde.reset_integrator()
+    dde.set_integration_parameters(rtol=tol, atol=tol)
+    dde.step_on_discontinuities()
+    return np.array([dde.integrate(s)[0] for s in times])
+
+
+@pytest.mark.benchmark(group="dde-mackey-glass")
+def test_mackey_glass_jitcdde(benchmark, mg_settings, tmp_path, monkeypatch):
+    jc = pytest.importorskip("jitcdde")
+    import time
+
+    monkeypatch.chdir(tmp_path)  # its setuptools build must not read this project's pyproject
+
+    y, t = jc.y, jc.t
+    ref = mg_settings[3]
+    tic = time.perf_counter()
+    f = [MG.beta * y(0, t - 17.0) / (1 + y(0, t - 17.0) ** MG.n) - MG.gamma * y(0)]
+    dde = jc.jitcdde(f, delays=[17.0], max_delay=17.0, verbose=False)  # delays given: no sympy
+    dde.compile_C(simplify=False, verbose=False)
+    benchmark.extra_info["compile_s"] = time.perf_counter() - tic
+    tol = next(
+        r
+        for r in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7, 3e-8, 1e-8, 3e-9, 1e-9)
+        if abs(_jitcdde_run(dde, r, [100.0])[-1] - ref) <= TARGET
+    )
+    benchmark.extra_info["tol"] = tol
+    benchmark.extra_info["error_t100"] = abs(_jitcdde_run(dde, tol, [100.0])[-1] - ref)
+    benchmark(_jitcdde_run, dde, tol, T_OUT[1:])
 
 
 # --- a batch of one-dimensional NeuralDDE inputs ---

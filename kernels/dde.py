@@ -172,17 +172,20 @@ def history_eval(hkind, hist, hfn, s, out):
 
 
 @njit(cache=True, inline="always")
-def ring_eval(ring, head, cnt, cur, k, s, out):
-    """Hermite value at ``s`` from the ring interval holding it (``T_0 <= s <= T_last``).
+def ring_eval(rt, ry, rfl, rfr, head, cnt, cur, k, s, out):
+    """Hermite value at ``s`` into ``out[k]`` from the ring interval holding it
+    (``T_0 <= s <= T_last``).
 
     ``cur[k]`` is the interval (position from the head) found for delay ``k`` last time; the
     delayed times of a trajectory move forward step by step (back only on a rejected step), so
-    walking from it takes a step or two where a bisection would take log2(count).
+    walking from it takes a step or two where a bisection would take log2(count). The ring is
+    read by index, not through row views, to keep reference counting out of the inner loop.
     """
-    rt, ry, rfl, rfr = ring
     cap = rt.shape[0]
+    d = out.shape[1]
     if cnt == 1:
-        _copy(ry[head], out)
+        for i in range(d):
+            out[k, i] = ry[head, i]
         return
     lo = min(cur[k], cnt - 2)
     while lo > 0 and rt[_wrap(head + lo, cap)] > s:
@@ -192,12 +195,21 @@ def ring_eval(ring, head, cnt, cur, k, s, out):
     cur[k] = lo
     a = _wrap(head + lo, cap)
     b = _wrap(a + 1, cap)
-    hermite_eval(rt[a], ry[a], rfr[a], rt[b], ry[b], rfl[b], s, out)
+    ta = rt[a]
+    h = rt[b] - ta
+    th = (s - ta) / h
+    th1 = 1.0 - th
+    for i in range(d):  # hermite_eval's formula on ring rows
+        dy = ry[b, i] - ry[a, i]
+        r3 = h * rfr[a, i] - dy
+        r4 = dy - h * rfl[b, i] - r3
+        out[k, i] = ry[a, i] + th * (dy + th1 * (r3 + th * r4))
 
 
 @njit(cache=True, error_model="numpy")
-def builtin_rhs(model, ip, P, tl, x, xd, z, out):
-    """Built-in vector field (``model`` code) at state ``x``, delayed states ``xd`` (m, d)."""
+def builtin_rhs(model, ip, P, tl, x, xd, z, out, o):
+    """Built-in vector field (``model`` code) at state ``x``, delayed states ``xd`` (m, d), into
+    row ``o`` of ``out``."""
     d = x.shape[0]
     m = xd.shape[0]
     if model == LINEAR:
@@ -210,14 +222,14 @@ def builtin_rhs(model, ip, P, tl, x, xd, z, out):
                 base = off + (k * d + i) * d
                 for j in range(d):
                     s += P[base + j] * xd[k, j]
-            out[i] = s
+            out[o, i] = s
     elif model == MACKEY_GLASS:
         beta = P[0]
         gamma = P[1]
         n = P[2]
         for i in range(d):
             v = xd[0, i]
-            out[i] = beta * v / (1.0 + v**n) - gamma * x[i]
+            out[o, i] = beta * v / (1.0 + v**n) - gamma * x[i]
     else:
         L, H, code, oW, oA, oB, ob = ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9]
         lay = 0
@@ -250,44 +262,43 @@ def builtin_rhs(model, ip, P, tl, x, xd, z, out):
             s = 0.0
             for r in range(H):
                 s += P[woff + i * H + r] * z[r]
-            out[i] = s
+            out[o, i] = s
 
 
 @njit(cache=True, inline="always")
-def dde_field(fn, args, hfn, env, head, cnt, scr, tent, t, tl, x, out):
-    """f(t, x, x(t - tau_k)) into ``out``; returns 1 if a delayed time fell past the last node.
+def dde_field(
+    fn, args, hfn, model, ip, P, hkind, hist, t0, taus,
+    rt, ry, rfl, rfr, head, cnt, cur, xd, z, tent, t, tl, x, out, o,
+):  # fmt: skip
+    """f(t, x, x(t - tau_k)) into ``out[o]``; returns 1 if a delayed time fell past the last node.
 
-    ``env = (fld, hist, ring)`` (see :func:`dde_advance`), ``scr = (cur, xd, z)`` scratch (ring
-    cursors, delayed states, hidden units); ``tent = (t, y, f, ok)`` is the
+    The field (``model, ip, P``), history, ring arrays, cursors ``cur``, delayed states ``xd``
+    and hidden units ``z`` come as plain arrays (unpacking tuples or taking row views
+    costs atomic reference counts in the innermost loop). ``tent = (t, y, f, ok)`` is the
     tentative step: delayed values past the last node come from it when ``ok``, else from a
     linear extrapolation of the last node.
     """
-    fld, hist, ring = env
-    model, ip, P, hkind, t0, taus = fld
-    rt, ry, rfl, rfr = ring
-    cur, xd, z = scr
-    tent_t, tent_y, tent_f, tent_ok = tent
     last = _wrap(head + cnt - 1, rt.shape[0])
     tlast = rt[last]
     over = 0
     for k in range(taus.shape[0]):
         s = t - taus[k]
-        row = xd[k]
         if s <= t0:
-            history_eval(hkind, hist, hfn, s, row)
+            history_eval(hkind, hist, hfn, s, xd[k])
         elif s <= tlast:
-            ring_eval(ring, head, cnt, cur, k, s, row)
+            ring_eval(rt, ry, rfl, rfr, head, cnt, cur, k, s, xd)
         else:
             over = 1
+            tent_t, tent_y, tent_f, tent_ok = tent
             if tent_ok:
-                hermite_eval(tlast, ry[last], rfr[last], tent_t, tent_y, tent_f, s, row)
+                hermite_eval(tlast, ry[last], rfr[last], tent_t, tent_y, tent_f, s, xd[k])
             else:
-                for i in range(row.shape[0]):
-                    row[i] = ry[last, i] + (s - tlast) * rfr[last, i]
+                for i in range(xd.shape[1]):
+                    xd[k, i] = ry[last, i] + (s - tlast) * rfr[last, i]
     if fn is None:
-        builtin_rhs(model, ip, P, tl, x, xd, z, out)
+        builtin_rhs(model, ip, P, tl, x, xd, z, out, o)
     else:
-        fn(t, x, xd, args, out)
+        fn(t, x, xd, args, out[o])
     return over
 
 
@@ -333,19 +344,6 @@ def _dense_dopri(y, ynew, k, h, th, out):
 
 
 @njit(cache=True)
-def _first_node(fn, args, hfn, env, scr, tent_y, tent_f, tiny):
-    """Start an empty ring at t0 with the history value and f(t0+) there (1 f evaluation)."""
-    fld, hist, ring = env
-    t0 = fld[4]
-    rt, ry, rfl, rfr = ring
-    rt[0] = t0
-    history_eval(fld[3], hist, hfn, t0, ry[0])
-    tent = (t0, tent_y, tent_f, False)
-    dde_field(fn, args, hfn, env, 0, 1, scr, tent, t0, t0 + tiny, ry[0], rfr[0])
-    _copy(rfr[0], rfl[0])
-
-
-@njit(cache=True)
 def _initial_step(y, f, rtol, atol, hmax):
     """Hairer's first guess: 1% of |y| / |f| in the tolerance norm."""
     d = y.shape[0]
@@ -385,10 +383,9 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
     K = np.empty((7, d))
     y, ynew, ytmp = np.empty(d), np.empty(d), np.empty(d)
     tent_y, tent_f, err = np.empty(d), np.empty(d), np.empty(d)
-    # ring interval last used by each delay, delayed states, hidden units
-    scr = (np.zeros(m, dtype=np.int64), np.empty((m, d)), np.empty(max(H, 1)))
-    cur = scr[0]
-    env = (fld, hist, ring)
+    cur = np.zeros(m, dtype=np.int64)  # ring interval last used by each delay
+    xd = np.empty((m, d))
+    z = np.empty(max(H, 1))
     tiny = 1e-9 * (1.0 + abs(t0))
     if ist[I_STATUS] == RING_FULL:
         ist[I_STATUS] = OK
@@ -399,7 +396,14 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
         ist[I_HEAD] = 0
         ist[I_COUNT] = 1
         ist[I_NFEV] += 1
-        _first_node(fn, args, hfn, env, scr, tent_y, tent_f, tiny)
+        rt[0] = t0
+        history_eval(hkind, hist, hfn, t0, ry[0])
+        tent = (t0, tent_y, tent_f, False)
+        dde_field(
+            fn, args, hfn, model, ip, P, hkind, hist, t0, taus,
+            rt, ry, rfl, rfr, 0, 1, cur, xd, z, tent, t0, t0 + tiny, ry[0], rfr, 0,
+        )  # fmt: skip
+        _copy(rfr[0], rfl[0])
         if not _all_finite(rfr[0]):
             ist[I_STATUS] = NONFINITE
             return NONFINITE
@@ -485,7 +489,10 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
                         acc += TA[s, q] * K[q, i]
                     ytmp[i] = y[i] + h * acc
                 ts = tnew if s == kl else t + TC[s] * h  # the last stage sits on the node
-                over |= dde_field(fn, args, hfn, env, head, cnt, scr, tent, ts, tl, ytmp, K[s])
+                over |= dde_field(
+                    fn, args, hfn, model, ip, P, hkind, hist, t0, taus,
+                    rt, ry, rfl, rfr, head, cnt, cur, xd, z, tent, ts, tl, ytmp, K, s,
+                )  # fmt: skip
             _copy(ytmp, ynew)  # the last stage's input is the new solution
             nfev += nst - 1
             if over == 0:
@@ -572,8 +579,9 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
                 # f jumps in time here: the right derivative starts the next interval
                 tent = (tnew, tent_y, tent_f, False)
                 dde_field(
-                    fn, args, hfn, env, head, cnt, scr, tent, tnew, tnew + tiny, ynew, rfr[new]
-                )
+                    fn, args, hfn, model, ip, P, hkind, hist, t0, taus, rt, ry, rfl, rfr,
+                    head, cnt, cur, xd, z, tent, tnew, tnew + tiny, ynew, rfr, new,
+                )  # fmt: skip
                 nfev += 1
         last = new
         t = tnew

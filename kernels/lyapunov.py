@@ -108,6 +108,47 @@ def _apply_jac_rows(J, V, W):
             W[j, a] = s
 
 
+@njit(cache=True, inline="always")
+def _copy_rows(src, dst):
+    """dst[j, a] = src[j, a] over the shape of ``dst`` (src may be wider)."""
+    for j in range(dst.shape[0]):
+        for a in range(dst.shape[1]):
+            dst[j, a] = src[j, a]
+
+
+@njit(cache=True, inline="always")
+def _axpy_rows(x, h, y, out):
+    """out = x + h y for (k, m) blocks."""
+    for j in range(x.shape[0]):
+        for a in range(x.shape[1]):
+            out[j, a] = x[j, a] + h * y[j, a]
+
+
+@njit(cache=True, inline="always")
+def _reorth_due(it, n_steps, reorth_every):
+    """True after every ``reorth_every``-th step and after the last one (it counts from 0)."""
+    return (it + 1) % reorth_every == 0 or it == n_steps - 1
+
+
+@njit(cache=True, inline="always")
+def _check_and_reorth(x, V, logr, R):
+    """``NONFINITE`` if the state ``x`` is not finite, else the status of the QR of ``V``."""
+    for a in range(x.shape[0]):
+        if not math.isfinite(x[a]):
+            return NONFINITE
+    return qr_rows(V, logr, R, False)
+
+
+@njit(cache=True, inline="always")
+def _worst(status):
+    """The largest per-replica status."""
+    worst = OK
+    for r in range(status.shape[0]):
+        if status[r] > worst:
+            worst = status[r]
+    return worst
+
+
 # --------------------------------------------------------------------------------------------
 # Built-in systems
 # --------------------------------------------------------------------------------------------
@@ -178,14 +219,9 @@ def benettin_map_advance(step_fn, jac_fn, code, bparams, args, x, V, n_steps, re
         _apply_jac_rows(J, V, W)
         for a in range(d):
             x[a] = xn[a]
-        for j in range(k):
-            for a in range(d):
-                V[j, a] = W[j, a]
-        if (it + 1) % reorth_every == 0 or it == n_steps - 1:
-            for a in range(d):
-                if not math.isfinite(x[a]):
-                    return it + 1, NONFINITE
-            st = qr_rows(V, logr, R, False)
+        _copy_rows(W, V)
+        if _reorth_due(it, n_steps, reorth_every):
+            st = _check_and_reorth(x, V, logr, R)
             if st != OK:
                 return it + 1, st
     return n_steps, OK
@@ -226,35 +262,20 @@ def benettin_flow_advance(
     for it in range(n_steps):
         t = t0 + it * dt
         _flow_stage(f_fn, jac_fn, code, bparams, args, t, x, V, kx[0], kV[0], J)
-        for a in range(d):
-            xs[a] = x[a] + h2 * kx[0, a]
-        for j in range(k):
+        for s, h in enumerate((h2, h2, dt)):
+            # stage s + 1 at x + h k_s (classical RK4 nodes 1/2, 1/2, 1)
             for a in range(d):
-                Vs[j, a] = V[j, a] + h2 * kV[0, j, a]
-        _flow_stage(f_fn, jac_fn, code, bparams, args, t + h2, xs, Vs, kx[1], kV[1], J)
-        for a in range(d):
-            xs[a] = x[a] + h2 * kx[1, a]
-        for j in range(k):
-            for a in range(d):
-                Vs[j, a] = V[j, a] + h2 * kV[1, j, a]
-        _flow_stage(f_fn, jac_fn, code, bparams, args, t + h2, xs, Vs, kx[2], kV[2], J)
-        for a in range(d):
-            xs[a] = x[a] + dt * kx[2, a]
-        for j in range(k):
-            for a in range(d):
-                Vs[j, a] = V[j, a] + dt * kV[2, j, a]
-        _flow_stage(f_fn, jac_fn, code, bparams, args, t + dt, xs, Vs, kx[3], kV[3], J)
+                xs[a] = x[a] + h * kx[s, a]
+            _axpy_rows(V, h, kV[s], Vs)
+            _flow_stage(f_fn, jac_fn, code, bparams, args, t + h, xs, Vs, kx[s + 1], kV[s + 1], J)
         w = dt / 6.0
         for a in range(d):
             x[a] += w * (kx[0, a] + 2.0 * kx[1, a] + 2.0 * kx[2, a] + kx[3, a])
         for j in range(k):
             for a in range(d):
                 V[j, a] += w * (kV[0, j, a] + 2.0 * kV[1, j, a] + 2.0 * kV[2, j, a] + kV[3, j, a])
-        if (it + 1) % reorth_every == 0 or it == n_steps - 1:
-            for a in range(d):
-                if not math.isfinite(x[a]):
-                    return it + 1, NONFINITE
-            st = qr_rows(V, logr, R, False)
+        if _reorth_due(it, n_steps, reorth_every):
+            st = _check_and_reorth(x, V, logr, R)
             if st != OK:
                 return it + 1, st
     return n_steps, OK
@@ -274,10 +295,8 @@ def qr_matrix_products(M, V, reorth_every, logr):
     R = np.empty((1, 1))
     for t in range(T):
         _apply_jac_rows(M[t], V, W)
-        for j in range(k):
-            for a in range(d):
-                V[j, a] = W[j, a]
-        if (t + 1) % reorth_every == 0 or t == T - 1:
+        _copy_rows(W, V)
+        if _reorth_due(t, T, reorth_every):
             st = qr_rows(V, logr, R, False)
             if st != OK:
                 return t + 1, st
@@ -338,7 +357,7 @@ def _sgd_rank_chain(A, q, c, idx, Vr, reorth_every, logr):
                     if cf != 0.0:
                         for a in range(m):
                             v[a] -= cf * arow[a]
-        if (t + 1) % reorth_every == 0 or t == T - 1:
+        if _reorth_due(t, T, reorth_every):
             st = qr_rows(Vr, logr, Rm, False)
             if st != OK:
                 return st
@@ -356,70 +375,62 @@ def sgd_rank_products(A, q, c, idx, V, reorth_every, logr, status):
     matrix is formed. Replicas run in parallel, one thread each (use
     :func:`sgd_rank_products_serial` for a single chain). Returns the largest status.
     """
-    n_rep = idx.shape[0]
-    for r in prange(n_rep):
+    for r in prange(idx.shape[0]):
         status[r] = _sgd_rank_chain(A, q, c, idx[r], V[r], reorth_every, logr[r])
-    worst = OK
-    for r in range(n_rep):
-        if status[r] > worst:
-            worst = status[r]
-    return worst
+    return _worst(status)
 
 
 @njit(cache=True)
 def sgd_rank_products_serial(A, q, c, idx, V, reorth_every, logr, status):
     """:func:`sgd_rank_products` on the calling thread (no thread pool; for R = 1)."""
-    worst = OK
     for r in range(idx.shape[0]):
         status[r] = _sgd_rank_chain(A, q, c, idx[r], V[r], reorth_every, logr[r])
-        if status[r] > worst:
-            worst = status[r]
-    return worst
+    return _worst(status)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
+def _sgd_hessian_chain(H, c, idx, Vr, reorth_every, logr):
+    """One chain of :func:`sgd_hessian_products`: ``idx`` (T, B), ``Vr`` (k, m), ``logr`` (k,)."""
+    T = idx.shape[0]
+    B = idx.shape[1]
+    k = Vr.shape[0]
+    m = Vr.shape[1]
+    S = np.empty((m, m))
+    w = np.empty(m)
+    Rm = np.empty((1, 1))
+    for t in range(T):
+        for a in range(m):
+            for b2 in range(m):
+                S[a, b2] = 0.0
+        for b in range(B):
+            i = idx[t, b]
+            for a in range(m):
+                for b2 in range(m):
+                    S[a, b2] += H[i, a, b2]
+        for j in range(k):
+            for a in range(m):
+                acc = 0.0
+                for b2 in range(m):
+                    acc += S[a, b2] * Vr[j, b2]
+                w[a] = acc
+            for a in range(m):
+                Vr[j, a] -= c * w[a]
+        if _reorth_due(t, T, reorth_every):
+            st = qr_rows(Vr, logr, Rm, False)
+            if st != OK:
+                return st
+    return OK
+
+
+@njit(cache=True, parallel=True)
 def sgd_hessian_products(H, c, idx, V, reorth_every, logr, status):
     """Apply M_t = I - c sum_{b<B} H_{idx[r, t, b]} with explicit Hessians ``H`` (n, m, m).
 
     Same layout and return value as :func:`sgd_rank_products`; O(B m^2 + k m^2) per step.
     """
-    n_rep = idx.shape[0]
-    T = idx.shape[1]
-    B = idx.shape[2]
-    k = V.shape[1]
-    m = V.shape[2]
-    for r in prange(n_rep):
-        S = np.empty((m, m))
-        w = np.empty(m)
-        Rm = np.empty((1, 1))
-        st = OK
-        for t in range(T):
-            for a in range(m):
-                for b2 in range(m):
-                    S[a, b2] = 0.0
-            for b in range(B):
-                i = idx[r, t, b]
-                for a in range(m):
-                    for b2 in range(m):
-                        S[a, b2] += H[i, a, b2]
-            for j in range(k):
-                for a in range(m):
-                    acc = 0.0
-                    for b2 in range(m):
-                        acc += S[a, b2] * V[r, j, b2]
-                    w[a] = acc
-                for a in range(m):
-                    V[r, j, a] -= c * w[a]
-            if (t + 1) % reorth_every == 0 or t == T - 1:
-                st = qr_rows(V[r], logr[r], Rm, False)
-                if st != OK:
-                    break
-        status[r] = st
-    worst = OK
-    for r in range(n_rep):
-        if status[r] > worst:
-            worst = status[r]
-    return worst
+    for r in prange(idx.shape[0]):
+        status[r] = _sgd_hessian_chain(H, c, idx[r], V[r], reorth_every, logr[r])
+    return _worst(status)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,9 +498,7 @@ def mlp_jacobian_qr(params, w_off, b_off, sizes, act_code, act_last, X, V0, logr
             for j in range(k):
                 lr_row[j] = 0.0
             qr_rows(W[:, :nout], lr_row, R, True)
-            for j in range(k):
-                for o in range(nout):
-                    V[j, o] = W[j, o]
+            _copy_rows(W, V[:, :nout])
             # Tp <- R Tp, rescaled by its largest entry
             big = 0.0
             for i in range(k):

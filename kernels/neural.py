@@ -15,8 +15,6 @@ The state of a variational run is ``z = (x, V)`` with ``x`` (d,) and the tangent
 (d, k) stored row-major after it; its derivative is ``(f(x), Df(x) V)``.
 """
 
-import math
-
 import numpy as np
 from numba import njit
 

@@ -54,6 +54,11 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="sgd_lyapunov.h5", help="output HDF5 file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the diagram in --out after its last committed batch size (same options)",
+    )
     p.add_argument("--plot", default=None, help="save the diagram as this image (e.g. .png)")
     p.set_defaults(func=run_sgd_lyapunov)
 
@@ -84,6 +89,8 @@ def gradients_from_options(args: argparse.Namespace) -> tuple[np.ndarray, int]:
 
 def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     check_option("--sampling", args.sampling, ("with", "without"))
+    if args.resume and args.overwrite:
+        raise ValueError("give --overwrite or --resume, not both")
     G, q = gradients_from_options(args)
     if args.lr is not None:
         lrs = np.array([check_positive("--lr", v) for v in args.lr])
@@ -108,6 +115,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
         mean_square=not args.no_mean_square,
         out=args.out,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     print(
         f"rank {diag.meta['rank']}, lambda_max {diag.lam_max:.6g}, GD threshold "
@@ -118,18 +126,18 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     for i, B in enumerate(diag.batch_sizes):
         print(f"{B:7d} " + " ".join(f"{v:9.3g}" for v in diag.lam[i]))
     for i, B in enumerate(diag.batch_sizes):
-        stable = diag.lrs[diag.lam[i] < 0]
-        ms_stable = diag.lrs[diag.ms[i] < 0] if not args.no_mean_square else np.array([])
-        print(
-            f"B = {B}: a.s. stable up to lr = {stable.max() if stable.size else 0:.4g}"
-            + (
-                f", mean-square up to {ms_stable.max() if ms_stable.size else 0:.4g}"
-                if not args.no_mean_square
-                else ""
-            )
-        )
+        line = f"B = {B}: a.s. stable up to lr = {_largest_stable(diag.lrs, diag.lam[i]):.4g}"
+        if not args.no_mean_square:
+            line += f", mean-square up to {_largest_stable(diag.lrs, diag.ms[i]):.4g}"
+        print(line)
     print(f"wrote {args.out}")
     if args.plot:
         plot_stability_diagram(diag, path=args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _largest_stable(lrs: np.ndarray, exponent: np.ndarray) -> float:
+    """The largest learning rate whose exponent is negative (0 if none)."""
+    stable = lrs[exponent < 0]
+    return float(stable.max()) if stable.size else 0.0

@@ -187,7 +187,16 @@ def _block_stats(sums: np.ndarray, ends: np.ndarray, n_blocks: int) -> tuple[np.
         return np.full(incr.shape[1], np.nan), nb
     groups = np.array_split(np.arange(n_chunks), nb)
     est = np.array([incr[g].sum(0) / lengths[g].sum() for g in groups])
-    return est.std(axis=0, ddof=1) / math.sqrt(nb), nb
+    return _standard_error(est), nb
+
+
+def _standard_error(samples: np.ndarray) -> np.ndarray:
+    """Standard error of the mean over the first axis (NaN with fewer than two samples)."""
+    n = samples.shape[0]
+    if n < 2:
+        return np.full(samples.shape[1:], np.nan)
+    with np.errstate(invalid="ignore"):  # -inf exponents (rank-deficient Jacobians)
+        return samples.std(axis=0, ddof=1) / math.sqrt(n)
 
 
 def _tangent_failure(status: int) -> str:
@@ -385,6 +394,9 @@ def lyapunov_spectrum(
     out : optional HDF5 run file: series ``running`` (time, step, estimate (k,), logsum (k,))
         committed per chunk with a checkpoint (x, V, logsum, step) so that ``resume=True``
         continues a killed run exactly.
+    overwrite : replace an existing ``out``.
+    resume : continue the run in ``out`` from its last committed chunk (bitwise equal to an
+        uninterrupted run); refused (ValueError) when the system or an option differs.
 
     Returns
     -------
@@ -417,7 +429,7 @@ def lyapunov_spectrum(
             if steps is not None
             else max(1, int(round(check_positive("t_end", t_end) / dt)))
         )
-        n_trans = int(round(_nonneg("transient", transient) / dt))
+        n_trans = int(round(check_nonnegative("transient", transient) / dt))
     else:
         if dt is not None or t_end is not None:
             raise ValueError("a map takes steps (iterations), not dt or t_end")
@@ -425,7 +437,7 @@ def lyapunov_spectrum(
             raise ValueError("steps must be given for a map")
         n_steps = check_int("steps", steps, minimum=1)
         dt = 1.0
-        tr = _nonneg("transient", transient)
+        tr = check_nonnegative("transient", transient)
         if not float(tr).is_integer():
             raise ValueError(f"transient must be a whole number of iterations, got {transient!r}")
         n_trans = int(tr)
@@ -475,13 +487,15 @@ def lyapunov_spectrum(
         "system_params": _fingerprint(bparams) if fn is None else _args_fingerprint(args),
         "V0": "random" if V0 is None else _fingerprint(as_array("V0", V0, shape=(k, d))),
     }
-    series = {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}}
+    run_file = {
+        "kind": "lyapunov_spectrum",
+        "params": params,
+        "derived": {},
+        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+    }
     writer = None
     if resume:
-        writer, ck, rows = _start_run(
-            out, resume=True, overwrite=False, kind="lyapunov_spectrum", params=params,
-            derived={}, series=series,
-        )
+        writer, ck, rows = _start_run(out, resume=True, overwrite=False, **run_file)
         x[:] = ck["x"]
         V = np.ascontiguousarray(ck["V"], dtype=np.float64)
         logsum = np.array(ck["logsum"], dtype=np.float64)
@@ -501,10 +515,7 @@ def lyapunov_spectrum(
         done = 0
         rec_t, rec_sum = [], []
         if out is not None:
-            writer, _, _ = _start_run(
-                out, resume=False, overwrite=overwrite, kind="lyapunov_spectrum",
-                params=params, derived={}, series=series,
-            )
+            writer, _, _ = _start_run(out, resume=False, overwrite=overwrite, **run_file)
     t_start = n_trans * dt
     with _recording(writer):
         while done < n_steps:
@@ -533,12 +544,6 @@ def _args_fingerprint(args: Any) -> str:
         return _fingerprint(*(np.asarray(a, dtype=np.float64) for a in items))
     except (TypeError, ValueError):
         return repr(args)
-
-
-def _nonneg(name: str, v: Any) -> float:
-    from ._validate import check_nonnegative
-
-    return check_nonnegative(name, v)
 
 
 def _check_user_system(system: Any, x: np.ndarray, is_flow: bool, d: int) -> None:
@@ -629,7 +634,7 @@ def product_lyapunov(
         nd, st = _k.qr_matrix_products(M, V, reorth_every, logsum)
         if st != _k.OK:
             raise NonFiniteStateError(
-                f"tangent vectors became NaN/inf or zero at factor {done + nd}",
+                f"tangent vectors {_tangent_failure(st)} at factor {done + nd}",
                 step=done + nd,
                 time=float(done + nd),
             )
@@ -639,22 +644,7 @@ def product_lyapunov(
         if done >= n_steps:
             break
         M = draw(done, min(chunk, n_steps - done))
-    time = np.asarray(rec_t)
-    sums = np.asarray(rec_sum)
-    incr = np.diff(np.vstack([np.zeros((1, k)), sums]), axis=0)
-    se, _ = _block_stats(incr, np.diff(np.concatenate([[0.0], time])), n_blocks)
-    running = sums / time[:, None]
-    return LyapunovSpectrum(
-        exponents=logsum / n_steps,
-        stderr=se,
-        drift=_drift(time, running),
-        time=time,
-        running=running,
-        x=None,
-        V=V,
-        steps=n_steps,
-        t_total=float(n_steps),
-    )
+    return _spectrum_result(rec_t, rec_sum, float(n_steps), n_steps, n_blocks, None, V)
 
 
 # ============================================================================================
@@ -710,6 +700,16 @@ class _Operator:
     m: int
     rank: int
     lam_max: float
+    source: np.ndarray  # the G given by the user (for the fingerprint of a run file)
+
+    @property
+    def gd_threshold(self) -> float:
+        """2 / lam_max, the full-batch GD stability threshold on the learning rate."""
+        return 2.0 / self.lam_max if self.lam_max > 0 else math.inf
+
+    def fingerprint(self) -> str:
+        """A digest of G and of how it is read (rows per sample)."""
+        return _fingerprint(self.source, np.array([self.q]))
 
 
 def _span_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -747,14 +747,14 @@ def _build_operator(G: Any, rows_per_sample: int, space: str) -> _Operator:
             raise ValueError(f"per-sample Hessians must be symmetric, max |H - H^T| = {asym:.3g}")
         lam_max = float(np.linalg.eigvalsh(H.mean(0))[-1])
         if space == "full":
-            return _Operator("hessian", H, 1, n, d, d, lam_max)
+            return _Operator("hessian", H, 1, n, d, d, lam_max, H)
         Hs = H.reshape(n * d, d)
         w, U = np.linalg.eigh(Hs.T @ Hs)
         tol = (w[-1] if w.size else 0.0) * max(n * d, d) * np.finfo(np.float64).eps
         Ur = U[:, w > tol]
         r = Ur.shape[1]
         Hr = np.ascontiguousarray(np.einsum("ai,nab,bj->nij", Ur, H, Ur))
-        return _Operator("hessian", Hr, 1, n, r, r, lam_max)
+        return _Operator("hessian", Hr, 1, n, r, r, lam_max, H)
     A = as_array("G", arr, ndim=2)
     N, d = A.shape
     if N == 0 or d == 0:
@@ -766,8 +766,28 @@ def _build_operator(G: Any, rows_per_sample: int, space: str) -> _Operator:
     r = C.shape[1]
     lam_max = float(s[0] ** 2 / n) if r else 0.0
     if space == "full":
-        return _Operator("rank", A, rows_per_sample, n, d, r, lam_max)
-    return _Operator("rank", C, rows_per_sample, n, r, r, lam_max)
+        return _Operator("rank", A, rows_per_sample, n, d, r, lam_max, A)
+    return _Operator("rank", C, rows_per_sample, n, r, r, lam_max, A)
+
+
+def _sgd_inputs(
+    G: Any,
+    lr: Any,
+    batch_size: Any,
+    sampling: Any,
+    rows_per_sample: Any,
+    space: str,
+    operator: _Operator | None,
+) -> tuple[float, int, str, _Operator]:
+    """Checked (lr, B, sampling, operator) shared by the SGD exponents (``space`` checked)."""
+    sampling = check_option("sampling", sampling, _SAMPLING)
+    lr = check_positive("lr", lr)
+    rows_per_sample = check_int("rows_per_sample", rows_per_sample, minimum=1)
+    op = operator if operator is not None else _build_operator(G, rows_per_sample, space)
+    B = check_int("batch_size", batch_size, minimum=1)
+    if B > op.n:
+        raise ValueError(f"batch_size must be <= the number of samples n = {op.n}, got {B}")
+    return lr, B, sampling, op
 
 
 def sgd_lyapunov(
@@ -788,6 +808,7 @@ def sgd_lyapunov(
     level: float = 0.95,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     _operator: _Operator | None = None,
 ) -> SGDLyapunov:
     """Top Lyapunov exponents of SGD linearised at an interpolation minimum.
@@ -814,8 +835,13 @@ def sgd_lyapunov(
         of replicas, R = 1 from ``n_blocks`` batch-means blocks.
     rows_per_sample : q, the rows of G that belong to one sample (outputs of a network).
     level : confidence level of the interval.
-    out : optional HDF5 run file: series ``blocks`` (step, logsum (R, k)) per chunk, the
+    out : optional HDF5 run file: series ``blocks`` (step, logsum (R, k)) committed per chunk
+        with a checkpoint (tangent blocks, log sums, generator state, batch permutations), the
         estimates and interval as root attributes.
+    overwrite : replace an existing ``out``.
+    resume : continue the run in ``out`` from its last committed chunk; the result and the
+        stored series are bitwise those of an uninterrupted run. Refused (ValueError) when G
+        or any option that changes the result differs from the stored run.
 
     Returns
     -------
@@ -826,14 +852,10 @@ def sgd_lyapunov(
     ValueError for NaN/inf in G, lr <= 0, batch_size outside [1, n], k > rank, unknown options.
     NonFiniteStateError if the tangent vectors overflow (use a smaller ``reorth_every``).
     """
-    sampling = check_option("sampling", sampling, _SAMPLING)
     space = check_option("space", space, _SPACES)
-    lr = check_positive("lr", lr)
-    rows_per_sample = check_int("rows_per_sample", rows_per_sample, minimum=1)
-    op = _operator if _operator is not None else _build_operator(G, rows_per_sample, space)
-    B = check_int("batch_size", batch_size, minimum=1)
-    if B > op.n:
-        raise ValueError(f"batch_size must be <= the number of samples n = {op.n}, got {B}")
+    lr, B, sampling, op = _sgd_inputs(
+        G, lr, batch_size, sampling, rows_per_sample, space, _operator
+    )
     steps = check_int("steps", steps, minimum=1)
     transient = check_int("transient", transient, minimum=0)
     k = check_int("k", k, minimum=1)
@@ -848,12 +870,11 @@ def sgd_lyapunov(
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
 
     rng = np.random.default_rng(seed)
     m = op.m
-    V = np.empty((R, k, m))
-    for r in range(R):
-        V[r] = _orthonormal_rows(rng, k, m)
     perm = np.tile(np.arange(op.n, dtype=np.int64), (R, 1))
     c = lr / B
     max_chunk = max(1, _MAX_INDEX_ENTRIES // (R * B))
@@ -874,74 +895,101 @@ def sgd_lyapunov(
         else:
             st = _k.sgd_hessian_products(op.A, c, idx, V, reorth_every, logr, status)
         if st != _k.OK:
-            r = int(np.argmax(status))
             raise NonFiniteStateError(
-                f"replica {r}: tangent vectors "
-                + ("became NaN/inf" if st == _k.NONFINITE else "collapsed to zero (exponent -inf)")
-                + f" within a chunk of {n} steps; try reorth_every=1",
+                f"replica {int(np.argmax(status))}: tangent vectors {_tangent_failure(st)}"
+                f" within a chunk of {n} steps; try reorth_every=1",
                 step=-1,
                 time=float("nan"),
             )
 
-    pos = 0
-    while pos < transient:
-        n = min(max_chunk, transient - pos)
-        run(n, np.zeros((R, k)))
-        pos += n
     writer = None
-    if out is not None:
-        from .storage import TrajectoryWriter
+    run_file = {
+        "kind": "sgd_lyapunov",
+        "params": {
+            "fingerprint": op.fingerprint() if out is not None else "",
+            "lr": lr,
+            "batch_size": B,
+            "steps": steps,
+            "k": k,
+            "seed": str(seed),
+            "transient": transient,
+            "sampling": sampling,
+            "replicas": R,
+            "space": space,
+            "rows_per_sample": op.q,
+            "reorth_every": reorth_every,
+            "chunk": chunk,
+        },
+        "derived": {"rank": op.rank},
+        "series": {"blocks": {"step": (), "logsum": (R, k)}},
+    }
+    if resume:
+        writer, ck, rows = _start_run(out, resume=True, overwrite=False, **run_file)
+        rng.bit_generator.state = ck["rng"]
+        V = np.ascontiguousarray(ck["V"], dtype=np.float64)
+        perm = np.ascontiguousarray(ck["perm"], dtype=np.int64)
+        logsum = np.array(ck["logsum"], dtype=np.float64)
+        done = int(ck["step"])
+        sums = list(rows["blocks"]["logsum"])
+        ends = list(rows["blocks"]["step"])
+    else:
+        V = np.empty((R, k, m))
+        for r in range(R):
+            V[r] = _orthonormal_rows(rng, k, m)
+        for pos in range(0, transient, max_chunk):
+            run(min(max_chunk, transient - pos), np.zeros((R, k)))
+        logsum = np.zeros((R, k))
+        done = 0
+        sums, ends = [], []
+        if out is not None:
+            writer, _, _ = _start_run(out, resume=False, overwrite=overwrite, **run_file)
 
-        writer = TrajectoryWriter.create(
-            out,
-            kind="sgd_lyapunov",
-            params={
-                "lr": lr,
-                "batch_size": B,
-                "steps": steps,
-                "k": k,
-                "seed": str(seed),
-                "transient": transient,
-                "sampling": sampling,
-                "replicas": R,
-                "space": space,
-                "rows_per_sample": op.q,
-                "rank": op.rank,
-            },
-            series={"blocks": {"step": (), "logsum": (R, k)}},
-            overwrite=overwrite,
-        )
-    logsum = np.zeros((R, k))
-    sums, lengths = [], []
-    done = 0
-    try:
+    def checkpoint() -> None:
+        writer.commit(V=V, perm=perm, logsum=logsum, step=done, rng=rng.bit_generator.state)
+
+    with _recording(writer):
+        if writer is not None and not resume:
+            checkpoint()  # after the transient: a run killed in its first chunk resumes here
         while done < steps:
             n = min(chunk, steps - done)
             run(n, logsum)
             done += n
             sums.append(logsum.copy())
-            lengths.append(float(n))
+            ends.append(float(done))
             if writer is not None:
                 writer.append("blocks", step=np.array([float(done)]), logsum=logsum[None])
-                writer.commit(
-                    V=V.copy(), logsum=logsum.copy(), step=done, rng=rng.bit_generator.state
-                )
-    except BaseException as exc:
+                checkpoint()
+        res = _sgd_result(logsum, sums, ends, op, lr, B, steps, sampling, space, level, n_blocks)
         if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
+            writer.set_attrs(exponents=res.exponents, ci_low=res.ci_low, ci_high=res.ci_high)
+    return res
+
+
+def _sgd_result(
+    logsum: np.ndarray,
+    sums: list,
+    ends: list,
+    op: _Operator,
+    lr: float,
+    B: int,
+    steps: int,
+    sampling: str,
+    space: str,
+    level: float,
+    n_blocks: int,
+) -> SGDLyapunov:
+    """Estimate and interval from the final log sums (R, k) and the per-chunk record."""
+    R, k = logsum.shape
     per_rep = logsum / steps
     est = per_rep.mean(0)
     if R >= 2:
-        se = per_rep.std(0, ddof=1) / math.sqrt(R)
+        se = _standard_error(per_rep)
         dof, method = R - 1, "replicas"
     else:
-        S = np.asarray(sums)[:, 0, :]
-        incr = np.diff(np.vstack([np.zeros((1, k)), S]), axis=0)
-        se, nb = _block_stats(incr, np.asarray(lengths), n_blocks)
+        se, nb = _block_stats(np.asarray(sums)[:, 0, :], np.asarray(ends), n_blocks)
         dof, method = max(nb - 1, 1), "blocks"
     half = _t_quantile(float(level), dof) * se
-    res = SGDLyapunov(
+    return SGDLyapunov(
         exponents=est,
         ci_low=est - half,
         ci_high=est + half,
@@ -951,17 +999,13 @@ def sgd_lyapunov(
         level=float(level),
         rank=op.rank,
         lam_max=op.lam_max,
-        gd_threshold=2.0 / op.lam_max if op.lam_max > 0 else math.inf,
+        gd_threshold=op.gd_threshold,
         lr=lr,
         batch_size=B,
         steps=steps,
         sampling=sampling,
         space=space,
     )
-    if writer is not None:
-        writer.set_attrs(exponents=est, ci_low=res.ci_low, ci_high=res.ci_high)
-        writer.close("complete")
-    return res
 
 
 def _mlp_gradients(mlp: Any, theta: Any, X: Any) -> tuple[np.ndarray, int]:
@@ -1100,13 +1144,9 @@ def mean_square_exponent(
     -------
     float, (1/2) log rho(T) per step (-inf if T = 0).
     """
-    sampling = check_option("sampling", sampling, _SAMPLING)
-    lr = check_positive("lr", lr)
-    rows_per_sample = check_int("rows_per_sample", rows_per_sample, minimum=1)
-    op = _operator if _operator is not None else _build_operator(G, rows_per_sample, "span")
-    B = check_int("batch_size", batch_size, minimum=1)
-    if B > op.n:
-        raise ValueError(f"batch_size must be <= the number of samples n = {op.n}, got {B}")
+    lr, B, sampling, op = _sgd_inputs(
+        G, lr, batch_size, sampling, rows_per_sample, "span", _operator
+    )
     T = _second_moment_operator(op, lr, B, sampling)
     m = op.m
     if m <= 20:
@@ -1162,6 +1202,7 @@ def sgd_stability_diagram(
     mean_square: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> StabilityDiagram:
     """Top Lyapunov exponent of linearised SGD over a grid of (lr, B), beside the GD threshold.
 
@@ -1176,7 +1217,11 @@ def sgd_stability_diagram(
     lrs : (n_lr,) learning rates > 0.
     batch_sizes : (n_batch,) batch sizes in [1, n].
     out : optional HDF5 file: series ``diagram`` with one row per batch size (batch_size, lam,
-        lam_low, lam_high, ms), the grids in ``/params``.
+        lam_low, lam_high, ms), committed row by row, the grids in ``/params``.
+    overwrite : replace an existing ``out``.
+    resume : continue the diagram in ``out`` after its last committed row (each point has its
+        own seed, so the result is bitwise that of an uninterrupted run); refused (ValueError)
+        when G or an option differs from the stored run.
 
     Returns
     -------
@@ -1193,21 +1238,21 @@ def sgd_stability_diagram(
     op = _build_operator(G, rows_per_sample, "span")
     if np.any(bs > op.n):
         raise ValueError(f"batch_sizes must be <= the number of samples n = {op.n}, got {bs}")
-    check_option("sampling", sampling, _SAMPLING)
+    sampling = check_option("sampling", sampling, _SAMPLING)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
     shape = (bs.size, lrs_a.size)
-    lam = np.empty(shape)
-    lo = np.empty(shape)
-    hi = np.empty(shape)
-    ms = np.full(shape, np.nan)
+    cols = {name: np.full(shape, np.nan) for name in ("lam", "lam_low", "lam_high", "ms")}
     writer = None
-    gd = 2.0 / op.lam_max if op.lam_max > 0 else math.inf
+    first = 0
     if out is not None:
-        from .storage import TrajectoryWriter
-
-        writer = TrajectoryWriter.create(
+        writer, ck, rows = _start_run(
             out,
+            resume=resume,
+            overwrite=overwrite,
             kind="sgd_stability_diagram",
             params={
+                "fingerprint": op.fingerprint(),
                 "lrs": lrs_a,
                 "batch_sizes": bs,
                 "steps": steps,
@@ -1216,28 +1261,25 @@ def sgd_stability_diagram(
                 "transient": transient,
                 "sampling": sampling,
                 "replicas": replicas,
-                "rank": op.rank,
-                "lam_max": op.lam_max,
-                "gd_threshold": gd,
+                "mean_square": bool(mean_square),
             },
+            derived={"rank": op.rank, "lam_max": op.lam_max, "gd_threshold": op.gd_threshold},
             series={
-                "diagram": {
-                    "batch_size": (),
-                    "lam": (lrs_a.size,),
-                    "lam_low": (lrs_a.size,),
-                    "lam_high": (lrs_a.size,),
-                    "ms": (lrs_a.size,),
-                }
+                "diagram": {"batch_size": (), **{name: (lrs_a.size,) for name in cols}},
             },
-            overwrite=overwrite,
         )
-    try:
-        for i, B in enumerate(bs):
+        if resume:
+            first = int(ck["row"]) + 1
+            for name, arr in cols.items():
+                arr[:first] = rows["diagram"][name]
+    with _recording(writer):
+        for i in range(first, bs.size):
+            B = int(bs[i])
             for j, lr in enumerate(lrs_a):
                 res = sgd_lyapunov(
                     None,
                     float(lr),
-                    int(B),
+                    B,
                     steps=steps,
                     k=k,
                     seed=[int(seed), i, j],
@@ -1246,36 +1288,29 @@ def sgd_stability_diagram(
                     replicas=replicas,
                     _operator=op,
                 )
-                lam[i, j], lo[i, j], hi[i, j] = res.exponents[0], res.ci_low[0], res.ci_high[0]
+                cols["lam"][i, j] = res.exponents[0]
+                cols["lam_low"][i, j] = res.ci_low[0]
+                cols["lam_high"][i, j] = res.ci_high[0]
                 if mean_square:
-                    ms[i, j] = mean_square_exponent(
-                        None, float(lr), int(B), sampling=sampling, _operator=op
+                    cols["ms"][i, j] = mean_square_exponent(
+                        None, float(lr), B, sampling=sampling, _operator=op
                     )
             if writer is not None:
                 writer.append(
                     "diagram",
                     batch_size=np.array([float(B)]),
-                    lam=lam[i][None],
-                    lam_low=lo[i][None],
-                    lam_high=hi[i][None],
-                    ms=ms[i][None],
+                    **{name: arr[i][None] for name, arr in cols.items()},
                 )
                 writer.commit(row=i)
-    except BaseException as exc:
-        if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if writer is not None:
-        writer.close("complete")
     return StabilityDiagram(
         lrs=lrs_a,
         batch_sizes=bs,
-        lam=lam,
-        lam_low=lo,
-        lam_high=hi,
-        ms=ms,
+        lam=cols["lam"],
+        lam_low=cols["lam_low"],
+        lam_high=cols["lam_high"],
+        ms=cols["ms"],
         lam_max=op.lam_max,
-        gd_threshold=gd,
+        gd_threshold=op.gd_threshold,
         meta={"steps": steps, "sampling": sampling, "replicas": replicas, "rank": op.rank},
     )
 
@@ -1454,18 +1489,12 @@ def network_lyapunov(
     logr, singular = _run_network(layers, code, False, X, k, V0)
     L = len(layers)
     per_input = logr.sum(1) / L
-    with np.errstate(invalid="ignore"):
-        se = (
-            per_input.std(0, ddof=1) / math.sqrt(X.shape[0])
-            if X.shape[0] > 1
-            else np.full(k, np.nan)
-        )
     return NetworkLyapunov(
         exponents=per_input.mean(0),
         per_input=per_input,
         per_layer=logr.mean(0),
         singular=singular,
-        stderr=se,
+        stderr=_standard_error(per_input),
         depth=L,
     )
 
@@ -1504,8 +1533,6 @@ def random_network_lyapunov(
     N = check_int("width", width, minimum=1)
     L = check_int("depth", depth, minimum=1)
     sw = check_positive("sigma_w", sigma_w)
-    from ._validate import check_nonnegative
-
     sb = check_nonnegative("sigma_b", sigma_b)
     k = check_int("k", k, minimum=1)
     if k > N:
@@ -1533,7 +1560,7 @@ def random_network_lyapunov(
         per_layer_all.append(logr.mean(0))
         sing_all.append(singular)
     per_net = np.asarray(per_net)
-    se = per_net.std(0, ddof=1) / math.sqrt(nets) if nets > 1 else np.full(k, np.nan)
+    se = _standard_error(per_net)
     return NetworkLyapunov(
         exponents=per_net.mean(0),
         per_input=np.vstack(per_input_all),

@@ -5,7 +5,6 @@ finite-difference Jacobians and mean-field theory."""
 
 import math
 
-import nndyn_fast.kernels.lyapunov as klyap
 import numba
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from numba import njit
 from reference_lyapunov import mean_field_top_exponent, naive_benettin_lorenz
 from scipy.special import digamma
 
+import nndyn_fast.kernels.lyapunov as klyap
 from nndyn_fast.errors import NonFiniteStateError
 from nndyn_fast.lyapunov import (
     FlowSystem,
@@ -168,6 +168,10 @@ def test_run_file_and_resume_match_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(klyap, "benettin_map_advance", real)
     with open_run(path) as run:
         assert run.status == "failed" and run.rows["running"] == 4
+    with pytest.raises(ValueError, match="its steps is 10000"):  # other options: refused
+        lyapunov_spectrum(Henon(), [0.1, 0.1], steps=20_000, n_records=10, out=path, resume=True)
+    with pytest.raises(ValueError, match="its x0 is"):
+        lyapunov_spectrum(Henon(), [0.2, 0.1], steps=10_000, n_records=10, out=path, resume=True)
     res = lyapunov_spectrum(Henon(), [0.1, 0.1], steps=10_000, n_records=10, out=path, resume=True)
     # the checkpoint holds x, V and the sums exactly: bitwise equal to the uninterrupted run
     np.testing.assert_array_equal(res.exponents, full.exponents)
@@ -260,6 +264,53 @@ def test_network_singular_exponents_match_finite_differences():
         np.testing.assert_allclose(res.singular[p], ref, atol=1e-6)
         # QR exponents sum to (1/L) log|det J| with all input directions
         assert abs(res.per_input[p].sum() - ref.sum()) < 1e-6
+
+
+def _fd_layer_jacobians(mlp, theta, x, h=1e-6):
+    """Central-difference Jacobians of each layer map h -> phi(W h + b) (linear last layer)
+    along the forward pass at input x, with numpy only."""
+    layers = mlp.unflatten(theta)
+    out, a = [], np.asarray(x, dtype=float)
+    n_layers = len(layers)
+    for li, (W, b) in enumerate(layers):
+
+        def f(v, W=W, b=b, last=li == n_layers - 1):
+            z = W @ v + b
+            return z if last else np.tanh(z)
+
+        J = np.empty((W.shape[0], W.shape[1]))
+        for c in range(W.shape[1]):
+            e = np.zeros(W.shape[1])
+            e[c] = h
+            J[:, c] = (f(a + e) - f(a - e)) / (2 * h)
+        out.append(J)
+        a = f(a)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_network_finite_time_exponents_match_product_of_fd_layer_jacobians(k):
+    from nndyn_fast.training import MLP
+
+    mlp = MLP((2, 7, 5, 3), activation="tanh")
+    theta = mlp.init(6)
+    X = np.random.default_rng(3).uniform(-2.0, 2.0, size=(4, 2))
+    L = 3
+    res = network_lyapunov(mlp, X, theta=theta, k=k)
+    for p in range(X.shape[0]):
+        Js = _fd_layer_jacobians(mlp, theta, X[p])
+        P = np.eye(2)[:, :k]
+        cum = []
+        for J in Js:
+            P = J @ P  # J_l ... J_1 restricted to the first k input axes
+            cum.append(np.log(np.abs(np.diag(np.linalg.qr(P)[1]))))
+        # central differences: relative error ~ h^2 + eps/h ~ 1e-10 per entry; 1e-7 on logs
+        np.testing.assert_allclose(res.per_input[p], cum[-1] / L, rtol=0, atol=1e-7)
+        sv = np.linalg.svd(P, compute_uv=False)
+        np.testing.assert_allclose(res.singular[p], np.log(sv) / L, rtol=0, atol=1e-7)
+        one = network_lyapunov(mlp, X[p : p + 1], theta=theta, k=k)
+        # per-layer log|R_jj| add up to log|diag R| of the partial products J_l ... J_1
+        np.testing.assert_allclose(np.cumsum(one.per_layer, 0), cum, rtol=0, atol=1e-7)
 
 
 def test_random_network_linear_regime_matches_newman_and_sign_change():

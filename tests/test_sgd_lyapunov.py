@@ -6,12 +6,12 @@ second-moment operator enumerated over all batches, and exact Hessians of an MLP
 import itertools
 import math
 
-import nndyn_fast.kernels.lyapunov as klyap
 import numba
 import numpy as np
 import pytest
 from reference_lyapunov import naive_sgd_qr
 
+import nndyn_fast.kernels.lyapunov as klyap
 from nndyn_fast.lyapunov import (
     mean_square_exponent,
     plot_stability_diagram,
@@ -222,3 +222,112 @@ def test_bad_inputs():
     H = np.random.default_rng(1).standard_normal((3, 4, 4))
     with pytest.raises(ValueError, match="symmetric"):
         sgd_lyapunov(H, 0.1, 1, steps=10)
+
+
+# -- run files: kill and resume ------------------------------------------------------------------
+def _kill_after_commits(monkeypatch, n_commits):
+    """Make TrajectoryWriter.commit raise KeyboardInterrupt once ``n_commits`` have succeeded."""
+    from nndyn_fast.storage import TrajectoryWriter
+
+    real = TrajectoryWriter.commit
+    calls = {"n": 0}
+
+    def flaky(self, **checkpoint):
+        calls["n"] += 1
+        if calls["n"] > n_commits:
+            raise KeyboardInterrupt
+        real(self, **checkpoint)
+
+    monkeypatch.setattr(TrajectoryWriter, "commit", flaky)
+    return lambda: monkeypatch.setattr(TrajectoryWriter, "commit", real)
+
+
+def _series(path, series):
+    with open_run(path) as run:
+        return {f: run.read(series, f) for f in run[series]}, run.status, run.attrs
+
+
+# replicas 2 ("replicas" interval) and 1 ("blocks" interval, which reads the stored series back);
+# "without" also carries the batch permutations through the checkpoint
+@pytest.mark.parametrize("sampling, replicas", [("with", 2), ("without", 1)])
+def test_sgd_resume_is_bitwise_uninterrupted(tmp_path, monkeypatch, sampling, replicas):
+    G = np.random.default_rng(13).standard_normal((8, 5))
+    kw = dict(steps=2000, k=2, seed=5, transient=100, sampling=sampling, replicas=replicas)
+    full = sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=tmp_path / "full.h5", **kw)
+    part = tmp_path / "part.h5"
+    restore = _kill_after_commits(monkeypatch, 4)  # the step-0 checkpoint and 3 of 10 chunks
+    with pytest.raises(KeyboardInterrupt):
+        sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=part, **kw)
+    restore()
+    cut, status, _ = _series(part, "blocks")
+    assert status == "failed" and cut["step"].tolist() == [200.0, 400.0, 600.0]
+    res = sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=part, resume=True, **kw)
+    # generator state, tangent blocks, permutations and sums are checkpointed exactly
+    for name in ("exponents", "ci_low", "ci_high", "stderr", "per_replica"):
+        np.testing.assert_array_equal(getattr(res, name), getattr(full, name))
+    a, status_a, attrs_a = _series(tmp_path / "full.h5", "blocks")
+    b, status_b, attrs_b = _series(part, "blocks")
+    assert status_a == status_b == "complete"
+    for f in a:
+        np.testing.assert_array_equal(a[f], b[f])
+    np.testing.assert_array_equal(attrs_a["exponents"], attrs_b["exponents"])
+    # resuming a complete run rebuilds the same result from the file
+    again = sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=part, resume=True, **kw)
+    np.testing.assert_array_equal(again.exponents, full.exponents)
+    np.testing.assert_array_equal(again.ci_low, full.ci_low)
+
+
+def test_sgd_resume_refuses_other_parameters(tmp_path, monkeypatch):
+    G = np.random.default_rng(14).standard_normal((8, 5))
+    kw = dict(steps=600, k=1, seed=5, transient=10, replicas=2, sampling="with")
+    path = tmp_path / "run.h5"
+    restore = _kill_after_commits(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        sgd_lyapunov(G, 0.3, 3, out=path, **kw)
+    restore()
+    G2 = G.copy()
+    G2[0, 0] += 1e-12
+    changes = [
+        ("fingerprint", (G2, 0.3, 3), {}),
+        ("lr", (G, 0.31, 3), {}),
+        ("batch_size", (G, 0.3, 2), {}),
+        ("k", (G, 0.3, 3), {"k": 2}),
+        ("seed", (G, 0.3, 3), {"seed": 6}),
+        ("sampling", (G, 0.3, 3), {"sampling": "without"}),
+        ("steps", (G, 0.3, 3), {"steps": 700}),
+    ]
+    for key, args, change in changes:
+        with pytest.raises(ValueError, match=f"cannot resume .*its {key} is"):
+            sgd_lyapunov(*args, out=path, resume=True, **{**kw, **change})
+    with open_run(path) as run:  # a refused resume leaves the file as it was
+        assert run.status == "failed" and run.rows["blocks"] == 1
+    with pytest.raises(ValueError, match="resume=True needs out"):
+        sgd_lyapunov(G, 0.3, 3, resume=True, **kw)
+    with pytest.raises(ValueError, match="does not exist"):
+        sgd_lyapunov(G, 0.3, 3, out=tmp_path / "none.h5", resume=True, **kw)
+
+
+def test_cli_sgd_lyapunov_resume(tmp_path, monkeypatch, capsys):
+    from nndyn_fast.cli import main
+
+    argv = [
+        "sgd-lyapunov", "--n", "6", "--d", "4", "--batch-sizes", "1", "2", "3",
+        "--lr-factors", "0.5", "2", "--steps", "300", "--transient", "10", "--replicas", "2",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "full.h5")]) == 0
+    part = str(tmp_path / "part.h5")
+    restore = _kill_after_commits(monkeypatch, 1)  # one batch size of three committed
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--out", part])
+    restore()
+    assert _series(part, "diagram")[0]["batch_size"].tolist() == [1.0]
+    assert main([*argv, "--out", part, "--resume"]) == 0
+    a, _, _ = _series(tmp_path / "full.h5", "diagram")
+    b, status, _ = _series(part, "diagram")
+    assert status == "complete"
+    for f in a:  # each (lr, B) point has its own seed: bitwise equal to the uninterrupted run
+        np.testing.assert_array_equal(a[f], b[f])
+    capsys.readouterr()
+    other = [("400" if a == "300" else a) for a in argv]  # --steps 400
+    assert main([*other, "--out", part, "--resume"]) == 2
+    assert "its steps is 300" in capsys.readouterr().err
