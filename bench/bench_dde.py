@@ -7,8 +7,9 @@
   compiled DDE solver jitcdde (Bogacki-Shampine 3(2) in C generated and compiled at run time;
   skipped when jitcdde is not installed; its C compilation is done once outside the timing and
   reported in ``extra_info``).
-- ``dde-neural-batch``: 1000 (full; 200 default) one-dimensional NeuralDDE inputs to T = 10,
-  all threads vs one thread vs numpy RK4 vectorised over the batch.
+- ``dde-neural-batch``: 1000 (full; 200 default) one-dimensional NeuralDDE inputs to T = 10
+  (RK4, dt = 0.01, H = 8): our lockstep RK4 (blocks of members sharing the step times) on all
+  threads and on one, our per-trajectory kernel, and numpy RK4 vectorised over the batch.
 """
 
 from __future__ import annotations
@@ -137,20 +138,37 @@ T10 = np.array([0.0, 10.0])
 DT = 0.01
 
 
-@pytest.mark.benchmark(group="dde-neural-batch")
-def test_neural_batch_parallel(benchmark):
-    ddeint(NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
-    benchmark(ddeint, NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+def _neural_batch():
+    return ddeint(NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
 
 
-@pytest.mark.benchmark(group="dde-neural-batch")
-def test_neural_batch_one_thread(benchmark):
-    ddeint(NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
-    numba.set_num_threads(1)
+def _bench_threads(benchmark, threads):
+    _neural_batch()  # compile
+    numba.set_num_threads(threads)
     try:
-        benchmark(ddeint, NEURAL, X, T10, delays=1.0, method="rk4", dt=DT)
+        benchmark(_neural_batch)
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_ours_lockstep_all_threads(benchmark):
+    _bench_threads(benchmark, numba.config.NUMBA_NUM_THREADS)
+    assert _neural_batch().stats["lockstep"]
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_ours_lockstep_one_thread(benchmark):
+    _bench_threads(benchmark, 1)
+
+
+@pytest.mark.benchmark(group="dde-neural-batch")
+def test_neural_batch_ours_per_member_all_threads(benchmark, monkeypatch):
+    import nndyn_fast.delay as delay
+
+    monkeypatch.setattr(delay, "_LOCKSTEP_MIN_BATCH", BATCH + 1)  # the per-trajectory kernel
+    _bench_threads(benchmark, numba.config.NUMBA_NUM_THREADS)
+    assert not _neural_batch().stats["lockstep"]
 
 
 @pytest.mark.benchmark(group="dde-neural-batch")
@@ -164,4 +182,5 @@ def test_neural_batch_numpy(benchmark):
 
     x0 = X[:, 0].copy()
     assert np.allclose(f(0.0, x0[:1], x0[None, :1]), base(0.0, x0[:1], x0[None, :1]))
-    benchmark.pedantic(naive_rk4, args=(f, lambda s: x0, 0.0, 10.0, DT, [1.0]), rounds=1)
+    rounds = 3 if FULL else 1
+    benchmark.pedantic(naive_rk4, args=(f, lambda s: x0, 0.0, 10.0, DT, [1.0]), rounds=rounds)

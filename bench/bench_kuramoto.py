@@ -154,8 +154,8 @@ def test_large_run_ours(benchmark, name):
     )
 
     def run():
-        out = subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        out = subprocess.run(  # from /tmp: import the installed package
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd="/tmp"
         )
         return int(out.stdout.split()[-1])
 

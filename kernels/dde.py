@@ -32,6 +32,10 @@ Built-in fields (``model`` code, parameters packed in ``ip`` (int64) and ``P`` (
 - ``MACKEY_GLASS`` (3): x' = beta x(t - tau_1) / (1 + x(t - tau_1)^n) - gamma x (per component);
   ``P = [beta, gamma, n]``.
 
+:func:`dde_rk4_lockstep` runs fixed-step RK4 of a built-in field for blocks of batch members
+that share their step times (every delay longer than the step), states stored member-innermost
+so the loops over members vectorise; the arithmetic per member is that of the loop below.
+
 A user field ``fn(t, x, xd, args, out)`` (``xd`` of shape (m, d)) replaces the built-in when
 ``fn`` is not None; a user history ``hfn(t, p, out)`` gets its member's parameter row ``p``.
 
@@ -140,6 +144,20 @@ def hermite_eval(ta, ya, fa, tb, yb, fb, s, out):
         out[i] = ya[i] + th * (dy + th1 * (r3 + th * r4))
 
 
+@njit(cache=True, inline="always")
+def sample_interval(hst, s):
+    """Indices ``lo, lo + 1`` of the history samples around ``hst[0] < s < hst[-1]``."""
+    lo = 0
+    hi = hst.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if hst[mid] <= s:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 @njit(cache=True)
 def history_eval(hkind, hist, hfn, s, out):
     """The history at ``s <= t0``: constant, Hermite samples, or ``hfn(s, p, out)``."""
@@ -154,14 +172,7 @@ def history_eval(hkind, hist, hfn, s, out):
         if s >= hst[n - 1]:
             _copy(hsy[n - 1], out)
             return
-        lo = 0
-        hi = n - 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if hst[mid] <= s:
-                lo = mid
-            else:
-                hi = mid
+        lo, hi = sample_interval(hst, s)
         hermite_eval(hst[lo], hsy[lo], hsdy[lo], hst[hi], hsy[hi], hsdy[hi], s, out)
     else:
         if hfn is None:
@@ -169,6 +180,62 @@ def history_eval(hkind, hist, hfn, s, out):
                 out[i] = math.nan
         else:
             hfn(s, hp, out)
+
+
+@njit(cache=True, inline="always")
+def ring_interval(rt, head, cnt, cur, k, s):
+    """Slots ``a, b`` of the ring interval holding ``s`` (``cnt >= 2``), its length ``h`` and
+    the Hermite fractions ``th, 1 - th``; walks from the cursor ``cur[k]`` and updates it."""
+    cap = rt.shape[0]
+    lo = min(cur[k], cnt - 2)
+    while lo > 0 and rt[_wrap(head + lo, cap)] > s:
+        lo -= 1
+    while lo < cnt - 2 and rt[_wrap(head + lo + 1, cap)] <= s:
+        lo += 1
+    cur[k] = lo
+    a = _wrap(head + lo, cap)
+    b = _wrap(a + 1, cap)
+    ta = rt[a]
+    h = rt[b] - ta
+    th = (s - ta) / h
+    return a, b, h, th, 1.0 - th
+
+
+@njit(cache=True, inline="always")
+def ring_evict(rt, head, cnt, cur, tmin):
+    """Drop the oldest nodes while the next one is still at or before ``tmin``; returns the
+    new ``(head, cnt)`` and moves the cursors with the head."""
+    cap = rt.shape[0]
+    while cnt >= 2 and rt[_wrap(head + 1, cap)] <= tmin:
+        head = _wrap(head + 1, cap)
+        cnt -= 1
+        for k in range(cur.shape[0]):
+            cur[k] = max(cur[k] - 1, 0)
+    return head, cnt
+
+
+@njit(cache=True, inline="always")
+def next_stop(disc, dp, t, t_end, tiny):
+    """The next point a step must not cross: ``(dp, stop, is a discontinuity)``, skipping the
+    discontinuities already reached."""
+    ndisc = disc.shape[0]
+    while dp < ndisc and disc[dp] <= t + tiny:
+        dp += 1
+    if dp < ndisc and disc[dp] < t_end - tiny:
+        return dp, disc[dp], True
+    return dp, t_end, False
+
+
+@njit(cache=True, inline="always")
+def rk4_target(t0, dt, grid, stop, hit_disc):
+    """End of the next RK4 step: the grid point ``t0 + (grid + 1) dt`` unless ``stop`` comes
+    first; returns ``(tnew, on_grid, hit_disc)``."""
+    g = t0 + (grid + 1) * dt
+    if abs(stop - g) <= 1e-9 * dt:
+        return stop, True, hit_disc  # a stop on a grid point: take it exactly
+    if stop < g:
+        return stop, False, hit_disc
+    return g, True, False
 
 
 @njit(cache=True, inline="always")
@@ -181,24 +248,12 @@ def ring_eval(rt, ry, rfl, rfr, head, cnt, cur, k, s, out):
     walking from it takes a step or two where a bisection would take log2(count). The ring is
     read by index, not through row views, to keep reference counting out of the inner loop.
     """
-    cap = rt.shape[0]
     d = out.shape[1]
     if cnt == 1:
         for i in range(d):
             out[k, i] = ry[head, i]
         return
-    lo = min(cur[k], cnt - 2)
-    while lo > 0 and rt[_wrap(head + lo, cap)] > s:
-        lo -= 1
-    while lo < cnt - 2 and rt[_wrap(head + lo + 1, cap)] <= s:
-        lo += 1
-    cur[k] = lo
-    a = _wrap(head + lo, cap)
-    b = _wrap(a + 1, cap)
-    ta = rt[a]
-    h = rt[b] - ta
-    th = (s - ta) / h
-    th1 = 1.0 - th
+    a, b, h, th, th1 = ring_interval(rt, head, cnt, cur, k, s)
     for i in range(d):  # hermite_eval's formula on ring rows
         dy = ry[b, i] - ry[a, i]
         r3 = h * rfr[a, i] - dy
@@ -432,7 +487,6 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
     nacc = 0
     nrej = 0
     nfev = 0
-    ndisc = disc.shape[0]
     nsteps = 0
     rejected_last = False
     status = OK
@@ -441,25 +495,10 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
             status = MAX_STEPS
             break
         # --- choose the step and where it ends --------------------------------------------
-        while dp < ndisc and disc[dp] <= t + tiny:
-            dp += 1
-        stop = t_end
-        hit_disc = False
-        if dp < ndisc and disc[dp] < t_end - tiny:
-            stop = disc[dp]
-            hit_disc = True
+        dp, stop, hit_disc = next_stop(disc, dp, t, t_end, tiny)
         on_grid = False
         if method == RK4:
-            g = t0 + (grid + 1) * dt
-            if abs(stop - g) <= 1e-9 * dt:
-                tnew = stop  # a stop on a grid point: take it exactly
-                on_grid = True
-            elif stop < g:
-                tnew = stop
-            else:
-                tnew = g
-                on_grid = True
-                hit_disc = False
+            tnew, on_grid, hit_disc = rk4_target(t0, dt, grid, stop, hit_disc)
         else:
             h = min(fst[F_H], hmax)
             gap = stop - t
@@ -550,11 +589,7 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
             status = NONFINITE
             break
         # --- make room in the ring, then write outputs and push the node --------------------
-        while cnt >= 2 and rt[_wrap(head + 1, cap)] <= tnew - taumax:
-            head = _wrap(head + 1, cap)
-            cnt -= 1
-            for k in range(m):
-                cur[k] = max(cur[k] - 1, 0)
+        head, cnt = ring_evict(rt, head, cnt, cur, tnew - taumax)
         if cnt >= cap:
             status = RING_FULL
             break
@@ -626,3 +661,270 @@ def dde_advance_serial(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, f
     """:func:`dde_advance` in one thread (a single trajectory; compiles faster)."""
     for b in range(ist.shape[0]):
         _advance_member(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, fst, b)
+
+
+# --- fixed-step RK4 in lockstep over a block of batch members --------------------------------
+# With a built-in field, fixed-step RK4 and every delay longer than the step, the step times of
+# all members are the same (they depend only on t0, dt, the delays and the layer times), so a
+# block of members shares one time loop, one ring of node times and one interval search per
+# delayed value. States are stored member-innermost, X (d, nb), ring rows (cap, d, nb), so the
+# loops over members run over contiguous memory and vectorise. Each member sees the arithmetic
+# of :func:`dde_advance_one` operation for operation, so the results agree bitwise.
+LOCK_OVER = 5  # a delayed time fell past the last node: the caller takes the per-member path
+
+
+@njit(cache=True, inline="always")
+def _hermite_cols(ya, fa, yb, fb, h, th, th1, out):
+    """:func:`hermite_eval`'s formula on (d, nb) blocks with a shared interval."""
+    for i in range(out.shape[0]):
+        for q in range(out.shape[1]):
+            dy = yb[i, q] - ya[i, q]
+            r3 = h * fa[i, q] - dy
+            r4 = dy - h * fb[i, q] - r3
+            out[i, q] = ya[i, q] + th * (dy + th1 * (r3 + th * r4))
+
+
+@njit(cache=True)
+def history_block(hkind, hists, hfn, b0, s, out, tmp):
+    """The history at ``s <= t0`` of members ``b0 .. b0 + nb`` into ``out`` (d, nb)."""
+    hc, hst, hsy, hsdy, hp = hists
+    d, nb = out.shape
+    if hkind == H_CONST:
+        for i in range(d):
+            for q in range(nb):
+                out[i, q] = hc[b0 + q, i]
+    elif hkind == H_SAMPLES:
+        n = hst.shape[0]
+        if s <= hst[0] or s >= hst[n - 1]:
+            e = 0 if s <= hst[0] else n - 1
+            for i in range(d):
+                for q in range(nb):
+                    out[i, q] = hsy[b0 + q, e, i]
+            return
+        lo, hi = sample_interval(hst, s)
+        for q in range(nb):
+            hermite_eval(hst[lo], hsy[b0 + q, lo], hsdy[b0 + q, lo], hst[hi], hsy[b0 + q, hi],
+                         hsdy[b0 + q, hi], s, tmp)  # fmt: skip
+            for i in range(d):
+                out[i, q] = tmp[i]
+    else:
+        for q in range(nb):
+            if hfn is None:
+                tmp[:] = math.nan
+            else:
+                hfn(s, hp[b0 + q], tmp)
+            for i in range(d):
+                out[i, q] = tmp[i]
+
+
+@njit(cache=True, error_model="numpy")
+def builtin_rhs_block(model, ip, P, tl, X, XD, zr, out, o):
+    """:func:`builtin_rhs` for a block: states ``X`` (d, nb), delayed states ``XD`` (m, d, nb),
+    into ``out[o]`` (d, nb); ``zr`` (nb,) holds one hidden unit of every member."""
+    d, nb = X.shape
+    m = XD.shape[0]
+    if model == MACKEY_GLASS:
+        beta = P[0]
+        gamma = P[1]
+        n = P[2]
+        for i in range(d):
+            for q in range(nb):
+                v = XD[0, i, q]
+                out[o, i, q] = beta * v / (1.0 + v**n) - gamma * X[i, q]
+        return
+    for i in range(d):
+        for q in range(nb):
+            out[o, i, q] = 0.0
+    if model == LINEAR:
+        off = d * d
+        for i in range(d):
+            for j in range(d):
+                a = P[i * d + j]
+                for q in range(nb):
+                    out[o, i, q] += a * X[j, q]
+            for k in range(m):
+                for j in range(d):
+                    a = P[off + (k * d + i) * d + j]
+                    for q in range(nb):
+                        out[o, i, q] += a * XD[k, j, q]
+        return
+    L, H, code, oW, oA, oB, ob = ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9]
+    lay = 0
+    while lay < L - 1 and P[lay + 1] <= tl:
+        lay += 1
+    boff = ob + lay * H
+    aoff = oA + lay * d * H
+    doff = oB + lay * m * d * H
+    woff = oW + lay * d * H
+    for r in range(H):  # one hidden unit at a time for every member (same sums, same order)
+        c = P[boff + r]
+        for q in range(nb):
+            zr[q] = c
+        for j in range(d):
+            a = P[aoff + j * H + r]
+            for q in range(nb):
+                zr[q] += a * X[j, q]
+        for k in range(m):
+            for j in range(d):
+                a = P[doff + (k * d + j) * H + r]
+                for q in range(nb):
+                    zr[q] += a * XD[k, j, q]
+        if code == TANH:
+            for q in range(nb):
+                zr[q] = tanh_fast(zr[q])
+        else:
+            for q in range(nb):
+                zr[q] = act(code, zr[q])
+        for i in range(d):
+            w = P[woff + i * H + r]
+            for q in range(nb):
+                out[o, i, q] += w * zr[q]
+
+
+@njit(cache=True)
+def _lock_field(hfn, fld, hists, b0, ring, head, cnt, cur, XD, zr, tmp, t, tl, X, out, o):
+    """f at time ``t`` for a block into ``out[o]``; returns 1 (nothing evaluated) when a
+    delayed time falls past the last node."""
+    model, ip, P, hkind, t0, taus = fld
+    rt, ry, rfl, rfr = ring
+    tlast = rt[_wrap(head + cnt - 1, rt.shape[0])]
+    for k in range(taus.shape[0]):
+        s = t - taus[k]
+        if s <= t0:
+            history_block(hkind, hists, hfn, b0, s, XD[k], tmp)
+        elif s > tlast:
+            return 1
+        elif cnt == 1:
+            XD[k, :, :] = ry[head]
+        else:
+            a, b, h, th, th1 = ring_interval(rt, head, cnt, cur, k, s)
+            _hermite_cols(ry[a], rfr[a], ry[b], rfl[b], h, th, th1, XD[k])
+    builtin_rhs_block(model, ip, P, tl, X, XD, zr, out, o)
+    return 0
+
+
+@njit(cache=True)
+def _block_finite(v):
+    for i in range(v.shape[0]):
+        for q in range(v.shape[1]):
+            if not math.isfinite(v[i, q]):
+                return False
+    return True
+
+
+@njit(cache=True)
+def _lockstep_block(hfn, fld, hists, ctl, tout, yout, cap, b0, nb, st):
+    """RK4 for members ``b0 .. b0 + nb`` from ``t0`` to ``t_end``; counters into ``st``."""
+    hkind, t0, taus = fld[3], fld[4], fld[5]
+    dt, t_end, disc, djump = ctl
+    d = yout.shape[2]
+    m = taus.shape[0]
+    taumax = 0.0
+    for k in range(m):
+        taumax = max(taumax, taus[k])
+    rt = np.empty(cap)
+    ry, rfl, rfr = np.empty((cap, d, nb)), np.empty((cap, d, nb)), np.empty((cap, d, nb))
+    ring = (rt, ry, rfl, rfr)
+    K = np.empty((5, d, nb))
+    Y, YT, YO = np.empty((d, nb)), np.empty((d, nb)), np.empty((d, nb))
+    XD = np.empty((m, d, nb))
+    zr = np.empty(nb)
+    tmp = np.empty(d)
+    cur = np.zeros(m, dtype=np.int64)
+    tiny = 1e-9 * (1.0 + abs(t0))
+    # the first node: the history at t0 and the right derivative there
+    rt[0] = t0
+    history_block(hkind, hists, hfn, b0, t0, ry[0], tmp)
+    _lock_field(hfn, fld, hists, b0, ring, 0, 1, cur, XD, zr, tmp, t0, t0 + tiny, ry[0], rfr, 0)
+    rfl[0, :, :] = rfr[0]
+    status = OK if _block_finite(rfr[0]) else NONFINITE
+    head, cnt, last = 0, 1, 0
+    t = t0
+    Y[:, :] = ry[0]
+    nout = tout.shape[0]
+    j = 0
+    while j < nout and tout[j] <= t:
+        if tout[j] == t:
+            for q in range(nb):
+                yout[j, b0 + q, :] = Y[:, q]
+        j += 1
+    dp = 0
+    grid = 0
+    nacc = 0
+    nfev = 1
+    while status == OK and t < t_end:
+        dp, stop, hit_disc = next_stop(disc, dp, t, t_end, tiny)
+        tnew, on_grid, hit_disc = rk4_target(t0, dt, grid, stop, hit_disc)
+        h = tnew - t
+        if h <= 16.0 * _EPS * max(abs(t), 1.0):
+            status = STEP_UNDERFLOW
+            break
+        tl = t + 0.5 * h
+        K[0, :, :] = rfr[last]
+        for s in range(1, 5):
+            for i in range(d):
+                YT[i, :] = 0.0
+                for p in range(s):
+                    a = _RK4F_A[s, p]
+                    for q in range(nb):
+                        YT[i, q] += a * K[p, i, q]
+                for q in range(nb):
+                    YT[i, q] = Y[i, q] + h * YT[i, q]
+            ts = tnew if s == 4 else t + _RK4F_C[s] * h
+            if _lock_field(hfn, fld, hists, b0, ring, head, cnt, cur, XD, zr, tmp, ts, tl, YT,
+                           K, s):  # fmt: skip
+                status = LOCK_OVER
+                break
+        if status != OK:
+            break
+        nfev += 4
+        head, cnt = ring_evict(rt, head, cnt, cur, tnew - taumax)
+        if not (_block_finite(YT) and _block_finite(K[4])):
+            status = NONFINITE
+        elif cnt >= cap:
+            status = RING_FULL
+        if status != OK:
+            break
+        while j < nout and tout[j] <= tnew:
+            th = (tout[j] - t) / h
+            _hermite_cols(Y, K[0], YT, K[4], h, th, 1.0 - th, YO)
+            for q in range(nb):
+                yout[j, b0 + q, :] = YO[:, q]
+            j += 1
+        new = _wrap(head + cnt, cap)
+        rt[new] = tnew
+        ry[new] = YT
+        rfl[new] = K[4]
+        rfr[new] = K[4]
+        cnt += 1
+        nacc += 1
+        if on_grid:
+            grid += 1
+        if hit_disc:
+            dp += 1
+            if djump[dp - 1]:
+                # f jumps in time here: the right derivative starts the next interval
+                _lock_field(hfn, fld, hists, b0, ring, head, cnt, cur, XD, zr, tmp, tnew,
+                            tnew + tiny, YT, rfr, new)  # fmt: skip
+                nfev += 1
+        last = new
+        t = tnew
+        Y[:, :] = YT
+    st[I_ACC] = nacc
+    st[I_NFEV] = nfev
+    st[I_STATUS] = status
+
+
+@njit(cache=True, parallel=True)
+def dde_rk4_lockstep(hfn, fld, hists, ctl, tout, yout, cap, block, st):
+    """Fixed-step RK4 of a batch of built-in-field trajectories, blocks of ``block`` members
+    in lockstep (blocks in parallel; each member's arithmetic is that of :func:`dde_advance`).
+
+    ``fld`` and ``hists`` as for :func:`dde_advance`, ``ctl = (dt, t_end, disc, djump)``,
+    ``cap`` the ring capacity, ``st`` (n_blocks, 8) receives each block's counters and status
+    (``LOCK_OVER`` when a delay is too short for lockstep steps). ``yout`` (len(tout), B, d).
+    """
+    B = yout.shape[1]
+    for ib in prange(st.shape[0]):
+        b0 = ib * block
+        _lockstep_block(hfn, fld, hists, ctl, tout, yout, cap, b0, min(block, B - b0), st[ib])

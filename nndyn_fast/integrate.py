@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels as _kpkg  # noqa: F401  (makes nndyn_fast.kernels importable)
 from ._validate import (
     as_array,
     check_int,

@@ -4,13 +4,13 @@ undelayed ``odeint`` limit, and convergence slopes."""
 
 from __future__ import annotations
 
-import nndyn_fast.kernels.dde as kdde  # noqa: F401  (packaging: the kernel module imports)
 import numba
 import numpy as np
 import pytest
 from reference_dde import mackey_glass_rhs, minus_delay_exact, naive_rk4, neural_dde_rhs
 from scipy.special import lambertw
 
+import nndyn_fast.kernels.dde as kdde  # noqa: F401  (packaging: the kernel module imports)
 from nndyn_fast.delay import (
     LinearDDE,
     MackeyGlass,
@@ -274,3 +274,94 @@ def test_nonfinite_state_names_the_time():
     with pytest.raises(NonFiniteStateError, match="non-finite after t = 0.0") as info:
         ddeint(MackeyGlass(n=0.5), np.array([-1.0]), np.linspace(0, 1, 3), delays=1.0)
     assert info.value.time == 0.0
+
+
+# --- RK4 in lockstep over the batch --------------------------------------------------------------
+@numba.njit
+def _shifted_cos_history(t, p):
+    return np.array([np.cos(t + p[0]), p[1] * t])
+
+
+def _lockstep_cases(rng, B):
+    """(model, batch of histories, delays): a layered NeuralDDE (layer switch = a jump of f in
+    time) with two delays that are not multiples of dt, a LinearDDE with a sampled history,
+    Mackey-Glass with a history function of per-member parameters."""
+    ts = np.linspace(-1.0, 0.0, 9)
+    ys = np.cos(ts[None, :, None] * rng.uniform(0.5, 2.0, size=(B, 1, 2)))
+    lin = LinearDDE(rng.normal(size=(2, 2)) * 0.3, rng.normal(size=(2, 2, 2)) * 0.3)
+    hp = np.column_stack([rng.uniform(0.0, 1.0, B), rng.uniform(0.5, 1.5, B)])
+    return [
+        (_random_neural(rng, d=2, H=3, m=2, L=2), rng.normal(size=(B, 2)), [0.37, 0.81], None),
+        (lin, (ts, ys), [0.45, 0.73], None),
+        (MackeyGlass(), _shifted_cos_history, [0.9], hp),
+    ]
+
+
+def _check_lockstep_case(model, hist, taus, hargs, B, members):
+    t = np.array([0.0, 0.3, 1.234, 2.5, 3.0])
+    batch = ddeint(model, hist, t, delays=taus, method="rk4", dt=0.05, history_args=hargs)
+    assert batch.stats["lockstep"]
+    assert batch.y.shape == (t.size, B, 2)
+    for i in members:
+        hi = None if hargs is None else hargs[i]
+        single = ddeint(
+            model, _member(hist, i), t, delays=taus, method="rk4", dt=0.05, history_args=hi
+        )
+        assert not single.stats["lockstep"]
+        # the lockstep kernel repeats the per-member arithmetic operation for operation
+        np.testing.assert_array_equal(batch.y[:, i], single.y)
+        np.testing.assert_array_equal(
+            batch.stats["per_trajectory"][i], single.stats["per_trajectory"][0]
+        )
+    numba.set_num_threads(1)
+    try:
+        one = ddeint(model, hist, t, delays=taus, method="rk4", dt=0.05, history_args=hargs)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(one.y, batch.y)  # blocks are independent of the threads
+
+
+def _member(hist, i):
+    if isinstance(hist, tuple):
+        return (hist[0], hist[1][i])
+    return hist if callable(hist) else hist[i]
+
+
+@pytest.mark.parametrize("case", [0, 1, pytest.param(2, marks=pytest.mark.slow)])
+def test_rk4_lockstep_equals_per_member_bitwise(monkeypatch, case):
+    import nndyn_fast.delay as delay
+
+    monkeypatch.setattr(delay, "_LOCKSTEP_BLOCK", 8)  # B = 19: blocks of 8, 8 and 3 members
+    rng = np.random.default_rng(21)
+    # case 2 (a history function: compiled for it in each process, ~40 s) is marked slow
+    _check_lockstep_case(*_lockstep_cases(rng, 19)[case], 19, (0, 7, 8, 18))
+
+
+def test_rk4_lockstep_against_naive_reference():
+    rng = np.random.default_rng(4)
+    m = _random_neural(rng, d=1, H=4)
+    W, A, B, b = m.layer_weights()
+    f = neural_dde_rhs(W, A, B, b)
+    X = np.linspace(-1.0, 1.0, 12)[:, None]
+    sol = ddeint(m, X, np.array([0.0, 3.0]), delays=0.5, method="rk4", dt=0.01)
+    assert sol.stats["lockstep"]
+    for i in (0, 5, 11):
+        ys = naive_rk4(f, lambda s, x0=X[i]: x0, 0.0, 3.0, 0.01, [0.5])[1]
+        # the same RK4 and Hermite scheme evaluated in another order: rounding, ~1e3 steps
+        np.testing.assert_allclose(sol.y[-1, i], ys[-1], rtol=0, atol=1e-12)
+
+
+def test_rk4_lockstep_fallbacks():
+    lin = LinearDDE(0.0, -1.0)
+    X = np.linspace(0.5, 1.5, 10)[:, None]
+    t = np.linspace(0.0, 2.0, 5)
+    short = ddeint(lin, X, t, delays=0.005, method="rk4", dt=0.01)  # a delay inside the step
+    assert not short.stats["lockstep"]
+    long = ddeint(lin, X, t, delays=1.0, method="rk4", dt=0.01)
+    assert long.stats["lockstep"]
+    # the solution is linear in the constant history: exact up to rounding
+    np.testing.assert_allclose(long.y[:, :, 0], np.outer(minus_delay_exact(t), X[:, 0]), atol=1e-9)
+    # a member turning non-finite: the per-member path reports it by index and time
+    with pytest.raises(NonFiniteStateError, match="trajectory 3 became non-finite"):
+        H = np.where(np.arange(10) == 3, -1.0, 1.0)[:, None]
+        ddeint(MackeyGlass(n=0.5), H, t, delays=1.0, method="rk4", dt=0.01)

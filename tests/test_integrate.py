@@ -1,6 +1,5 @@
 """odeint: every method against closed forms and scipy, convergence orders, validation."""
 
-import nndyn_fast.kernels.rk as krk
 import numba
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ from numba import njit
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
+import nndyn_fast.kernels.rk as krk
 from nndyn_fast.errors import NonFiniteStateError
 from nndyn_fast.integrate import IntegrationError, odeint
 from nndyn_fast.neural import NeuralODE

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from nndyn_fast.kernels.activations import ACTIVATIONS
 from scipy.integrate import solve_ivp
 
 from nndyn_fast.expressivity import liouville_determinant
+from nndyn_fast.kernels.activations import ACTIVATIONS
 from nndyn_fast.neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
 
 

@@ -152,7 +152,8 @@ def test_sigkill_leaves_readable_file_and_resume_is_exact(tmp_path):
     ]
     killed = tmp_path / "killed.h5"
     code = "import sys; from nndyn_fast.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(killed)])
+    # run from tmp_path so that the installed package is imported, not the source folder
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(killed)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

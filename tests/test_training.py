@@ -5,7 +5,6 @@ References: finite differences of the loss and gradient, a batched numpy R-opera
 regression, and the recorded series of gradient-descent runs.
 """
 
-import nndyn_fast.kernels.mlp as km
 import numba
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_training import naive_forward, naive_hvp, naive_loss, naive_per_sample
 
+import nndyn_fast.kernels.mlp as km
 from nndyn_fast import training as tr
 from nndyn_fast.errors import NonFiniteStateError
 from nndyn_fast.storage import open_run
