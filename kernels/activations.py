@@ -21,6 +21,43 @@ ACTIVATIONS = {
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
+# tanh without a library call, so loops over it vectorise: tanh|x| = e / (e + 2) with
+# e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1, r = 2|x| - n ln 2 in [-ln2/2, ln2/2], expm1(r) by
+# its Taylor polynomial to degree 14 (remainder < 1e-17)
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that n * _LN2_HI is exact for n < 2^11
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+(_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13, _E14) = (
+    1.0 / math.factorial(k) for k in range(2, 15)
+)
+
+
+@njit(cache=True, inline="always")
+def tanh_fast(x):
+    """tanh(x) in plain arithmetic, within a few ulp of ``math.tanh``; NaN passes through.
+
+    No library call, so loops over it vectorise (libm ``tanh`` is a scalar call, several times
+    slower per element); callers use ``error_model="numpy"``. ``|x|`` is clipped at 20, where
+    tanh rounds to 1.
+    """
+    ax = abs(x)
+    if ax > 20.0:
+        ax = 20.0
+    y = 2.0 * ax
+    n = math.floor(y * _INV_LN2 + 0.5)
+    r = (y - n * _LN2_HI) - n * _LN2_LO
+    r2 = r * r
+    p = _E12 + r * _E13 + r2 * _E14
+    p = _E10 + r * _E11 + r2 * p
+    p = _E8 + r * _E9 + r2 * p
+    p = _E6 + r * _E7 + r2 * p
+    p = _E4 + r * _E5 + r2 * p
+    q = r + r2 * (_E2 + r * _E3 + r2 * p)  # expm1(r)
+    p2 = float(1 << (int(n) & 63))
+    e = p2 * q + (p2 - 1.0)
+    t = e / (e + 2.0)
+    return t if x >= 0.0 else -t
+
 
 @njit(cache=True, inline="always")
 def _sigmoid(x):

@@ -56,7 +56,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .activations import TANH, act
+from .activations import TANH, act, tanh_fast
 from .rk import DOPRI5_A, DOPRI5_C, DOPRI5_D, DOPRI5_E, RK4_A, RK4_B, RK4_C
 
 # status codes (the first four as in kernels.rk)
@@ -85,38 +85,6 @@ _RK4F_A = np.zeros((5, 5))
 _RK4F_A[:4, :4] = RK4_A
 _RK4F_A[4, :4] = RK4_B
 _RK4F_C = np.append(RK4_C, 1.0)
-
-# tanh without a library call, so the hidden-unit loop vectorises: tanh|x| = e / (e + 2) with
-# e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1, r = 2|x| - n ln 2 in [-ln2/2, ln2/2], expm1(r) by
-# its Taylor polynomial to degree 14 (remainder < 1e-17); within 3 ulp of math.tanh
-_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that n * _LN2_HI is exact for n < 2^11
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-(_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13, _E14) = (
-    1.0 / math.factorial(k) for k in range(2, 15)
-)
-
-
-@njit(cache=True, inline="always")
-def tanh_fast(x):
-    """tanh(x) by a branch-free expm1 (vectorisable; callers need ``error_model="numpy"``)."""
-    ax = abs(x)
-    if ax > 20.0:
-        ax = 20.0  # tanh(20) rounds to 1; NaN passes through
-    y = 2.0 * ax
-    n = math.floor(y * _INV_LN2 + 0.5)
-    r = (y - n * _LN2_HI) - n * _LN2_LO
-    r2 = r * r
-    p = _E12 + r * _E13 + r2 * _E14
-    p = _E10 + r * _E11 + r2 * p
-    p = _E8 + r * _E9 + r2 * p
-    p = _E6 + r * _E7 + r2 * p
-    p = _E4 + r * _E5 + r2 * p
-    q = r + r2 * (_E2 + r * _E3 + r2 * p)  # expm1(r)
-    p2 = float(1 << (int(n) & 63))
-    e = p2 * q + (p2 - 1.0)
-    t = e / (e + 2.0)
-    return t if x >= 0.0 else -t
 
 
 @njit(cache=True, inline="always")

@@ -30,8 +30,7 @@ depends on n only); blocks run in parallel, each with its own scratch and its ow
 partial sums, and the partial sums are added in block order. Results are therefore the same
 for any number of threads. Inside a block each layer's activations are a contiguous (m, d_l)
 matrix, so the layer products are small matrix products (``np.dot``, BLAS); the nonlinear and
-loss parts are explicit loops. tanh is evaluated from one ``exp`` (``tanh_fast``), several
-times cheaper than the libm call and accurate to a few ulps.
+loss parts are explicit loops. tanh is ``activations.tanh_fast`` (no library call, a few ulps).
 """
 
 import math
@@ -39,7 +38,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .activations import TANH, act, d2act, dact
+from .activations import TANH, act, d2act, dact, tanh_fast
 
 MSE, XENT = 0, 1
 OK, NONFINITE = 0, 1
@@ -70,20 +69,6 @@ def mlp_layout(sizes):
         uoff[l] = u
         u += sizes[l]
     return woff, uoff, p, u
-
-
-@njit(cache=True, inline="always")
-def tanh_fast(x):
-    """tanh(x) from one exp: (1 − e)/(1 + e) with e = exp(−2|x|) for |x| ≥ 1/4 (relative
-    error a few ulps), −m/(2 + m) with m = expm1(−2|x|) below (no cancellation)."""
-    a = abs(x)
-    if a >= 0.25:
-        e = math.exp(-2.0 * a)
-        t = (1.0 - e) / (1.0 + e)
-    else:
-        e = math.expm1(-2.0 * a)
-        t = -e / (2.0 + e)
-    return math.copysign(t, x) if a == a else x
 
 
 @njit(cache=True, inline="always")

@@ -18,69 +18,10 @@ The state of a variational run is ``z = (x, V)`` with ``x`` (d,) and the tangent
 import numpy as np
 from numba import njit
 
-from .activations import TANH, act, d2act, dact
+from .activations import TANH, act, d2act, dact, tanh_fast
 
 FORM_OUTER = 0
 FORM_INNER = 1
-
-
-# ln 2 split in a high part with trailing zero bits and a low part (Cody-Waite reduction)
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.4426950408889634
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def tanh_fast(x):
-    """tanh(x) from ``expm1(-2|x|)`` in plain arithmetic (within a few ulp of libm tanh).
-
-    No library call and no branch that cannot become a select, so loops over it vectorise
-    (libm ``tanh``/``expm1`` are scalar calls, about 10x slower per element). NaN propagates.
-    ``expm1(u)``, ``u = -2|x|`` clipped to [-40, 0] (tanh rounds to 1 beyond): ``u = k ln 2 + r``
-    with ``|r| <= ln 2 / 2``, ``expm1(r)`` by its Taylor series to ``r^13`` (truncation below
-    1e-17 relative), ``expm1(u) = 2^k expm1(r) + (2^k - 1)`` with ``2^k`` built exactly from the
-    binary digits of ``-k``; then ``tanh|x| = -e / (2 + e)``.
-    """
-    u = -2.0 * abs(x)
-    if u < -40.0:
-        u = -40.0
-    kf = float(int(u * _INV_LN2 - 0.5))  # nearest integer to u / ln 2 (u <= 0), in [-58, 0]
-    r = (u - kf * _LN2_HI) - kf * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    em = r + r * r * p
-    m = -kf
-    s = 1.0
-    if m >= 32.0:
-        s *= 2.3283064365386963e-10
-        m -= 32.0
-    if m >= 16.0:
-        s *= 1.52587890625e-05
-        m -= 16.0
-    if m >= 8.0:
-        s *= 0.00390625
-        m -= 8.0
-    if m >= 4.0:
-        s *= 0.0625
-        m -= 4.0
-    if m >= 2.0:
-        s *= 0.25
-        m -= 2.0
-    if m >= 1.0:
-        s *= 0.5
-    e = s * em + (s - 1.0)
-    y = -e / (2.0 + e)
-    return y if x >= 0.0 else -y
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -129,7 +70,7 @@ def _matvec_acc(M, l, v, nv, acc, row, m):
         k += 1
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
     """Write ``(f(x), Df(x) V)`` into ``out[row, :]`` for the built-in field ``model``.
 

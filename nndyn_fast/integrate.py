@@ -52,6 +52,10 @@ _DUMMY_MODEL = (
 
 
 _SERIAL_USER_BATCH = 32
+# fixed-step batches of a built-in field from this size on advance in blocks of _LOCKSTEP_BLOCK
+# trajectories, one matrix product per stage and block (same steps, results equal to roundoff)
+_LOCKSTEP_MIN = 16
+_LOCKSTEP_BLOCK = 64
 
 
 class IntegrationError(FloatingPointError):
@@ -278,7 +282,13 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
         k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], k["d"], k["nvar"],
     )  # fmt: skip
     tail = (k["TA"], k["TB"], k["TC"], k["TE"], k["TD"], k["order"], k["rtol"], k["atol"])
-    if B < _SERIAL_USER_BATCH and (k["fn_ip"] is not None or k["fn_s"] is not None):
+    user = k["fn_ip"] is not None or k["fn_s"] is not None
+    if not user and not k["adaptive"] and k["nvar"] == 0 and B >= _LOCKSTEP_MIN:
+        _rk.rk_fixed_lockstep(
+            k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], _LOCKSTEP_BLOCK,
+            Y, status, nframes, t_reached, stats,
+        )  # fmt: skip
+    elif B < _SERIAL_USER_BATCH and user:
         # a few trajectories of a user field: the serial kernel, called per trajectory, compiles
         # in about half the time of the parallel one (user kernels compile once per process)
         for b in range(B):

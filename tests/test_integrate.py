@@ -155,6 +155,74 @@ def test_batched_equals_unbatched_and_thread_independent():
     np.testing.assert_array_equal(one, odeint(model, X, t).y)
 
 
+def _rk4_layers_numpy(model, X, t_out, dt):
+    # independent reference: a plain numpy RK4 on the whole batch, steps cut at the layer
+    # switches and output times exactly as documented for fixed steps
+    stops = np.unique(np.concatenate([t_out, model.t_layers[1:-1]]))
+    stops = stops[(stops >= t_out[0]) & (stops <= t_out[-1])]
+    X = X.copy()
+    frames = {t_out[0]: X.copy()}
+    steps = 0
+    for a, e in zip(stops[:-1], stops[1:], strict=True):
+        m = max(1, int(np.ceil((e - a) / dt * (1 - 1e-12))))
+        h = (e - a) / m
+        l = int(np.sum(model.t_layers[1:-1] <= a))
+        W, A, b = model.W[l] if model.W is not None else None, model.A[l], model.b[l]
+
+        def f(Z, W=W, A=A, b=b):
+            S = np.tanh(Z @ A.T + b) if model.activation == "tanh" else np.maximum(Z @ A.T + b, 0)
+            return S if W is None or model.form == "inner" else S @ W.T
+
+        steps += m
+        for _ in range(m):
+            k1 = f(X)
+            k2 = f(X + 0.5 * h * k1)
+            k3 = f(X + 0.5 * h * k2)
+            k4 = f(X + h * k3)
+            X = X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        frames[e] = X.copy()
+    return np.stack([frames[s] for s in t_out]), steps
+
+
+@pytest.mark.parametrize("form, activation", [("outer", "tanh"), ("inner", "relu")])
+def test_fixed_step_batch_in_blocks_vs_numpy(form, activation):
+    # 150 trajectories: blocks of 64, 64 and 22 advance together (one matrix product per stage)
+    model = NeuralODE.random(5, 9, activation=activation, form=form, scale=1.5, seed=3, layers=3)
+    X = np.random.default_rng(2).standard_normal((150, 5))
+    t = np.array([0.0, 0.25, 0.5, 1.0])
+    sol = odeint(model, X, t, method="rk4", dt=0.02)
+    # same arithmetic up to the order of the sums in the matrix products: roundoff only
+    ref, steps = _rk4_layers_numpy(model, X, t, 0.02)
+    np.testing.assert_allclose(sol.y, ref, rtol=0, atol=1e-13)
+    single = np.stack([odeint(model, x, t, method="rk4", dt=0.02).y for x in X[::37]], axis=1)
+    np.testing.assert_allclose(sol.y[:, ::37], single, rtol=0, atol=1e-13)
+    assert sol.stats["n_accepted"] == 150 * steps and sol.stats["n_fev"] == 4 * 150 * steps
+
+
+def test_fixed_step_blocks_keep_finite_members_and_name_the_time():
+    # x' = 40 x (identity field): members starting at 0 stay finite, the others overflow
+    model = NeuralODE.inner(40.0 * np.eye(2), np.zeros(2), "identity")
+    X = np.zeros((40, 2))
+    X[::3] = 1.0
+    t = np.linspace(0.0, 30.0, 7)
+    with pytest.raises(NonFiniteStateError, match="stopped at t = ") as info:
+        odeint(model, X, t, method="rk4", dt=0.01)
+    y = info.value.solution.y
+    assert (y[:, 1::3] == 0.0).all()  # untouched members keep every frame
+    # RK4 multiplies by R(z) = 1 + z + z^2/2 + z^3/6 + z^4/24, z = 40 h, per step: past the
+    # float64 range after n = 1775 steps (t = 17.75); the frames up to t = 15 are kept
+    z = 0.4
+    R = 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24
+    n = np.round(t[:4] / 0.01)
+    np.testing.assert_allclose(y[:4, 0, 0], R**n, rtol=1e-12)
+    assert np.isnan(y[4:, ::3]).all()
+    # a stage value (40 y) overflows a few steps before y does
+    assert 17.5 < info.value.time <= 17.75 and info.value.step == round(info.value.time / 0.01)
+    with pytest.raises(NonFiniteStateError) as one:  # a single member, stepped on its own
+        odeint(model, X[0], t, method="rk4", dt=0.01)
+    assert one.value.time == info.value.time
+
+
 def test_piecewise_layers_vs_scipy():
     model = NeuralODE.random(3, 4, scale=2.0, seed=11, layers=4)
     x0 = np.array([0.2, 0.1, -0.4])

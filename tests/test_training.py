@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_training import naive_forward, naive_hvp, naive_loss, naive_per_sample
 
-import nndyn_fast.kernels.mlp as km
 from nndyn_fast import training as tr
 from nndyn_fast.errors import NonFiniteStateError
 from nndyn_fast.storage import open_run
@@ -186,14 +185,6 @@ def test_results_do_not_depend_on_thread_count():
     for res in outs[1:]:
         for a, b in zip(res, outs[0], strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-def test_tanh_fast_accuracy():
-    x = np.concatenate([np.linspace(-20, 20, 20001), np.geomspace(1e-300, 0.3, 200)])
-    x = np.concatenate([x, -x])
-    t = np.array([km.tanh_fast(xi) for xi in x])
-    # a few ulps of relative error
-    np.testing.assert_allclose(t, np.tanh(x), rtol=4e-16, atol=0)
 
 
 # -- sharpness ---------------------------------------------------------------------------------
