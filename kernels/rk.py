@@ -197,6 +197,14 @@ def _next_stop(tstops, t, te):
     return te
 
 
+@njit(cache=True)
+def _n_fixed_steps(span, dt):
+    # equal fixed steps on an interval of length span: ceil(span / dt), one when dt <= 0
+    if dt <= 0.0:
+        return 1
+    return max(1, int(math.ceil(span / dt * (1.0 - 1e-12))))
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _stages(
     fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
@@ -273,6 +281,92 @@ def _wrms(e, z, znew, rtol, atol):
 
 
 @njit(cache=True)
+def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp, rtol,
+                  atol, order, pre, av, J):  # fmt: skip
+    """Hairer's starting step from two field evaluations (``K[0] = f(t, z)`` is left valid)."""
+    n = z.shape[0]
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
+    d0 = 0.0
+    d1 = 0.0
+    for i in range(n):
+        sc = atol[i] + rtol[i] * abs(z[i])
+        d0 += (z[i] / sc) ** 2
+        d1 += (K[0, i] / sc) ** 2
+    d0 = math.sqrt(d0 / n)
+    d1 = math.sqrt(d1 / n)
+    hh = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    hh = min(hh, te - t)
+    for i in range(n):
+        ztmp[i] = z[i] + hh * K[0, i]
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, 1, pre, av, J)
+    d2 = 0.0
+    for i in range(n):
+        sc = atol[i] + rtol[i] * abs(z[i])
+        d2 += ((K[1, i] - K[0, i]) / sc) ** 2
+    d2 = math.sqrt(d2 / n) / hh
+    dm = max(d1, d2)
+    if not math.isfinite(dm):
+        h1 = hh
+    elif dm <= 1e-15:
+        h1 = max(1e-6, hh * 1e-3)
+    else:
+        h1 = (0.01 / dm) ** (1.0 / order)
+    return min(100.0 * hh, h1, te - t)
+
+
+@njit(cache=True)
+def _control(err, finite, errold, rejected_last, expo1):
+    """PI step-size control: ``(accept, factor, errold, nonfinite)`` for a step of error ``err``.
+
+    Accepted (``err <= 1`` and a finite new state): ``fac = 0.9 err^-expo1 errold^beta`` in
+    [0.2, 10], at most 1 right after a rejection. Rejected: ``max(0.2, 0.9 err^-expo1)``, or
+    0.1 when the step produced NaN/inf (``nonfinite`` then True).
+    """
+    if err <= 1.0 and finite:
+        if err == 0.0:
+            fac = _FAC_MAX
+        else:
+            fac = _SAFETY * err ** (-expo1) * errold**_BETA
+            fac = min(_FAC_MAX, max(_FAC_MIN, fac))
+        if rejected_last:
+            fac = min(fac, 1.0)
+        return True, fac, max(err, 1e-4), False
+    if math.isfinite(err) and finite:
+        return False, max(_FAC_MIN, _SAFETY * err ** (-expo1)), errold, False
+    return False, 0.1, errold, True
+
+
+@njit(cache=True)
+def _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, K, TD):
+    """Write the outputs in (t, tnew] of an accepted step into ``Y[:, col]``; next output index.
+
+    Hairer's continuous extension of Dormand-Prince (order 4) with weights ``TD``.
+    """
+    n = z.shape[0]
+    S = K.shape[0]
+    T = t_out.shape[0]
+    while k_out < T and t_out[k_out] <= tnew:
+        tk = t_out[k_out]
+        if tk == tnew:
+            for i in range(n):
+                Y[k_out, col, i] = znew[i]
+        else:
+            th = (tk - t) / h
+            th1 = 1.0 - th
+            for i in range(n):
+                ydiff = znew[i] - z[i]
+                bspl = h * K[0, i] - ydiff
+                r4 = ydiff - h * K[S - 1, i] - bspl
+                r5 = 0.0
+                for s in range(S):
+                    r5 += TD[s] * K[s, i]
+                r5 *= h
+                Y[k_out, col, i] = z[i] + th * (ydiff + th1 * (bspl + th * (r4 + th1 * r5)))
+        k_out += 1
+    return k_out
+
+
+@njit(cache=True)
 def rk_solve_one(
     fn_ip, fn_s, jac_fn, args, model, d, nvar, z0, t_out, tstops, dt, adaptive,
     TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, col, stats,
@@ -320,11 +414,8 @@ def rk_solve_one(
             while a < tb:
                 eb = _next_stop(tstops, a, tb)
                 layer = _layer_at(tstops, a)
-                span = eb - a
-                m = 1
-                if dt > 0.0:
-                    m = max(1, int(math.ceil(span / dt * (1.0 - 1e-12))))
-                h = span / m
+                m = _n_fixed_steps(eb - a, dt)
+                h = (eb - a) / m
                 done, t = _rk_fixed_steps(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, a, h,
                                           m, z, K, ztmp, znew, TA, TB, TC, pre, av, J)  # fmt: skip
                 nfev += S * min(done + 1, m)
@@ -357,38 +448,10 @@ def rk_solve_one(
         layer = _layer_at(tstops, t)
         k0_ready = False
         if h <= 0.0:
-            # Hairer's starting step: two field evaluations
-            eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
-            nfev += 1
+            h = _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp,
+                              rtol, atol, order, pre, av, J)  # fmt: skip
+            nfev += 2
             k0_ready = True
-            d0 = 0.0
-            d1 = 0.0
-            for i in range(n):
-                sc = atol[i] + rtol[i] * abs(z[i])
-                d0 += (z[i] / sc) ** 2
-                d1 += (K[0, i] / sc) ** 2
-            d0 = math.sqrt(d0 / n)
-            d1 = math.sqrt(d1 / n)
-            hh = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-            hh = min(hh, te - t)
-            for i in range(n):
-                ztmp[i] = z[i] + hh * K[0, i]
-            eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, 1,
-                       pre, av, J)  # fmt: skip
-            nfev += 1
-            d2 = 0.0
-            for i in range(n):
-                sc = atol[i] + rtol[i] * abs(z[i])
-                d2 += ((K[1, i] - K[0, i]) / sc) ** 2
-            d2 = math.sqrt(d2 / n) / hh
-            dm = max(d1, d2)
-            if not math.isfinite(dm):
-                h1 = hh
-            elif dm <= 1e-15:
-                h1 = max(1e-6, hh * 1e-3)
-            else:
-                h1 = (0.01 / dm) ** (1.0 / order)
-            h = min(100.0 * hh, h1, te - t)
         while t < te:
             if naccept + nreject >= max_steps:
                 status = MAX_STEPS
@@ -409,55 +472,21 @@ def rk_solve_one(
                     acc += TE[s] * K[s, i]
                 e[i] = h * acc
             err = _wrms(e, z, znew, rtol, atol)
-            if err <= 1.0 and _all_finite(znew):
+            accept, fac, errold, nonfinite = _control(
+                err, _all_finite(znew), errold, rejected_last, expo1
+            )
+            rejected_last = not accept
+            if accept:
                 tnew = te if last else t + h
-                # dense output (Hairer's continuous extension) for outputs in (t, tnew]
-                while k_out < T and t_out[k_out] <= tnew:
-                    tk = t_out[k_out]
-                    if tk == tnew:
-                        for i in range(n):
-                            Y[k_out, col, i] = znew[i]
-                    else:
-                        th = (tk - t) / h
-                        th1 = 1.0 - th
-                        for i in range(n):
-                            ydiff = znew[i] - z[i]
-                            bspl = h * K[0, i] - ydiff
-                            r4 = ydiff - h * K[S - 1, i] - bspl
-                            r5 = 0.0
-                            for s in range(S):
-                                r5 += TD[s] * K[s, i]
-                            r5 *= h
-                            Y[k_out, col, i] = z[i] + th * (
-                                ydiff + th1 * (bspl + th * (r4 + th1 * r5))
-                            )
-                    k_out += 1
-                if err == 0.0:
-                    fac = _FAC_MAX
-                else:
-                    fac = _SAFETY * err ** (-expo1) * errold**_BETA
-                    fac = min(_FAC_MAX, max(_FAC_MIN, fac))
-                if rejected_last:
-                    fac = min(fac, 1.0)
-                errold = max(err, 1e-4)
-                rejected_last = False
-                nonfinite = False
+                k_out = _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, K, TD)
                 for i in range(n):
                     z[i] = znew[i]
                     K[0, i] = K[S - 1, i]
                 t = tnew
                 naccept += 1
-                h = h * fac
             else:
-                if math.isfinite(err) and _all_finite(znew):
-                    fac = max(_FAC_MIN, _SAFETY * err ** (-expo1))
-                    nonfinite = False
-                else:
-                    fac = 0.1
-                    nonfinite = True
-                h = h * fac
-                rejected_last = True
                 nreject += 1
+            h = h * fac
     stats[0] = naccept
     stats[1] = nreject
     stats[2] = nfev
@@ -543,9 +572,7 @@ def _lockstep_block(model, TA, TB, TC, Z0, t_out, tstops, dt, Y, lo, status, nfr
         while a < tb:
             eb = _next_stop(tstops, a, tb)
             layer = _layer_at(tstops, a)
-            m = 1
-            if dt > 0.0:
-                m = max(1, int(math.ceil((eb - a) / dt * (1.0 - 1e-12))))
+            m = _n_fixed_steps(eb - a, dt)
             h = (eb - a) / m
             for q in range(m):
                 t = a + q * h
@@ -619,3 +646,174 @@ def rk_fixed_lockstep(model, TA, TB, TC, Z0, t_out, tstops, dt, block, Y, status
         hi = min(B, lo + block)
         _lockstep_block(model, TA, TB, TC, Z0[lo:hi], t_out, tstops, dt, Y, lo, status[lo:hi],
                         nframes[lo:hi], t_reached[lo:hi], stats[lo:hi])  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tstops, h0,
+                    max_steps, Y, lo, status, nframes, t_reached, stats):  # fmt: skip
+    # the trajectories Z0 (nb, d) = rows lo, lo + 1, ... of the batch, each with its own steps
+    # (the logic of rk_solve_one, adaptive branch), their stages evaluated together
+    nb, d = Z0.shape
+    S = TB.shape[0]
+    T = t_out.shape[0]
+    H = model[4].shape[1]
+    z = Z0.copy()
+    znew = np.empty((nb, d))
+    K = np.empty((nb, S, d))
+    X = np.empty((nb, d))
+    F = np.empty((nb, d))
+    P = np.empty((nb, H))
+    Q = np.empty((nb, H))
+    e = np.empty(d)
+    ztmp = np.empty(d)
+    pre = np.empty((2, max(H, 1)))
+    av = np.empty((1, 1))
+    J = np.empty((1, 1))
+    idx = np.empty(nb, np.int64)
+    need0 = np.empty(nb, np.int64)
+    t = np.full(nb, t_out[0])
+    h = h0.copy()
+    te = np.empty(nb)
+    last = np.zeros(nb, np.bool_)
+    errold = np.full(nb, 1e-4)
+    rejected_last = np.zeros(nb, np.bool_)
+    nonfinite = np.zeros(nb, np.bool_)
+    k0_ready = np.zeros(nb, np.bool_)
+    done = np.zeros(nb, np.bool_)
+    k_out = np.ones(nb, np.int64)
+    tend = t_out[T - 1]
+    expo1 = 1.0 / order - 0.75 * _BETA
+    for r in range(nb):
+        status[r] = OK
+        stats[r, 0] = 0
+        stats[r, 1] = 0
+        stats[r, 2] = 0
+        done[r] = not t[r] < tend
+        for i in range(d):
+            Y[0, lo + r, i] = z[r, i]
+    while True:
+        # the rows that step now: unfinished, in the lowest layer among the unfinished rows
+        lmin = -1
+        for r in range(nb):
+            if not done[r]:
+                lr = _layer_at(tstops, t[r])
+                if lmin < 0 or lr < lmin:
+                    lmin = lr
+        if lmin < 0:
+            break
+        na = 0
+        n0 = 0
+        for r in range(nb):
+            if done[r] or _layer_at(tstops, t[r]) != lmin:
+                continue
+            te[r] = _next_stop(tstops, t[r], tend)
+            if h[r] <= 0.0:
+                h[r] = _initial_step(None, None, None, (), model, lmin, d, 0, t[r], te[r], z[r],
+                                     K[r], ztmp, rtol, atol, order, pre, av, J)  # fmt: skip
+                stats[r, 2] += 2
+                k0_ready[r] = True
+            if stats[r, 0] + stats[r, 1] >= max_steps:
+                status[r] = MAX_STEPS
+                done[r] = True
+                continue
+            last[r] = False
+            if t[r] + h[r] >= te[r]:
+                h[r] = te[r] - t[r]
+                last[r] = True
+            if h[r] <= 16.0 * _EPS * max(abs(t[r]), abs(te[r])):
+                status[r] = NONFINITE if nonfinite[r] else STEP_UNDERFLOW
+                done[r] = True
+                continue
+            idx[na] = r
+            na += 1
+            if not k0_ready[r]:
+                need0[n0] = r
+                n0 += 1
+        if n0 > 0:
+            for q in range(n0):
+                for i in range(d):
+                    X[q, i] = z[need0[q], i]
+            _block_field(model, lmin, X[:n0], F[:n0], P[:n0], Q[:n0])
+            for q in range(n0):
+                r = need0[q]
+                for i in range(d):
+                    K[r, 0, i] = F[q, i]
+                stats[r, 2] += 1
+                k0_ready[r] = True
+        for s in range(1, S):
+            for q in range(na):
+                r = idx[q]
+                for i in range(d):
+                    X[q, i] = z[r, i]
+                for j in range(s):
+                    c = h[r] * TA[s, j]
+                    if c != 0.0:
+                        for i in range(d):
+                            X[q, i] += c * K[r, j, i]
+            _block_field(model, lmin, X[:na], F[:na], P[:na], Q[:na])
+            for q in range(na):
+                r = idx[q]
+                for i in range(d):
+                    K[r, s, i] = F[q, i]
+        for q in range(na):
+            r = idx[q]
+            hr = h[r]
+            stats[r, 2] += S - 1
+            for i in range(d):
+                znew[r, i] = z[r, i]
+            for s in range(S):
+                c = hr * TB[s]
+                if c != 0.0:
+                    for i in range(d):
+                        znew[r, i] += c * K[r, s, i]
+            for i in range(d):
+                acc = 0.0
+                for s in range(S):
+                    acc += TE[s] * K[r, s, i]
+                e[i] = hr * acc
+            err = _wrms(e, z[r], znew[r], rtol, atol)
+            accept, fac, errold[r], nonfinite[r] = _control(
+                err, _all_finite(znew[r]), errold[r], rejected_last[r], expo1
+            )
+            rejected_last[r] = not accept
+            if accept:
+                tnew = te[r] if last[r] else t[r] + hr
+                k_out[r] = _dense_output(Y, lo + r, k_out[r], t_out, t[r], tnew, hr, z[r],
+                                         znew[r], K[r], TD)  # fmt: skip
+                for i in range(d):
+                    z[r, i] = znew[r, i]
+                    K[r, 0, i] = K[r, S - 1, i]
+                t[r] = tnew
+                stats[r, 0] += 1
+                if t[r] >= tend:
+                    done[r] = True
+                elif t[r] >= te[r]:
+                    k0_ready[r] = False  # a new layer: f(t, z) changes
+            else:
+                stats[r, 1] += 1
+            h[r] = hr * fac
+    for r in range(nb):
+        nframes[r] = k_out[r]
+        t_reached[r] = t[r]
+        h0[r] = h[r]
+
+
+@njit(cache=True, parallel=True)
+def rk_adaptive_lockstep(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tstops, h,
+                         max_steps, block, Y, status, nframes, t_reached, stats):  # fmt: skip
+    """Adaptive RK (first-same-as-last pair) for the built-in field, ``block`` trajectories at once.
+
+    Each trajectory keeps its own steps, errors and statuses exactly as in :func:`rk_solve_one`;
+    only the evaluation is shared: at every round the stage states ``z_r + h_r sum_j A_sj K_rj``
+    of the stepping members of a block form one (na, d) matrix and ``f`` is one or two matrix
+    products (BLAS). Members in different layers step in turns (lowest layer first). Blocks run
+    in parallel; ``h`` (B,) holds first steps on entry and next steps on exit.
+    """
+    B = Z0.shape[0]
+    nblocks = (B + block - 1) // block
+    for ib in prange(nblocks):
+        lo = ib * block
+        hi = min(B, lo + block)
+        _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0[lo:hi], t_out, tstops,
+                        h[lo:hi], max_steps, Y, lo, status[lo:hi], nframes[lo:hi],
+                        t_reached[lo:hi], stats[lo:hi])  # fmt: skip

@@ -1,7 +1,10 @@
 """Explicit Runge-Kutta integration of ODEs: ``odeint`` and its ``Solution``.
 
 The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`); batches of
-initial states are integrated in parallel, each trajectory with its own adaptive steps.
+initial states are integrated in parallel, each trajectory with its own adaptive steps. Batches
+of a built-in model (16 states or more, no variational equations) advance in blocks of 64
+trajectories whose stage evaluations are one matrix product each (BLAS) instead of one
+matrix-vector product per trajectory; steps and step-size control stay per trajectory.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ _DUMMY_MODEL = (
 
 
 _SERIAL_USER_BATCH = 32
-# fixed-step batches of a built-in field from this size on advance in blocks of _LOCKSTEP_BLOCK
-# trajectories, one matrix product per stage and block (same steps, results equal to roundoff)
+# batches of a built-in field from this size on advance in blocks of _LOCKSTEP_BLOCK trajectories
+# with one matrix product per stage and block (same steps and controls per trajectory; states
+# equal to roundoff, so adaptive step choices may differ at the level of the tolerance)
 _LOCKSTEP_MIN = 16
 _LOCKSTEP_BLOCK = 64
 
@@ -283,7 +287,13 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
     )  # fmt: skip
     tail = (k["TA"], k["TB"], k["TC"], k["TE"], k["TD"], k["order"], k["rtol"], k["atol"])
     user = k["fn_ip"] is not None or k["fn_s"] is not None
-    if not user and not k["adaptive"] and k["nvar"] == 0 and B >= _LOCKSTEP_MIN:
+    lockstep = not user and k["nvar"] == 0 and B >= _LOCKSTEP_MIN
+    if lockstep and k["adaptive"]:
+        _rk.rk_adaptive_lockstep(
+            k["model"], *tail, Z0, tt, k["tstops"], hs, k["max_steps"], _LOCKSTEP_BLOCK, Y,
+            status, nframes, t_reached, stats,
+        )  # fmt: skip
+    elif lockstep:
         _rk.rk_fixed_lockstep(
             k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], _LOCKSTEP_BLOCK,
             Y, status, nframes, t_reached, stats,

@@ -221,6 +221,11 @@ def test_fixed_step_blocks_keep_finite_members_and_name_the_time():
     with pytest.raises(NonFiniteStateError) as one:  # a single member, stepped on its own
         odeint(model, X[0], t, method="rk4", dt=0.01)
     assert one.value.time == info.value.time
+    with pytest.raises(NonFiniteStateError) as adaptive:  # adaptive steps, also in blocks
+        odeint(model, X, t)
+    y = adaptive.value.solution.y
+    assert (y[:, 1::3] == 0.0).all() and np.isnan(y[4:, ::3]).all()
+    assert 17.0 < adaptive.value.time < 17.8  # e^{40 t} leaves float64 at t = 17.7
 
 
 def test_piecewise_layers_vs_scipy():
@@ -233,6 +238,35 @@ def test_piecewise_layers_vs_scipy():
     for method, tol in (("dopri5", 1e-8), ("rk4", 1e-8)):  # tolerance as in METHOD_TOL
         y = odeint(model, x0, [0.0, 1.0], method=method, dt=1e-2, rtol=1e-10, atol=1e-12).y
         assert np.abs(y[-1] - ref).max() < tol
+
+
+def _layered_ref(model, x0, t):
+    # independent reference: scipy on every piece between outputs and layer switches
+    frames, x, tl = [x0], x0, model.t_layers
+    for a, b in zip(t[:-1], t[1:], strict=True):
+        cuts = np.concatenate([[a], tl[(tl > a) & (tl < b)], [b]])
+        for u, v in zip(cuts[:-1], cuts[1:], strict=True):
+            x = _ref(lambda s, y, m=0.5 * (u + v): model(y, m), x, np.array([u, v]))[-1]
+        frames.append(x)
+    return np.array(frames)
+
+
+def test_adaptive_batch_in_blocks_vs_scipy_and_single_runs():
+    # 70 trajectories in blocks of 64 and 6, each with its own adaptive steps; four layers, so
+    # members step in turns when they sit in different layers
+    model = NeuralODE.random(3, 4, scale=2.0, seed=11, layers=4)
+    X = np.random.default_rng(5).uniform(-1.0, 1.0, (70, 3))
+    t = np.linspace(0.0, 1.0, 6)
+    sol = odeint(model, X, t, rtol=1e-10, atol=1e-12)
+    for i in (0, 33, 69):
+        ref = _layered_ref(model, X[i], t)
+        assert np.abs(sol.y[:, i] - ref).max() < 1e-8  # tolerance as in METHOD_TOL
+        one = odeint(model, X[i], t, rtol=1e-10, atol=1e-12)
+        # the same controller on states equal to roundoff: the same steps, the same solution
+        assert one.stats["n_accepted"] == sol.stats["per_trajectory"][i, 0]
+        np.testing.assert_allclose(sol.y[:, i], one.y, rtol=0, atol=1e-12)
+    with pytest.raises(IntegrationError, match="max_steps"):
+        odeint(model, X, t, max_steps=4)
 
 
 def test_user_variational_equation_vs_finite_differences():
