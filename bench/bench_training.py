@@ -88,13 +88,13 @@ def problem():
 
 
 @pytest.mark.benchmark(group="mlp-derivatives")
-def test_grad_numba(benchmark, problem):
+def test_grad_reference(benchmark, problem):
     mlp, theta, X, Y, _ = problem
     benchmark(tr.grad, mlp, theta, X, Y)
 
 
 @pytest.mark.benchmark(group="mlp-derivatives")
-def test_hvp_numba(benchmark, problem):
+def test_hvp_ours(benchmark, problem):
     mlp, theta, X, Y, v = problem
     benchmark(tr.hvp, mlp, theta, X, Y, v)
 
@@ -112,7 +112,7 @@ def _record(benchmark, n_hvp, lam):
 
 @pytest.mark.benchmark(group="top-eigenvalue")
 @pytest.mark.parametrize("method", ["lanczos", "power"])
-def test_sharpness_numba(benchmark, problem, method):
+def test_sharpness_ours(benchmark, problem, method):
     mlp, theta, X, Y, _ = problem
     res = benchmark(tr.sharpness, mlp, theta, X, Y, method=method, tol=1e-8)
     _record(benchmark, res.n_hvp, res.sharpness)

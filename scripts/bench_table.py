@@ -1,7 +1,8 @@
 """Turn a pytest-benchmark JSON file into the README's ratio table.
 
-In each benchmark group the test whose name contains ``_ours`` is nndyn_fast; every other test
-in the group is a baseline, and the ratio is baseline time / our time (minimum over rounds).
+In each benchmark group the tests whose names contain ``_ours`` are nndyn_fast; every other test
+in the group is a baseline, paired with the runs of ours whose parameters start with its own
+(all of them when it has none); the ratio is baseline time / our time (minimum over rounds).
 
     pytest bench --benchmark-json=bench.json && python scripts/bench_table.py bench.json
 """
@@ -23,29 +24,41 @@ def main() -> None:
     o = p.parse_args()
     with open(o.json) as f:
         data = json.load(f)
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    groups: dict[str, list[dict]] = defaultdict(list)
     for b in data["benchmarks"]:
-        groups[(b["group"] or "", _param(b["name"]))].append(b)
+        groups[b["group"] or ""].append(b)
     info = data.get("machine_info", {})
     print(
         f"Machine: {info.get('cpu', {}).get('brand_raw', '?')}, "
         f"{info.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}"
     )
     print()
-    print("| group | ours (ms) | baseline | baseline (ms) | speed-up |")
-    print("| --- | ---: | --- | ---: | ---: |")
-    for (group, param), items in sorted(groups.items()):
-        ours = [b for b in items if "_ours" in b["name"]]
-        if not ours:
-            continue
-        t_ours = ours[0]["stats"]["min"]
-        label = f"{group} [{param}]" if param else group
-        for b in items:
-            if b is ours[0]:
-                continue
-            t = b["stats"]["min"]
-            base = re.sub(r"^test_|\[.*\]$", "", b["name"])
-            print(f"| {label} | {1e3 * t_ours:.3g} | {base} | {1e3 * t:.3g} | {t / t_ours:.2f}x |")
+    print("| group | ours | ours (ms) | baseline | baseline (ms) | speed-up |")
+    print("| --- | --- | ---: | --- | ---: | ---: |")
+    for group, items in sorted(groups.items()):
+        for ours in (b for b in items if "_ours" in b["name"]):
+            t_ours = ours["stats"]["min"]
+            param = _param(ours["name"])
+            for b in items:
+                if b is ours or not _pairs(_param(b["name"]), param, "_ours" in b["name"]):
+                    continue
+                t = b["stats"]["min"]
+                print(
+                    f"| {group} | {_name(ours)} | {1e3 * t_ours:.3g} | {_name(b)} | "
+                    f"{1e3 * t:.3g} | {t / t_ours:.2f}x |"
+                )
+
+
+def _pairs(p_base: str, p_ours: str, base_is_ours: bool) -> bool:
+    # a baseline pairs with the runs of ours whose parameters start with its own (all of them
+    # when it has none); runs of ours are never baselines of each other
+    if base_is_ours:
+        return False
+    return p_base in ("", p_ours) or p_ours.startswith(p_base + "-")
+
+
+def _name(b: dict) -> str:
+    return re.sub(r"^test_", "", b["name"])
 
 
 if __name__ == "__main__":

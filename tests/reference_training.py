@@ -15,6 +15,7 @@ _ACT = {
         lambda z: -2 * np.tanh(z) * (1 - np.tanh(z) ** 2),
     ),
     "identity": (lambda z: z, np.ones_like, np.zeros_like),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float), np.zeros_like),
     "softplus": (
         lambda z: np.logaddexp(0.0, z),
         lambda z: 1 / (1 + np.exp(-z)),

@@ -114,3 +114,38 @@ def test_sparse_npz_and_h5_matrix_files_match_dense(tmp_path):
             finals.append(run.read("trajectory", "value")[-1])
     # same weights, sparse vs dense kernels: summation order differs, rounding only
     np.testing.assert_allclose(finals[0], finals[1], atol=1e-12)
+
+
+def test_ode_command_writes_the_batch(tmp_path, capsys):
+    from nndyn_fast import NeuralODE, odeint
+
+    out = tmp_path / "ode.h5"
+    args = ["ode", "--batch", "20", "--frames", "5", "--d", "3", "--hidden", "4", "--out", str(out)]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = NeuralODE.random(3, 4, scale=1.5, seed=0)
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    with open_run(out) as run:
+        y = run.read("trajectory", "value")
+    assert y.shape == (5, 20, 3)
+    np.testing.assert_allclose(y, odeint(model, X, np.linspace(0, 1, 5)).y, rtol=0, atol=1e-12)
+
+
+def test_ode_embedding_demo_reproduces_the_square(tmp_path, capsys):
+    args = ["ode", "--demo", "embedding", "--batch", "9", "--rtol", "1e-10", "--atol", "1e-12"]
+    assert main([*args, "--out", str(tmp_path / "e.h5")]) == 0
+    err = float(capsys.readouterr().out.split("max |v(1) - x^2| = ")[1].split()[0])
+    assert err < 1e-9  # v(1) = x² exactly for the shear flow: solver error only
+
+
+def test_dde_command_linear_delay_closed_form(tmp_path, capsys):
+    # x' = -x(t - 1), x = 1 on [-1, 0]: x(t) = 1 - t on [0, 1], 1 - t + (t - 1)²/2 on [1, 2]
+    out = tmp_path / "dde.h5"
+    args = ["dde", "--model", "linear", "--a", "0", "--b", "-1", "--tau", "1", "--history", "1"]
+    assert main([*args, "--t-end", "2", "--frames", "5", "--out", str(out)]) == 0
+    assert "K tau = 1" in capsys.readouterr().out
+    with open_run(out) as run:
+        x = run.read("trajectory", "value").ravel()
+    t = np.linspace(0, 2, 5)
+    exact = np.where(t <= 1, 1 - t, 1 - t + (t - 1) ** 2 / 2)
+    np.testing.assert_allclose(x, exact, rtol=0, atol=1e-8)

@@ -64,7 +64,7 @@ def test_init_fan_in_scaling():
     np.testing.assert_array_equal(mlp.init(3), mlp.init(3))
 
 
-@pytest.mark.parametrize("activation", ["tanh", "identity", "softplus"])
+@pytest.mark.parametrize("activation", ["tanh", "identity", "softplus", "relu"])
 def test_forward_loss_grad_hvp_match_numpy(activation):
     mlp, theta, X, Y = _problem(activation=activation)
     v = np.random.default_rng(1).standard_normal(mlp.n_params)
@@ -148,6 +148,20 @@ def test_gauss_newton_and_per_sample_gradients():
     e = 1e-6
     fd = (tr.forward(mlp, theta + e * v, X) - tr.forward(mlp, theta - e * v, X)) / (2 * e)
     np.testing.assert_allclose(J @ v, fd.ravel(), atol=1e-8)  # O(e²) truncation + rounding/e
+
+
+def test_gauss_newton_cross_entropy():
+    # G = (1/n) Σ_i J_iᵀ (diag(p_i) − p_i p_iᵀ) J_i with p_i = softmax(f(x_i)), built from the
+    # per-sample output gradients and numpy's softmax
+    mlp, theta, X, Y = _problem(sizes=(3, 5, 3), loss="cross_entropy", n=17)
+    n, q = X.shape[0], 3
+    J = tr.per_sample_gradients(mlp, theta, X).reshape(n, q, mlp.n_params)
+    F = tr.forward(mlp, theta, X)
+    P = np.exp(F - F.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    v = np.random.default_rng(6).standard_normal(mlp.n_params)
+    ref = sum(J[i].T @ ((np.diag(P[i]) - np.outer(P[i], P[i])) @ (J[i] @ v)) for i in range(n))
+    np.testing.assert_allclose(tr.gauss_newton_vp(mlp, theta, X, Y, v), ref / n, atol=1e-12)
 
 
 def test_gauss_newton_equals_hessian_at_interpolation():
