@@ -70,6 +70,44 @@ def _matvec_acc(M, l, v, nv, acc, row, m):
         k += 1
 
 
+@njit(cache=True)
+def block_matmul_acc(M, l, X, nb, nv, acc, m):
+    """``acc[r, :m] += sum_k X[r, k] M[l, k, :m]`` for the rows ``r < nb`` of a block.
+
+    Four rows at a time share each load of ``M``; every entry is summed in the order
+    k = 0, 1, ..., nv - 1 exactly as in :func:`_matvec_acc`, so a row of the block gets the
+    same bits as the same row computed on its own (batched = unbatched).
+    """
+    r = 0
+    while r + 4 <= nb:
+        k = 0
+        while k + 4 <= nv:
+            x00, x01, x02, x03 = X[r, k], X[r, k + 1], X[r, k + 2], X[r, k + 3]
+            x10, x11, x12, x13 = X[r + 1, k], X[r + 1, k + 1], X[r + 1, k + 2], X[r + 1, k + 3]
+            x20, x21, x22, x23 = X[r + 2, k], X[r + 2, k + 1], X[r + 2, k + 2], X[r + 2, k + 3]
+            x30, x31, x32, x33 = X[r + 3, k], X[r + 3, k + 1], X[r + 3, k + 2], X[r + 3, k + 3]
+            for i in range(m):
+                m0 = M[l, k, i]
+                m1 = M[l, k + 1, i]
+                m2 = M[l, k + 2, i]
+                m3 = M[l, k + 3, i]
+                acc[r, i] = (((acc[r, i] + x00 * m0) + x01 * m1) + x02 * m2) + x03 * m3
+                acc[r + 1, i] = (((acc[r + 1, i] + x10 * m0) + x11 * m1) + x12 * m2) + x13 * m3
+                acc[r + 2, i] = (((acc[r + 2, i] + x20 * m0) + x21 * m1) + x22 * m2) + x23 * m3
+                acc[r + 3, i] = (((acc[r + 3, i] + x30 * m0) + x31 * m1) + x32 * m2) + x33 * m3
+            k += 4
+        while k < nv:
+            for q in range(4):
+                xk = X[r + q, k]
+                for i in range(m):
+                    acc[r + q, i] += xk * M[l, k, i]
+            k += 1
+        r += 4
+    while r < nb:
+        _matvec_acc(M, l, X[r], nv, acc, r, m)
+        r += 1
+
+
 @njit(cache=True, error_model="numpy")
 def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
     """Write ``(f(x), Df(x) V)`` into ``out[row, :]`` for the built-in field ``model``.

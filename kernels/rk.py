@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, tanh_fast
-from .neural import FORM_OUTER, neural_rhs
+from .neural import FORM_OUTER, block_matmul_acc, neural_rhs
 
 # --- tableaus --------------------------------------------------------------------------------
 
@@ -526,24 +526,32 @@ def rk_solve(
 def _block_field(model, layer, X, out, P, Q):
     """``out = f(X)`` for a block of states ``X`` (nb, d) of the built-in field ``model``.
 
-    One matrix product per layer product (BLAS): ``P = X A^T`` then ``σ(P + b)``, and for form
-    0 ``out = σ(P + b) W^T``; ``P``, ``Q`` (nb, H) are scratch.
+    The same arithmetic, row by row, as :func:`~nndyn_fast.kernels.neural.neural_rhs` (so
+    results do not depend on the block), with each load of the weights shared by four rows:
+    ``P = b + X A^T``, then ``σ(P)``, and for form 0 ``out = σ(P) W^T``; ``P``, ``Q`` (nb, H)
+    are scratch.
     """
     W, WT, A, AT, b, code, form = model
-    nb = X.shape[0]
+    nb, d = X.shape
     H = P.shape[1]
-    np.dot(X, AT[layer], P)
+    for r in range(nb):
+        for j in range(H):
+            P[r, j] = b[layer, j]
+    block_matmul_acc(AT, layer, X, nb, d, P, H)
     dst = Q if form == FORM_OUTER else out
     if code == TANH:
         for r in range(nb):
             for j in range(H):
-                dst[r, j] = tanh_fast(P[r, j] + b[layer, j])
+                dst[r, j] = tanh_fast(P[r, j])
     else:
         for r in range(nb):
             for j in range(H):
-                dst[r, j] = act(code, P[r, j] + b[layer, j])
+                dst[r, j] = act(code, P[r, j])
     if form == FORM_OUTER:
-        np.dot(Q, WT[layer], out)
+        for r in range(nb):
+            for i in range(d):
+                out[r, i] = 0.0
+        block_matmul_acc(WT, layer, Q, nb, H, out, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -634,10 +642,11 @@ def rk_fixed_lockstep(model, TA, TB, TC, Z0, t_out, tstops, dt, block, Y, status
 
     Every trajectory of a fixed-step run takes the same steps (see :func:`rk_solve_one`), so a
     block of ``nb`` states advances together and each stage is ``K_s = f(Z + h sum_j A_sj K_j)``
-    on the (nb, d) block: one or two matrix products (BLAS) instead of nb matrix-vector
-    products. Blocks (cut by ``block`` alone) run in parallel. Outputs as in :func:`rk_solve`
-    (states only, no tangents); a trajectory that turns NaN/inf gets ``NONFINITE``, the frame
-    count and the start time of that step, and its later frames are left unwritten.
+    on the (nb, d) block: a blocked matrix product instead of nb matrix-vector products, with
+    the same arithmetic per trajectory (bitwise the results of :func:`rk_solve`). Blocks (cut
+    by ``block`` alone) run in parallel. Outputs as in :func:`rk_solve` (states only, no
+    tangents); a trajectory that turns NaN/inf gets ``NONFINITE``, the frame count and the
+    start time of that step, and its later frames are left unwritten.
     """
     B = Z0.shape[0]
     nblocks = (B + block - 1) // block
@@ -803,11 +812,12 @@ def rk_adaptive_lockstep(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out
                          max_steps, block, Y, status, nframes, t_reached, stats):  # fmt: skip
     """Adaptive RK (first-same-as-last pair) for the built-in field, ``block`` trajectories at once.
 
-    Each trajectory keeps its own steps, errors and statuses exactly as in :func:`rk_solve_one`;
-    only the evaluation is shared: at every round the stage states ``z_r + h_r sum_j A_sj K_rj``
-    of the stepping members of a block form one (na, d) matrix and ``f`` is one or two matrix
-    products (BLAS). Members in different layers step in turns (lowest layer first). Blocks run
-    in parallel; ``h`` (B,) holds first steps on entry and next steps on exit.
+    Each trajectory keeps its own steps, errors and statuses exactly as in :func:`rk_solve_one`
+    (bitwise the same results); only the evaluation is shared: at every round the stage states
+    ``z_r + h_r sum_j A_sj K_rj`` of the stepping members of a block form one (na, d) matrix
+    and ``f`` is a blocked matrix product. Members in different layers step in turns (lowest
+    layer first). Blocks run in parallel; ``h`` (B,) holds first steps on entry and next steps
+    on exit.
     """
     B = Z0.shape[0]
     nblocks = (B + block - 1) // block

@@ -3,8 +3,9 @@
 The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`); batches of
 initial states are integrated in parallel, each trajectory with its own adaptive steps. Batches
 of a built-in model (16 states or more, no variational equations) advance in blocks of 64
-trajectories whose stage evaluations are one matrix product each (BLAS) instead of one
-matrix-vector product per trajectory; steps and step-size control stay per trajectory.
+trajectories whose stage evaluations are one blocked matrix product each instead of one
+matrix-vector product per trajectory; steps, step-size control and every rounding stay per
+trajectory, so batched and unbatched results are bitwise identical.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ _DUMMY_MODEL = (
 
 _SERIAL_USER_BATCH = 32
 # batches of a built-in field from this size on advance in blocks of _LOCKSTEP_BLOCK trajectories
-# with one matrix product per stage and block (same steps and controls per trajectory; states
-# equal to roundoff, so adaptive step choices may differ at the level of the tolerance)
+# with one blocked matrix product per stage and block (the same arithmetic per trajectory as the
+# one-by-one kernel, so batched and unbatched results are identical)
 _LOCKSTEP_MIN = 16
 _LOCKSTEP_BLOCK = 64
 
