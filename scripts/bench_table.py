@@ -1,8 +1,8 @@
 """Turn a pytest-benchmark JSON file into the README's ratio table.
 
 In each benchmark group the tests whose names contain ``_ours`` are nndyn_fast; every other test
-in the group is a baseline, paired with the runs of ours whose parameters start with its own
-(all of them when it has none); the ratio is baseline time / our time (minimum over rounds).
+in the group is a baseline, paired with the runs of ours whose parameter ids include all of its
+own (all of them when it has none); the ratio is baseline time / our time (minimum over rounds).
 
     pytest bench --benchmark-json=bench.json && python scripts/bench_table.py bench.json
 """
@@ -50,11 +50,11 @@ def main() -> None:
 
 
 def _pairs(p_base: str, p_ours: str, base_is_ours: bool) -> bool:
-    # a baseline pairs with the runs of ours whose parameters start with its own (all of them
-    # when it has none); runs of ours are never baselines of each other
+    # a baseline pairs with the runs of ours whose parameter ids include all of its own (all of
+    # them when it has none); runs of ours are never baselines of each other
     if base_is_ours:
         return False
-    return p_base in ("", p_ours) or p_ours.startswith(p_base + "-")
+    return p_base == "" or set(p_base.split("-")) <= set(p_ours.split("-"))
 
 
 def _name(b: dict) -> str:
