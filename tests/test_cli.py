@@ -149,3 +149,15 @@ def test_dde_command_linear_delay_closed_form(tmp_path, capsys):
     t = np.linspace(0, 2, 5)
     exact = np.where(t <= 1, 1 - t, 1 - t + (t - 1) ** 2 / 2)
     np.testing.assert_allclose(x, exact, rtol=0, atol=1e-8)
+
+
+def test_dde_memory_command_shows_the_threshold(tmp_path, capsys):
+    fig = tmp_path / "memory.png"
+    args = ["dde", "memory", "--kappas", "0.1", "2.0", "--starts", "1", "--out", str(fig)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    # the sign switch of x(T)/x0 for x' = -a x(t - tau) sits at a tau = 1/e
+    observed = float(text.split("observed threshold a tau = ")[1].split()[0])
+    assert abs(observed - np.exp(-1)) < 3e-3
+    assert "K tau = 0.1: " in text and "monotone" in text.split("K tau = 0.1: ")[1].split("\n")[0]
+    assert fig.stat().st_size > 0

@@ -214,6 +214,35 @@ def test_streams_to_run_file(tmp_path):
 
 
 # --- Lipschitz bound -----------------------------------------------------------------------------
+def test_history_memory_is_bounded_by_the_delay_window():
+    # the ring of past steps covers the delay window only: ten times the run length, the same
+    # ring, far fewer slots than steps taken
+    model, h = MackeyGlass(), np.array([1.2])
+    short = ddeint(model, h, np.linspace(0, 200, 3), delays=17.0, method="rk4", dt=0.1)
+    long = ddeint(model, h, np.linspace(0, 2000, 3), delays=17.0, method="rk4", dt=0.1)
+    assert long.stats["ring_capacity"] == short.stats["ring_capacity"]
+    assert long.stats["ring_capacity"] < long.stats["n_accepted"] / 50
+
+
+@pytest.mark.parametrize("activation", ["relu", "softplus", "sigmoid", "identity"])
+def test_neural_dde_activations_against_naive(activation):
+    rng = np.random.default_rng(8)
+    W, A, B, b = _random_neural(rng, d=2, H=3).layer_weights()
+    m = NeuralDDE(W[0], A[0], B[0], b[0], activation=activation)
+    act = {
+        "relu": lambda z: np.maximum(z, 0.0),
+        "softplus": lambda z: np.logaddexp(0.0, z),
+        "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+        "identity": lambda z: z,
+    }[activation]
+    f = neural_dde_rhs(W, A, B, b, act=act)
+    x0 = np.array([0.4, -0.3])
+    sol = ddeint(m, x0, np.array([0.0, 2.0]), delays=0.5, method="rk4", dt=0.01)
+    ys = naive_rk4(f, lambda s: x0, 0.0, 2.0, 0.01, [0.5])[1]
+    # the same scheme evaluated in another order: rounding over 200 steps
+    np.testing.assert_allclose(sol.y[-1], ys[-1], rtol=0, atol=1e-12)
+
+
 def test_lipschitz_bound():
     assert lipschitz_bound(LinearDDE(0.0, -0.8)) == pytest.approx(0.8)
     rng = np.random.default_rng(5)

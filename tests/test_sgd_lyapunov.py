@@ -41,6 +41,28 @@ def test_one_parameter_closed_form():
     assert res.ci_low[0] < exact < res.ci_high[0] or abs(res.exponents[0] - exact) < 3 * se
 
 
+@pytest.mark.parametrize("replicas", [1, 4])  # batch-means blocks of one run; replicas
+def test_confidence_intervals_cover_the_exact_exponent(replicas):
+    # d = 1, B = 1: i.i.d. per-step terms, so the exact exponent and its standard error are
+    # known; 95% intervals from 40 independent seeds must cover it about 38 times (fewer than
+    # 33 has probability < 1e-3) and have the width the exact standard error predicts
+    g = np.random.default_rng(0).uniform(0.5, 2.0, size=(12, 1))
+    lr, steps = 0.35, 4000
+    terms = np.log(np.abs(1.0 - lr * g[:, 0] ** 2))
+    exact = terms.mean()
+    se = terms.std() / math.sqrt(replicas * steps)
+    runs = [
+        sgd_lyapunov(g, lr, 1, steps=steps, replicas=replicas, seed=s, transient=0)
+        for s in range(40)
+    ]
+    assert all(r.ci_method == ("replicas" if replicas > 1 else "blocks") for r in runs)
+    covered = sum(r.ci_low[0] <= exact <= r.ci_high[0] for r in runs)
+    assert covered >= 33
+    half = np.mean([(r.ci_high[0] - r.ci_low[0]) / 2 for r in runs])
+    # 1.96 se for blocks; Student t with 3 degrees of freedom (3.18 / 1.96 = 1.6x) for 4 replicas
+    assert 0.7 < half / (1.96 * se) < 2.0
+
+
 def test_orthogonal_gradients_closed_form_and_tangent_zeros():
     n, d, lr = 3, 6, 0.6
     a = np.array([1.0, 1.3, 0.7])
