@@ -83,7 +83,8 @@ def coupling_dense(W, a, b, two, sa, sb):
         for j in range(m):
             w = np.float64(W[i, j])
             s += w * a[j]
-            c += w * b[j]
+            if two:
+                c += w * b[j]
         sa[i] = s
         if two:
             sb[i] = c

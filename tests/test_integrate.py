@@ -310,17 +310,40 @@ def test_max_steps_reports():
         odeint(_linear()[1], np.ones(3), [0.0, 10.0], max_steps=3)
 
 
-def test_stream_to_file(tmp_path):
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_stream_to_file(tmp_path, method):
     model = NeuralODE.random(3, 4, seed=2)
-    X = np.random.default_rng(4).standard_normal((2, 3))
+    X = np.random.default_rng(4).standard_normal((20, 3))
     t = np.linspace(0.0, 1.0, 6)
-    mem = odeint(model, X, t, method="rk4", dt=0.01)
-    sol = odeint(model, X, t, method="rk4", dt=0.01, out=tmp_path / "ode.h5")
+    kw = {"method": method, "dt": 0.01, "rtol": 1e-10, "atol": 1e-12}
+    mem = odeint(model, X, t, **kw)
+    sol = odeint(model, X, t, **kw, out=tmp_path / "ode.h5")
     assert sol.y is None
     with open_run(sol.path) as run:
-        np.testing.assert_array_equal(run.read("trajectory", "value"), mem.y)
+        y = run.read("trajectory", "value")
         np.testing.assert_array_equal(run.read("trajectory", "time"), t)
         assert run.status == "complete"
+    if method == "rk4":
+        np.testing.assert_array_equal(y, mem.y)
+    else:  # a chunk of frames ends the adaptive steps at its last frame: equal to tolerance
+        np.testing.assert_allclose(y, mem.y, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(y[:, 0], _layered_ref(model, X[0], t), rtol=0, atol=1e-8)
+
+
+def test_per_component_tolerances():
+    # x' = diag(-1, -5) x with x0 = (1, 1e-6): the small, fast component is only controlled
+    # when its own atol is below its scale, and only as tight as its own rtol
+    model = NeuralODE.inner(np.diag([-1.0, -5.0]), np.zeros(2), "identity")
+    x0, t = np.array([1.0, 1e-6]), np.linspace(0.0, 2.0, 5)
+    exact = x0 * np.exp(np.outer(t, [-1.0, -5.0]))
+
+    def rel_err(**kw):
+        return np.abs(odeint(model, x0, t, **kw).y / exact - 1.0).max(axis=0)
+
+    assert rel_err(rtol=1e-6, atol=1e-9)[1] > 1e-3  # atol 1e-9 >> 1e-6 * x_1: unchecked
+    assert rel_err(rtol=1e-6, atol=[1e-9, 1e-16])[1] < 1e-4
+    loose, tight = rel_err(rtol=1e-6, atol=1e-20), rel_err(rtol=[1e-6, 1e-10], atol=1e-20)
+    assert tight[1] < loose[1] / 1000
 
 
 def _bad(t, x):
