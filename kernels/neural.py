@@ -22,6 +22,9 @@ from .activations import TANH, act, d2act, dact, tanh_fast
 
 FORM_OUTER = 0
 FORM_INNER = 1
+# fused multiply-adds in the field evaluations (one rounding per a + x y); every kernel that
+# evaluates the built-in field uses these flags, so all paths round alike
+CONTRACT = {"contract"}
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -70,7 +73,7 @@ def _matvec_acc(M, l, v, nv, acc, row, m):
         k += 1
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=CONTRACT)
 def block_matmul_acc(M, l, X, nb, nv, acc, m):
     """``acc[r, :m] += sum_k X[r, k] M[l, k, :m]`` for the rows ``r < nb`` of a block.
 
@@ -108,7 +111,7 @@ def block_matmul_acc(M, l, X, nb, nv, acc, m):
         r += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def neural_rhs(model, layer, d, nvar, z, out, row, pre, av):
     """Write ``(f(x), Df(x) V)`` into ``out[row, :]`` for the built-in field ``model``.
 

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, tanh_fast
-from .neural import FORM_OUTER, block_matmul_acc, neural_rhs
+from .neural import CONTRACT, FORM_OUTER, block_matmul_acc, neural_rhs
 
 # --- tableaus --------------------------------------------------------------------------------
 
@@ -522,7 +522,7 @@ def rk_solve(
     return nbad
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _block_field(model, layer, X, out, P, Q):
     """``out = f(X)`` for a block of states ``X`` (nb, d) of the built-in field ``model``.
 
