@@ -376,8 +376,10 @@ def test_edge_of_stability(lr):
     assert s[hit] >= 0.95
     t_hit = run.sharpness_step[hit]
     assert np.max(s[: hit + 1]) > s[0] + 0.25
-    # edge of stability: over the second half of the run λ_max stays within 10% of 2/η
-    late = s[len(s) // 2 :]
+    # edge of stability: after one overshoot-and-drop (a catapult, over some hundred steps)
+    # λ_max stays within 10% of 2/η for the rest of the run (here 2/3 of it)
+    late = s[run.sharpness_step >= t_hit + 600]
+    assert late.size >= len(s) // 2
     assert np.all(np.abs(late - 1.0) < 0.10)
     assert abs(late.mean() - 1.0) < 0.05
     # while the loss keeps decreasing, non-monotonically
