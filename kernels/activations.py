@@ -34,14 +34,14 @@ _INV_LN2 = 1.44269504088896338700e00
 
 @njit(cache=True, inline="always")
 def tanh_fast(x):
-    """tanh(x) in plain arithmetic, within a few ulp of ``math.tanh``; NaN passes through.
+    """tanh(x) in plain arithmetic, within a few ulp of ``math.tanh``; NaN and ±0 pass through.
 
     No library call, so loops over it vectorise (libm ``tanh`` is a scalar call, several times
     slower per element); callers use ``error_model="numpy"``. ``|x|`` is clipped at 20, where
-    tanh rounds to 1.
+    tanh rounds to 1 (NaN is clipped too, so the integer conversion below never sees it).
     """
     ax = abs(x)
-    if ax > 20.0:
+    if not ax <= 20.0:
         ax = 20.0
     y = 2.0 * ax
     n = math.floor(y * _INV_LN2 + 0.5)
@@ -56,7 +56,7 @@ def tanh_fast(x):
     p2 = float(1 << (int(n) & 63))
     e = p2 * q + (p2 - 1.0)
     t = e / (e + 2.0)
-    return t if x >= 0.0 else -t
+    return t if x > 0.0 else (-t if x < 0.0 else x)
 
 
 @njit(cache=True, inline="always")

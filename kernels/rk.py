@@ -643,10 +643,11 @@ def rk_fixed_lockstep(model, TA, TB, TC, Z0, t_out, tstops, dt, block, Y, status
     Every trajectory of a fixed-step run takes the same steps (see :func:`rk_solve_one`), so a
     block of ``nb`` states advances together and each stage is ``K_s = f(Z + h sum_j A_sj K_j)``
     on the (nb, d) block: a blocked matrix product instead of nb matrix-vector products, with
-    the same arithmetic per trajectory (bitwise the results of :func:`rk_solve`). Blocks (cut
-    by ``block`` alone) run in parallel. Outputs as in :func:`rk_solve` (states only, no
-    tangents); a trajectory that turns NaN/inf gets ``NONFINITE``, the frame count and the
-    start time of that step, and its later frames are left unwritten.
+    the same arithmetic per trajectory (bitwise the states, statuses and statistics of
+    :func:`rk_solve`, for any block size). Blocks run in parallel. Outputs as in
+    :func:`rk_solve` (states only, no tangents); a trajectory that turns NaN/inf gets
+    ``NONFINITE``, the frame count and the start time of that step, and its later frames are
+    left unwritten.
     """
     B = Z0.shape[0]
     nblocks = (B + block - 1) // block

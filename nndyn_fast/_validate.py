@@ -46,11 +46,11 @@ def as_array(
     ``shape`` entries that are ``None`` match any length. With ``finite`` the array must hold no
     NaN or inf.
     """
-    kind = np.asarray(x).dtype.kind
-    if np.dtype(dtype).kind == "f" and kind in "cbSU":
-        what = {"c": "complex", "b": "boolean"}.get(kind, "string")
-        raise ValueError(f"{name} must hold real numbers, got {what} values")
     try:
+        kind = np.asarray(x).dtype.kind
+        if np.dtype(dtype).kind == "f" and kind in "cSU":
+            what = "complex" if kind == "c" else "string"
+            raise TypeError(f"got {what} values, real numbers are needed")
         arr = np.ascontiguousarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`); batches of
 initial states are integrated in parallel, each trajectory with its own adaptive steps. Batches
-of a built-in model (16 states or more, no variational equations) advance in blocks of 64
+of a built-in model (16 states or more, no variational equations) advance in blocks of up to 64
 trajectories whose stage evaluations are one blocked matrix product each instead of one
 matrix-vector product per trajectory; steps, step-size control and every rounding stay per
 trajectory, so batched and unbatched results are bitwise identical.
@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from ._validate import (
@@ -56,9 +57,9 @@ _DUMMY_MODEL = (
 
 
 _SERIAL_USER_BATCH = 32
-# batches of a built-in field from this size on advance in blocks of _LOCKSTEP_BLOCK trajectories
-# with one blocked matrix product per stage and block (the same arithmetic per trajectory as the
-# one-by-one kernel, so batched and unbatched results are identical)
+# batches of a built-in field from this size on advance in blocks of at most _LOCKSTEP_BLOCK
+# trajectories with one blocked matrix product per stage and block (the same arithmetic per
+# trajectory as the one-by-one kernel, so results do not depend on the blocks at all)
 _LOCKSTEP_MIN = 16
 _LOCKSTEP_BLOCK = 64
 
@@ -289,16 +290,21 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
     tail = (k["TA"], k["TB"], k["TC"], k["TE"], k["TD"], k["order"], k["rtol"], k["atol"])
     user = k["fn_ip"] is not None or k["fn_s"] is not None
     lockstep = not user and k["nvar"] == 0 and B >= _LOCKSTEP_MIN
+    if lockstep:
+        # enough blocks for every thread, in multiples of four rows (the product's tile)
+        per_thread = -(-B // numba.get_num_threads())
+        block = min(_LOCKSTEP_BLOCK, 4 * -(-per_thread // 4))
     if lockstep and k["adaptive"]:
         _rk.rk_adaptive_lockstep(
-            k["model"], *tail, Z0, tt, k["tstops"], hs, k["max_steps"], _LOCKSTEP_BLOCK, Y,
-            status, nframes, t_reached, stats,
+            k["model"], *tail, Z0, tt, k["tstops"], hs, k["max_steps"], block, Y, status,
+            nframes, t_reached, stats,
         )  # fmt: skip
     elif lockstep:
         _rk.rk_fixed_lockstep(
-            k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], _LOCKSTEP_BLOCK,
-            Y, status, nframes, t_reached, stats,
+            k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], block, Y,
+            status, nframes, t_reached, stats,
         )  # fmt: skip
+        hs[:] = k["dt"]  # as the one-by-one kernel reports for fixed steps
     elif B < _SERIAL_USER_BATCH and user:
         # a few trajectories of a user field: the serial kernel, called per trajectory, compiles
         # in about half the time of the parallel one (user kernels compile once per process)

@@ -376,8 +376,9 @@ def test_edge_of_stability(lr):
     assert s[hit] >= 0.95
     t_hit = run.sharpness_step[hit]
     assert np.max(s[: hit + 1]) > s[0] + 0.25
-    # edge of stability: after one overshoot-and-drop (a catapult, over some hundred steps)
-    # λ_max stays within 10% of 2/η for the rest of the run (here 2/3 of it)
+    # edge of stability: the crossing is followed by one overshoot, a catapult drop and a
+    # recovery (450-550 steps for both rates here); allowing 600 steps for that transient,
+    # λ_max stays within 10% of 2/η for the rest of the run, at least half of it
     late = s[run.sharpness_step >= t_hit + 600]
     assert late.size >= len(s) // 2
     assert np.all(np.abs(late - 1.0) < 0.10)
