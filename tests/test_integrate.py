@@ -4,6 +4,7 @@ import numba
 import numpy as np
 import pytest
 from numba import njit
+from reference_meanfield import naive_rk4
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
@@ -174,12 +175,7 @@ def _rk4_layers_numpy(model, X, t_out, dt):
             return S if W is None or model.form == "inner" else S @ W.T
 
         steps += m
-        for _ in range(m):
-            k1 = f(X)
-            k2 = f(X + 0.5 * h * k1)
-            k3 = f(X + 0.5 * h * k2)
-            k4 = f(X + h * k3)
-            X = X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        X = naive_rk4(f, X, h, m)
         frames[e] = X.copy()
     return np.stack([frames[s] for s in t_out]), steps
 
