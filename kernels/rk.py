@@ -205,6 +205,39 @@ def _n_fixed_steps(span, dt):
     return max(1, int(math.ceil(span / dt * (1.0 - 1e-12))))
 
 
+@njit(cache=True)
+def fixed_schedule(t_out, tstops, dt):
+    """The steps of a fixed-step run, the same for every trajectory: ``(a, h, m, layer, frame)``.
+
+    Each interval between output times is cut at the layer switches ``tstops`` and each piece
+    into ``ceil(length / dt)`` equal steps (one when ``dt <= 0``): piece ``g`` takes ``m[g]``
+    steps of size ``h[g]`` from ``a[g]`` in layer ``layer[g]`` towards output frame
+    ``frame[g]``, which is complete after the last piece with that frame.
+    """
+    T = t_out.shape[0]
+    cap = (T - 1) * (tstops.shape[0] + 1)
+    sa = np.empty(cap)
+    sh = np.empty(cap)
+    sm = np.empty(cap, np.int64)
+    sl = np.empty(cap, np.int64)
+    sf = np.empty(cap, np.int64)
+    g = 0
+    for k in range(1, T):
+        a = t_out[k - 1]
+        tb = t_out[k]
+        while a < tb:
+            eb = _next_stop(tstops, a, tb)
+            m = _n_fixed_steps(eb - a, dt)
+            sa[g] = a
+            sh[g] = (eb - a) / m
+            sm[g] = m
+            sl[g] = _layer_at(tstops, a)
+            sf[g] = k
+            g += 1
+            a = eb
+    return sa[:g], sh[:g], sm[:g], sl[:g], sf[:g]
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _stages(
     fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
@@ -368,7 +401,7 @@ def _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, K, TD):
 
 @njit(cache=True)
 def rk_solve_one(
-    fn_ip, fn_s, jac_fn, args, model, d, nvar, z0, t_out, tstops, dt, adaptive,
+    fn_ip, fn_s, jac_fn, args, model, d, nvar, z0, t_out, tstops, sched, adaptive,
     TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, col, stats,
 ):  # fmt: skip
     """Integrate one trajectory from ``t_out[0]`` through every time of ``t_out``.
@@ -377,8 +410,9 @@ def rk_solve_one(
     :func:`eval_field`); frame ``k`` is written to ``Y[k, col, :]``. The field is evaluated
     with layer ``l`` = number of ``tstops`` <= t and steps never cross a stop.
 
-    Fixed step (``adaptive`` False): every interval between consecutive output times and stops
-    is cut into ``ceil(length / dt)`` equal steps (one step when ``dt <= 0``).
+    Fixed step (``adaptive`` False): the steps of ``sched = fixed_schedule(t_out, tstops, dt)``
+    (every interval between consecutive output times and stops cut into ``ceil(length / dt)``
+    equal steps, one step when ``dt <= 0``).
     Adaptive (``adaptive`` True, first-same-as-last tableau with error weights ``TE`` and dense
     weights ``TD``): PI step-size control on the weighted RMS norm of the error estimate with
     per-component ``rtol``/``atol``; output times are filled by the dense output; ``h0 > 0`` is
@@ -387,7 +421,8 @@ def rk_solve_one(
 
     Returns ``(status, n_frames, t_reached, h_next)``: status ``OK``, ``NONFINITE`` (the state
     became NaN/inf), ``STEP_UNDERFLOW`` or ``MAX_STEPS``; ``n_frames`` frames of ``Y`` are
-    valid; ``t_reached`` is the last time with a finite state.
+    valid; ``t_reached`` is the last time with a finite state; ``h_next`` (adaptive runs) the
+    proposed next step.
     """
     n = z0.shape[0]
     S = TB.shape[0]
@@ -408,31 +443,29 @@ def rk_solve_one(
     nfev = 0
     t = t_out[0]
     if not adaptive:
-        for k in range(1, T):
-            a = t_out[k - 1]
-            tb = t_out[k]
-            while a < tb:
-                eb = _next_stop(tstops, a, tb)
-                layer = _layer_at(tstops, a)
-                m = _n_fixed_steps(eb - a, dt)
-                h = (eb - a) / m
-                done, t = _rk_fixed_steps(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, a, h,
-                                          m, z, K, ztmp, znew, TA, TB, TC, pre, av, J)  # fmt: skip
-                nfev += S * min(done + 1, m)
-                naccept += done
-                if done < m:
-                    stats[0] = naccept
-                    stats[1] = nreject
-                    stats[2] = nfev
-                    return NONFINITE, k, t, h
-                a = eb
-            t = tb
-            for i in range(n):
-                Y[k, col, i] = z[i]
+        sa, sh, sm, sl, sf = sched
+        nseg = sa.shape[0]
+        for g in range(nseg):
+            k = sf[g]
+            h = sh[g]
+            m = sm[g]
+            done, t = _rk_fixed_steps(fn_ip, fn_s, jac_fn, args, model, sl[g], d, nvar, sa[g], h,
+                                      m, z, K, ztmp, znew, TA, TB, TC, pre, av, J)  # fmt: skip
+            nfev += S * min(done + 1, m)
+            naccept += done
+            if done < m:
+                stats[0] = naccept
+                stats[1] = nreject
+                stats[2] = nfev
+                return NONFINITE, k, t, h
+            if g == nseg - 1 or sf[g + 1] != k:
+                t = t_out[k]
+                for i in range(n):
+                    Y[k, col, i] = z[i]
         stats[0] = naccept
         stats[1] = nreject
         stats[2] = nfev
-        return OK, T, t, dt
+        return OK, T, t, 0.0
 
     # adaptive: Dormand-Prince type pair with PI control and dense output
     tend = t_out[T - 1]
@@ -506,9 +539,12 @@ def rk_solve(
     number of trajectories that failed.
     """
     B = Z0.shape[0]
+    # unpacked here and packed again inside: parfors take arrays, not tuples of arrays
+    sa, sh, sm, sl, sf = fixed_schedule(t_out, tstops, dt)
     for bi in prange(B):
         st, nf, tr, hn = rk_solve_one(
-            fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0[bi], t_out, tstops, dt, adaptive,
+            fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0[bi], t_out, tstops,
+            (sa, sh, sm, sl, sf), adaptive,
             TA, TB, TC, TE, TD, order, rtol, atol, h[bi], max_steps, Y, bi, stats[bi],
         )  # fmt: skip
         status[bi] = st
@@ -555,7 +591,7 @@ def _block_field(model, layer, X, out, P, Q):
 
 
 @njit(cache=True, error_model="numpy")
-def _lockstep_block(model, TA, TB, TC, Z0, t_out, tstops, dt, Y, lo, status, nframes, t_reached,
+def _lockstep_block(model, TA, TB, TC, Z0, t_out, sched, Y, lo, status, nframes, t_reached,
                     stats):  # fmt: skip
     # the trajectories Z0 (nb, d) = rows lo, lo + 1, ... of the batch, in lockstep
     nb, d = Z0.shape
@@ -574,58 +610,57 @@ def _lockstep_block(model, TA, TB, TC, Z0, t_out, tstops, dt, Y, lo, status, nfr
             Y[0, lo + r, i] = z[r, i]
     steps = 0
     t = t_out[0]
-    for k in range(1, T):
-        a = t_out[k - 1]
-        tb = t_out[k]
-        while a < tb:
-            eb = _next_stop(tstops, a, tb)
-            layer = _layer_at(tstops, a)
-            m = _n_fixed_steps(eb - a, dt)
-            h = (eb - a) / m
-            for q in range(m):
-                t = a + q * h
-                _block_field(model, layer, z, K[0], P, Q)
-                for s in range(1, S):
-                    for r in range(nb):
-                        for i in range(d):
-                            ztmp[r, i] = z[r, i]
-                    for j in range(s):
-                        c = h * TA[s, j]
-                        if c != 0.0:
-                            for r in range(nb):
-                                for i in range(d):
-                                    ztmp[r, i] += c * K[j, r, i]
-                    _block_field(model, layer, ztmp, K[s], P, Q)
-                # znew = z + h sum_s B_s k_s, summed in stage order as in the per-trajectory loop
+    sa, sh, sm, sl, sf = sched
+    nseg = sa.shape[0]
+    for g in range(nseg):
+        k = sf[g]
+        a = sa[g]
+        h = sh[g]
+        layer = sl[g]
+        for q in range(sm[g]):
+            t = a + q * h
+            _block_field(model, layer, z, K[0], P, Q)
+            for s in range(1, S):
                 for r in range(nb):
                     for i in range(d):
                         ztmp[r, i] = z[r, i]
-                for s in range(S):
-                    c = h * TB[s]
+                for j in range(s):
+                    c = h * TA[s, j]
                     if c != 0.0:
                         for r in range(nb):
                             for i in range(d):
-                                ztmp[r, i] += c * K[s, r, i]
-                for r in range(nb):
-                    finite = True
-                    for i in range(d):
-                        v = ztmp[r, i]
-                        finite &= math.isfinite(v)
-                        z[r, i] = v
-                    if alive[r] and not finite:
-                        alive[r] = False
-                        status[r] = NONFINITE
-                        nframes[r] = k
-                        t_reached[r] = t
-                        stats[r, 0] = steps
-                        stats[r, 2] = S * (steps + 1)
-                steps += 1
-            a = eb
-        t = tb
-        for r in range(nb):
-            if alive[r]:
+                                ztmp[r, i] += c * K[j, r, i]
+                _block_field(model, layer, ztmp, K[s], P, Q)
+            # znew = z + h sum_s B_s k_s, summed in stage order as in the per-trajectory loop
+            for r in range(nb):
                 for i in range(d):
-                    Y[k, lo + r, i] = z[r, i]
+                    ztmp[r, i] = z[r, i]
+            for s in range(S):
+                c = h * TB[s]
+                if c != 0.0:
+                    for r in range(nb):
+                        for i in range(d):
+                            ztmp[r, i] += c * K[s, r, i]
+            for r in range(nb):
+                finite = True
+                for i in range(d):
+                    v = ztmp[r, i]
+                    finite &= math.isfinite(v)
+                    z[r, i] = v
+                if alive[r] and not finite:
+                    alive[r] = False
+                    status[r] = NONFINITE
+                    nframes[r] = k
+                    t_reached[r] = t
+                    stats[r, 0] = steps
+                    stats[r, 2] = S * (steps + 1)
+            steps += 1
+        if g == nseg - 1 or sf[g + 1] != k:
+            t = t_out[k]
+            for r in range(nb):
+                if alive[r]:
+                    for i in range(d):
+                        Y[k, lo + r, i] = z[r, i]
     for r in range(nb):
         stats[r, 1] = 0
         if alive[r]:
@@ -650,12 +685,13 @@ def rk_fixed_lockstep(model, TA, TB, TC, Z0, t_out, tstops, dt, block, Y, status
     left unwritten.
     """
     B = Z0.shape[0]
+    sa, sh, sm, sl, sf = fixed_schedule(t_out, tstops, dt)  # arrays into the parfor
     nblocks = (B + block - 1) // block
     for ib in prange(nblocks):
         lo = ib * block
         hi = min(B, lo + block)
-        _lockstep_block(model, TA, TB, TC, Z0[lo:hi], t_out, tstops, dt, Y, lo, status[lo:hi],
-                        nframes[lo:hi], t_reached[lo:hi], stats[lo:hi])  # fmt: skip
+        _lockstep_block(model, TA, TB, TC, Z0[lo:hi], t_out, (sa, sh, sm, sl, sf), Y, lo,
+                        status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")

@@ -304,13 +304,13 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
             k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], block, Y,
             status, nframes, t_reached, stats,
         )  # fmt: skip
-        hs[:] = k["dt"]  # as the one-by-one kernel reports for fixed steps
     elif B < _SERIAL_USER_BATCH and user:
         # a few trajectories of a user field: the serial kernel, called per trajectory, compiles
         # in about half the time of the parallel one (user kernels compile once per process)
+        sched = _rk.fixed_schedule(tt, k["tstops"], k["dt"])
         for b in range(B):
             st, nf, tr, hn = _rk.rk_solve_one(
-                *common, Z0[b], tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs[b],
+                *common, Z0[b], tt, k["tstops"], sched, k["adaptive"], *tail, hs[b],
                 k["max_steps"], Y, b, stats[b],
             )  # fmt: skip
             status[b], nframes[b], t_reached[b], hs[b] = st, nf, tr, hn
@@ -319,6 +319,8 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
             *common, Z0, tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs, k["max_steps"],
             Y, status, nframes, t_reached, stats,
         )  # fmt: skip
+    if not k["adaptive"]:
+        hs[:] = k["dt"]  # the step of a fixed-step run, whichever kernel ran it
     for b in np.nonzero(status != _rk.OK)[0]:
         Y[nframes[b] :, b, :] = np.nan
     return Y, status, nframes, t_reached, stats
