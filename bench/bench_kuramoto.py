@@ -9,7 +9,8 @@ Default sizes are small so that ``pytest bench --benchmark-disable`` runs in sec
   read at.
 - rk4-run: N = 4000, 1000 RK4 steps, dense (W in float64, and in float32): ours vs numpy RK4
   with two matvecs per RHS, vs scipy solve_ivp(DOP853) at the tolerance where its error
-  matches ours (errors against a dt/4 run and evaluation counts in ``extra_info``).
+  matches ours (errors against a dt/4 run and evaluation counts in ``extra_info``), and the
+  read floor: the time of 4 parallel reads of W per step alone (our time in its units).
 - large runs (full mode only): matrix-free ring graphon at N = 10^5 and an Erdős–Rényi CSR
   graph at N = 10^6 with mean degree 100, each in a fresh process streaming to a run file;
   peak RSS in extra_info.
@@ -153,6 +154,22 @@ def test_rk4_run_scipy_dop853_matched(benchmark, run_reference):
     )
     benchmark.extra_info["max_error"] = float(np.abs(sol.y[:, -1] - fine).max())
     benchmark.extra_info["nfev"] = int(sol.nfev)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"], ids=["f64", "f32"])
+@pytest.mark.benchmark(group="rk4-run")
+def test_rk4_run_read_floor_reference(benchmark, run_reference, dtype):
+    # the floor of any RK4 run that reads W once per evaluation: 4 parallel reads of W per
+    # step and nothing else (the run is bandwidth-bound; numpy's two matvecs read it twice)
+    W = run_reference[0].astype(dtype)
+    _parallel_read(W)  # compile
+
+    def reads():
+        for _ in range(4 * STEPS_RUN):
+            _parallel_read(W)
+
+    benchmark.pedantic(reads, rounds=1)
+    _rate(benchmark, 4 * STEPS_RUN * W.nbytes)
 
 
 LARGE = {

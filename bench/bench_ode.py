@@ -1,10 +1,10 @@
 """Benchmarks of the ODE integrators, each beside its baseline in the same group.
 
 Full sizes (``NNDYN_BENCH_FULL=1``): f(x) = tanh(W x + b), d = 64, batch 1024, t in [0, 1];
-RK4 with 100 steps vs a numpy RK4 (one matrix product per stage); Dormand-Prince at rtol 1e-6
-vs scipy's solve_ivp(RK45) on the flattened system (achieved errors in extra_info); d = 3, one
-trajectory, 10^5 RK4 steps vs a hand-written Numba loop, for the built-in field tanh(W x + b)
-and for a user-supplied jitted Lorenz field.
+RK4 with 100 steps vs a numpy RK4 (one matrix product per stage) and vs its 400 matrix products
+alone (the floor); Dormand-Prince at rtol 1e-6 vs scipy's solve_ivp(RK45) on the flattened
+system (achieved errors in extra_info); d = 3, one trajectory, 10^5 RK4 steps vs a hand-written
+Numba loop, for the built-in field tanh(W x + b) and for a user-supplied jitted Lorenz field.
 
 ``numba.set_num_threads`` follows ``NNDYN_BENCH_THREADS`` when set (compare 1 and 2 threads).
 """
@@ -100,6 +100,21 @@ def test_rk4_numpy_inplace(benchmark, big):
     W, b, X, _ = big
     y = benchmark(_rk4_numpy_inplace, X, W, b, STEPS, 1.0 / STEPS)
     assert np.abs(y - rk4_numpy(tanh_field, X, 0.0, 1.0, STEPS, W, b)).max() < 1e-12
+
+
+@pytest.mark.benchmark(group="rk4-d64-batch1024")
+def test_rk4_matmul_floor_reference(benchmark, big):
+    # the floor of any RK4 of this field: its 4 matrix products per step (BLAS, all cores) and
+    # nothing else; our time in these units shows how little tanh and the stages add
+    W, b, X, _ = big
+    WT = np.ascontiguousarray(W.T)
+    out = np.empty_like(X)
+
+    def products():
+        for _ in range(4 * STEPS):
+            np.matmul(X, WT, out=out)
+
+    benchmark(products)
 
 
 def _reference(big):
