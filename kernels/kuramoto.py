@@ -40,44 +40,59 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _dense_rows4(W, i, a, b, two, sa, sb):
-    # rows i .. i + 3 in one pass: a[j], b[j] are loaded once for four rows of W
-    s0 = s1 = s2 = s3 = 0.0
-    c0 = c1 = c2 = c3 = 0.0
+def _dense_rows8(W, i, a, b, two, sa, sb):
+    # rows i .. i + 7 in one pass: a[j], b[j] are loaded once for eight rows of W, and sixteen
+    # independent sums keep enough loads in flight to stream W at the read bandwidth
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
     for j in range(W.shape[1]):
         aj = a[j]
         w0 = np.float64(W[i, j])
         w1 = np.float64(W[i + 1, j])
         w2 = np.float64(W[i + 2, j])
         w3 = np.float64(W[i + 3, j])
+        w4 = np.float64(W[i + 4, j])
+        w5 = np.float64(W[i + 5, j])
+        w6 = np.float64(W[i + 6, j])
+        w7 = np.float64(W[i + 7, j])
         s0 += w0 * aj
         s1 += w1 * aj
         s2 += w2 * aj
         s3 += w3 * aj
+        s4 += w4 * aj
+        s5 += w5 * aj
+        s6 += w6 * aj
+        s7 += w7 * aj
         if two:
             bj = b[j]
             c0 += w0 * bj
             c1 += w1 * bj
             c2 += w2 * bj
             c3 += w3 * bj
+            c4 += w4 * bj
+            c5 += w5 * bj
+            c6 += w6 * bj
+            c7 += w7 * bj
     sa[i], sa[i + 1], sa[i + 2], sa[i + 3] = s0, s1, s2, s3
+    sa[i + 4], sa[i + 5], sa[i + 6], sa[i + 7] = s4, s5, s6, s7
     if two:
         sb[i], sb[i + 1], sb[i + 2], sb[i + 3] = c0, c1, c2, c3
+        sb[i + 4], sb[i + 5], sb[i + 6], sb[i + 7] = c4, c5, c6, c7
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def coupling_dense(W, a, b, two, sa, sb):
     """S = W a and (if ``two``) C = W b in one pass over W.
 
-    Rows go in groups of four (in parallel), so each load of ``a[j]``, ``b[j]`` serves four
-    entries of W and the loop runs at the memory bandwidth; the last ``n mod 4`` rows follow.
-    Each row is reduced by one thread: results do not depend on the thread count.
+    Rows go in groups of eight (in parallel), so each load of ``a[j]``, ``b[j]`` serves eight
+    entries of W and the loop runs at the memory bandwidth; the last ``n mod 8`` rows follow
+    one by one. Each row is reduced by one thread: results do not depend on the thread count.
     """
     n = W.shape[0]
     m = W.shape[1]
-    for p in prange(n // 4):
-        _dense_rows4(W, 4 * p, a, b, two, sa, sb)
-    for i in range(n - n % 4, n):
+    for p in prange(n // 8):
+        _dense_rows8(W, 8 * p, a, b, two, sa, sb)
+    for i in range(n - n % 8, n):
         s = 0.0
         c = 0.0
         for j in range(m):

@@ -39,12 +39,12 @@ def _setup(n, seed=0):
     return rng.normal(size=n), rng.uniform(0, 2 * np.pi, n), rng
 
 
-@pytest.mark.parametrize("n", [1, 3, 120, 123])  # rows go four at a time: leftovers too
+@pytest.mark.parametrize("n", [1, 3, 7, 120, 127])  # rows go eight at a time: leftovers too
 def test_dense_rhs_matches_naive_phase_and_rate(n):
     omega, theta, rng = _setup(n)
     W = rng.random((n, n))
     got = rhs(Kuramoto(omega, W, 2.5, alpha=0.4), theta)
-    # rounding: sums of up to 123 terms of size ~1, a few ulps each
+    # rounding: sums of up to 127 terms of size ~1, a few ulps each
     np.testing.assert_allclose(got, naive_phase_rhs(theta, omega, W, 2.5, 0.4), atol=1e-13)
     x = rng.normal(size=n)
     got = rhs(FiringRate(omega, W, 1.7, activation="tanh"), x)
