@@ -1,9 +1,10 @@
 """Benchmarks of the ODE integrators, each beside its baseline in the same group.
 
 Full sizes (``NNDYN_BENCH_FULL=1``): f(x) = tanh(W x + b), d = 64, batch 1024, t in [0, 1];
-RK4 with 100 steps vs a numpy RK4 (one matrix product per stage) and vs its 400 matrix products
-alone (the floor); Dormand-Prince at rtol 1e-6 vs scipy's solve_ivp(RK45) on the flattened
-system (achieved errors in extra_info); d = 3, one trajectory, 10^5 RK4 steps vs a hand-written
+RK4 with 100 steps vs a numpy RK4 (one matrix product per stage), and two floors: its 400
+matrix products alone (BLAS) and its 400 field evaluations alone (our products and tanh);
+Dormand-Prince at rtol 1e-6 vs scipy's solve_ivp(RK45) on the flattened system (achieved
+errors in extra_info); d = 3, one trajectory, 10^5 RK4 steps vs a hand-written
 Numba loop, for the built-in field tanh(W x + b) and for a user-supplied jitted Lorenz field.
 
 ``numba.set_num_threads`` follows ``NNDYN_BENCH_THREADS`` when set (compare 1 and 2 threads).
@@ -17,10 +18,11 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from numba import njit
+from numba import njit, prange
 from scipy.integrate import solve_ivp
 
 from nndyn_fast.integrate import odeint
+from nndyn_fast.kernels.rk import _block_field
 from nndyn_fast.neural import NeuralODE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -115,6 +117,32 @@ def test_rk4_matmul_floor_reference(benchmark, big):
             np.matmul(X, WT, out=out)
 
     benchmark(products)
+
+
+@njit(cache=True, parallel=True)
+def _field_evaluations(model, X, out, P, Q, n_evals, block):
+    # n_evals evaluations of the built-in field on every block of rows, blocks in parallel: the
+    # blocked products and the tanh of an RK4 run, without its stage arithmetic
+    for ib in prange(X.shape[0] // block):
+        lo = ib * block
+        hi = lo + block
+        for _ in range(n_evals):
+            _block_field(model, 0, X[lo:hi], out[lo:hi], P[lo:hi], Q[lo:hi])
+
+
+@pytest.mark.benchmark(group="rk4-d64-batch1024")
+def test_rk4_field_evaluations_floor_reference(benchmark, big):
+    # the 4 field evaluations per step of our RK4, alone (products and tanh, in blocks of 64
+    # rows as odeint runs them): what is left of our time is the stage arithmetic
+    W, b, X, model = big
+    kmodel = model._kernel_model()
+    out = np.empty_like(X)
+    P = np.empty_like(X)
+    Q = np.empty_like(X)
+    block = 64 if X.shape[0] % 64 == 0 else X.shape[0]
+    _field_evaluations(kmodel, X, out, P, Q, 1, block)
+    benchmark(_field_evaluations, kmodel, X, out, P, Q, 4 * STEPS, block)
+    assert np.abs(out - np.tanh(X @ W.T + b)).max() < 1e-13
 
 
 def _reference(big):

@@ -13,6 +13,13 @@ Tableaus (module-level constants, float64):
 - ``DOPRI5_A/B/C/E/D`` Dormand-Prince 5(4), first same as last (the 7th stage is ``f(y_new)``);
   ``DOPRI5_D`` are the weights of Hairer's continuous extension (order 4).
 
+Every run goes through the same code: :func:`rk_solve` (blocks of trajectories in parallel) or
+:func:`rk_solve_serial` call :func:`solve_block` (the fixed-step schedule, or per-trajectory
+step-size control and dense output), which steps with :func:`_advance`, the one stepping loop
+(stages and their combination, for the tableau given). Stages of the built-in field for many
+trajectories are one blocked matrix product (:func:`block_stage`); user fields and variational
+equations are evaluated row by row.
+
 References
 ----------
 J. R. Dormand, P. J. Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl.
@@ -142,40 +149,48 @@ def _user_tangent(jac_fn, args, t, z, out, d, nvar, J):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
+def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx):
     """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (inlined into the stage loop).
 
     ``fn_ip`` (in-place user field ``f(t, x, args, out)``) or ``fn_s`` (simple user field
     ``f(t, x, args) -> dx``) is a jitted function, or both are ``None`` for the built-in neural
     field ``model`` (see :mod:`nndyn_fast.kernels.neural`). Tangents of user fields need
-    ``jac_fn(t, x, args, J)``; ``pre``, ``av``, ``J`` are scratch.
+    ``jac_fn(t, x, args, J)``; ``pre``, ``av``, ``J`` and ``fx`` (d,) are scratch. Without
+    tangents no array view is made: a view costs reference counting in the hot loop.
     """
     if fn_ip is not None:
-        out = K[s]
-        fn_ip(t, z[:d], args, out[:d])
-        if nvar > 0:
-            _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
-    elif fn_s is not None:
-        out = K[s]
-        r = fn_s(t, z[:d], args)
+        if nvar == 0:
+            fn_ip(t, z, args, fx)
+        else:
+            fn_ip(t, z[:d], args, fx)
         for i in range(d):
-            out[i] = r[i]
+            K[s, i] = fx[i]
         if nvar > 0:
-            _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
+            _user_tangent(jac_fn, args, t, z, K[s], d, nvar, J)
+    elif fn_s is not None:
+        if nvar == 0:
+            r = fn_s(t, z, args)
+        else:
+            r = fn_s(t, z[:d], args)
+        for i in range(d):
+            K[s, i] = r[i]
+        if nvar > 0:
+            _user_tangent(jac_fn, args, t, z, K[s], d, nvar, J)
     else:
         neural_rhs(model, layer, d, nvar, z, K, s, pre, av)
 
 
 @njit(cache=True, error_model="numpy")
-def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
+def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx):
     """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (see :func:`_eval_field`)."""
-    _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J)
+    _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx)
 
 
 @njit(cache=True)
-def _all_finite(v):
-    for x in v:
-        if not math.isfinite(x):
+def _row_finite(Z, r):
+    # all of Z[r] finite (a row index, not a view: views cost reference counting per step)
+    for i in range(Z.shape[1]):
+        if not math.isfinite(Z[r, i]):
             return False
     return True
 
@@ -238,87 +253,25 @@ def fixed_schedule(t_out, tstops, dt):
     return sa[:g], sh[:g], sm[:g], sl[:g], sf[:g]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _stages(
-    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
-    TA, TB, TC, k0_ready, pre, av, J,
-):  # fmt: skip
-    # the one stepping loop: stages k_s, then znew = z + h sum_s B_s k_s; returns evaluations.
-    # A single (inlined) field evaluation site keeps calls and reference counting out of the
-    # stage loop; zero tableau entries are skipped.
-    n = z.shape[0]
-    S = TB.shape[0]
-    first = 1 if k0_ready else 0
-    for s in range(first, S):
-        for i in range(n):
-            ztmp[i] = z[i]
-        for j in range(s):
-            c = h * TA[s, j]
-            if c != 0.0:
-                for i in range(n):
-                    ztmp[i] += c * K[j, i]
-        _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + TC[s] * h, ztmp, K, s,
-                    pre, av, J)  # fmt: skip
-    for i in range(n):
-        znew[i] = z[i]
-    for s in range(S):
-        c = h * TB[s]
-        if c != 0.0:
-            for i in range(n):
-                znew[i] += c * K[s, i]
-    return S - first
-
-
-@njit(cache=True, error_model="numpy")
-def _rk_stages(
-    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
-    TA, TB, TC, k0_ready, pre, av, J,
-):  # fmt: skip
-    # one step (adaptive loop)
-    return _stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
-                   TA, TB, TC, k0_ready, pre, av, J)  # fmt: skip
-
-
-@njit(cache=True, error_model="numpy")
-def _rk_fixed_steps(
-    fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, a, h, m, z, K, ztmp, znew,
-    TA, TB, TC, pre, av, J,
-):  # fmt: skip
-    # m steps of size h from time a, z updated in place; returns (steps taken, time reached).
-    # A step whose result is not finite stops the loop (z then holds that result) and the
-    # returned time is the start of that step.
-    n = z.shape[0]
-    for q in range(m):
-        t = a + q * h
-        _stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K, ztmp, znew,
-                TA, TB, TC, False, pre, av, J)  # fmt: skip
-        finite = True
-        for i in range(n):
-            v = znew[i]
-            finite &= math.isfinite(v)
-            z[i] = v
-        if not finite:
-            return q, t
-    return m, a + m * h
-
-
 @njit(cache=True)
-def _wrms(e, z, znew, rtol, atol):
+def _wrms(e, z, znew, r, rtol, atol):
+    # weighted RMS norm of the error e of row r: sqrt(mean (e_i / (atol_i + rtol_i max|z|)))^2)
     n = e.shape[0]
     acc = 0.0
     for i in range(n):
-        sc = atol[i] + rtol[i] * max(abs(z[i]), abs(znew[i]))
-        r = e[i] / sc
-        acc += r * r
+        sc = atol[i] + rtol[i] * max(abs(z[r, i]), abs(znew[r, i]))
+        q = e[i] / sc
+        acc += q * q
     return math.sqrt(acc / n)
 
 
 @njit(cache=True)
 def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp, rtol,
-                  atol, order, pre, av, J):  # fmt: skip
+                  atol, order, pre, av, J, fx):  # fmt: skip
     """Hairer's starting step from two field evaluations (``K[0] = f(t, z)`` is left valid)."""
     n = z.shape[0]
-    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, 0, pre, av, J)
+    row0, row1 = np.int64(0), np.int64(1)  # not literals: one compiled version for any call
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, row0, pre, av, J, fx)
     d0 = 0.0
     d1 = 0.0
     for i in range(n):
@@ -331,7 +284,8 @@ def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K,
     hh = min(hh, te - t)
     for i in range(n):
         ztmp[i] = z[i] + hh * K[0, i]
-    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, 1, pre, av, J)
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, row1, pre, av, J,
+               fx)  # fmt: skip
     d2 = 0.0
     for i in range(n):
         sc = atol[i] + rtol[i] * abs(z[i])
@@ -370,192 +324,35 @@ def _control(err, finite, errold, rejected_last, expo1):
 
 
 @njit(cache=True)
-def _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, K, TD):
-    """Write the outputs in (t, tnew] of an accepted step into ``Y[:, col]``; next output index.
+def _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, r, K, TD):
+    """Write the outputs in (t, tnew] of an accepted step of row ``r`` into ``Y[:, col]``.
 
-    Hairer's continuous extension of Dormand-Prince (order 4) with weights ``TD``.
+    Hairer's continuous extension of Dormand-Prince (order 4) with weights ``TD``; the stages
+    of the step are ``K[r S + s]``. Returns the next output index.
     """
-    n = z.shape[0]
-    S = K.shape[0]
+    n = z.shape[1]
+    S = TD.shape[0]
     T = t_out.shape[0]
+    k0 = r * S
     while k_out < T and t_out[k_out] <= tnew:
         tk = t_out[k_out]
         if tk == tnew:
             for i in range(n):
-                Y[k_out, col, i] = znew[i]
+                Y[k_out, col, i] = znew[r, i]
         else:
             th = (tk - t) / h
             th1 = 1.0 - th
             for i in range(n):
-                ydiff = znew[i] - z[i]
-                bspl = h * K[0, i] - ydiff
-                r4 = ydiff - h * K[S - 1, i] - bspl
+                ydiff = znew[r, i] - z[r, i]
+                bspl = h * K[k0, i] - ydiff
+                r4 = ydiff - h * K[k0 + S - 1, i] - bspl
                 r5 = 0.0
                 for s in range(S):
-                    r5 += TD[s] * K[s, i]
+                    r5 += TD[s] * K[k0 + s, i]
                 r5 *= h
-                Y[k_out, col, i] = z[i] + th * (ydiff + th1 * (bspl + th * (r4 + th1 * r5)))
+                Y[k_out, col, i] = z[r, i] + th * (ydiff + th1 * (bspl + th * (r4 + th1 * r5)))
         k_out += 1
     return k_out
-
-
-@njit(cache=True)
-def rk_solve_one(
-    fn_ip, fn_s, jac_fn, args, model, d, nvar, z0, t_out, tstops, sched, adaptive,
-    TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, col, stats,
-):  # fmt: skip
-    """Integrate one trajectory from ``t_out[0]`` through every time of ``t_out``.
-
-    The state ``z0`` has length ``n = d (1 + nvar)`` (state then row-major tangents, see
-    :func:`eval_field`); frame ``k`` is written to ``Y[k, col, :]``. The field is evaluated
-    with layer ``l`` = number of ``tstops`` <= t and steps never cross a stop.
-
-    Fixed step (``adaptive`` False): the steps of ``sched = fixed_schedule(t_out, tstops, dt)``
-    (every interval between consecutive output times and stops cut into ``ceil(length / dt)``
-    equal steps, one step when ``dt <= 0``).
-    Adaptive (``adaptive`` True, first-same-as-last tableau with error weights ``TE`` and dense
-    weights ``TD``): PI step-size control on the weighted RMS norm of the error estimate with
-    per-component ``rtol``/``atol``; output times are filled by the dense output; ``h0 > 0`` is
-    the first step, else it is chosen automatically. ``stats`` (3,) gets accepted steps,
-    rejected steps and field evaluations.
-
-    Returns ``(status, n_frames, t_reached, h_next)``: status ``OK``, ``NONFINITE`` (the state
-    became NaN/inf), ``STEP_UNDERFLOW`` or ``MAX_STEPS``; ``n_frames`` frames of ``Y`` are
-    valid; ``t_reached`` is the last time with a finite state; ``h_next`` (adaptive runs) the
-    proposed next step.
-    """
-    n = z0.shape[0]
-    S = TB.shape[0]
-    T = t_out.shape[0]
-    H = model[4].shape[1]
-    z = z0.copy()
-    znew = np.empty(n)
-    ztmp = np.empty(n)
-    e = np.empty(n)
-    K = np.empty((S, n))
-    pre = np.empty((2, max(H, 1)))
-    av = np.empty((max(H, 1), max(nvar, 1)))
-    J = np.empty((d, d))
-    for i in range(n):
-        Y[0, col, i] = z[i]
-    naccept = 0
-    nreject = 0
-    nfev = 0
-    t = t_out[0]
-    if not adaptive:
-        sa, sh, sm, sl, sf = sched
-        nseg = sa.shape[0]
-        for g in range(nseg):
-            k = sf[g]
-            h = sh[g]
-            m = sm[g]
-            done, t = _rk_fixed_steps(fn_ip, fn_s, jac_fn, args, model, sl[g], d, nvar, sa[g], h,
-                                      m, z, K, ztmp, znew, TA, TB, TC, pre, av, J)  # fmt: skip
-            nfev += S * min(done + 1, m)
-            naccept += done
-            if done < m:
-                stats[0] = naccept
-                stats[1] = nreject
-                stats[2] = nfev
-                return NONFINITE, k, t, h
-            if g == nseg - 1 or sf[g + 1] != k:
-                t = t_out[k]
-                for i in range(n):
-                    Y[k, col, i] = z[i]
-        stats[0] = naccept
-        stats[1] = nreject
-        stats[2] = nfev
-        return OK, T, t, 0.0
-
-    # adaptive: Dormand-Prince type pair with PI control and dense output
-    tend = t_out[T - 1]
-    expo1 = 1.0 / order - 0.75 * _BETA
-    h = h0
-    k_out = 1
-    errold = 1e-4
-    rejected_last = False
-    nonfinite = False
-    status = OK
-    while t < tend and status == OK:
-        te = _next_stop(tstops, t, tend)
-        layer = _layer_at(tstops, t)
-        k0_ready = False
-        if h <= 0.0:
-            h = _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp,
-                              rtol, atol, order, pre, av, J)  # fmt: skip
-            nfev += 2
-            k0_ready = True
-        while t < te:
-            if naccept + nreject >= max_steps:
-                status = MAX_STEPS
-                break
-            last = False
-            if t + h >= te:
-                h = te - t
-                last = True
-            if h <= 16.0 * _EPS * max(abs(t), abs(te)):
-                status = NONFINITE if nonfinite else STEP_UNDERFLOW
-                break
-            nfev += _rk_stages(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, h, z, K,
-                               ztmp, znew, TA, TB, TC, k0_ready, pre, av, J)  # fmt: skip
-            k0_ready = True  # K[0] = f(t, z) stays valid after a rejection
-            for i in range(n):
-                acc = 0.0
-                for s in range(S):
-                    acc += TE[s] * K[s, i]
-                e[i] = h * acc
-            err = _wrms(e, z, znew, rtol, atol)
-            accept, fac, errold, nonfinite = _control(
-                err, _all_finite(znew), errold, rejected_last, expo1
-            )
-            rejected_last = not accept
-            if accept:
-                tnew = te if last else t + h
-                k_out = _dense_output(Y, col, k_out, t_out, t, tnew, h, z, znew, K, TD)
-                for i in range(n):
-                    z[i] = znew[i]
-                    K[0, i] = K[S - 1, i]
-                t = tnew
-                naccept += 1
-            else:
-                nreject += 1
-            h = h * fac
-    stats[0] = naccept
-    stats[1] = nreject
-    stats[2] = nfev
-    return status, k_out, t, h
-
-
-@njit(cache=True, parallel=True)
-def rk_solve(
-    fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0, t_out, tstops, dt, adaptive,
-    TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, Y, status, nframes, t_reached, stats,
-):  # fmt: skip
-    """Integrate a batch ``Z0`` (B, n) in parallel, each trajectory with its own steps.
-
-    Arguments as in :func:`rk_solve_one`; ``Y`` (T, B, n), per-trajectory outputs ``status``,
-    ``nframes`` (int64), ``t_reached`` (float64), ``stats`` (B, 3) int64. ``h`` (B,) holds the
-    first step on entry (<= 0: automatic) and the proposed next step on exit. Returns the
-    number of trajectories that failed.
-    """
-    B = Z0.shape[0]
-    # unpacked here and packed again inside: parfors take arrays, not tuples of arrays
-    sa, sh, sm, sl, sf = fixed_schedule(t_out, tstops, dt)
-    for bi in prange(B):
-        st, nf, tr, hn = rk_solve_one(
-            fn_ip, fn_s, jac_fn, args, model, d, nvar, Z0[bi], t_out, tstops,
-            (sa, sh, sm, sl, sf), adaptive,
-            TA, TB, TC, TE, TD, order, rtol, atol, h[bi], max_steps, Y, bi, stats[bi],
-        )  # fmt: skip
-        status[bi] = st
-        nframes[bi] = nf
-        t_reached[bi] = tr
-        h[bi] = hn
-    nbad = 0
-    for bi in range(B):
-        if status[bi] != OK:
-            nbad += 1
-    return nbad
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
@@ -591,134 +388,220 @@ def _block_field(model, layer, X, out, P, Q):
 
 
 @njit(cache=True, error_model="numpy")
-def _lockstep_block(model, TA, TB, TC, Z0, t_out, sched, Y, lo, status, nframes, t_reached,
-                    stats):  # fmt: skip
-    # the trajectories Z0 (nb, d) = rows lo, lo + 1, ... of the batch, in lockstep
-    nb, d = Z0.shape
-    S = TB.shape[0]
-    T = t_out.shape[0]
-    H = model[4].shape[1]
-    z = Z0.copy()
-    K = np.empty((S, nb, d))
-    ztmp = np.empty((nb, d))
-    P = np.empty((nb, H))
-    Q = np.empty((nb, H))
-    alive = np.ones(nb, np.bool_)
-    for r in range(nb):
-        status[r] = OK
+def block_stage(model, layer, s, rows, m, h, z, K, TA, wsb):
+    # stage s of the rows r = rows[q], q < m, of the built-in field without tangents: the stage
+    # states z_r + h_r sum_j A_sj k_rj form one matrix and f is one blocked product, k_rs into
+    # K[r S + s] (the same arithmetic, row by row, as neural_rhs); wsb = (X, F, P, Q) scratch
+    X, F, P, Q = wsb
+    S = TA.shape[0]
+    d = z.shape[1]
+    for q in range(m):
+        r = rows[q]
+        c0 = h[r]
         for i in range(d):
-            Y[0, lo + r, i] = z[r, i]
-    steps = 0
-    t = t_out[0]
-    sa, sh, sm, sl, sf = sched
-    nseg = sa.shape[0]
-    for g in range(nseg):
-        k = sf[g]
-        a = sa[g]
-        h = sh[g]
-        layer = sl[g]
-        for q in range(sm[g]):
-            t = a + q * h
-            _block_field(model, layer, z, K[0], P, Q)
-            for s in range(1, S):
-                for r in range(nb):
-                    for i in range(d):
-                        ztmp[r, i] = z[r, i]
-                for j in range(s):
-                    c = h * TA[s, j]
-                    if c != 0.0:
-                        for r in range(nb):
-                            for i in range(d):
-                                ztmp[r, i] += c * K[j, r, i]
-                _block_field(model, layer, ztmp, K[s], P, Q)
-            # znew = z + h sum_s B_s k_s, summed in stage order as in the per-trajectory loop
-            for r in range(nb):
+            X[q, i] = z[r, i]
+        for j in range(s):
+            c = c0 * TA[s, j]
+            if c != 0.0:
                 for i in range(d):
-                    ztmp[r, i] = z[r, i]
-            for s in range(S):
-                c = h * TB[s]
-                if c != 0.0:
-                    for r in range(nb):
-                        for i in range(d):
-                            ztmp[r, i] += c * K[s, r, i]
-            for r in range(nb):
-                finite = True
-                for i in range(d):
-                    v = ztmp[r, i]
-                    finite &= math.isfinite(v)
-                    z[r, i] = v
-                if alive[r] and not finite:
-                    alive[r] = False
-                    status[r] = NONFINITE
-                    nframes[r] = k
-                    t_reached[r] = t
-                    stats[r, 0] = steps
-                    stats[r, 2] = S * (steps + 1)
-            steps += 1
-        if g == nseg - 1 or sf[g + 1] != k:
-            t = t_out[k]
-            for r in range(nb):
-                if alive[r]:
-                    for i in range(d):
-                        Y[k, lo + r, i] = z[r, i]
-    for r in range(nb):
-        stats[r, 1] = 0
-        if alive[r]:
-            nframes[r] = T
-            t_reached[r] = t
-            stats[r, 0] = steps
-            stats[r, 2] = S * steps
-
-
-@njit(cache=True, parallel=True)
-def rk_fixed_lockstep(model, TA, TB, TC, Z0, t_out, tstops, dt, block, Y, status, nframes,
-                      t_reached, stats):  # fmt: skip
-    """Fixed-step RK (``adaptive`` False) for the built-in field, ``block`` trajectories at once.
-
-    Every trajectory of a fixed-step run takes the same steps (see :func:`rk_solve_one`), so a
-    block of ``nb`` states advances together and each stage is ``K_s = f(Z + h sum_j A_sj K_j)``
-    on the (nb, d) block: a blocked matrix product instead of nb matrix-vector products, with
-    the same arithmetic per trajectory (bitwise the states, statuses and statistics of
-    :func:`rk_solve`, for any block size). Blocks run in parallel. Outputs as in
-    :func:`rk_solve` (states only, no tangents); a trajectory that turns NaN/inf gets
-    ``NONFINITE``, the frame count and the start time of that step, and its later frames are
-    left unwritten.
-    """
-    B = Z0.shape[0]
-    sa, sh, sm, sl, sf = fixed_schedule(t_out, tstops, dt)  # arrays into the parfor
-    nblocks = (B + block - 1) // block
-    for ib in prange(nblocks):
-        lo = ib * block
-        hi = min(B, lo + block)
-        _lockstep_block(model, TA, TB, TC, Z0[lo:hi], t_out, (sa, sh, sm, sl, sf), Y, lo,
-                        status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi])  # fmt: skip
+                    X[q, i] += c * K[r * S + j, i]
+    _block_field(model, layer, X[:m], F[:m], P[:m], Q[:m])
+    for q in range(m):
+        r = rows[q]
+        for i in range(d):
+            K[r * S + s, i] = F[q, i]
 
 
 @njit(cache=True, error_model="numpy")
-def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tstops, h0,
-                    max_steps, Y, lo, status, nframes, t_reached, stats):  # fmt: skip
-    # the trajectories Z0 (nb, d) = rows lo, lo + 1, ... of the batch, each with its own steps
-    # (the logic of rk_solve_one, adaptive branch), their stages evaluated together
-    nb, d = Z0.shape
+def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, n0, rows, na, t,
+             h, z, znew, K, TA, TB, TC, a, m, failed, wsb, x, pre, av, J, fx):  # fmt: skip
+    """RK steps of the rows ``r = rows[:na]`` of a block: the one stepping loop.
+
+    A step of size ``h[r]`` from ``(t[r], z[r])``: the stages ``k_rs = f(t_r + C_s h_r, z_r +
+    h_r sum_j A_sj k_rj)`` into ``K[r S + s]`` (stage 0 only for the rows ``rows0[:n0]``), then
+    ``znew[r] = z[r] + h[r] sum_s B_s k_rs`` summed in stage order. With ``block_stage`` (the
+    built-in field without tangents) the rows of a stage are evaluated together, one blocked
+    product; with ``None`` (user fields, tangents) the call takes one row (``na`` = 1), written
+    out in the loop without array views, and the compiled loop has no blocked branch. The
+    arithmetic of a row is the same either way.
+
+    ``m == 0`` (adaptive): one trial step (the rows not in ``rows0`` keep ``f(t, z)`` from their
+    last step in ``K[r S]``); ``z`` is left to the step-size control.
+    ``m >= 1`` (fixed step, ``rows0`` = ``rows``): ``m`` steps from time ``a``, step ``q``
+    starting at ``a + q h[r]``, ``z`` taking each result. The first step whose result is not
+    finite is recorded in ``failed[r]`` (-1 on entry); such rows go on with NaN until the
+    caller drops them, and the loop ends early once every row has failed. ``wsb`` holds the
+    scratch of :func:`block_stage`, ``x`` (n,), ``pre``, ``av``, ``J`` and ``fx`` (d,) that of a
+    row (see :func:`solve_block`); they are separate arguments, as unpacking a tuple of arrays
+    costs reference counting on every call.
+    """
+    d = fx.shape[0]
+    nb, n = z.shape
+    S = TB.shape[0]
+    r1 = rows[0]  # the row of a row-by-row call
+    h1 = h[r1]
+    for q in range(max(m, 1)):
+        t1 = a + q * h1 if m > 0 else t[r1]
+        for s in range(S):
+            if block_stage is not None:
+                # (no array variable chosen per stage: that costs reference counting each time)
+                if s == 0:
+                    if n0 > 0:
+                        block_stage(model, layer, s, rows0, n0, h, z, K, TA, wsb)
+                else:
+                    block_stage(model, layer, s, rows, na, h, z, K, TA, wsb)
+            elif s > 0 or n0 > 0:
+                for i in range(n):
+                    x[i] = z[r1, i]
+                for j in range(s):
+                    c = h1 * TA[s, j]
+                    if c != 0.0:
+                        for i in range(n):
+                            x[i] += c * K[r1 * S + j, i]
+                _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t1 + TC[s] * h1, x,
+                            K, r1 * S + s, pre, av, J, fx)  # fmt: skip
+        for p in range(na):
+            r = rows[p]
+            c0 = h[r]
+            for i in range(n):
+                znew[r, i] = z[r, i]
+            for s in range(S):
+                c = c0 * TB[s]
+                if c != 0.0:
+                    for i in range(n):
+                        znew[r, i] += c * K[r * S + s, i]
+        if m == 0:
+            return
+        # z takes the results; a row that turns NaN/inf is marked (the caller drops it after
+        # the piece; it goes on, harmlessly, until then), and the loop ends when none is left
+        alive = 0
+        for p in range(na):
+            r = rows[p]
+            finite = True
+            for i in range(n):
+                v = znew[r, i]
+                finite &= math.isfinite(v)
+                z[r, i] = v
+            if not finite and failed[r] < 0:
+                failed[r] = q
+            if failed[r] < 0:
+                alive += 1
+        if alive == 0:
+            return
+
+
+@njit(cache=True, error_model="numpy")
+def solve_block(
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, sched, adaptive,
+    TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, lo, status, nframes, t_reached,
+    stats,
+):  # fmt: skip
+    """Integrate the rows of ``Z0`` (nb, n) through the times ``t_out``, steps by :func:`_advance`.
+
+    Row ``r`` is trajectory ``lo + r`` of the batch; its state has length ``n = d (1 + nvar)``
+    (state then row-major tangents, see :func:`eval_field`) and frame ``k`` is written to
+    ``Y[k, lo + r, :]``. The field is evaluated in layer ``l`` = number of ``tstops`` <= t and
+    steps never cross a stop. The stages of the rows that step together are evaluated together
+    (one blocked matrix product per stage for the built-in field); the arithmetic of a row does
+    not depend on the other rows, so results are bitwise the same for any block size.
+
+    Fixed step (``adaptive`` False): every row takes the steps of
+    ``sched = fixed_schedule(t_out, tstops, dt)``; a row whose state turns NaN/inf stops
+    (``NONFINITE``, time = start of that step, later frames unwritten).
+    Adaptive (``adaptive`` True, first-same-as-last tableau with error weights ``TE`` and dense
+    weights ``TD``): each row has its own steps, with PI step-size control (:func:`_control`) on
+    the weighted RMS norm of the error estimate with per-component ``rtol``/``atol``; output
+    times filled by the dense output; ``h0[r] > 0`` is the first step, else it is chosen
+    automatically (:func:`_initial_step`). Rows in different layers step in turns, lowest
+    layer first.
+
+    Per row on exit: ``status`` (``OK``, ``NONFINITE``, ``STEP_UNDERFLOW``, ``MAX_STEPS``),
+    ``nframes`` (valid frames of ``Y``), ``t_reached`` (last time with a finite state),
+    ``stats`` (accepted steps, rejected steps, field evaluations) and ``h0`` (adaptive: the
+    proposed next step).
+    """
+    nb, n = Z0.shape
     S = TB.shape[0]
     T = t_out.shape[0]
     H = model[4].shape[1]
     z = Z0.copy()
-    znew = np.empty((nb, d))
-    K = np.empty((nb, S, d))
-    X = np.empty((nb, d))
-    F = np.empty((nb, d))
+    znew = np.empty((nb, n))
+    K = np.empty((nb * S, n))  # stage s of row r in K[r S + s]
+    ztmp = np.empty(n)
+    e = np.empty(n)
+    fx = np.empty(d)
+    pre = np.empty((2, max(H, 1)))
+    t = np.full(nb, t_out[0])  # the time and step of each row
+    h = h0.copy()
+    X = np.empty((nb, n))
+    F = np.empty((nb, n))
+    K2 = np.empty((2, n))
     P = np.empty((nb, H))
     Q = np.empty((nb, H))
-    e = np.empty(d)
-    ztmp = np.empty(d)
-    pre = np.empty((2, max(H, 1)))
-    av = np.empty((1, 1))
-    J = np.empty((1, 1))
+    av = np.empty((max(H, 1), max(nvar, 1)))
+    J = np.empty((d, d))
+    wsb = (X, F, P, Q)
     idx = np.empty(nb, np.int64)
     need0 = np.empty(nb, np.int64)
-    t = np.full(nb, t_out[0])
-    h = h0.copy()
+    failed = np.full(nb, -1, np.int64)
+    tend = t_out[T - 1]
+    for r in range(nb):
+        status[r] = OK
+        stats[r, 0] = 0
+        stats[r, 1] = 0
+        stats[r, 2] = 0
+        nframes[r] = T
+        for i in range(n):
+            Y[0, lo + r, i] = z[r, i]
+
+    # fixed steps: the built-in field without tangents advances all rows together; user fields
+    # and tangents advance one row at a time through the whole schedule (groups of one row)
+    blocked = block_stage is not None
+    if not adaptive:
+        sa, sh, sm, sl, sf = sched
+        nseg = sa.shape[0]
+        for grp in range(1 if blocked else nb):
+            na = nb if blocked else 1
+            for p in range(na):
+                idx[p] = p if blocked else grp
+            steps = 0
+            for g in range(nseg):
+                for p in range(na):
+                    h[idx[p]] = sh[g]
+                nrow = np.int64(na)  # not a literal: one compiled stage loop for every call
+                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, sl[g], nvar, idx, nrow, idx,
+                         nrow, t, h, z, znew, K, TA, TB, TC, sa[g], sm[g], failed, wsb, ztmp, pre,
+                         av, J, fx)  # fmt: skip
+                left = 0
+                for p in range(na):
+                    r = idx[p]
+                    if failed[r] < 0:
+                        idx[left] = r
+                        left += 1
+                    else:
+                        status[r] = NONFINITE
+                        nframes[r] = sf[g]
+                        t_reached[r] = sa[g] + failed[r] * sh[g]
+                        stats[r, 0] = steps + failed[r]
+                        stats[r, 2] = S * (steps + failed[r] + 1)
+                na = left
+                if na == 0:
+                    break
+                steps += sm[g]
+                k = sf[g]
+                if g == nseg - 1 or sf[g + 1] != k:  # frame k complete
+                    for p in range(na):
+                        r = idx[p]
+                        for i in range(n):
+                            Y[k, lo + r, i] = z[r, i]
+            for p in range(na):
+                r = idx[p]
+                t_reached[r] = tend
+                stats[r, 0] = steps
+                stats[r, 2] = S * steps
+        return
+
+    # adaptive: each row with its own steps and controller state
     te = np.empty(nb)
     last = np.zeros(nb, np.bool_)
     errold = np.full(nb, 1e-4)
@@ -727,16 +610,13 @@ def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tst
     k0_ready = np.zeros(nb, np.bool_)
     done = np.zeros(nb, np.bool_)
     k_out = np.ones(nb, np.int64)
-    tend = t_out[T - 1]
     expo1 = 1.0 / order - 0.75 * _BETA
+    trial = np.int64(0)  # m = 0: one trial step (_advance)
+    single = np.int64(1)
+    one = np.empty(1, np.int64)
+    fresh = np.zeros(nb, np.bool_)
     for r in range(nb):
-        status[r] = OK
-        stats[r, 0] = 0
-        stats[r, 1] = 0
-        stats[r, 2] = 0
         done[r] = not t[r] < tend
-        for i in range(d):
-            Y[0, lo + r, i] = z[r, i]
     while True:
         # the rows that step now: unfinished, in the lowest layer among the unfinished rows
         lmin = -1
@@ -747,6 +627,7 @@ def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tst
                     lmin = lr
         if lmin < 0:
             break
+        layer = np.int64(lmin)  # not a literal: one compiled version of each callee
         na = 0
         n0 = 0
         for r in range(nb):
@@ -754,8 +635,11 @@ def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tst
                 continue
             te[r] = _next_stop(tstops, t[r], tend)
             if h[r] <= 0.0:
-                h[r] = _initial_step(None, None, None, (), model, lmin, d, 0, t[r], te[r], z[r],
-                                     K[r], ztmp, rtol, atol, order, pre, av, J)  # fmt: skip
+                h[r] = _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t[r], te[r],
+                                     z[r], K2, ztmp, rtol, atol, order, pre, av, J,
+                                     fx)  # fmt: skip
+                for i in range(n):
+                    K[r * S, i] = K2[0, i]  # f(t, z)
                 stats[r, 2] += 2
                 k0_ready[r] = True
             if stats[r, 0] + stats[r, 1] >= max_steps:
@@ -772,63 +656,43 @@ def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tst
                 continue
             idx[na] = r
             na += 1
+            stats[r, 2] += S - 1
+            fresh[r] = not k0_ready[r]
             if not k0_ready[r]:
                 need0[n0] = r
                 n0 += 1
-        if n0 > 0:
-            for q in range(n0):
-                for i in range(d):
-                    X[q, i] = z[need0[q], i]
-            _block_field(model, lmin, X[:n0], F[:n0], P[:n0], Q[:n0])
-            for q in range(n0):
-                r = need0[q]
-                for i in range(d):
-                    K[r, 0, i] = F[q, i]
                 stats[r, 2] += 1
-                k0_ready[r] = True
-        for s in range(1, S):
-            for q in range(na):
-                r = idx[q]
-                for i in range(d):
-                    X[q, i] = z[r, i]
-                for j in range(s):
-                    c = h[r] * TA[s, j]
-                    if c != 0.0:
-                        for i in range(d):
-                            X[q, i] += c * K[r, j, i]
-            _block_field(model, lmin, X[:na], F[:na], P[:na], Q[:na])
-            for q in range(na):
-                r = idx[q]
-                for i in range(d):
-                    K[r, s, i] = F[q, i]
-        for q in range(na):
-            r = idx[q]
+                k0_ready[r] = True  # first same as last: kept from each accepted step
+        if blocked:
+            _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, need0,
+                     np.int64(n0), idx, np.int64(na), t, h, z, znew, K, TA, TB, TC, 0.0, trial,
+                     failed, wsb, ztmp, pre, av, J, fx)  # fmt: skip
+        else:
+            for p in range(na):  # row by row: the stage loop takes one row at a time
+                one[0] = idx[p]
+                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, one,
+                         np.int64(fresh[idx[p]]), one, single, t, h, z, znew, K, TA, TB, TC, 0.0,
+                         trial, failed, wsb, ztmp, pre, av, J, fx)  # fmt: skip
+        for p in range(na):
+            r = idx[p]
             hr = h[r]
-            stats[r, 2] += S - 1
-            for i in range(d):
-                znew[r, i] = z[r, i]
-            for s in range(S):
-                c = hr * TB[s]
-                if c != 0.0:
-                    for i in range(d):
-                        znew[r, i] += c * K[r, s, i]
-            for i in range(d):
+            for i in range(n):
                 acc = 0.0
                 for s in range(S):
-                    acc += TE[s] * K[r, s, i]
+                    acc += TE[s] * K[r * S + s, i]
                 e[i] = hr * acc
-            err = _wrms(e, z[r], znew[r], rtol, atol)
+            err = _wrms(e, z, znew, r, rtol, atol)
             accept, fac, errold[r], nonfinite[r] = _control(
-                err, _all_finite(znew[r]), errold[r], rejected_last[r], expo1
+                err, _row_finite(znew, r), errold[r], rejected_last[r], expo1
             )
             rejected_last[r] = not accept
             if accept:
                 tnew = te[r] if last[r] else t[r] + hr
-                k_out[r] = _dense_output(Y, lo + r, k_out[r], t_out, t[r], tnew, hr, z[r],
-                                         znew[r], K[r], TD)  # fmt: skip
-                for i in range(d):
+                k_out[r] = _dense_output(Y, lo + r, k_out[r], t_out, t[r], tnew, hr, z, znew, r,
+                                         K, TD)  # fmt: skip
+                for i in range(n):
                     z[r, i] = znew[r, i]
-                    K[r, 0, i] = K[r, S - 1, i]
+                    K[r * S, i] = K[r * S + S - 1, i]
                 t[r] = tnew
                 stats[r, 0] += 1
                 if t[r] >= tend:
@@ -839,28 +703,62 @@ def _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tst
                 stats[r, 1] += 1
             h[r] = hr * fac
     for r in range(nb):
-        nframes[r] = k_out[r]
         t_reached[r] = t[r]
+        nframes[r] = k_out[r]
         h0[r] = h[r]
 
 
-@njit(cache=True, parallel=True)
-def rk_adaptive_lockstep(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0, t_out, tstops, h,
-                         max_steps, block, Y, status, nframes, t_reached, stats):  # fmt: skip
-    """Adaptive RK (first-same-as-last pair) for the built-in field, ``block`` trajectories at once.
+@njit(cache=True)
+def _count_failed(status):
+    nbad = 0
+    for st in status:
+        if st != OK:
+            nbad += 1
+    return nbad
 
-    Each trajectory keeps its own steps, errors and statuses exactly as in :func:`rk_solve_one`
-    (bitwise the same results); only the evaluation is shared: at every round the stage states
-    ``z_r + h_r sum_j A_sj K_rj`` of the stepping members of a block form one (na, d) matrix
-    and ``f`` is a blocked matrix product. Members in different layers step in turns (lowest
-    layer first). Blocks run in parallel; ``h`` (B,) holds first steps on entry and next steps
-    on exit.
+
+@njit(cache=True, parallel=True)
+def rk_solve(
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt, adaptive,
+    TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
+    stats,
+):  # fmt: skip
+    """Integrate a batch ``Z0`` (B, n) in blocks of ``block`` rows, the blocks in parallel.
+
+    Each block runs :func:`solve_block` (arguments as there; ``dt`` gives the fixed-step
+    schedule, ``h`` (B,) holds the first steps on entry and the proposed next steps on exit,
+    ``Y`` (T, B, n), per-trajectory ``status``, ``nframes``, ``t_reached``, ``stats`` (B, 3)).
+    Returns the number of trajectories that failed.
     """
     B = Z0.shape[0]
+    # unpacked here and packed again inside: parfors take arrays, not tuples of arrays
+    sa, sh, sm, sl, sf = fixed_schedule(t_out, tstops, dt)
     nblocks = (B + block - 1) // block
     for ib in prange(nblocks):
         lo = ib * block
         hi = min(B, lo + block)
-        _adaptive_block(model, TA, TB, TC, TE, TD, order, rtol, atol, Z0[lo:hi], t_out, tstops,
-                        h[lo:hi], max_steps, Y, lo, status[lo:hi], nframes[lo:hi],
-                        t_reached[lo:hi], stats[lo:hi])  # fmt: skip
+        solve_block(
+            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops,
+            (sa, sh, sm, sl, sf), adaptive, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi],
+            max_steps, Y, lo, status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
+        )  # fmt: skip
+    return _count_failed(status)
+
+
+@njit(cache=True)
+def rk_solve_serial(
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt, adaptive,
+    TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
+    stats,
+):  # fmt: skip
+    """:func:`rk_solve` on the calling thread (the same results; compiles faster)."""
+    B = Z0.shape[0]
+    sched = fixed_schedule(t_out, tstops, dt)
+    for lo in range(0, B, block):
+        hi = min(B, lo + block)
+        solve_block(
+            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops, sched,
+            adaptive, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi], max_steps, Y, lo,
+            status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
+        )  # fmt: skip
+    return _count_failed(status)

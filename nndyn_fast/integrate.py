@@ -1,11 +1,13 @@
 """Explicit Runge-Kutta integration of ODEs: ``odeint`` and its ``Solution``.
 
-The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`); batches of
-initial states are integrated in parallel, each trajectory with its own adaptive steps. Batches
-of a built-in model (16 states or more, no variational equations) advance in blocks of up to 64
-trajectories whose stage evaluations are one blocked matrix product each instead of one
-matrix-vector product per trajectory; steps, step-size control and every rounding stay per
-trajectory, so batched and unbatched results are bitwise identical.
+The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`): one stepping
+loop for every case (one or many trajectories, fixed or adaptive steps, built-in or user
+fields, with or without variational equations). Batches of initial states are integrated in
+parallel, in blocks, each trajectory with its own adaptive steps. In batches of a built-in
+model (16 states or more, no variational equations) the trajectories of a block that step
+together have their stages evaluated as one blocked matrix product instead of one
+matrix-vector product each; steps, step-size control and every rounding stay per trajectory,
+so batched and unbatched results are bitwise identical.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ _DUMMY_MODEL = (
 
 
 _SERIAL_USER_BATCH = 32
-# batches of a built-in field from this size on advance in blocks of at most _LOCKSTEP_BLOCK
-# trajectories with one blocked matrix product per stage and block (the same arithmetic per
-# trajectory as the one-by-one kernel, so results do not depend on the blocks at all)
-_LOCKSTEP_MIN = 16
-_LOCKSTEP_BLOCK = 64
+# batches of a built-in field from this size on are evaluated in blocks of at most _BLOCK_MAX
+# trajectories, one blocked matrix product per stage and block (the arithmetic of a trajectory
+# does not depend on its block, so results do not depend on the blocks at all)
+_BLOCK_MIN = 16
+_BLOCK_MAX = 64
+# user fields and tangents are evaluated row by row, in blocks of at most this many rows
+_ROW_BLOCK_MAX = 16
 
 
 class IntegrationError(FloatingPointError):
@@ -284,41 +288,29 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
     t_reached = np.zeros(B)
     stats = np.zeros((B, 3), np.int64)
     k = kern
-    common = (
-        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], k["d"], k["nvar"],
-    )  # fmt: skip
     tail = (k["TA"], k["TB"], k["TC"], k["TE"], k["TD"], k["order"], k["rtol"], k["atol"])
     user = k["fn_ip"] is not None or k["fn_s"] is not None
-    lockstep = not user and k["nvar"] == 0 and B >= _LOCKSTEP_MIN
-    if lockstep:
+    if not user and k["nvar"] == 0 and B >= _BLOCK_MIN:
         # enough blocks for every thread, in multiples of four rows (the product's tile)
         per_thread = -(-B // numba.get_num_threads())
-        block = min(_LOCKSTEP_BLOCK, 4 * -(-per_thread // 4))
-    if lockstep and k["adaptive"]:
-        _rk.rk_adaptive_lockstep(
-            k["model"], *tail, Z0, tt, k["tstops"], hs, k["max_steps"], block, Y, status,
-            nframes, t_reached, stats,
-        )  # fmt: skip
-    elif lockstep:
-        _rk.rk_fixed_lockstep(
-            k["model"], k["TA"], k["TB"], k["TC"], Z0, tt, k["tstops"], k["dt"], block, Y,
-            status, nframes, t_reached, stats,
-        )  # fmt: skip
-    elif B < _SERIAL_USER_BATCH and user:
-        # a few trajectories of a user field: the serial kernel, called per trajectory, compiles
-        # in about half the time of the parallel one (user kernels compile once per process)
-        sched = _rk.fixed_schedule(tt, k["tstops"], k["dt"])
-        for b in range(B):
-            st, nf, tr, hn = _rk.rk_solve_one(
-                *common, Z0[b], tt, k["tstops"], sched, k["adaptive"], *tail, hs[b],
-                k["max_steps"], Y, b, stats[b],
-            )  # fmt: skip
-            status[b], nframes[b], t_reached[b], hs[b] = st, nf, tr, hn
+        block = min(_BLOCK_MAX, 4 * -(-per_thread // 4))
+        block_stage = _rk.block_stage
     else:
-        _rk.rk_solve(
-            *common, Z0, tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs, k["max_steps"],
-            Y, status, nframes, t_reached, stats,
-        )  # fmt: skip
+        # evaluated row by row (the compiled loop then has no blocked branch at all); a block
+        # is only the unit of parallel work here
+        block = min(_ROW_BLOCK_MAX, -(-B // numba.get_num_threads()))
+        block_stage = None
+    run = (
+        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], block_stage, k["d"], k["nvar"],
+        Z0, tt, k["tstops"], k["dt"], k["adaptive"], *tail, hs, k["max_steps"], block,
+        Y, status, nframes, t_reached, stats,
+    )  # fmt: skip
+    if user and B < _SERIAL_USER_BATCH:
+        # a few trajectories of a user field: the serial driver compiles in about half the time
+        # of the parallel one (user kernels compile once per process)
+        _rk.rk_solve_serial(*run)
+    else:
+        _rk.rk_solve(*run)
     if not k["adaptive"]:
         hs[:] = k["dt"]  # the step of a fixed-step run, whichever kernel ran it
     for b in np.nonzero(status != _rk.OK)[0]:
