@@ -1,8 +1,9 @@
 """Benchmarks of the ODE integrators, each beside its baseline in the same group.
 
 Full sizes (``NNDYN_BENCH_FULL=1``): f(x) = tanh(W x + b), d = 64, batch 1024, t in [0, 1];
-RK4 with 100 steps vs a numpy RK4 (one matrix product per stage), and two floors: its 400
-matrix products alone (BLAS) and its 400 field evaluations alone (our products and tanh);
+RK4 with 100 steps vs a numpy RK4 (one matrix product per stage), and floors: its 400 matrix
+products alone (BLAS), the same flops as one large BLAS product (near peak), its 26 million
+tanh alone, and its 400 field evaluations alone (our products and tanh);
 Dormand-Prince at rtol 1e-6 vs scipy's solve_ivp(RK45) on the flattened system (achieved
 errors in extra_info); d = 3, one trajectory, 10^5 RK4 steps vs a hand-written
 Numba loop, for the built-in field tanh(W x + b) and for a user-supplied jitted Lorenz field.
@@ -22,6 +23,8 @@ from numba import njit, prange
 from scipy.integrate import solve_ivp
 
 from nndyn_fast.integrate import odeint
+from nndyn_fast.kernels.activations import tanh_fast
+from nndyn_fast.kernels.neural import CONTRACT
 from nndyn_fast.kernels.rk import _block_field
 from nndyn_fast.neural import NeuralODE
 
@@ -117,6 +120,41 @@ def test_rk4_matmul_floor_reference(benchmark, big):
             np.matmul(X, WT, out=out)
 
     benchmark(products)
+
+
+@pytest.mark.benchmark(group="rk4-d64-batch1024")
+def test_rk4_flops_at_dgemm_peak_floor_reference(benchmark, big):
+    # the multiply-adds of the 400 products (2 x 400 x 1024 x 64 x 64 flops) as one large BLAS
+    # product, near the machine's peak: no RK4 of this field can take less
+    _, _, X, _ = big
+    B, d = X.shape
+    n = int(round(math.sqrt(4 * STEPS * d * d)))  # B n^2 = 400 B d^2 flops / 2
+    rng = np.random.default_rng(0)
+    A = rng.random((B, n))
+    M = rng.random((n, n))
+    out = np.empty((B, n))
+    benchmark(np.matmul, A, M, out=out)
+
+
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
+def _tanhs(P, out, n_passes):
+    # n_passes of the kernels' tanh over every entry of P, rows in parallel
+    for r in prange(P.shape[0]):
+        for _ in range(n_passes):
+            for j in range(P.shape[1]):
+                out[r, j] = tanh_fast(P[r, j])
+
+
+@pytest.mark.benchmark(group="rk4-d64-batch1024")
+def test_rk4_tanh_floor_reference(benchmark, big):
+    # the 4 tanh per state entry and step of any RK4 of this field (26 million at full size),
+    # alone, with the kernels' tanh on all threads (numpy's np.tanh is slower, on one core)
+    W, b, X, _ = big
+    P = X @ W.T + b
+    out = np.empty_like(P)
+    _tanhs(P, out, 1)
+    benchmark(_tanhs, P, out, 4 * STEPS)
+    assert np.abs(out - np.tanh(P)).max() < 1e-15
 
 
 @njit(cache=True, parallel=True)
