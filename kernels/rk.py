@@ -149,24 +149,19 @@ def _user_tangent(jac_fn, args, t, z, out, d, nvar, J):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx):
+def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
     """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (inlined into the stage loop).
 
     ``fn_ip`` (in-place user field ``f(t, x, args, out)``) or ``fn_s`` (simple user field
     ``f(t, x, args) -> dx``) is a jitted function, or both are ``None`` for the built-in neural
     field ``model`` (see :mod:`nndyn_fast.kernels.neural`). Tangents of user fields need
-    ``jac_fn(t, x, args, J)``; ``pre``, ``av``, ``J`` and ``fx`` (d,) are scratch. Without
-    tangents no array view is made: a view costs reference counting in the hot loop.
+    ``jac_fn(t, x, args, J)``; ``pre``, ``av``, ``J`` are scratch.
     """
     if fn_ip is not None:
-        if nvar == 0:
-            fn_ip(t, z, args, fx)
-        else:
-            fn_ip(t, z[:d], args, fx)
-        for i in range(d):
-            K[s, i] = fx[i]
+        out = K[s]
+        fn_ip(t, z[:d], args, out[:d])
         if nvar > 0:
-            _user_tangent(jac_fn, args, t, z, K[s], d, nvar, J)
+            _user_tangent(jac_fn, args, t, z, out, d, nvar, J)
     elif fn_s is not None:
         if nvar == 0:
             r = fn_s(t, z, args)
@@ -181,9 +176,9 @@ def _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pr
 
 
 @njit(cache=True, error_model="numpy")
-def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx):
+def eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J):
     """``K[s] = (f(t, x), Df(x) V)`` for the state ``z = (x, V)`` (see :func:`_eval_field`)."""
-    _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J, fx)
+    _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, s, pre, av, J)
 
 
 @njit(cache=True)
@@ -267,11 +262,11 @@ def _wrms(e, z, znew, r, rtol, atol):
 
 @njit(cache=True)
 def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp, rtol,
-                  atol, order, pre, av, J, fx):  # fmt: skip
+                  atol, order, pre, av, J):  # fmt: skip
     """Hairer's starting step from two field evaluations (``K[0] = f(t, z)`` is left valid)."""
     n = z.shape[0]
     row0, row1 = np.int64(0), np.int64(1)  # not literals: one compiled version for any call
-    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, row0, pre, av, J, fx)
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, row0, pre, av, J)
     d0 = 0.0
     d1 = 0.0
     for i in range(n):
@@ -284,8 +279,7 @@ def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K,
     hh = min(hh, te - t)
     for i in range(n):
         ztmp[i] = z[i] + hh * K[0, i]
-    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, row1, pre, av, J,
-               fx)  # fmt: skip
+    eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, row1, pre, av, J)
     d2 = 0.0
     for i in range(n):
         sc = atol[i] + rtol[i] * abs(z[i])
@@ -414,7 +408,7 @@ def block_stage(model, layer, s, rows, m, h, z, K, TA, wsb):
 
 @njit(cache=True, error_model="numpy")
 def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, n0, rows, na, t,
-             h, z, znew, K, TA, TB, TC, a, m, failed, wsb, x, pre, av, J, fx):  # fmt: skip
+             h, z, znew, K, TA, TB, TC, a, m, failed, wsb, x, pre, av, J, d):  # fmt: skip
     """RK steps of the rows ``r = rows[:na]`` of a block: the one stepping loop.
 
     A step of size ``h[r]`` from ``(t[r], z[r])``: the stages ``k_rs = f(t_r + C_s h_r, z_r +
@@ -431,11 +425,9 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
     starting at ``a + q h[r]``, ``z`` taking each result. The first step whose result is not
     finite is recorded in ``failed[r]`` (-1 on entry); such rows go on with NaN until the
     caller drops them, and the loop ends early once every row has failed. ``wsb`` holds the
-    scratch of :func:`block_stage`, ``x`` (n,), ``pre``, ``av``, ``J`` and ``fx`` (d,) that of a
-    row (see :func:`solve_block`); they are separate arguments, as unpacking a tuple of arrays
-    costs reference counting on every call.
+    scratch of :func:`block_stage`, ``x`` (n,), ``pre``, ``av`` and ``J`` that of a row (see
+    :func:`solve_block`); ``d`` is the state dimension (``n = d (1 + nvar)``).
     """
-    d = fx.shape[0]
     nb, n = z.shape
     S = TB.shape[0]
     r1 = rows[0]  # the row of a row-by-row call
@@ -459,7 +451,7 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
                         for i in range(n):
                             x[i] += c * K[r1 * S + j, i]
                 _eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t1 + TC[s] * h1, x,
-                            K, r1 * S + s, pre, av, J, fx)  # fmt: skip
+                            K, r1 * S + s, pre, av, J)  # fmt: skip
         for p in range(na):
             r = rows[p]
             c0 = h[r]
@@ -529,7 +521,6 @@ def solve_block(
     K = np.empty((nb * S, n))  # stage s of row r in K[r S + s]
     ztmp = np.empty(n)
     e = np.empty(n)
-    fx = np.empty(d)
     pre = np.empty((2, max(H, 1)))
     t = np.full(nb, t_out[0])  # the time and step of each row
     h = h0.copy()
@@ -571,7 +562,7 @@ def solve_block(
                 nrow = np.int64(na)  # not a literal: one compiled stage loop for every call
                 _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, sl[g], nvar, idx, nrow, idx,
                          nrow, t, h, z, znew, K, TA, TB, TC, sa[g], sm[g], failed, wsb, ztmp, pre,
-                         av, J, fx)  # fmt: skip
+                         av, J, d)  # fmt: skip
                 left = 0
                 for p in range(na):
                     r = idx[p]
@@ -636,8 +627,8 @@ def solve_block(
             te[r] = _next_stop(tstops, t[r], tend)
             if h[r] <= 0.0:
                 h[r] = _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t[r], te[r],
-                                     z[r], K2, ztmp, rtol, atol, order, pre, av, J,
-                                     fx)  # fmt: skip
+                                     z[r], K2, ztmp, rtol, atol, order, pre, av,
+                                     J)  # fmt: skip
                 for i in range(n):
                     K[r * S, i] = K2[0, i]  # f(t, z)
                 stats[r, 2] += 2
@@ -666,13 +657,13 @@ def solve_block(
         if blocked:
             _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, need0,
                      np.int64(n0), idx, np.int64(na), t, h, z, znew, K, TA, TB, TC, 0.0, trial,
-                     failed, wsb, ztmp, pre, av, J, fx)  # fmt: skip
+                     failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
         else:
             for p in range(na):  # row by row: the stage loop takes one row at a time
                 one[0] = idx[p]
                 _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, one,
                          np.int64(fresh[idx[p]]), one, single, t, h, z, znew, K, TA, TB, TC, 0.0,
-                         trial, failed, wsb, ztmp, pre, av, J, fx)  # fmt: skip
+                         trial, failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
         for p in range(na):
             r = idx[p]
             hr = h[r]
