@@ -532,7 +532,7 @@ def solve_block(
     av = np.empty((max(H, 1), max(nvar, 1)))
     J = np.empty((d, d))
     wsb = (X, F, P, Q)
-    idx = np.empty(nb, np.int64)
+    idx = np.zeros(nb, np.int64)  # (rows[0] is read even for an empty round)
     need0 = np.empty(nb, np.int64)
     failed = np.full(nb, -1, np.int64)
     tend = t_out[T - 1]
@@ -655,9 +655,10 @@ def solve_block(
                 stats[r, 2] += 1
                 k0_ready[r] = True  # first same as last: kept from each accepted step
         if blocked:
-            _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, need0,
-                     np.int64(n0), idx, np.int64(na), t, h, z, znew, K, TA, TB, TC, 0.0, trial,
-                     failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
+            if na > 0:
+                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, need0,
+                         np.int64(n0), idx, np.int64(na), t, h, z, znew, K, TA, TB, TC, 0.0,
+                         trial, failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
         else:
             for p in range(na):  # row by row: the stage loop takes one row at a time
                 one[0] = idx[p]
