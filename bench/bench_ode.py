@@ -171,7 +171,8 @@ def _field_evaluations(model, X, out, P, Q, n_evals, block):
 @pytest.mark.benchmark(group="rk4-d64-batch1024")
 def test_rk4_field_evaluations_floor_reference(benchmark, big):
     # the 4 field evaluations per step of our RK4, alone (products and tanh, in blocks of 64
-    # rows as odeint runs them): what is left of our time is the stage arithmetic
+    # rows, as odeint runs the full-size batch on a few threads): what is left of our time is
+    # the stage arithmetic
     W, b, X, model = big
     kmodel = model._kernel_model()
     out = np.empty_like(X)

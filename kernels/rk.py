@@ -415,9 +415,9 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
     h_r sum_j A_sj k_rj)`` into ``K[r S + s]`` (stage 0 only for the rows ``rows0[:n0]``), then
     ``znew[r] = z[r] + h[r] sum_s B_s k_rs`` summed in stage order. With ``block_stage`` (the
     built-in field without tangents) the rows of a stage are evaluated together, one blocked
-    product; with ``None`` (user fields, tangents) the call takes one row (``na`` = 1), written
-    out in the loop without array views, and the compiled loop has no blocked branch. The
-    arithmetic of a row is the same either way.
+    product; with ``None`` (user fields, tangents) the caller must pass one row (``na`` = 1:
+    only ``rows[0]`` is evaluated), written out in the loop without array views, and the
+    compiled loop has no blocked branch. The arithmetic of a row is the same either way.
 
     ``m == 0`` (adaptive): one trial step (the rows not in ``rows0`` keep ``f(t, z)`` from their
     last step in ``K[r S]``); ``z`` is left to the step-size control.
@@ -532,7 +532,7 @@ def solve_block(
     av = np.empty((max(H, 1), max(nvar, 1)))
     J = np.empty((d, d))
     wsb = (X, F, P, Q)
-    idx = np.zeros(nb, np.int64)  # (rows[0] is read even for an empty round)
+    idx = np.zeros(nb, np.int64)  # the rows that step in a round
     need0 = np.empty(nb, np.int64)
     failed = np.full(nb, -1, np.int64)
     tend = t_out[T - 1]
@@ -718,7 +718,8 @@ def rk_solve(
     """Integrate a batch ``Z0`` (B, n) in blocks of ``block`` rows, the blocks in parallel.
 
     Each block runs :func:`solve_block` (arguments as there; ``dt`` gives the fixed-step
-    schedule, ``h`` (B,) holds the first steps on entry and the proposed next steps on exit,
+    schedule, ``h`` (B,) holds the first steps on entry and, for adaptive runs, the proposed
+    next steps on exit (fixed-step runs leave it as it was),
     ``Y`` (T, B, n), per-trajectory ``status``, ``nframes``, ``t_reached``, ``stats`` (B, 3)).
     Returns the number of trajectories that failed.
     """

@@ -3,7 +3,8 @@
 The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`): one stepping
 loop for every case (one or many trajectories, fixed or adaptive steps, built-in or user
 fields, with or without variational equations). Batches of initial states are integrated in
-parallel, in blocks, each trajectory with its own adaptive steps. In batches of a built-in
+blocks, in parallel (a few trajectories of a user field serially: that compiles faster), each
+trajectory with its own adaptive steps. In batches of a built-in
 model (16 states or more, no variational equations) the trajectories of a block that step
 together have their stages evaluated as one blocked matrix product instead of one
 matrix-vector product each; steps, step-size control and every rounding stay per trajectory,
@@ -64,7 +65,8 @@ _SERIAL_USER_BATCH = 32
 # does not depend on its block, so results do not depend on the blocks at all)
 _BLOCK_MIN = 16
 _BLOCK_MAX = 64
-# user fields and tangents are evaluated row by row, in blocks of at most this many rows
+# user fields, tangents and small built-in batches are evaluated row by row, in blocks of at
+# most this many rows
 _ROW_BLOCK_MAX = 16
 
 
