@@ -385,7 +385,9 @@ def _block_field(model, layer, X, out, P, Q):
 def block_stage(model, layer, s, rows, m, h, z, K, TA, wsb):
     # stage s of the rows r = rows[q], q < m, of the built-in field without tangents: the stage
     # states z_r + h_r sum_j A_sj k_rj form one matrix and f is one blocked product, k_rs into
-    # K[r S + s] (the same arithmetic, row by row, as neural_rhs); wsb = (X, F, P, Q) scratch
+    # K[r S + s] (the same arithmetic, row by row, as neural_rhs); wsb = (X, F, P, Q) scratch.
+    # The row-by-row branch of _advance forms the same sum in place: a shared helper cost a call
+    # or reference counting per stage there (measured: 3.6x slower per step for a small user field)
     X, F, P, Q = wsb
     S = TA.shape[0]
     d = z.shape[1]
