@@ -263,6 +263,47 @@ def test_fixed_step_blocks_keep_finite_members_and_name_the_time():
     assert 17.0 < adaptive.value.time < 17.8  # e^{40 t} leaves float64 at t = 17.7
 
 
+@pytest.mark.parametrize("kw", [{"method": "rk4", "dt": 0.01}, {"rtol": 1e-8, "atol": 1e-10}])
+def test_block_members_failing_at_different_times_match_their_own_runs(kw):
+    # x' = g_l x with gains 1, 8, 40 in three layers (growth up to e^781 by t = 30): members
+    # starting between 1e-300 and 1e250 overflow at different steps and layers or not at all,
+    # zero members never do; each member must keep the frames and statistics of its own run
+    gains = np.array([1.0, 8.0, 40.0])
+    model = NeuralODE.inner(gains[:, None, None] * np.eye(2), np.zeros((3, 2)), "identity",
+                            t_layers=[0.0, 5.0, 12.0, 30.0], T=30.0)  # fmt: skip
+    X = np.zeros((20, 2))
+    X[::2, 0] = 10.0 ** np.linspace(-300, 250, 10)
+    t = np.linspace(0.0, 30.0, 16)
+    with pytest.raises(NonFiniteStateError) as batch:
+        odeint(model, X, t, **kw)
+    sol = batch.value.solution
+    assert (sol.y[:, 1::2] == 0.0).all()
+    times = []
+    for i in range(0, 20, 2):
+        try:
+            one = odeint(model, X[i], t, **kw)
+        except NonFiniteStateError as err:
+            one = err.solution
+            times.append(err.time)
+        np.testing.assert_array_equal(sol.y[:, i], one.y)  # NaN after the last good frame
+        np.testing.assert_array_equal(
+            sol.stats["per_trajectory"][i], one.stats["per_trajectory"][0]
+        )
+    assert 2 <= len(times) < 10 and len(set(times)) == len(times)  # different stopping times
+    assert batch.value.time == times[-1]  # the batch names its first failure: the largest start
+    # independent checks. The largest member (1e250) leaves the float64 range at
+    # t* = 12 + (ln(DBL_MAX / 1e250) - 5 - 56) / 40 = 13.83, its stage values (40 x) about
+    # ln(40) / 40 = 0.09 earlier; the time named is the start of the failing step.
+    t_star = 12.0 + (np.log(np.finfo(float).max / 1e250) - 61.0) / 40.0
+    assert t_star - 0.15 < batch.value.time <= t_star
+    if kw.get("method") == "rk4":
+        # a member that never overflows grows by RK4's factor R(z) = 1 + z + z^2/2 + z^3/6 +
+        # z^4/24 per step (z = g h, h = 0.01): 500, 700 and 1800 steps in the three layers
+        R = [1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24 for z in 0.01 * gains]
+        log_growth = 500 * np.log(R[0]) + 700 * np.log(R[1]) + 1800 * np.log(R[2])
+        assert abs(np.log(sol.y[-1, 0, 0]) - np.log(X[0, 0]) - log_growth) < 1e-10  # rounding
+
+
 def test_piecewise_layers_vs_scipy():
     model = NeuralODE.random(3, 4, scale=2.0, seed=11, layers=4)
     x0 = np.array([0.2, 0.1, -0.4])
