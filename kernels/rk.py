@@ -486,7 +486,7 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
 
 @njit(cache=True, error_model="numpy")
 def solve_block(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, sched, adaptive,
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, sched,
     TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, lo, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
@@ -499,15 +499,15 @@ def solve_block(
     (one blocked matrix product per stage for the built-in field); the arithmetic of a row does
     not depend on the other rows, so results are bitwise the same for any block size.
 
-    Fixed step (``adaptive`` False): every row takes the steps of
-    ``sched = fixed_schedule(t_out, tstops, dt)``; a row whose state turns NaN/inf stops
-    (``NONFINITE``, time = start of that step, later frames unwritten).
-    Adaptive (``adaptive`` True, first-same-as-last tableau with error weights ``TE`` and dense
-    weights ``TD``): each row has its own steps, with PI step-size control (:func:`_control`) on
-    the weighted RMS norm of the error estimate with per-component ``rtol``/``atol``; output
-    times filled by the dense output; ``h0[r] > 0`` is the first step, else it is chosen
-    automatically (:func:`_initial_step`). Rows in different layers step in turns, lowest
-    layer first.
+    Fixed step (``TE`` and ``TD`` None: the adaptive code is left out at compile time): every row
+    takes the steps of ``sched = fixed_schedule(t_out, tstops, dt)``; a row whose state turns
+    NaN/inf stops (``NONFINITE``, time = start of that step, later frames unwritten).
+    Adaptive (first-same-as-last tableau with error weights ``TE`` and dense weights ``TD``;
+    the fixed-step code is left out at compile time): each row has its own steps, with PI
+    step-size control (:func:`_control`) on the weighted RMS norm of the error estimate with
+    per-component ``rtol``/``atol``; output times filled by the dense output; ``h0[r] > 0`` is
+    the first step, else it is chosen automatically (:func:`_initial_step`). Rows in different
+    layers step in turns, lowest layer first.
 
     Per row on exit: ``status`` (``OK``, ``NONFINITE``, ``STEP_UNDERFLOW``, ``MAX_STEPS``),
     ``nframes`` (valid frames of ``Y``), ``t_reached`` (last time with a finite state),
@@ -550,7 +550,7 @@ def solve_block(
     # fixed steps: the built-in field without tangents advances all rows together; user fields
     # and tangents advance one row at a time through the whole schedule (groups of one row)
     blocked = block_stage is not None
-    if not adaptive:
+    if TE is None:
         sa, sh, sm, sl, sf = sched
         nseg = sa.shape[0]
         for grp in range(1 if blocked else nb):
@@ -713,16 +713,16 @@ def _count_failed(status):
 
 @njit(cache=True, parallel=True)
 def rk_solve(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt, adaptive,
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt,
     TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
     """Integrate a batch ``Z0`` (B, n) in blocks of ``block`` rows, the blocks in parallel.
 
     Each block runs :func:`solve_block` (arguments as there; ``dt`` gives the fixed-step
-    schedule, ``h`` (B,) holds the first steps on entry and, for adaptive runs, the proposed
-    next steps on exit (fixed-step runs leave it as it was),
-    ``Y`` (T, B, n), per-trajectory ``status``, ``nframes``, ``t_reached``, ``stats`` (B, 3)).
+    schedule for ``TE`` None, ``h`` (B,) holds the first steps on entry and, for adaptive runs,
+    the proposed next steps on exit (fixed-step runs leave it as it was), ``Y`` (T, B, n),
+    per-trajectory ``status``, ``nframes``, ``t_reached``, ``stats`` (B, 3)).
     Returns the number of trajectories that failed.
     """
     B = Z0.shape[0]
@@ -734,7 +734,7 @@ def rk_solve(
         hi = min(B, lo + block)
         solve_block(
             fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops,
-            (sa, sh, sm, sl, sf), adaptive, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi],
+            (sa, sh, sm, sl, sf), TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi],
             max_steps, Y, lo, status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
         )  # fmt: skip
     return _count_failed(status)
@@ -742,7 +742,7 @@ def rk_solve(
 
 @njit(cache=True)
 def rk_solve_serial(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt, adaptive,
+    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt,
     TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
@@ -752,8 +752,8 @@ def rk_solve_serial(
     for lo in range(0, B, block):
         hi = min(B, lo + block)
         solve_block(
-            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops, sched,
-            adaptive, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi], max_steps, Y, lo,
+            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops,
+            sched, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi], max_steps, Y, lo,
             status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
         )  # fmt: skip
     return _count_failed(status)
