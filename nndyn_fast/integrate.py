@@ -4,11 +4,11 @@ The time loop runs inside one compiled kernel (:mod:`nndyn_fast.kernels.rk`): on
 loop for every case (one or many trajectories, fixed or adaptive steps, built-in or user
 fields, with or without variational equations). Batches of initial states are integrated in
 blocks, in parallel (a few trajectories of a user field serially: that compiles faster), each
-trajectory with its own adaptive steps. In batches of a built-in
-model (16 states or more, no variational equations) the trajectories of a block that step
-together have their stages evaluated as one blocked matrix product instead of one
-matrix-vector product each; steps, step-size control and every rounding stay per trajectory,
-so batched and unbatched results are bitwise identical.
+trajectory with its own adaptive steps. In batches of a built-in model (16 states or more, no
+variational equations) the trajectories of a block that step together have their stages
+evaluated as one blocked matrix product instead of one matrix-vector product each; steps,
+step-size control and every rounding stay per trajectory, so batched and unbatched results are
+bitwise identical.
 """
 
 from __future__ import annotations
