@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+
+from .storage import RunFileError
 
 # (module, function adding the subcommand's parser): one entry per command family.
 FAMILIES = [
@@ -36,11 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``nndyn``; returns the exit status (2 for bad input)."""
+    """Entry point of ``nndyn``; returns the exit status.
+
+    2 for bad input or a failed run, 1 when writing the run file failed (disk full), and
+    130 / 143 when SIGINT / SIGTERM interrupted a run (its file keeps every committed chunk).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        path = getattr(exc, "run_path", None)
+        if path is None:
+            print(f"nndyn {args.command}: interrupted", file=sys.stderr)
+        else:
+            rows = ", ".join(f"{n} {s} rows" for s, n in exc.run_rows.items())
+            print(
+                f"nndyn {args.command}: interrupted; {path} keeps {rows} (status interrupted); "
+                "continue it with the same command and --resume",
+                file=sys.stderr,
+            )
+        return 128 + int(signum)
+    except RunFileError as exc:
+        print(f"nndyn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, FloatingPointError) as exc:
         print(f"nndyn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import hashlib
 import sys
 import time as _time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from .errors import NonFiniteStateError
 from .graphs import DigraphMeasure, Graphon
 from .kernels import kuramoto as kk
 from .kernels.activations import ACTIVATIONS
-from .storage import TrajectoryWriter, chunk_rows
+from .runs import start_run
+from .storage import chunk_rows
 
 __all__ = [
     "Coupling",
@@ -438,6 +439,8 @@ def simulate(
     save_every = check_int("save_every", save_every, minimum=1)
     if chunk_steps is not None:
         chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
     total = int(np.ceil(t_end / dt - 1e-9))
     steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
     c = model._c
@@ -456,35 +459,25 @@ def simulate(
     writer = None
     state = x0.copy()
     step = 0
-    if out is not None and resume:
-        writer = TrajectoryWriter.resume(out)
-        stored = writer.params
-        for key in ("fingerprint", "dt", "method", "save_every", "steps", "N"):
-            if stored.get(key) != params[key]:
-                writer.close("failed", "resume refused: parameters differ")
-                raise ValueError(
-                    f"cannot resume {str(out)!r}: its {key} is {stored.get(key)!r}, this run's "
-                    f"is {params[key]!r}; resume with the same model and options"
-                )
-        ck = writer.checkpoint
-        state = np.ascontiguousarray(ck["state"], dtype=np.float64)
-        step = int(ck["step"])
-    elif out is not None:
-        writer = TrajectoryWriter.create(
+    if out is not None:
+        obs0 = _observables(model, state)
+        writer = start_run(
             out,
             kind=params["model"],
             params=params,
-            overwrite=overwrite,
+            inputs={"state0": x0},
             series={
                 "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
                 "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
             },
-            chunk_frames={"trajectory": frame_rows - 1 or 1, "observables": steps_per_call},
+            rows={"trajectory": total // save_every + 1, "observables": total + 1},
+            checkpoint={"state": state, "step": 0},
+            resume=resume,
+            overwrite=overwrite,
         )
-        obs0 = _observables(model, state)
-        writer.append("trajectory", time=np.zeros(1), step=np.zeros(1, np.int64), value=state[None])
-        writer.append("observables", time=np.zeros(1), step=np.zeros(1, np.int64), value=obs0)
-        writer.commit(state=state, step=0)
+        ck = writer.checkpoint
+        state = np.ascontiguousarray(ck["state"], dtype=np.float64)
+        step = int(ck["step"])
 
     frames_buf = np.empty((frame_rows, n))
     obs_buf = np.empty((steps_per_call, 2))
@@ -494,61 +487,62 @@ def simulate(
     steps_idx = frame_steps = np.zeros(0, np.int64)
     bar = _Progress(total, enabled=progress)
     bar.update(step)
-    try:
-        while step < total:
-            k = min(steps_per_call, total - step)
-            with _threads_for(c.work):
-                done, nf, status = kk.network_advance(
-                    model.model_code,
-                    model.act_code,
-                    state,
-                    model.drive,
-                    model.K / n,
-                    model.alpha,
-                    dt,
-                    METHODS[method],
-                    k,
-                    save_every,
-                    step,
-                    c.kind,
-                    c.cp,
-                    c.wfun,
-                    frames_buf,
-                    obs_buf,
-                )
-            steps_idx = np.arange(step + 1, step + done + 1, dtype=np.int64)
-            frame_steps = steps_idx[steps_idx % save_every == 0]
-            if writer is not None:
-                writer.append(
-                    "observables", time=steps_idx * dt, step=steps_idx, value=obs_buf[:done]
-                )
-                writer.append(
-                    "trajectory", time=frame_steps * dt, step=frame_steps, value=frames_buf[:nf]
-                )
-                writer.commit(state=state, step=step + done)
-            else:
-                keep_t.append(steps_idx * dt)
-                keep_obs.append(obs_buf[:done].copy())
-                keep_ft.append(frame_steps * dt)
-                keep_frames.append(frames_buf[:nf].copy())
-            step += done
-            bar.update(step)
-            if status != kk.OK:
-                raise NonFiniteStateError(
-                    f"the state became non-finite at step {step + 1} (t = {(step + 1) * dt:g}); "
-                    f"{step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
-                    step=step + 1,
-                    time=(step + 1) * dt,
-                )
-    except BaseException as exc:
-        bar.close()
-        if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    bar.close()
+    with writer if writer is not None else nullcontext():
+        if writer is not None and writer.chunks == 0:  # a new run, or one killed before this
+            zero = np.zeros(1, np.int64)
+            writer.append("trajectory", time=np.zeros(1), step=zero, value=state[None])
+            writer.append("observables", time=np.zeros(1), step=zero, value=obs0)
+            writer.commit(state=state, step=0)
+        try:
+            while step < total:
+                k = min(steps_per_call, total - step)
+                with _threads_for(c.work):
+                    done, nf, status = kk.network_advance(
+                        model.model_code,
+                        model.act_code,
+                        state,
+                        model.drive,
+                        model.K / n,
+                        model.alpha,
+                        dt,
+                        METHODS[method],
+                        k,
+                        save_every,
+                        step,
+                        c.kind,
+                        c.cp,
+                        c.wfun,
+                        frames_buf,
+                        obs_buf,
+                    )
+                steps_idx = np.arange(step + 1, step + done + 1, dtype=np.int64)
+                frame_steps = steps_idx[steps_idx % save_every == 0]
+                if writer is not None:
+                    writer.append(
+                        "observables", time=steps_idx * dt, step=steps_idx, value=obs_buf[:done]
+                    )
+                    writer.append(
+                        "trajectory", time=frame_steps * dt, step=frame_steps, value=frames_buf[:nf]
+                    )
+                    writer.commit(state=state, step=step + done)
+                else:
+                    keep_t.append(steps_idx * dt)
+                    keep_obs.append(obs_buf[:done].copy())
+                    keep_ft.append(frame_steps * dt)
+                    keep_frames.append(frames_buf[:nf].copy())
+                step += done
+                bar.update(step)
+                if status != kk.OK:
+                    raise NonFiniteStateError(
+                        f"the state became non-finite at step {step + 1} (t = {(step + 1) * dt:g}); "
+                        f"{step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
+                        step=step + 1,
+                        time=(step + 1) * dt,
+                    )
+        finally:
+            bar.close()
     if writer is not None:
         path = writer.path
-        writer.close("complete")
         return NetworkRun(
             steps_idx * dt,
             obs_buf[: steps_idx.size].copy(),

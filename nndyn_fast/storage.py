@@ -1,30 +1,69 @@
-"""The trajectory store: chunked, resumable HDF5 files for long runs.
+"""The trajectory store: fixed-layout HDF5 run files that no kill point can corrupt.
 
-Layout of a run file (schema ``nndyn_fast.run``, version 1)::
+Layout of a run file (schema ``nndyn_fast.run``, version 2)::
 
-    /                     attrs: schema, schema_version, kind, status (running|complete|failed),
-                          message, created, command, versions (package, numpy, numba, h5py),
-                          commit (JSON: committed rows per series, checkpoint slot, chunk count)
-    /params               the run's parameters: scalars and strings as attrs, arrays as datasets
-    /<series>/<field>     one group per series (e.g. ``trajectory``, ``observables``); every field
-                          of a series shares its first axis (rows), e.g. ``time`` (n,),
-                          ``step`` (n,), ``value`` (n, *frame_shape)
-    /checkpoint/A, /B     two slots holding everything needed to resume; the commit record names
-                          the valid one
+    /                     attrs: schema, schema_version, kind, created, command, versions
+                          (package, numpy, numba, h5py, python); written once, at creation
+    /params               the run's parameters: scalars and strings as attrs, arrays as datasets,
+                          and ``sha256`` digests of the input arrays (attr ``inputs``, JSON)
+    /<series>/<field>     one group per series (``trajectory``, ``observables``, ...); every field
+                          of a series shares its first axis (rows): ``time`` (n,), ``step`` (n,),
+                          ``value`` (n, *row_shape); preallocated to the run's capacity
+    /commit/A, /commit/B  two fixed-size commit records (uint8): status, message, committed rows
+                          per series, a checksum of those rows, a summary and the checkpoint
 
-Writing protocol (one call of :meth:`TrajectoryWriter.commit` per chunk): the chunk's rows are
-written and the file flushed; then the other checkpoint slot is filled, flushed, and only then the
-single ``commit`` attribute is replaced and the file flushed again. A run killed at any moment
-(even with SIGKILL) therefore leaves a file whose commit record points at complete rows and a
-complete checkpoint; rows past the record are ignored by readers and cut off on resume. Datasets
-use the default HDF5 file format (no SWMR), chunks of about 1 MiB, no compression by default.
+Why this cannot be corrupted by a kill
+--------------------------------------
+HDF5 without SWMR is not crash-safe while its *metadata* changes: resizing a dataset, writing an
+attribute, or deleting and recreating a group rewrites B-trees, heaps and object headers, and a
+process killed between two of those writes leaves a file that no longer opens ("addr overflow",
+"bad local heap signature"). SWMR needs ``libver="latest"``, which older readers cannot open, and
+still changes metadata on every append. So this store never changes HDF5 metadata after a file
+is created:
+
+1. **Creation is atomic.** The whole file (groups, parameters, every dataset at its final size,
+   contiguous and allocated at creation, never filled; the first commit record holding the
+   initial checkpoint) is written to a hidden file beside the target, fsync'ed, and renamed over
+   the target. A kill before the rename leaves no file at the target; after it the file is whole.
+2. **After creation only raw bytes are written**, with ``os.pwrite`` at the byte offsets HDF5
+   gave the contiguous datasets: HDF5 is not involved in writing a run at all, so nothing it
+   keeps can be half-written (and no HDF5 error can turn into a segfault).
+3. **A commit** writes the chunk's rows past the committed ones, fdatasync's, then writes the
+   *other* commit record (sequence number + 1; a BLAKE2b digest over its body), and fdatasync's
+   again. A reader takes the valid record with the highest sequence number. A kill or a torn
+   write at any point leaves either the old record (whose rows were never touched again) or the
+   new one (whose rows were synced before it was written).
+4. **The status is part of the record.** ``complete``, ``failed`` and ``interrupted`` are written
+   as one more record, so a file is ``complete`` only if the data it names are. A record that says
+   ``running`` while no process holds the file (the run was killed) reads as ``interrupted``.
+
+The record is validated on open (digest, rows within the datasets' capacity, the series it names);
+``RunFile.verify()`` also checks every committed row against the record's running CRC-32.
+
+One writer per file: a writer holds ``flock(LOCK_EX)`` on the file for its whole life, and
+``overwrite``/``resume`` take that lock before touching an existing file, so a second process
+gets a clear error and never truncates it. Readers are supported during a run: :func:`open_run`
+opens without HDF5's own file lock and sees exactly the rows committed when it opened (committed
+rows are never rewritten). Other HDF5 readers need ``locking=False`` in h5py (or
+``HDF5_USE_FILE_LOCKING=FALSE``) while a run writes the file.
+
+Datasets are preallocated, so the file's apparent size is its final size from the start (the
+disk blocks are taken as rows are written); a run that needs more room than the disk has free
+is refused before it starts. Compression is not offered: compressed chunks move in the file.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
+import os
+import resource
+import struct
 import sys
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +72,49 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._validate import check_option, check_out_path
+from ._validate import check_out_path
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "TrajectoryWriter", "RunFile", "open_run", "chunk_rows"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "RunFile",
+    "RunFileError",
+    "RunLockedError",
+    "TrajectoryWriter",
+    "chunk_rows",
+    "open_run",
+]
 
 SCHEMA = "nndyn_fast.run"
-SCHEMA_VERSION = 1
-CHUNK_BYTES = 1 << 20
-_COMPRESSION = {"none": None, "lzf": "lzf", "gzip": "gzip"}
+SCHEMA_VERSION = 2
+STATUSES = ("running", "complete", "failed", "interrupted")
+_MAGIC = b"NNDYNREC"
+_HEAD = struct.Struct("<8sQQ16s")  # magic, sequence number, body length, BLAKE2b-128 of the body
+CHUNK_BYTES = 1 << 20  # rows committed together: about 1 MiB
+_SLACK = 64 * 1024  # room in a record for JSON that grows as the run goes (summary, rng state)
 
 
 def chunk_rows(row_shape: tuple[int, ...], dtype: Any, target_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per HDF5 chunk so that one chunk holds about ``target_bytes`` (at least one row)."""
+    """Rows per commit so that one chunk holds about ``target_bytes`` (at least one row)."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return max(1, target_bytes // max(row_bytes, 1))
+
+
+class RunFileError(OSError):
+    """Writing a run file failed (disk full, file-size limit, I/O error).
+
+    ``path`` is the file and ``committed`` the committed rows per series, all of which are
+    still in the file and readable.
+    """
+
+    def __init__(self, message: str, *, path: str, committed: dict[str, int]):
+        super().__init__(message)
+        self.path = path
+        self.committed = committed
+
+
+class RunLockedError(ValueError):
+    """Another process is writing this run file."""
 
 
 def _versions() -> str:
@@ -65,12 +133,16 @@ def _versions() -> str:
     )
 
 
+# -- parameters -------------------------------------------------------------------------------
 def _write_params(group: h5py.Group, params: Mapping[str, Any]) -> None:
     for key, value in params.items():
         if value is None:
             group.attrs[key] = "None"
         elif isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
             group.attrs[key] = value
+        elif isinstance(value, (dict, list, tuple)):
+            group.attrs[key] = json.dumps(value)
+            group.attrs[key + "__json"] = True
         else:
             group.create_dataset(key, data=np.asarray(value))
 
@@ -78,7 +150,12 @@ def _write_params(group: h5py.Group, params: Mapping[str, Any]) -> None:
 def _read_params(group: h5py.Group) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in group.attrs.items():
-        out[key] = None if isinstance(value, str) and value == "None" else _plain(value)
+        if key.endswith("__json"):
+            continue
+        if group.attrs.get(key + "__json", False):
+            out[key] = json.loads(value)
+        else:
+            out[key] = None if isinstance(value, str) and value == "None" else _plain(value)
     for key, ds in group.items():
         out[key] = ds[()]
     return out
@@ -92,32 +169,181 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# -- commit records -----------------------------------------------------------------------------
+def _encode_record(seq: int, meta: dict, checkpoint: Mapping[str, Any]) -> bytes:
+    """One commit record: header, then a body of JSON (meta + checkpoint scalars) and arrays."""
+    arrays, values, blobs, offset = [], {}, [], 0
+    for key, value in checkpoint.items():
+        if isinstance(value, np.ndarray):
+            a = np.ascontiguousarray(value)
+            arrays.append([key, a.dtype.str, list(a.shape), offset])
+            blobs.append(a.tobytes())
+            offset += a.nbytes
+        elif isinstance(value, np.generic):
+            values[key] = value.item()
+        else:
+            values[key] = value
+    head = json.dumps({**meta, "arrays": arrays, "values": values}).encode()
+    body = struct.pack("<Q", len(head)) + head + b"".join(blobs)
+    digest = hashlib.blake2b(body, digest_size=16).digest()
+    return _HEAD.pack(_MAGIC, seq, len(body), digest) + body
+
+
+def _decode_record(raw: bytes) -> tuple[int, dict, dict] | None:
+    """``(seq, meta, checkpoint)`` of a record, or None if it is absent, torn or corrupt."""
+    if len(raw) < _HEAD.size:
+        return None
+    magic, seq, n, digest = _HEAD.unpack_from(raw)
+    if magic != _MAGIC or n > len(raw) - _HEAD.size:
+        return None
+    body = bytes(raw[_HEAD.size : _HEAD.size + n])
+    if hashlib.blake2b(body, digest_size=16).digest() != digest:
+        return None
+    (hn,) = struct.unpack_from("<Q", body)
+    meta = json.loads(body[8 : 8 + hn])
+    base = 8 + hn
+    ck: dict[str, Any] = dict(meta.pop("values"))
+    for key, dtype, shape, off in meta.pop("arrays"):
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        ck[key] = np.frombuffer(body, dt, count, base + off).reshape(shape).copy()
+    return seq, meta, ck
+
+
+def _pick_record(slots: Mapping[str, bytes]) -> tuple[str, int, dict, dict] | None:
+    best = None
+    for name, raw in slots.items():
+        rec = _decode_record(raw)
+        if rec is not None and (best is None or rec[0] > best[1]):
+            best = (name, *rec)
+    return best
+
+
 @dataclass(frozen=True)
 class _Field:
     shape: tuple[int, ...]
     dtype: np.dtype
+    offset: int | None  # byte offset of row 0 in the file (None for an empty dataset)
+    capacity: int
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _as_spec(spec: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple):
+        return tuple(int(s) for s in spec[0]), np.dtype(spec[1])
+    return tuple(int(s) for s in spec), np.dtype(np.float64)
+
+
+def _fixed_dataset(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> h5py.Dataset:
+    """A contiguous dataset whose storage is allocated now and never filled (raw bytes later)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _layout(h5: h5py.File, series: list[str]) -> tuple[dict, dict]:
+    fields: dict[str, dict[str, _Field]] = {}
+    for s in series:
+        g = h5[s]
+        fields[s] = {}
+        for f in json.loads(g.attrs["fields"]):
+            ds = g[f]
+            off = ds.id.get_offset() if ds.size else None
+            fields[s][f] = _Field(ds.shape[1:], ds.dtype, off, ds.shape[0])
+    slots = {}
+    for name in ("A", "B"):
+        ds = h5["commit"][name]
+        slots[name] = (ds.id.get_offset(), ds.shape[0])
+    return fields, slots
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunLockedError(
+                f"out: {path!r} is being written by another process; wait for that run to end "
+                "or choose another path"
+            ) from None
+        raise
+
+
+def _is_held(path: str) -> bool:
+    """True while a writer holds ``path`` (its exclusive lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _pwrite(fd: int, data: memoryview | bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (the only way run data reach the file)."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _partial_name(p: Path) -> Path:
+    return p.with_name(f".{p.name}.{os.getpid()}.partial")
+
+
+def _remove_stale_partials(p: Path) -> None:
+    for q in p.parent.glob(f".{p.name}.*.partial"):
+        try:
+            pid = int(q.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)  # still alive: its creation is under way
+        except (ValueError, ProcessLookupError):
+            q.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 class TrajectoryWriter:
-    """Append-only writer of a run file; see the module docstring for the layout.
+    """The writer of one run file; see the module docstring for the layout and the protocol.
 
-    Create with :meth:`create` or continue a killed run with :meth:`resume`. Use as a context
-    manager: leaving the block normally marks the run ``complete``; an exception marks it
-    ``failed`` (with the message), and every committed chunk stays in the file.
+    Create with :meth:`create` or continue a run with :meth:`resume`; most code uses
+    :func:`nndyn_fast.runs.start_run`, which also compares parameters and handles signals.
+    As a context manager, leaving the block normally marks the run ``complete``; an exception
+    marks it ``failed`` (with the message), ``KeyboardInterrupt``/SIGTERM ``interrupted``.
+    Every committed chunk stays in the file in each case.
 
     Examples
     --------
     >>> with TrajectoryWriter.create("run.h5", kind="demo", params={"N": 3},
-    ...                              series={"trajectory": {"time": (), "value": (3,)}}) as w:
+    ...                              series={"trajectory": {"time": (), "value": (3,)}},
+    ...                              rows={"trajectory": 10}, checkpoint={"step": 0}) as w:
     ...     w.append("trajectory", time=np.zeros(2), value=np.ones((2, 3)))
     ...     w.commit(state=np.ones(3), step=2)
     """
 
-    def __init__(self, h5: h5py.File, fields: dict[str, dict[str, _Field]], commit: dict):
-        self._h5 = h5
+    def __init__(self, path: str, fd: int, fields: dict, slots: dict, record: tuple):
+        self._path = path
+        self._fd = fd
         self._fields = fields
-        self._commit = commit
-        self._pending = dict(commit["rows"])
+        self._slots = slots
+        slot, seq, meta, ck = record
+        self._slot, self._seq = slot, seq
+        self._rows = dict(meta["rows"])
+        self._crc = dict(meta["crc"])
+        self._chunks = meta["chunks"]
+        self._summary = dict(meta.get("summary", {}))
+        self._checkpoint = ck
+        self._pending = dict(self._rows)
+        self._pending_crc = dict(self._crc)
+        self._closed = False
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -128,105 +354,170 @@ class TrajectoryWriter:
         kind: str,
         params: Mapping[str, Any],
         series: Mapping[str, Mapping[str, Any]],
+        rows: Mapping[str, int],
+        checkpoint: Mapping[str, Any],
         overwrite: bool = False,
-        compression: str = "none",
-        chunk_frames: Mapping[str, int] | None = None,
+        attrs: Mapping[str, Any] | None = None,
     ) -> TrajectoryWriter:
-        """Create a new run file.
+        """Create a run file with room for ``rows[s]`` rows of each series.
 
         Parameters
         ----------
-        path : output file; refused if it exists unless ``overwrite``.
-        kind : what produced the run (e.g. ``"kuramoto"``); stored as an attribute.
-        params : run parameters; scalars/strings become attrs of ``/params``, arrays datasets.
+        path : output file; refused if it exists unless ``overwrite`` (and refused while another
+            process writes it, in any case).
+        kind : what produced the run (e.g. ``"kuramoto"``); a root attribute.
+        params : scalars/strings/JSON-able lists and dicts become attrs of ``/params``, arrays
+            datasets.
         series : ``{series: {field: shape or (shape, dtype)}}``, ``shape`` the shape of one row
             (``()`` for scalars); dtype defaults to float64.
-        compression : ``"none"`` (default), ``"lzf"`` or ``"gzip"``.
-        chunk_frames : rows per HDF5 chunk for a series; default about 1 MiB per chunk.
+        rows : the number of rows each series will hold at most (its datasets' size).
+        checkpoint : the state at step 0, stored as the first commit record; later checkpoints
+            must hold arrays of the same shapes (their size sets the records' size).
+        attrs : extra root attributes (written once).
+
+        Raises
+        ------
+        ValueError
+            Unwritable or existing path, not enough free disk for the run's datasets.
+        RunLockedError
+            Another process writes the existing file at ``path``.
         """
         p = check_out_path("out", path, overwrite=overwrite)
-        check_option("compression", compression, _COMPRESSION)
-        fields = {s: {f: _as_field(spec) for f, spec in cols.items()} for s, cols in series.items()}
+        specs = {s: {f: _as_spec(v) for f, v in cols.items()} for s, cols in series.items()}
+        if set(rows) != set(specs):
+            raise ValueError(f"rows must name every series {sorted(specs)}, got {sorted(rows)}")
+        need = sum(
+            int(rows[s]) * int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            for s, cols in specs.items()
+            for shape, dt in cols.values()
+        )
+        first = _encode_record(
+            0,
+            {
+                "status": "running",
+                "message": "",
+                "rows": {s: 0 for s in specs},
+                "crc": {f"{s}/{f}": 0 for s, cols in specs.items() for f in cols},
+                "chunks": 0,
+                "summary": {},
+            },
+            checkpoint,
+        )
+        slot_bytes = 2 * len(first) + _SLACK
+        _check_room(p, need + 2 * slot_bytes)
+        held = None
+        if p.exists():  # overwrite: refuse if another process writes it, before touching it
+            held = os.open(p, os.O_RDONLY)
+            try:
+                _lock(held, str(p))
+            except BaseException:
+                os.close(held)
+                raise
+        _remove_stale_partials(p)
+        tmp = _partial_name(p)
         try:
-            h5 = h5py.File(p, "w")
-        except OSError as exc:
-            raise ValueError(f"out: cannot create {str(p)!r}: {exc}") from None
-        try:
-            h5.attrs["schema"] = SCHEMA
-            h5.attrs["schema_version"] = SCHEMA_VERSION
-            h5.attrs["kind"] = kind
-            h5.attrs["status"] = "running"
-            h5.attrs["message"] = ""
-            h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            h5.attrs["command"] = " ".join(sys.argv)
-            h5.attrs["versions"] = _versions()
-            _write_params(h5.create_group("params"), params)
-            for s, cols in fields.items():
-                g = h5.create_group(s)
-                g.attrs["fields"] = json.dumps(list(cols))
-                for f, fld in cols.items():
-                    rows = (chunk_frames or {}).get(s) or chunk_rows(fld.shape, fld.dtype)
-                    inner = _inner_chunk(fld.shape, fld.dtype)
-                    g.create_dataset(
-                        f,
-                        shape=(0, *fld.shape),
-                        maxshape=(None, *fld.shape),
-                        dtype=fld.dtype,
-                        chunks=(rows if not fld.shape or inner == fld.shape else 1, *inner),
-                        compression=_COMPRESSION[compression],
-                    )
-            h5.create_group("checkpoint")
-            commit = {"rows": {s: 0 for s in fields}, "slot": None, "chunks": 0}
-            h5.attrs["commit"] = json.dumps(commit)
-            h5.flush()
+            try:
+                with h5py.File(tmp, "w", locking=False) as h5:
+                    h5.attrs["schema"] = SCHEMA
+                    h5.attrs["schema_version"] = SCHEMA_VERSION
+                    h5.attrs["kind"] = kind
+                    h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                    h5.attrs["command"] = " ".join(sys.argv)
+                    h5.attrs["versions"] = _versions()
+                    for k, v in (attrs or {}).items():
+                        h5.attrs[k] = v
+                    _write_params(h5.create_group("params"), params)
+                    c = h5.create_group("commit")  # first: small offsets, before the data
+                    for name in ("A", "B"):
+                        _fixed_dataset(c, name, (slot_bytes,), np.dtype(np.uint8))
+                    for s, cols in specs.items():
+                        g = h5.create_group(s)
+                        g.attrs["fields"] = json.dumps(list(cols))
+                        for f, (shape, dt) in cols.items():
+                            _fixed_dataset(g, f, (int(rows[s]), *shape), dt)
+                    offset_a = c["A"].id.get_offset()
+                fd = os.open(tmp, os.O_RDWR)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"out: cannot create {str(p)!r}: {exc}") from None
+            try:
+                try:
+                    _pwrite(fd, first, offset_a)
+                except OSError as exc:
+                    raise ValueError(f"out: cannot create {str(p)!r}: {exc}") from None
+                _lock(fd, str(p))
+                os.fsync(fd)
+                os.replace(tmp, p)
+                _fsync_dir(p.parent)
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
-            h5.close()
+            tmp.unlink(missing_ok=True)
             raise
-        return cls(h5, fields, commit)
+        finally:
+            if held is not None:
+                os.close(held)
+        with h5py.File(p, "r", locking=False) as h5:
+            fields, slots = _layout(h5, list(specs))
+        return cls(str(p), fd, fields, slots, ("A", *_decode_record(first)))
 
     @classmethod
     def resume(cls, path: str | Path) -> TrajectoryWriter:
-        """Reopen a run file to continue it: rows past the last commit are cut off."""
-        p = check_out_path("out", path, resume=True)
-        try:
-            h5 = h5py.File(p, "r+")
-        except OSError as exc:
-            raise ValueError(f"out: cannot open {str(p)!r} to resume it: {exc}") from None
-        if h5.attrs.get("schema") != SCHEMA:
-            h5.close()
-            raise ValueError(f"out: {str(p)!r} is not a {SCHEMA} file, cannot resume it")
-        commit = json.loads(h5.attrs["commit"])
-        if commit["slot"] is None:
-            h5.close()
-            raise ValueError(f"out: {str(p)!r} holds no committed chunk, start a new run instead")
-        fields = {}
-        for s in commit["rows"]:
-            g = h5[s]
-            fields[s] = {
-                f: _Field(g[f].shape[1:], g[f].dtype) for f in json.loads(g.attrs["fields"])
-            }
-            for f in fields[s]:
-                g[f].resize(commit["rows"][s], axis=0)
-        h5.attrs["status"] = "running"
-        h5.attrs["message"] = ""
-        h5.flush()
-        return cls(h5, fields, commit)
+        """Reopen a run file to continue it from its last commit record.
 
-    # -- writing ------------------------------------------------------------------------------
+        Raises
+        ------
+        ValueError
+            Not a run file of this schema, or no valid commit record.
+        RunLockedError
+            Another process writes the file.
+        """
+        p = check_out_path("out", path, resume=True)
+        fd = os.open(p, os.O_RDWR)
+        try:
+            _lock(fd, str(p))
+            with _open_h5(p) as h5:
+                series = _series_of(h5, str(p))
+                fields, slots = _layout(h5, series)
+                record = _pick_record({k: h5["commit"][k][()].tobytes() for k in ("A", "B")})
+            _check_record(record, fields, str(p))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(str(p), fd, fields, slots, record)
+
+    # -- state --------------------------------------------------------------------------------
     @property
-    def params(self) -> dict[str, Any]:
-        """The run's parameters as stored in ``/params``."""
-        return _read_params(self._h5["params"])
+    def path(self) -> str:
+        return self._path
 
     @property
     def rows(self) -> dict[str, int]:
         """Committed rows per series."""
-        return dict(self._commit["rows"])
+        return dict(self._rows)
 
     @property
-    def path(self) -> str:
-        return self._h5.filename
+    def capacity(self) -> dict[str, int]:
+        """Rows each series has room for."""
+        return {s: next(iter(cols.values())).capacity for s, cols in self._fields.items()}
 
+    @property
+    def chunks(self) -> int:
+        """Commits made so far (0: the file holds only the initial checkpoint)."""
+        return self._chunks
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """The last committed checkpoint (the initial one before the first commit)."""
+        return dict(self._checkpoint)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The run's parameters as stored in ``/params``."""
+        with _open_h5(self._path) as h5:
+            return _read_params(h5["params"])
+
+    # -- writing ------------------------------------------------------------------------------
     def append(self, series: str, **columns: np.ndarray) -> None:
         """Append rows to ``series``; every field of the series must be given, same row count."""
         cols = self._fields[series]
@@ -234,72 +525,111 @@ class TrajectoryWriter:
             raise ValueError(
                 f"append to {series!r} needs fields {sorted(cols)}, got {sorted(columns)}"
             )
-        n = {np.shape(v)[0] for v in columns.values()}
+        arrays = {}
+        for f, v in columns.items():
+            fld = cols[f]
+            a = np.ascontiguousarray(v, dtype=fld.dtype)
+            if a.shape[1:] != fld.shape:
+                raise ValueError(f"append to {series}/{f}: rows of shape {fld.shape} expected")
+            arrays[f] = a
+        n = {a.shape[0] for a in arrays.values()}
         if len(n) != 1:
             raise ValueError(f"append to {series!r}: fields have different row counts {n}")
         k = n.pop()
         if k == 0:
             return
         start = self._pending[series]
-        g = self._h5[series]
-        for f, v in columns.items():
-            ds = g[f]
-            ds.resize(start + k, axis=0)
-            ds[start:] = v
+        cap = next(iter(cols.values())).capacity
+        if start + k > cap:
+            raise ValueError(f"append to {series!r}: {start + k} rows exceed its capacity {cap}")
+        try:
+            for f, a in arrays.items():
+                fld = cols[f]
+                _pwrite(self._fd, a, fld.offset + start * fld.row_bytes)
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        for f, a in arrays.items():
+            key = f"{series}/{f}"
+            self._pending_crc[key] = zlib.crc32(a, self._pending_crc[key])
         self._pending[series] = start + k
 
     def commit(self, **checkpoint: Any) -> None:
-        """Make the appended rows durable and store ``checkpoint`` (arrays and scalars).
+        """Make the appended rows durable and store ``checkpoint`` (arrays and JSON values).
 
-        Flushes the data, writes the checkpoint into the free slot, flushes, then switches the
-        commit record in one attribute write and flushes again.
+        The rows are synced to disk before the new commit record is written and synced.
         """
-        self._h5.flush()
-        slot = "B" if self._commit["slot"] == "A" else "A"
-        ck = self._h5["checkpoint"]
-        if slot in ck:
-            del ck[slot]
-        g = ck.create_group(slot)
-        for key, value in checkpoint.items():
-            if isinstance(value, np.ndarray):
-                g.create_dataset(key, data=value)
-            elif isinstance(value, (dict, list)):
-                g.attrs[key] = json.dumps(value)
-                g.attrs[key + "__json"] = True
-            else:
-                g.attrs[key] = value
-        self._h5.flush()
-        self._commit = {
-            "rows": dict(self._pending),
-            "slot": slot,
-            "chunks": self._commit["chunks"] + 1,
+        try:
+            os.fdatasync(self._fd)
+            self._write_record(
+                "running", "", self._pending, self._pending_crc, checkpoint, self._chunks + 1
+            )
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        self._rows = dict(self._pending)
+        self._crc = dict(self._pending_crc)
+        self._chunks += 1
+        self._checkpoint = dict(checkpoint)
+
+    def summarize(self, **values: Any) -> None:
+        """Add JSON-able results (e.g. final exponents) to the record; stored with the next
+        commit or the closing status."""
+        self._summary.update(values)
+
+    def _write_record(self, status, message, rows, crc, checkpoint, chunks) -> None:
+        slot = "B" if self._slot == "A" else "A"
+        meta = {
+            "status": status,
+            "message": message,
+            "rows": dict(rows),
+            "crc": dict(crc),
+            "chunks": chunks,
+            "summary": self._summary,
         }
-        self._h5.attrs["commit"] = json.dumps(self._commit)
-        self._h5.flush()
+        raw = _encode_record(self._seq + 1, meta, checkpoint)
+        offset, size = self._slots[slot]
+        if len(raw) > size:
+            raise ValueError(
+                f"checkpoint of {len(raw)} bytes exceeds the record size {size} fixed at creation"
+            )
+        _pwrite(self._fd, raw, offset)
+        os.fdatasync(self._fd)
+        self._slot, self._seq = slot, self._seq + 1
 
-    @property
-    def checkpoint(self) -> dict[str, Any]:
-        """The last committed checkpoint (empty before the first commit)."""
-        if self._commit["slot"] is None:
-            return {}
-        return _read_checkpoint(self._h5["checkpoint"][self._commit["slot"]])
+    def _io_error(self, exc: OSError) -> RunFileError:
+        what = os.strerror(exc.errno) if exc.errno else str(exc)
+        return RunFileError(
+            f"writing {self._path!r} failed ({what}); the file keeps the rows committed so far "
+            f"({', '.join(f'{s}: {n}' for s, n in self._rows.items())}, after {self._chunks} "
+            "commits) and can be resumed once there is room",
+            path=self._path,
+            committed=dict(self._rows),
+        )
 
-    def set_attrs(self, **attrs: Any) -> None:
-        """Store extra root attributes (e.g. a summary) and flush."""
-        for k, v in attrs.items():
-            self._h5.attrs[k] = v
-        self._h5.flush()
+    def release(self) -> None:
+        """Close the file without writing anything (a refused resume leaves it untouched)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
 
     def close(self, status: str = "complete", message: str = "") -> None:
-        """Mark the run ``complete`` or ``failed`` and close the file (uncommitted rows dropped)."""
-        if not self._h5.id.valid:
+        """Write the final status (``complete``, ``failed``, ``interrupted``) and close.
+
+        Rows appended after the last commit are not part of the run. A failure to write the
+        status (a full disk) leaves the last record, which then reads as ``interrupted``.
+        """
+        if self._closed:
             return
-        for s, n in self._commit["rows"].items():
-            for f in self._fields[s]:
-                self._h5[s][f].resize(n, axis=0)
-        self._h5.attrs["status"] = status
-        self._h5.attrs["message"] = message
-        self._h5.close()
+        self._closed = True
+        try:
+            if status not in STATUSES[1:]:
+                raise ValueError(f"status must be one of {list(STATUSES[1:])}, got {status!r}")
+            self._write_record(
+                status, message, self._rows, self._crc, self._checkpoint, self._chunks
+            )
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
 
     def __enter__(self) -> TrajectoryWriter:
         return self
@@ -307,64 +637,119 @@ class TrajectoryWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is None:
             self.close("complete")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.close("interrupted", f"{exc_type.__name__}: {exc}".rstrip(": "))
         else:
             self.close("failed", f"{exc_type.__name__}: {exc}")
 
 
-def _as_field(spec: Any) -> _Field:
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple):
-        return _Field(tuple(int(s) for s in spec[0]), np.dtype(spec[1]))
-    return _Field(tuple(int(s) for s in spec), np.dtype(np.float64))
+def _check_room(p: Path, need: int) -> None:
+    """Refuse a run whose file would exceed the free disk or the process's file-size limit."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need + (1 << 20) > limit:
+        raise ValueError(
+            f"out: cannot create {str(p)!r}: the run file needs {need / 2**20:.1f} MiB but this "
+            f"process may write files of at most {limit / 2**20:.1f} MiB (ulimit -f); save "
+            "fewer frames (save_every) or raise the limit"
+        )
+    parent = p.parent if str(p.parent) else Path(".")
+    st = os.statvfs(parent)
+    free = st.f_bavail * st.f_frsize
+    if st.f_blocks and need > free:  # (pseudo file systems report no blocks at all)
+        raise ValueError(
+            f"out: the run needs {need / 2**20:.1f} MiB at {str(p)!r} but only "
+            f"{free / 2**20:.1f} MiB are free there; save fewer frames (save_every) or choose "
+            "another folder"
+        )
 
 
-def _inner_chunk(shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
-    """Chunk shape of one row: the whole row, or slices along the last axis of about 1 MiB."""
-    if not shape or chunk_rows(shape, dtype) > 1:
-        return shape
-    last = max(1, CHUNK_BYTES // (np.dtype(dtype).itemsize * int(np.prod(shape[:-1]))))
-    return (
-        (*[1] * (len(shape) - 1), min(shape[-1], last))
-        if len(shape) > 1
-        else (min(shape[0], last),)
-    )
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _read_checkpoint(g: h5py.Group) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in g.attrs.items():
-        if key.endswith("__json"):
-            continue
-        out[key] = json.loads(value) if g.attrs.get(key + "__json", False) else _plain(value)
-    for key, ds in g.items():
-        out[key] = ds[()]
-    return out
+def _open_h5(path: str | Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", locking=False)
+    except (OSError, FileNotFoundError) as exc:
+        raise ValueError(f"cannot open run file {str(path)!r}: {exc}") from None
+
+
+def _series_of(h5: h5py.File, path: str) -> list[str]:
+    if _plain(h5.attrs.get("schema")) != SCHEMA:
+        raise ValueError(f"{path!r} is not a {SCHEMA} file (written by nndyn_fast)")
+    version = int(h5.attrs.get("schema_version", 0))
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path!r} has run-file schema version {version}; this nndyn_fast reads version "
+            f"{SCHEMA_VERSION}"
+        )
+    return [k for k, v in h5.items() if isinstance(v, h5py.Group) and "fields" in v.attrs]
+
+
+def _check_record(record, fields: dict, path: str) -> None:
+    if record is None:
+        raise ValueError(f"{path!r} holds no valid commit record; the file is damaged")
+    meta = record[2]
+    if set(meta["rows"]) != set(fields):
+        raise ValueError(f"{path!r}: the commit record names series the file does not hold")
+    for s, n in meta["rows"].items():
+        cap = next(iter(fields[s].values())).capacity
+        if not 0 <= n <= cap:
+            raise ValueError(f"{path!r}: the commit record names {n} rows of {s!r}, room {cap}")
 
 
 class RunFile:
     """Read access to a run file; datasets stay lazy (h5py datasets, read on slicing).
 
-    ``run["trajectory/value"]`` is the raw dataset; :meth:`read` returns committed rows only, so
-    a file left by a killed run reads exactly what was committed.
+    ``run["trajectory/value"]`` is the raw dataset, preallocated to the run's capacity;
+    :meth:`read` returns committed rows only, so a file left by a killed run, or one still being
+    written, reads exactly what was committed when it was opened.
     """
 
     def __init__(self, path: str | Path):
+        self._path = str(path)
+        self._h5 = _open_h5(path)
         try:
-            self._h5 = h5py.File(path, "r")
-        except (OSError, FileNotFoundError) as exc:
-            raise ValueError(f"cannot open run file {str(path)!r}: {exc}") from None
-        if self._h5.attrs.get("schema") != SCHEMA:
+            series = _series_of(self._h5, self._path)
+            self._fields, _ = _layout(self._h5, series)
+            record = _pick_record({k: self._h5["commit"][k][()].tobytes() for k in ("A", "B")})
+            _check_record(record, self._fields, self._path)
+        except BaseException:
             self._h5.close()
-            raise ValueError(f"{str(path)!r} is not a {SCHEMA} file")
-        self._commit = json.loads(self._h5.attrs["commit"])
+            raise
+        _, _, self._meta, self._checkpoint = record
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """Root attributes (status, kind, versions, ...)."""
-        return {k: _plain(v) for k, v in self._h5.attrs.items()}
+        """Root attributes (kind, versions, ...), with status, message and the run's summary."""
+        out = {k: _plain(v) for k, v in self._h5.attrs.items()}
+        out.update(self._meta.get("summary", {}))
+        out["status"], out["message"] = self.status, self._meta["message"]
+        return out
+
+    @property
+    def kind(self) -> str:
+        return _plain(self._h5.attrs["kind"])
 
     @property
     def status(self) -> str:
-        return _plain(self._h5.attrs["status"])
+        """``complete``, ``failed``, ``interrupted`` (also: killed), or ``running``."""
+        s = self._meta["status"]
+        if s == "running" and not _is_held(self._path):
+            return "interrupted"
+        return s
+
+    @property
+    def message(self) -> str:
+        return self._meta["message"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self._meta.get("summary", {}))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -373,21 +758,39 @@ class RunFile:
     @property
     def rows(self) -> dict[str, int]:
         """Committed rows per series."""
-        return dict(self._commit["rows"])
+        return dict(self._meta["rows"])
+
+    @property
+    def chunks(self) -> int:
+        return self._meta["chunks"]
 
     @property
     def checkpoint(self) -> dict[str, Any]:
-        slot = self._commit["slot"]
-        return {} if slot is None else _read_checkpoint(self._h5["checkpoint"][slot])
+        return dict(self._checkpoint)
 
     def __getitem__(self, key: str) -> h5py.Dataset:
         return self._h5[key]
 
     def read(self, series: str, field: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed rows ``start:stop`` of ``series/field`` as an array."""
-        n = self._commit["rows"][series]
+        n = self._meta["rows"][series]
         stop = n if stop is None else min(stop, n)
         return self._h5[series][field][start:stop]
+
+    def verify(self) -> None:
+        """Check every committed row against the record's CRC-32; ValueError if one differs."""
+        for s, cols in self._fields.items():
+            n = self._meta["rows"][s]
+            for f in cols:
+                crc = 0
+                for start in range(0, n, 4096):
+                    crc = zlib.crc32(
+                        np.ascontiguousarray(self.read(s, f, start, start + 4096)), crc
+                    )
+                if crc != self._meta["crc"][f"{s}/{f}"]:
+                    raise ValueError(
+                        f"{self._path!r}: the committed rows of {s}/{f} fail their checksum"
+                    )
 
     def close(self) -> None:
         self._h5.close()
@@ -400,5 +803,5 @@ class RunFile:
 
 
 def open_run(path: str | Path) -> RunFile:
-    """Open a run file for reading (see :class:`RunFile`)."""
+    """Open a run file for reading (see :class:`RunFile`); also while a run writes it."""
     return RunFile(path)

@@ -1,6 +1,7 @@
 """The trajectory store: layout, refusal to overwrite, kill -9 and exact resume, blow-ups."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,12 @@ def test_writer_layout_params_and_lazy_reader(tmp_path):
     path = tmp_path / "w.h5"
     series = {"trajectory": {"time": (), "value": (3,)}, "observables": {"loss": ((), "f4")}}
     with TrajectoryWriter.create(
-        path, kind="demo", params={"N": 3, "name": "x", "w": np.eye(2)}, series=series
+        path,
+        kind="demo",
+        params={"N": 3, "name": "x", "w": np.eye(2)},
+        series=series,
+        rows={"trajectory": 8, "observables": 3},
+        checkpoint={"state": np.zeros(3), "step": 0, "meta": {"k": 0}},
     ) as w:
         for k in range(3):
             w.append("trajectory", time=np.array([k, k + 0.5]), value=np.full((2, 3), k))
@@ -47,6 +53,8 @@ def test_writer_layout_params_and_lazy_reader(tmp_path):
         np.testing.assert_array_equal(run.read("trajectory", "time"), [0, 0.5, 1, 1.5, 2, 2.5])
         assert run["observables/loss"].dtype == np.float32
         assert run.checkpoint["step"] == 2 and run.checkpoint["meta"] == {"k": 2}
+        assert run["trajectory/value"].shape == (8, 3)  # preallocated to the capacity
+        run.verify()
 
 
 def test_refuses_overwrite_and_unwritable_paths(tmp_path):
@@ -91,7 +99,7 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _interrupt_after(model, theta, part, commits=4)
     with open_run(part) as run:
-        assert run.status == "failed" and 0 < run.rows["observables"] < 201
+        assert run.status == "interrupted" and 0 < run.rows["observables"] < 201
     resumed = simulate(model, theta, 2.0, 0.01, save_every=3, out=part, resume=True, chunk_steps=17)
     np.testing.assert_array_equal(resumed.state, full.state)
     with open_run(part) as a, open_run(tmp_path / "full.h5") as b:
@@ -127,6 +135,47 @@ def test_resume_refuses_a_different_model(tmp_path):
     other, _ = _model(seed=1)
     with pytest.raises(ValueError, match="fingerprint"):
         simulate(other, theta, 2.0, 0.01, save_every=3, out=out, resume=True)
+
+
+def _ulp(a):
+    b = np.array(a, dtype=np.float64, copy=True)
+    b.flat[0] = np.nextafter(b.flat[0], np.inf)
+    return b
+
+
+def test_resume_refuses_a_change_of_any_parameter_or_input(tmp_path):
+    """Each parameter and each input array (one ulp off) is compared, and named."""
+    model, theta = _model()
+    out = tmp_path / "r.h5"
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt_after(model, theta, out, commits=2)
+    before = out.read_bytes()
+    rng = np.random.default_rng(0)
+    omega, w = rng.normal(size=50), rng.random((50, 50))
+    base = {"omega": omega, "coupling": w, "K": 2.0, "alpha": 0.1}
+    run = {"t_end": 2.0, "dt": 0.01, "save_every": 3, "method": "rk4"}
+    changes = [
+        ("K", {"K": 2.0 + 1e-15}, {}),
+        ("alpha", {"alpha": np.nextafter(0.1, 1)}, {}),
+        ("omega", {"omega": _ulp(omega)}, {}),
+        ("fingerprint", {"coupling": _ulp(w)}, {}),
+        ("state0", {}, {"theta": _ulp(theta)}),
+        ("dt", {}, {"dt": 0.02}),
+        ("t_end", {}, {"t_end": 3.0}),
+        ("method", {}, {"method": "euler"}),
+        ("save_every", {}, {"save_every": 4}),
+    ]
+    for name, model_change, run_change in changes:
+        m = Kuramoto(**{**base, **model_change})
+        kw = {**run, **run_change}
+        th = kw.pop("theta", theta)
+        with pytest.raises(ValueError, match=rf"(parameter|input) {name}\b"):
+            simulate(m, th, kw.pop("t_end"), kw.pop("dt"), out=out, resume=True, **kw)
+    assert out.read_bytes() == before  # a refused resume leaves the file untouched
+    m = Kuramoto(**base)
+    simulate(m, theta, 2.0, 0.01, save_every=3, out=out, resume=True, chunk_steps=17)
+    with open_run(out) as f:
+        assert f.status == "complete"
 
 
 @pytest.mark.slow
@@ -165,7 +214,7 @@ def test_sigkill_leaves_readable_file_and_resume_is_exact(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     with open_run(killed) as run:  # readable after kill -9
-        assert run.status == "running"
+        assert run.status == "interrupted"  # its record says running, but nobody holds it
         n_obs = run.rows["observables"]
         assert 0 < n_obs < 3001
         assert np.isfinite(run.read("observables", "value")).all()
@@ -182,10 +231,8 @@ def test_sigkill_leaves_readable_file_and_resume_is_exact(tmp_path):
 
 def _committed_chunks(path):
     try:
-        with h5py.File(path, "r", locking=False) as f:  # the writer holds the lock
-            import json
-
-            return json.loads(f.attrs["commit"])["chunks"]
+        with open_run(path) as f:  # readable while the writer holds it
+            return f.chunks
     except (OSError, KeyError, ValueError):
         return 0
 
@@ -213,5 +260,223 @@ def test_matrix_free_run_streams_with_bounded_chunks(tmp_path):
     out = simulate(model, rng.uniform(0, 6, n), 1.0, 0.05, out=tmp_path / "big.h5")
     with open_run(out.path) as run:
         ds = run["trajectory/value"]
-        assert ds.shape == (21, n)
-        assert ds.chunks[0] * ds.chunks[1] * 8 <= 1 << 20  # ~1 MiB chunks
+        assert ds.shape == (21, n) and run.rows["trajectory"] == 21
+
+
+# -- crash consistency ------------------------------------------------------------------------
+def test_every_kill_point_of_a_network_run_resumes_bitwise(tmp_path):
+    """A kill (with a torn write) at each write of a small run: resume gives the full run."""
+    from faults import every_kill_point
+
+    model, theta = _model(n=8)
+    kw = {"save_every": 2, "chunk_steps": 5}
+    ref = simulate(model, theta, 0.3, 0.01, **kw)
+    out = tmp_path / "k.h5"
+
+    def check():
+        with open_run(out) as f:
+            assert f.status == "complete"
+            f.verify()
+            np.testing.assert_array_equal(f.read("trajectory", "value"), ref.frames)
+            np.testing.assert_array_equal(f.read("observables", "value"), ref.obs)
+            np.testing.assert_array_equal(f.read("observables", "step"), np.arange(31))
+
+    for torn in (0.0, 0.5):
+        seen = every_kill_point(
+            out,
+            lambda: simulate(model, theta, 0.3, 0.01, out=out, **kw),
+            lambda: simulate(model, theta, 0.3, 0.01, out=out, resume=True, **kw),
+            check,
+            torn=torn,
+        )
+        # a kill before the file appears (its first record, the rename) leaves none at out
+        assert seen["points"] > 20 and seen["reran"] == 2
+
+
+def test_a_damaged_record_falls_back_and_damaged_rows_fail_verification(tmp_path):
+    from nndyn_fast.storage import _HEAD
+
+    model, theta = _model(n=8)
+    out = tmp_path / "d.h5"
+    simulate(model, theta, 0.2, 0.01, out=out, chunk_steps=5)
+    with open_run(out) as f:
+        chunks, rows = f.chunks, f.rows
+        slots = {k: (f[f"commit/{k}"].id.get_offset(), f[f"commit/{k}"][()]) for k in "AB"}
+        value_offset = f["observables/value"].id.get_offset()
+    newest = max(slots, key=lambda k: _HEAD.unpack_from(slots[k][1].tobytes())[1])
+    with open(out, "r+b") as fh:  # one flipped byte in the newest record's checkpoint
+        fh.seek(slots[newest][0] + 200)
+        b = fh.read(1)
+        fh.seek(slots[newest][0] + 200)
+        fh.write(bytes([b[0] ^ 1]))
+    with open_run(out) as f:  # the older record (the last commit, before "complete") is valid
+        assert f.chunks == chunks and f.rows == rows and f.status == "interrupted"
+        f.verify()
+    with open(out, "r+b") as fh:  # a flipped byte in a committed row
+        fh.seek(value_offset + 8)
+        b = fh.read(1)
+        fh.seek(value_offset + 8)
+        fh.write(bytes([b[0] ^ 1]))
+    with open_run(out) as f, pytest.raises(ValueError, match="checksum"):
+        f.verify()
+    with open(out, "r+b") as fh:  # both records destroyed: a clear error, no crash
+        for off, raw in slots.values():
+            fh.seek(off + 20)
+            fh.write(b"\0" * 8)
+    with pytest.raises(ValueError, match="no valid commit record"):
+        open_run(out)
+
+
+_CLI = "import sys; from nndyn_fast.cli import main; sys.exit(main(sys.argv[1:]))"
+_SLOW_RUN = ["kuramoto", "--N", "400", "--t-end", "200", "--dt", "0.01", "--quiet"]
+
+
+def _start_cli(args, cwd, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLI, *args], cwd=cwd, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def _wait_for_commits(path, n, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and _committed_chunks(path) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not reach {n} commits")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_leave_an_interrupted_file_and_a_clean_exit(tmp_path, sig, code):
+    out = tmp_path / "s.h5"
+    proc = _start_cli([*_SLOW_RUN, "--out", str(out)], tmp_path)
+    _wait_for_commits(out, 2, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert "Traceback" not in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    with open_run(out) as f:
+        assert f.status == "interrupted" and f.rows["observables"] > 1
+        f.verify()
+
+
+def test_a_second_writer_is_refused_before_it_touches_the_file(tmp_path):
+    out = tmp_path / "x.h5"
+    proc = _start_cli([*_SLOW_RUN, "--out", str(out)], tmp_path)
+    try:
+        _wait_for_commits(out, 2, proc)
+        size = out.stat().st_size
+        from nndyn_fast.cli import main
+
+        for extra in (["--overwrite"], ["--resume"]):
+            assert main(["kuramoto", "--N", "50", "--out", str(out), "--quiet", *extra]) == 2
+        assert out.stat().st_size == size
+        with open_run(out) as f:  # readers are served while the run writes
+            assert f.status == "running" and f.rows["observables"] > 1
+            np.isfinite(f.read("observables", "value")).all()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 143
+
+
+def test_file_size_limit_gives_a_clear_error_and_keeps_committed_rows(tmp_path):
+    """RLIMIT_FSIZE below the file's size: creation is refused up front; a resume under the
+    limit fails at the first write past it, naming the file and what was committed."""
+    import resource
+
+    out = tmp_path / "f.h5"
+    args = ["kuramoto", "--N", "1000", "--t-end", "100", "--dt", "0.01", "--save-every", "1"]
+    args += ["--quiet"]
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20)); "
+    code = limit + _CLI
+
+    def run(extra):
+        return subprocess.run(
+            [sys.executable, "-c", code, *args, "--out", str(out), *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    r = run([])
+    assert r.returncode == 2 and "cannot create" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".f.h5.*"))
+    # a full-size file made without the limit, interrupted early, then resumed under it
+    proc = _start_cli([*args, "--out", str(out)], tmp_path)
+    _wait_for_commits(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    with open_run(out) as f:
+        kept = f.rows["observables"]
+    assert out.stat().st_size > 4 << 20 > 0 and resource.RLIM_INFINITY
+    r = run(["--resume"])
+    assert r.returncode == 1, r.stderr
+    assert "f.h5" in r.stderr and "committed" in r.stderr and "Traceback" not in r.stderr
+    with open_run(out) as f:
+        assert f.status != "complete" and f.rows["observables"] >= kept
+        f.verify()
+    from nndyn_fast.cli import main
+
+    assert main(["kuramoto", "--resume", "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace for write injection")
+def test_sigkill_at_pwrite_calls_of_the_command_line(tmp_path):
+    """A real SIGKILL at sampled pwrite64 calls (HDF5's writes during creation included):
+    every file that exists opens and resumes to the uninterrupted result."""
+    args = ["kuramoto", "--N", "64", "--t-end", "2", "--dt", "0.01", "--save-every", "5"]
+    args += ["--quiet"]
+    ref = tmp_path / "ref.h5"
+    py = [sys.executable, "-c", _CLI]
+    subprocess.run([*py, *args, "--out", str(ref)], cwd=tmp_path, check=True)
+    trace = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=pwrite64",
+            "-o",
+            str(tmp_path / "t"),
+            *py,
+            *args,
+            "--out",
+            str(tmp_path / "count.h5"),
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
+    assert trace.returncode == 0
+    total = sum(1 for line in open(tmp_path / "t") if "pwrite64(" in line)
+    with open_run(ref) as f:
+        want = f.read("trajectory", "value")
+    for n in sorted({1, 2, 3, total // 4, total // 2, total - 3, total - 1, total}):
+        out = tmp_path / f"k{n}.h5"
+        subprocess.run(
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=pwrite64",
+                "-e",
+                f"inject=pwrite64:signal=KILL:when={n}",
+                *py,
+                *args,
+                "--out",
+                str(out),
+            ],
+            cwd=tmp_path,
+        )
+        if not out.exists():
+            continue
+        r = subprocess.run([*py, *args, "--out", str(out), "--resume"], cwd=tmp_path)
+        assert r.returncode == 0
+        with open_run(out) as f:
+            assert f.status == "complete"
+            np.testing.assert_array_equal(f.read("trajectory", "value"), want)
