@@ -534,8 +534,8 @@ def simulate(
                 bar.update(step)
                 if status != kk.OK:
                     raise NonFiniteStateError(
-                        f"the state became non-finite at step {step + 1} (t = {(step + 1) * dt:g}); "
-                        f"{step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
+                        f"the state became non-finite at step {step + 1} "
+                        f"(t = {(step + 1) * dt:g}); {step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
                         step=step + 1,
                         time=(step + 1) * dt,
                     )

@@ -320,7 +320,7 @@ def test_a_damaged_record_falls_back_and_damaged_rows_fail_verification(tmp_path
     with open_run(out) as f, pytest.raises(ValueError, match="checksum"):
         f.verify()
     with open(out, "r+b") as fh:  # both records destroyed: a clear error, no crash
-        for off, raw in slots.values():
+        for off, _raw in slots.values():
             fh.seek(off + 20)
             fh.write(b"\0" * 8)
     with pytest.raises(ValueError, match="no valid commit record"):
