@@ -535,7 +535,8 @@ def simulate(
                 if status != kk.OK:
                     raise NonFiniteStateError(
                         f"the state became non-finite at step {step + 1} "
-                        f"(t = {(step + 1) * dt:g}); {step} good steps were kept" + (f" in {str(out)!r}" if out else ""),
+                        f"(t = {(step + 1) * dt:g}); {step} good steps were kept"
+                        + (f" in {str(out)!r}" if out else ""),
                         step=step + 1,
                         time=(step + 1) * dt,
                     )
