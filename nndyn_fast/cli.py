@@ -11,6 +11,7 @@ import importlib
 import signal
 import sys
 
+from . import __version__
 from .storage import RunFileError
 
 # (module, function adding the subcommand's parser): one entry per command family.
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nndyn",
         description="Neural networks as dynamical systems: simulations streamed to HDF5.",
     )
+    parser.add_argument("--version", action="version", version=f"nndyn_fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
     for module, adder in FAMILIES:
