@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_option, check_positive
+from ._validate import check_int, check_option, check_out_path, check_positive
 from .graphs import Graphon, load_matrix, w_random_graph
 from .meanfield import FiringRate, Kuramoto, simulate
 from .storage import open_run
@@ -206,34 +206,10 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plot(o: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plot_network_run
 
     png = Path(o.png) if o.png else Path(o.run).with_suffix(".png")
-    with open_run(o.run) as run:
-        params = run.params
-        t = run.read("observables", "time")
-        obs = run.read("observables", "value")
-        n_frames = run.rows["trajectory"]
-        if n_frames == 0:
-            raise ValueError(f"{o.run!r} holds no saved frame")
-        last = run.read("trajectory", "value", n_frames - 1)[0]
-        t_last = run.read("trajectory", "time", n_frames - 1)[0]
-    phase = params.get("model") == "kuramoto"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(t, obs[:, 0], lw=1)
-    ax1.set_xlabel("t")
-    ax1.set_ylabel("order parameter r" if phase else "mean rate")
-    ax1.set_title(f"N = {params.get('N')}, K = {params.get('K')}, {params.get('coupling')}")
-    idx = np.arange(1, last.size + 1) / last.size
-    ax2.plot(idx, np.mod(last, 2 * np.pi) if phase else last, ".", ms=1)
-    ax2.set_xlabel("node position i/N")
-    ax2.set_ylabel("θ_i mod 2π" if phase else "x_i")
-    ax2.set_title(f"snapshot at t = {t_last:g}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    check_out_path("--png", png, overwrite=True)
+    plot_network_run(o.run, png)
     print(f"wrote {png}")
     return 0
