@@ -54,6 +54,7 @@ is refused before it starts. Compression is not offered: compressed chunks move 
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import hashlib
@@ -568,7 +569,9 @@ class TrajectoryWriter:
         self._rows = dict(self._pending)
         self._crc = dict(self._pending_crc)
         self._chunks += 1
-        self._checkpoint = dict(checkpoint)
+        # a copy: the run may update its state arrays in place before the next commit, and the
+        # closing record must pair the committed rows with the committed state
+        self._checkpoint = copy.deepcopy(dict(checkpoint))
 
     def summarize(self, **values: Any) -> None:
         """Add JSON-able results (e.g. final exponents) to the record; stored with the next
