@@ -23,7 +23,7 @@ from .expressivity import (
 from .graphs import DigraphMeasure, Graphon, erdos_renyi, load_matrix, w_random_graph
 from .integrate import IntegrationError, Solution, odeint
 
-# Lyapunov exponents (QR method): maps, flows, random products, SGD stability, deep networks
+# Lyapunov exponents (QR method): maps, flows, random products, deep networks
 from .lyapunov import (
     FlowSystem,
     Henon,
@@ -31,17 +31,11 @@ from .lyapunov import (
     LyapunovSpectrum,
     MapSystem,
     NetworkLyapunov,
-    SGDLyapunov,
-    StabilityDiagram,
     lyapunov_spectrum,
-    mean_square_exponent,
     network_lyapunov,
     plot_stability_diagram,
     product_lyapunov,
     random_network_lyapunov,
-    sgd_lyapunov,
-    sgd_lyapunov_mlp,
-    sgd_stability_diagram,
 )
 from .meanfield import (
     Coupling,
@@ -54,6 +48,17 @@ from .meanfield import (
     twisted_state,
 )
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
+
+# SGD linearised at an interpolation minimum: exponents, mean-square growth, stability diagram
+from .sgd_stability import (
+    SGDLyapunov,
+    StabilityDiagram,
+    gd_threshold,
+    mean_square_exponent,
+    sgd_lyapunov,
+    sgd_lyapunov_mlp,
+    sgd_stability_diagram,
+)
 from .storage import RunFile, TrajectoryWriter, open_run
 
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
@@ -134,6 +139,7 @@ __all__ = [
     "NetworkLyapunov",
     "SGDLyapunov",
     "StabilityDiagram",
+    "gd_threshold",
     "lyapunov_spectrum",
     "mean_square_exponent",
     "network_lyapunov",

@@ -3,18 +3,20 @@
 The per-sample gradients come from a ``.npy`` file (rows g_i), from a random teacher MLP (any
 parameter vector interpolates the targets it produces itself), or from a random Gaussian matrix.
 Learning rates are given in units of the full-batch GD threshold 2/lambda_max unless ``--lr``
-lists absolute values. It only parses options and calls :mod:`nndyn_fast.lyapunov`.
+lists absolute values. It only parses options and calls :mod:`nndyn_fast.sgd_stability`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
 
 from ._validate import check_int, check_option, check_positive
-from .lyapunov import plot_stability_diagram, sgd_stability_diagram
+from .lyapunov import plot_stability_diagram
+from .sgd_stability import gd_threshold, sgd_stability_diagram
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -95,13 +97,11 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     if args.lr is not None:
         lrs = np.array([check_positive("--lr", v) for v in args.lr])
     else:
-        from .lyapunov import _build_operator
-
-        lam_max = _build_operator(G, q, "span").lam_max
-        if not lam_max > 0:
+        threshold = gd_threshold(G, rows_per_sample=q)
+        if not math.isfinite(threshold):
             raise ValueError("the gradients are all zero: lambda_max = 0")
         factors = args.lr_factors or list(np.geomspace(0.1, 5.0, 12))
-        lrs = np.array([check_positive("--lr-factors", f) for f in factors]) * 2.0 / lam_max
+        lrs = np.array([check_positive("--lr-factors", f) for f in factors]) * threshold
     diag = sgd_stability_diagram(
         G,
         np.sort(lrs),
@@ -125,19 +125,15 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     print("      B " + " ".join(f"{lr / diag.gd_threshold:9.3g}" for lr in diag.lrs))
     for i, B in enumerate(diag.batch_sizes):
         print(f"{B:7d} " + " ".join(f"{v:9.3g}" for v in diag.lam[i]))
+    stable = diag.largest_stable_lr("lam")
+    ms_stable = diag.largest_stable_lr("ms")
     for i, B in enumerate(diag.batch_sizes):
-        line = f"B = {B}: a.s. stable up to lr = {_largest_stable(diag.lrs, diag.lam[i]):.4g}"
+        line = f"B = {B}: a.s. stable up to lr = {stable[i]:.4g}"
         if not args.no_mean_square:
-            line += f", mean-square up to {_largest_stable(diag.lrs, diag.ms[i]):.4g}"
+            line += f", mean-square up to {ms_stable[i]:.4g}"
         print(line)
     print(f"wrote {args.out}")
     if args.plot:
         plot_stability_diagram(diag, path=args.plot)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _largest_stable(lrs: np.ndarray, exponent: np.ndarray) -> float:
-    """The largest learning rate whose exponent is negative (0 if none)."""
-    stable = lrs[exponent < 0]
-    return float(stable.max()) if stable.size else 0.0

@@ -1,4 +1,4 @@
-"""Lyapunov exponents by the QR method: maps, flows, random products, SGD and deep networks.
+"""Lyapunov exponents by the QR method: maps, flows, random products and deep networks.
 
 The exponents of a linear cocycle v_{t+1} = A_t v_t are
 lambda_j = lim_{t -> inf} (1/t) log sigma_j(A_{t-1} ... A_0). The QR (Benettin / Shimada–
@@ -8,12 +8,12 @@ them, V_{t+1} R_t = A_t V_t; then lambda_j = lim (1/t) sum_s log|(R_s)_jj|.
 - :func:`lyapunov_spectrum`: maps x_{t+1} = F(x_t) (A_t = DF(x_t)) and flows dx/dt = f(t, x)
   (tangent flow integrated with RK4 alongside the state).
 - :func:`product_lyapunov`: products of given or sampled matrices.
-- :func:`sgd_lyapunov`: SGD near an interpolation minimum, A_t = I - (lr/B) sum_{i in batch_t} H_i
-  with H_i = g_i g_i^T (or explicit Hessians), on the span of the g_i.
-- :func:`mean_square_exponent`: the second-moment (mean-square) growth rate of the same product.
-- :func:`sgd_stability_diagram`: both over a grid of (lr, B), with the GD threshold 2/lambda_max.
 - :func:`network_lyapunov`, :func:`random_network_lyapunov`: layer-to-layer Jacobian products
   diag(phi'(z_l)) W_l of MLPs (the product that backpropagation multiplies).
+
+The SGD linearisation at an interpolation minimum (its exponents, mean-square growth and
+stability diagram) is in :mod:`nndyn_fast.sgd_stability`. Long runs stream to a run file and
+resume exactly through :func:`nndyn_fast.runs.start_run`.
 
 References
 ----------
@@ -26,13 +26,12 @@ NeurIPS 2016 (order-to-chaos transition of random networks).
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +46,10 @@ from ._validate import (
 )
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
+from .runs import restore_rng, rng_state, start_run
+
+if TYPE_CHECKING:
+    from .sgd_stability import StabilityDiagram
 
 __all__ = [
     "Henon",
@@ -56,21 +59,11 @@ __all__ = [
     "LyapunovSpectrum",
     "lyapunov_spectrum",
     "product_lyapunov",
-    "SGDLyapunov",
-    "sgd_lyapunov",
-    "sgd_lyapunov_mlp",
-    "mean_square_exponent",
-    "StabilityDiagram",
-    "sgd_stability_diagram",
     "plot_stability_diagram",
     "NetworkLyapunov",
     "network_lyapunov",
     "random_network_lyapunov",
 ]
-
-_SAMPLING = ("with", "without")
-_SPACES = ("span", "full")
-_MAX_INDEX_ENTRIES = 1 << 23  # batch indices held per chunk (32 MiB of int32)
 
 
 # ============================================================================================
@@ -167,12 +160,6 @@ def _resolve_system(system: Any) -> Any:
 # ============================================================================================
 # Results and statistics
 # ============================================================================================
-def _t_quantile(level: float, dof: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + level / 2.0, dof))
-
-
 def _block_stats(sums: np.ndarray, ends: np.ndarray, n_blocks: int) -> tuple[np.ndarray, int]:
     """Standard error of the exponents by batch means.
 
@@ -205,83 +192,34 @@ def _tangent_failure(status: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Run files: create, or resume after checking the parameters; failed/complete on exit
+# Run files (the lifecycle itself is nndyn_fast.runs.start_run)
 # --------------------------------------------------------------------------------------------
-def _fingerprint(*arrays: Any) -> str:
-    """A digest of arrays (dtype, shape and bytes): resuming checks that the data are the same."""
-    h = hashlib.blake2b(digest_size=16)
-    for arr in arrays:
-        a = np.ascontiguousarray(arr)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _committed_rows(run: Any, series: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The committed rows of ``series`` in the file of the open run ``run``."""
+    from .storage import open_run
+
+    with open_run(run.path) as f:
+        return {name: f.read(series, name) for name in names}
 
 
-def _same_param(stored: Any, value: Any) -> bool:
-    if isinstance(stored, np.ndarray) or isinstance(value, np.ndarray):
-        return bool(np.array_equal(np.asarray(stored), np.asarray(value)))
-    return bool(stored == value)
+def _seed_param(seed: Any) -> Any:
+    """A generator seed as it is stored with a run: None, an int, or a list of ints >= 0."""
+    if seed is None:
+        return None
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        return [check_int("seed", s, minimum=0) for s in np.asarray(seed).ravel().tolist()]
+    return check_int("seed", seed, minimum=0)
 
 
-def _start_run(
-    out: str | Path,
-    *,
-    resume: bool,
-    overwrite: bool,
-    kind: str,
-    params: dict[str, Any],
-    derived: dict[str, Any],
-    series: dict[str, dict[str, Any]],
-) -> tuple[Any, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Create the run file ``out``, or reopen it to continue from its last commit.
-
-    A resume is refused (ValueError, file untouched) unless the file holds a ``kind`` run with
-    at least one commit whose stored ``params`` equal these; ``derived`` values (computed from
-    the parameters) are stored but not compared. Returns the writer, the last checkpoint and the
-    committed rows ``{series: {field: array}}`` (both empty for a new run).
-    """
-    from .storage import TrajectoryWriter, open_run
-
-    if not resume:
-        writer = TrajectoryWriter.create(
-            out, kind=kind, params={**params, **derived}, series=series, overwrite=overwrite
-        )
-        return writer, {}, {}
-    check_out_path("out", out, resume=True)
-    with open_run(out) as run:
-        if run.attrs.get("kind") != kind:
-            raise ValueError(
-                f"cannot resume {str(out)!r}: it holds a {run.attrs.get('kind')!r} run, "
-                f"not a {kind!r} run"
-            )
-        stored = run.params
-        for key, value in params.items():
-            if key not in stored or not _same_param(stored[key], value):
-                raise ValueError(
-                    f"cannot resume {str(out)!r}: its {key} is {stored.get(key)!r}, this run's "
-                    f"is {value!r}; resume with the same data and options"
-                )
-        ck = run.checkpoint
-        if not ck:
-            raise ValueError(
-                f"cannot resume {str(out)!r}: it holds no committed chunk; start a new run"
-            )
-        rows = {s: {f: run.read(s, f) for f in cols} for s, cols in series.items()}
-    return TrajectoryWriter.resume(out), ck, rows
+def _function_name(fn: Any) -> str:
+    """``module.qualname`` of a user's (jitted) function, its identity in a run file."""
+    py = getattr(fn, "py_func", fn)
+    return f"{getattr(py, '__module__', '?')}.{getattr(py, '__qualname__', repr(py))}"
 
 
-@contextmanager
-def _recording(writer: Any) -> Iterator[None]:
-    """Close ``writer`` (if any) as ``complete`` when the block ends normally, ``failed`` (with
-    the message, committed chunks kept) when it raises."""
-    try:
-        yield
-    except BaseException as exc:
-        if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if writer is not None:
-        writer.close("complete")
+def _check_resume(out: Any, resume: bool) -> None:
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
 
 
 @dataclass(frozen=True)
@@ -392,11 +330,14 @@ def lyapunov_spectrum(
     V0 : optional (k, d) initial tangent vectors (rows, linearly independent); they are
         orthonormalised. Default: random orthonormal rows from ``seed``.
     out : optional HDF5 run file: series ``running`` (time, step, estimate (k,), logsum (k,))
-        committed per chunk with a checkpoint (x, V, logsum, step) so that ``resume=True``
-        continues a killed run exactly.
+        committed per chunk with a checkpoint (x, V, logsum, step; the first one after the
+        transient) so that ``resume=True`` continues a killed run exactly; the exponents and
+        their standard errors go to the run's summary.
     overwrite : replace an existing ``out``.
     resume : continue the run in ``out`` from its last committed chunk (bitwise equal to an
-        uninterrupted run); refused (ValueError) when the system or an option differs.
+        uninterrupted run); refused (ValueError naming the difference) when an option, x0,
+        V0 or the system differs: a built-in system's parameters, a user system's ``args``
+        (arrays by digest) and its functions' names (their code is not compared).
 
     Returns
     -------
@@ -449,8 +390,10 @@ def lyapunov_spectrum(
         fn = system.step if not is_flow else system.f
         jac, args = system.jac, system.args
         _check_user_system(system, x, is_flow, d)
-    if resume and out is None:
-        raise ValueError("resume=True needs out, the run file to continue")
+    if V0 is not None:
+        V0 = as_array("V0", V0, shape=(k, d))
+    seed = _seed_param(seed)
+    _check_resume(out, resume)
 
     def advance(n: int, t0: float, logr: np.ndarray) -> None:
         if is_flow:
@@ -472,52 +415,57 @@ def lyapunov_spectrum(
 
     chunk = max(1, -(-n_steps // n_records))
     chunk = -(-chunk // reorth_every) * reorth_every
-    params = {
-        "system": type(system).__name__,
-        "kind": system.kind,
-        "dim": d,
-        "k": k,
-        "steps": n_steps,
-        "dt": dt,
-        "transient_steps": n_trans,
-        "reorth_every": reorth_every,
-        "n_records": n_records,
-        "seed": seed,
-        "x0": np.asarray(x0, dtype=np.float64),
-        "system_params": _fingerprint(bparams) if fn is None else _args_fingerprint(args),
-        "V0": "random" if V0 is None else _fingerprint(as_array("V0", V0, shape=(k, d))),
-    }
-    run_file = {
+    sys_params, sys_inputs = _system_identity(system)
+    spec = {
         "kind": "lyapunov_spectrum",
-        "params": params,
-        "derived": {},
+        "params": {
+            "system": type(system).__name__,
+            **sys_params,
+            "dim": d,
+            "k": k,
+            "t_end": None if t_end is None else float(t_end),
+            "steps": n_steps,
+            "dt": dt if is_flow else None,
+            "transient": float(transient),
+            "reorth_every": reorth_every,
+            "n_records": n_records,
+            "n_blocks": n_blocks,
+            "seed": seed,
+        },
+        "inputs": {"x0": x.copy(), **sys_inputs, **({} if V0 is None else {"V0": V0})},
         "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "rows": {"running": -(-n_steps // chunk)},
     }
-    writer = None
-    if resume:
-        writer, ck, rows = _start_run(out, resume=True, overwrite=False, **run_file)
-        x[:] = ck["x"]
-        V = np.ascontiguousarray(ck["V"], dtype=np.float64)
-        logsum = np.array(ck["logsum"], dtype=np.float64)
-        done = int(ck["step"])
-        rec_t = list(rows["running"]["time"])
-        rec_sum = list(rows["running"]["logsum"])
+    run = None
+    if out is not None and resume:
+        run = start_run(out, **spec, checkpoint={}, resume=True)
     else:
+        if out is not None:
+            check_out_path("out", out, overwrite=overwrite)
         if V0 is None:
             V = _orthonormal_rows(np.random.default_rng(seed), k, d)
         else:
-            V = np.ascontiguousarray(np.linalg.qr(as_array("V0", V0, shape=(k, d)).T)[0].T)
+            V = np.ascontiguousarray(np.linalg.qr(V0.T)[0].T)
             if np.linalg.matrix_rank(V) < k:
                 raise ValueError("V0 must have linearly independent rows")
         for pos in range(0, n_trans, chunk):
             advance(min(chunk, n_trans - pos), pos * dt, np.zeros(k))
         logsum = np.zeros(k)
         done = 0
-        rec_t, rec_sum = [], []
         if out is not None:
-            writer, _, _ = _start_run(out, resume=False, overwrite=overwrite, **run_file)
+            start = {"x": x, "V": V, "logsum": logsum, "step": 0}
+            run = start_run(out, **spec, checkpoint=start, overwrite=overwrite)
     t_start = n_trans * dt
-    with _recording(writer):
+    with run if run is not None else nullcontext():
+        rec_t, rec_sum = [], []
+        if run is not None:
+            ck = run.checkpoint
+            x[:] = ck["x"]
+            V = np.ascontiguousarray(ck["V"], dtype=np.float64)
+            logsum = np.array(ck["logsum"], dtype=np.float64)
+            done = int(ck["step"])
+            kept = _committed_rows(run, "running", ("time", "logsum"))
+            rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
         while done < n_steps:
             n = min(chunk, n_steps - done)
             advance(n, t_start + done * dt, logsum)
@@ -525,25 +473,44 @@ def lyapunov_spectrum(
             t = done * dt
             rec_t.append(t)
             rec_sum.append(logsum.copy())
-            if writer is not None:
-                writer.append(
+            if run is not None:
+                run.append(
                     "running",
                     time=np.array([t]),
                     step=np.array([float(done)]),
                     estimate=(logsum / t)[None],
                     logsum=logsum[None],
                 )
-                writer.commit(x=x, V=V, logsum=logsum, step=done)
-    return _spectrum_result(rec_t, rec_sum, n_steps * dt, n_steps, n_blocks, x, V)
+                # copies: the writer keeps the checkpoint and writes it again on closing
+                run.commit(x=x.copy(), V=V.copy(), logsum=logsum.copy(), step=done)
+        res = _spectrum_result(rec_t, rec_sum, n_steps * dt, n_steps, n_blocks, x, V)
+        if run is not None:
+            run.summarize(exponents=res.exponents.tolist(), stderr=res.stderr.tolist())
+    return res
 
 
-def _args_fingerprint(args: Any) -> str:
-    """Fingerprint of a user system's ``args`` (numbers and arrays), or its repr otherwise."""
-    items = args if isinstance(args, tuple) else (args,)
-    try:
-        return _fingerprint(*(np.asarray(a, dtype=np.float64) for a in items))
-    except (TypeError, ValueError):
-        return repr(args)
+def _system_identity(system: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(parameters, input arrays) that identify a system in a run file: the built-in systems'
+    parameters by name; for user systems the functions' names and the ``args`` (arrays as
+    inputs, numbers as parameters, anything else by its repr)."""
+    if isinstance(system, (Henon, Lorenz63)):
+        return {f.name: float(getattr(system, f.name)) for f in fields(system)}, {}
+    params: dict[str, Any] = {
+        system._fn_name: _function_name(getattr(system, system._fn_name)),
+        "jac": _function_name(system.jac),
+    }
+    inputs: dict[str, np.ndarray] = {}
+    several = isinstance(system.args, tuple)
+    items = system.args if several else (system.args,)
+    for i, a in enumerate(items):
+        name = f"args[{i}]" if several else "args"
+        if isinstance(a, np.ndarray):
+            inputs[name] = a
+        elif isinstance(a, (bool, int, float, str, np.generic)):
+            params[name] = a.item() if isinstance(a, np.generic) else a
+        else:
+            params[name] = repr(a)
+    return params, inputs
 
 
 def _check_user_system(system: Any, x: np.ndarray, is_flow: bool, d: int) -> None:
@@ -579,8 +546,13 @@ def product_lyapunov(
     chunk: int = 4096,
     n_blocks: int = 20,
     reorth_every: int = 1,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> LyapunovSpectrum:
     """Lyapunov exponents of the product M_T ... M_1 by the QR method.
+
+    V_{t+1} R_t = M_{t+1} V_t from k random orthonormal rows V_0; lambda_j = (1/T) sum log|R_jj|.
 
     Parameters
     ----------
@@ -589,16 +561,34 @@ def product_lyapunov(
         callable is called once per chunk and needs ``steps``.
     k : number of exponents (default d).
     steps : number of factors when ``factors`` is a callable.
-    seed : seed of the generator handed to the callable and of the initial tangent vectors.
-    chunk : factors per kernel call (callable form).
+    seed : integer >= 0, seed of the generator handed to the callable and of the initial
+        tangent vectors.
+    chunk : factors per kernel call (and per committed row of ``out``).
+    n_blocks : blocks for the batch-means standard error (>= 2).
+    reorth_every : factors between QR re-orthonormalisations.
+    out : optional HDF5 run file: series ``running`` (time, step, estimate (k,), logsum (k,))
+        committed per chunk with a checkpoint (V, logsum, step and the generator's state).
+    overwrite : replace an existing ``out``.
+    resume : continue the run in ``out`` from its last committed chunk (bitwise equal to an
+        uninterrupted run); refused (ValueError naming the difference) when an option or the
+        factor array differs. A callable is identified by its module and name only.
 
     Returns
     -------
     LyapunovSpectrum with ``x=None``; exponents per factor.
+
+    Raises
+    ------
+    ValueError for bad options or factors of the wrong shape; NonFiniteStateError (naming the
+    factor) when the tangent vectors stop being finite or collapse to zero.
     """
-    rng = np.random.default_rng(seed)
+    seed = check_int("seed", seed, minimum=0)
     chunk = check_int("chunk", chunk, minimum=1)
+    n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
+    _check_resume(out, resume)
+    rng = np.random.default_rng(seed)
+    rng_start = rng_state(rng)
     if callable(factors):
         if steps is None:
             raise ValueError("steps must be given when factors is a callable")
@@ -611,723 +601,106 @@ def product_lyapunov(
         n_steps = probe.shape[0]
         if n_steps < 1:
             raise ValueError("factors must hold at least one matrix")
+    d = None
 
     def draw(start: int, m: int) -> np.ndarray:
         if probe is not None:
             return probe[start : start + m]
         M = as_array("factors(rng, m)", factors(rng, m), ndim=3)
-        if M.shape[0] != m or M.shape[1] != M.shape[2]:
-            raise ValueError(f"factors(rng, {m}) must return shape ({m}, d, d), got {M.shape}")
+        if M.shape[0] != m or M.shape[1] != M.shape[2] or d not in (None, M.shape[1]):
+            want = f"({m}, d, d)" if d is None else f"({m}, {d}, {d})"
+            raise ValueError(f"factors(rng, {m}) must return shape {want}, got {M.shape}")
         return M
 
-    first = draw(0, min(chunk, n_steps))
-    d = first.shape[1]
+    M = draw(0, min(chunk, n_steps))
+    d = M.shape[1]
     k = d if k is None else check_int("k", k, minimum=1)
     if k > d:
         raise ValueError(f"k must be <= the dimension {d}, got {k}")
+    spec = {
+        "kind": "product_lyapunov",
+        "params": {
+            **({} if probe is not None else {"factors": _function_name(factors)}),
+            "dim": d,
+            "k": k,
+            "steps": n_steps,
+            "seed": seed,
+            "chunk": chunk,
+            "n_blocks": n_blocks,
+            "reorth_every": reorth_every,
+        },
+        "inputs": {} if probe is None else {"factors": probe},
+        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "rows": {"running": -(-n_steps // chunk)},
+    }
     V = _orthonormal_rows(np.random.default_rng([seed, 1]), k, d)
     logsum = np.zeros(k)
     done = 0
-    rec_t, rec_sum = [], []
-    M = first
-    while True:
-        nd, st = _k.qr_matrix_products(M, V, reorth_every, logsum)
-        if st != _k.OK:
-            raise NonFiniteStateError(
-                f"tangent vectors {_tangent_failure(st)} at factor {done + nd}",
-                step=done + nd,
-                time=float(done + nd),
-            )
-        done += M.shape[0]
-        rec_t.append(float(done))
-        rec_sum.append(logsum.copy())
-        if done >= n_steps:
-            break
-        M = draw(done, min(chunk, n_steps - done))
-    return _spectrum_result(rec_t, rec_sum, float(n_steps), n_steps, n_blocks, None, V)
-
-
-# ============================================================================================
-# SGD near an interpolation minimum
-# ============================================================================================
-@dataclass(frozen=True)
-class SGDLyapunov:
-    """Result of :func:`sgd_lyapunov`.
-
-    Attributes
-    ----------
-    exponents : (k,) top-k Lyapunov exponents per SGD step (mean over replicas).
-    ci_low, ci_high : (k,) confidence interval at ``level`` (Student t over independent
-        replicas, or over batch-means blocks of a single replica).
-    stderr : (k,) standard error behind the interval.
-    per_replica : (R, k) estimate of each independent replica.
-    ci_method : ``"replicas"`` or ``"blocks"``.
-    rank : dimension of the span of the g_i (the normal space).
-    lam_max : largest eigenvalue of the mean Hessian (1/n) sum_i H_i.
-    gd_threshold : 2 / lam_max, the deterministic (full-batch GD) stability threshold on lr.
-    """
-
-    exponents: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    stderr: np.ndarray
-    per_replica: np.ndarray
-    ci_method: str
-    level: float
-    rank: int
-    lam_max: float
-    gd_threshold: float
-    lr: float
-    batch_size: int
-    steps: int
-    sampling: str
-    space: str
-
-    @property
-    def stable(self) -> bool:
-        """True when the top exponent is negative (SGD is attracted to the minimum a.s.)."""
-        return bool(self.exponents[0] < 0.0)
-
-
-@dataclass(frozen=True)
-class _Operator:
-    """The per-sample factors in the coordinates the kernel works in."""
-
-    kind: str  # "rank" or "hessian"
-    A: np.ndarray  # (n q, m) rows, or (n, m, m) Hessians
-    q: int
-    n: int
-    m: int
-    rank: int
-    lam_max: float
-    source: np.ndarray  # the G given by the user (for the fingerprint of a run file)
-
-    @property
-    def gd_threshold(self) -> float:
-        """2 / lam_max, the full-batch GD stability threshold on the learning rate."""
-        return 2.0 / self.lam_max if self.lam_max > 0 else math.inf
-
-    def fingerprint(self) -> str:
-        """A digest of G and of how it is read (rows per sample)."""
-        return _fingerprint(self.source, np.array([self.q]))
-
-
-def _span_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates C (N, r) of the rows of A (N, d) in an orthonormal basis of their span, and
-    the singular values. C C^T = A A^T, so every inner product among the rows is kept."""
-    N, d = A.shape
-    eps = np.finfo(np.float64).eps
-    if N * d <= 50_000_000 or N >= d:
-        U, s, _ = np.linalg.svd(A, full_matrices=False)
-        tol = (s[0] if s.size else 0.0) * max(N, d) * eps
-        r = int(np.sum(s > tol))
-        return np.ascontiguousarray(U[:, :r] * s[:r]), s[:r]
-    # Wide A (d >> N): eigen-decomposition of the N x N Gram matrix, O(N^2 d) time, O(N^2) extra.
-    K = A @ A.T
-    w, U = np.linalg.eigh(K)
-    w, U = w[::-1], U[:, ::-1]
-    tol = (w[0] if w.size else 0.0) * max(N, d) * eps
-    r = int(np.sum(w > tol))
-    s = np.sqrt(w[:r])
-    return np.ascontiguousarray(U[:, :r] * s), s
-
-
-def _build_operator(G: Any, rows_per_sample: int, space: str) -> _Operator:
-    arr = np.asarray(G)
-    if arr.ndim == 3:
-        H = as_array("G", arr, ndim=3)
-        n, d, d2 = H.shape
-        if d != d2:
-            raise ValueError(f"per-sample Hessians must have shape (n, d, d), got {H.shape}")
-        if rows_per_sample != 1:
-            raise ValueError("rows_per_sample applies to gradients (n q, d), not to Hessians")
-        scale = float(np.max(np.abs(H))) if H.size else 0.0
-        asym = float(np.max(np.abs(H - H.transpose(0, 2, 1)))) if H.size else 0.0
-        if asym > 1e-10 * max(scale, 1e-300):
-            raise ValueError(f"per-sample Hessians must be symmetric, max |H - H^T| = {asym:.3g}")
-        lam_max = float(np.linalg.eigvalsh(H.mean(0))[-1])
-        if space == "full":
-            return _Operator("hessian", H, 1, n, d, d, lam_max, H)
-        Hs = H.reshape(n * d, d)
-        w, U = np.linalg.eigh(Hs.T @ Hs)
-        tol = (w[-1] if w.size else 0.0) * max(n * d, d) * np.finfo(np.float64).eps
-        Ur = U[:, w > tol]
-        r = Ur.shape[1]
-        Hr = np.ascontiguousarray(np.einsum("ai,nab,bj->nij", Ur, H, Ur))
-        return _Operator("hessian", Hr, 1, n, r, r, lam_max, H)
-    A = as_array("G", arr, ndim=2)
-    N, d = A.shape
-    if N == 0 or d == 0:
-        raise ValueError(f"G must be non-empty, got shape {A.shape}")
-    if N % rows_per_sample:
-        raise ValueError(f"G has {N} rows, not a multiple of rows_per_sample = {rows_per_sample}")
-    n = N // rows_per_sample
-    C, s = _span_rows(A)
-    r = C.shape[1]
-    lam_max = float(s[0] ** 2 / n) if r else 0.0
-    if space == "full":
-        return _Operator("rank", A, rows_per_sample, n, d, r, lam_max, A)
-    return _Operator("rank", C, rows_per_sample, n, r, r, lam_max, A)
-
-
-def _sgd_inputs(
-    G: Any,
-    lr: Any,
-    batch_size: Any,
-    sampling: Any,
-    rows_per_sample: Any,
-    space: str,
-    operator: _Operator | None,
-) -> tuple[float, int, str, _Operator]:
-    """Checked (lr, B, sampling, operator) shared by the SGD exponents (``space`` checked)."""
-    sampling = check_option("sampling", sampling, _SAMPLING)
-    lr = check_positive("lr", lr)
-    rows_per_sample = check_int("rows_per_sample", rows_per_sample, minimum=1)
-    op = operator if operator is not None else _build_operator(G, rows_per_sample, space)
-    B = check_int("batch_size", batch_size, minimum=1)
-    if B > op.n:
-        raise ValueError(f"batch_size must be <= the number of samples n = {op.n}, got {B}")
-    return lr, B, sampling, op
-
-
-def sgd_lyapunov(
-    G: Any,
-    lr: float,
-    batch_size: int,
-    *,
-    steps: int = 100_000,
-    k: int = 1,
-    seed: Any = 0,
-    transient: int = 1000,
-    sampling: str = "with",
-    replicas: int = 4,
-    space: str = "span",
-    rows_per_sample: int = 1,
-    reorth_every: int = 1,
-    n_blocks: int = 20,
-    level: float = 0.95,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    _operator: _Operator | None = None,
-) -> SGDLyapunov:
-    """Top Lyapunov exponents of SGD linearised at an interpolation minimum.
-
-    lambda = lim (1/t) log ||M_t ... M_1 v||, M_s = I - (lr/B) sum_{i in batch_s} H_i, with
-    H_i = sum_{o<q} g_{iq+o} g_{iq+o}^T for gradient rows (squared loss at a point where every
-    residual vanishes), or the given Hessians. Each factor is applied as a rank-(B q) update in
-    O(m B q k) per step (no m x m matrix). With ``space="span"`` the product is taken on the span
-    of the g_i (the normal space to the manifold of minima; m = its dimension r), where it is
-    exact; with ``space="full"`` on all of R^d, where the d - r tangent directions carry
-    exponent 0.
-
-    Parameters
-    ----------
-    G : (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
-    lr : learning rate eta > 0.
-    batch_size : B, 1 <= B <= n.
-    steps : measured SGD steps per replica (after ``transient`` discarded steps).
-    k : number of exponents, 1 <= k <= r (span) or d (full).
-    seed : seed for ``np.random.default_rng`` (int or sequence of ints); batch indices are
-        drawn per chunk in Python and passed to the kernel, so results are reproducible.
-    sampling : ``"with"`` (B i.i.d. indices) or ``"without"`` (B distinct indices) replacement.
-    replicas : independent chains run in parallel; R >= 2 gives the interval from the spread
-        of replicas, R = 1 from ``n_blocks`` batch-means blocks.
-    rows_per_sample : q, the rows of G that belong to one sample (outputs of a network).
-    level : confidence level of the interval.
-    out : optional HDF5 run file: series ``blocks`` (step, logsum (R, k)) committed per chunk
-        with a checkpoint (tangent blocks, log sums, generator state, batch permutations), the
-        estimates and interval as root attributes.
-    overwrite : replace an existing ``out``.
-    resume : continue the run in ``out`` from its last committed chunk; the result and the
-        stored series are bitwise those of an uninterrupted run. Refused (ValueError) when G
-        or any option that changes the result differs from the stored run.
-
-    Returns
-    -------
-    SGDLyapunov
-
-    Raises
-    ------
-    ValueError for NaN/inf in G, lr <= 0, batch_size outside [1, n], k > rank, unknown options.
-    NonFiniteStateError if the tangent vectors overflow (use a smaller ``reorth_every``).
-    """
-    space = check_option("space", space, _SPACES)
-    lr, B, sampling, op = _sgd_inputs(
-        G, lr, batch_size, sampling, rows_per_sample, space, _operator
-    )
-    steps = check_int("steps", steps, minimum=1)
-    transient = check_int("transient", transient, minimum=0)
-    k = check_int("k", k, minimum=1)
-    limit = op.rank if space == "span" else op.m
-    if k > limit:
-        raise ValueError(
-            f"k must be <= the {'rank of the span of the g_i' if space == 'span' else 'dimension'}"
-            f" = {limit}, got {k}"
-        )
-    R = check_int("replicas", replicas, minimum=1)
-    reorth_every = check_int("reorth_every", reorth_every, minimum=1)
-    n_blocks = check_int("n_blocks", n_blocks, minimum=2)
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if resume and out is None:
-        raise ValueError("resume=True needs out, the run file to continue")
-
-    rng = np.random.default_rng(seed)
-    m = op.m
-    perm = np.tile(np.arange(op.n, dtype=np.int64), (R, 1))
-    c = lr / B
-    max_chunk = max(1, _MAX_INDEX_ENTRIES // (R * B))
-    chunk = max(1, min(-(-steps // n_blocks), max_chunk))
-    chunk = -(-chunk // reorth_every) * reorth_every
-    status = np.zeros(R, dtype=np.int64)
-
-    def run(n: int, logr: np.ndarray) -> None:
-        if sampling == "with":
-            idx = rng.integers(0, op.n, size=(R, n, B), dtype=np.int32)
-        else:
-            u = rng.random((R, n, B))
-            idx = np.empty((R, n, B), dtype=np.int32)
-            _k.batches_without_replacement(u, perm, idx)
-        if op.kind == "rank":
-            kern = _k.sgd_rank_products if R > 1 else _k.sgd_rank_products_serial
-            st = kern(op.A, op.q, c, idx, V, reorth_every, logr, status)
-        else:
-            st = _k.sgd_hessian_products(op.A, c, idx, V, reorth_every, logr, status)
-        if st != _k.OK:
-            raise NonFiniteStateError(
-                f"replica {int(np.argmax(status))}: tangent vectors {_tangent_failure(st)}"
-                f" within a chunk of {n} steps; try reorth_every=1",
-                step=-1,
-                time=float("nan"),
-            )
-
-    writer = None
-    run_file = {
-        "kind": "sgd_lyapunov",
-        "params": {
-            "fingerprint": op.fingerprint() if out is not None else "",
-            "lr": lr,
-            "batch_size": B,
-            "steps": steps,
-            "k": k,
-            "seed": str(seed),
-            "transient": transient,
-            "sampling": sampling,
-            "replicas": R,
-            "space": space,
-            "rows_per_sample": op.q,
-            "reorth_every": reorth_every,
-            "chunk": chunk,
-        },
-        "derived": {"rank": op.rank},
-        "series": {"blocks": {"step": (), "logsum": (R, k)}},
-    }
-    if resume:
-        writer, ck, rows = _start_run(out, resume=True, overwrite=False, **run_file)
-        rng.bit_generator.state = ck["rng"]
-        V = np.ascontiguousarray(ck["V"], dtype=np.float64)
-        perm = np.ascontiguousarray(ck["perm"], dtype=np.int64)
-        logsum = np.array(ck["logsum"], dtype=np.float64)
-        done = int(ck["step"])
-        sums = list(rows["blocks"]["logsum"])
-        ends = list(rows["blocks"]["step"])
-    else:
-        V = np.empty((R, k, m))
-        for r in range(R):
-            V[r] = _orthonormal_rows(rng, k, m)
-        for pos in range(0, transient, max_chunk):
-            run(min(max_chunk, transient - pos), np.zeros((R, k)))
-        logsum = np.zeros((R, k))
-        done = 0
-        sums, ends = [], []
-        if out is not None:
-            writer, _, _ = _start_run(out, resume=False, overwrite=overwrite, **run_file)
-
-    def checkpoint() -> None:
-        writer.commit(V=V, perm=perm, logsum=logsum, step=done, rng=rng.bit_generator.state)
-
-    with _recording(writer):
-        if writer is not None and not resume:
-            checkpoint()  # after the transient: a run killed in its first chunk resumes here
-        while done < steps:
-            n = min(chunk, steps - done)
-            run(n, logsum)
-            done += n
-            sums.append(logsum.copy())
-            ends.append(float(done))
-            if writer is not None:
-                writer.append("blocks", step=np.array([float(done)]), logsum=logsum[None])
-                checkpoint()
-        res = _sgd_result(logsum, sums, ends, op, lr, B, steps, sampling, space, level, n_blocks)
-        if writer is not None:
-            writer.set_attrs(exponents=res.exponents, ci_low=res.ci_low, ci_high=res.ci_high)
+    run = None
+    if out is not None:
+        start = {"V": V, "logsum": logsum, "step": 0, "rng": rng_start}
+        run = start_run(out, **spec, checkpoint=start, resume=resume, overwrite=overwrite)
+    with run if run is not None else nullcontext():
+        rec_t, rec_sum = [], []
+        if resume:
+            ck = run.checkpoint
+            V = np.ascontiguousarray(ck["V"], dtype=np.float64)
+            logsum = np.array(ck["logsum"], dtype=np.float64)
+            done = int(ck["step"])
+            rng = restore_rng(ck["rng"])
+            kept = _committed_rows(run, "running", ("time", "logsum"))
+            rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
+            if done < n_steps:
+                M = draw(done, min(chunk, n_steps - done))
+        while done < n_steps:
+            nd, st = _k.qr_matrix_products(M, V, reorth_every, logsum)
+            if st != _k.OK:
+                raise NonFiniteStateError(
+                    f"tangent vectors {_tangent_failure(st)} at factor {done + nd}",
+                    step=done + nd,
+                    time=float(done + nd),
+                )
+            done += M.shape[0]
+            rec_t.append(float(done))
+            rec_sum.append(logsum.copy())
+            if run is not None:
+                run.append(
+                    "running",
+                    time=np.array([float(done)]),
+                    step=np.array([float(done)]),
+                    estimate=(logsum / done)[None],
+                    logsum=logsum[None],
+                )
+                # copies: the writer keeps the checkpoint and writes it again on closing
+                run.commit(V=V.copy(), logsum=logsum.copy(), step=done, rng=rng_state(rng))
+            if done < n_steps:
+                M = draw(done, min(chunk, n_steps - done))
+        res = _spectrum_result(rec_t, rec_sum, float(n_steps), n_steps, n_blocks, None, V)
+        if run is not None:
+            run.summarize(exponents=res.exponents.tolist(), stderr=res.stderr.tolist())
     return res
 
 
-def _sgd_result(
-    logsum: np.ndarray,
-    sums: list,
-    ends: list,
-    op: _Operator,
-    lr: float,
-    B: int,
-    steps: int,
-    sampling: str,
-    space: str,
-    level: float,
-    n_blocks: int,
-) -> SGDLyapunov:
-    """Estimate and interval from the final log sums (R, k) and the per-chunk record."""
-    R, k = logsum.shape
-    per_rep = logsum / steps
-    est = per_rep.mean(0)
-    if R >= 2:
-        se = _standard_error(per_rep)
-        dof, method = R - 1, "replicas"
-    else:
-        se, nb = _block_stats(np.asarray(sums)[:, 0, :], np.asarray(ends), n_blocks)
-        dof, method = max(nb - 1, 1), "blocks"
-    half = _t_quantile(float(level), dof) * se
-    return SGDLyapunov(
-        exponents=est,
-        ci_low=est - half,
-        ci_high=est + half,
-        stderr=se,
-        per_replica=per_rep,
-        ci_method=method,
-        level=float(level),
-        rank=op.rank,
-        lam_max=op.lam_max,
-        gd_threshold=op.gd_threshold,
-        lr=lr,
-        batch_size=B,
-        steps=steps,
-        sampling=sampling,
-        space=space,
-    )
-
-
-def _mlp_gradients(mlp: Any, theta: Any, X: Any) -> tuple[np.ndarray, int]:
-    from . import training
-
-    if getattr(mlp, "loss", "mse") != "mse":
-        raise ValueError(
-            f"sgd_lyapunov_mlp needs an MLP with loss='mse' (per-sample Hessian J^T J at an "
-            f"interpolation minimum), got loss={mlp.loss!r}"
-        )
-    theta = as_array("theta", theta, shape=(int(mlp.n_params),))
-    X = as_array("X", X, ndim=2)
-    G = np.asarray(training.per_sample_gradients(mlp, theta, X), dtype=np.float64)
-    q = G.shape[0] // X.shape[0]
-    return np.ascontiguousarray(G), q
-
-
-def sgd_lyapunov_mlp(
-    mlp: Any, theta: Any, X: Any, lr: float, batch_size: int, **kwargs: Any
-) -> SGDLyapunov:
-    """:func:`sgd_lyapunov` for an MLP at an interpolation minimum ``theta``.
-
-    At a point where f(x_i; theta) = y_i for every sample, the per-sample Hessian of the squared
-    loss 1/2 ||f(x_i; theta) - y_i||^2 is J_i^T J_i with J_i = d f(x_i)/d theta (out, P); its rows
-    are the per-sample gradients from ``nndyn_fast.training.per_sample_gradients``. (Any theta is
-    an interpolation minimum of the targets y_i = f(x_i; theta).) Other loss normalisations
-    rescale lr: a per-sample loss c ||f - y||^2 corresponds to ``lr * 2 c`` here.
-
-    Parameters
-    ----------
-    mlp : ``nndyn_fast.training.MLP``.
-    theta : (P,) flat parameters.
-    X : (n, n_in) inputs.
-    lr, batch_size, **kwargs : as in :func:`sgd_lyapunov`.
-    """
-    G, q = _mlp_gradients(mlp, theta, X)
-    return sgd_lyapunov(G, lr, batch_size, rows_per_sample=q, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Mean-square stability
-# --------------------------------------------------------------------------------------------
-def _second_moment_operator(op: _Operator, lr: float, B: int, sampling: str) -> Callable:
-    n, m = op.n, op.m
-    if op.kind == "rank":
-        C3 = op.A.reshape(n, op.q, m)
-        Hbar = op.A.T @ op.A / n
-
-        def sum_hsh(S: np.ndarray) -> np.ndarray:
-            Y = np.einsum("nqa,ab->nqb", C3, S)
-            P = np.einsum("nqb,npb->nqp", Y, C3)
-            Z = np.einsum("nqp,npb->nqb", P, C3)
-            return op.A.T @ Z.reshape(n * op.q, m)
-    else:
-        H = op.A
-        Hbar = H.mean(0)
-
-        def sum_hsh(S: np.ndarray) -> np.ndarray:
-            return np.einsum("nab,bc,ncd->ad", H, S, H, optimize=True)
-
-    if sampling == "with":
-        a_self, a_cross = 1.0 / (B * n), 1.0 - 1.0 / B
-    else:
-        p1 = B / n
-        p2 = B * (B - 1) / (n * (n - 1)) if n > 1 else 0.0
-        a_self = (p1 - p2) / B**2
-        a_cross = p2 * n * n / B**2
-
-    def T(S: np.ndarray) -> np.ndarray:
-        HS = Hbar @ S
-        return S - lr * (HS + S @ Hbar) + lr**2 * (a_self * sum_hsh(S) + a_cross * HS @ Hbar)
-
-    return T
-
-
-def _lanczos_top(matvec: Callable, v0: np.ndarray, max_iter: int = 400) -> float:
-    """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
-
-    Stops when the top Ritz value changes by less than 1e-13 (relative) over 3 iterations; the
-    Ritz value converges from below to the eigenvalue even inside a cluster."""
-    from scipy.linalg import eigvalsh_tridiagonal
-
-    n = v0.size
-    max_iter = int(min(max_iter, n, max(20, 2e8 // (8 * n))))
-    Q = np.empty((max_iter + 1, n))
-    Q[0] = v0 / np.linalg.norm(v0)
-    alpha, beta = [], []
-    last, calm = -np.inf, 0
-    theta = -np.inf
-    for j in range(max_iter):
-        w = matvec(Q[j])
-        a = float(Q[j] @ w)
-        alpha.append(a)
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        top = (len(alpha) - 1, len(alpha) - 1)
-        theta = float(
-            eigvalsh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=top)[0]
-        )
-        calm = calm + 1 if abs(theta - last) <= 1e-13 * max(1.0, abs(theta)) else 0
-        last = theta
-        if calm >= 3 or b <= 1e-14 * max(1.0, abs(theta)):
-            break
-        beta.append(b)
-        Q[j + 1] = w / b
-    return theta
-
-
-def mean_square_exponent(
-    G: Any,
-    lr: float,
-    batch_size: int,
-    *,
-    sampling: str = "with",
-    rows_per_sample: int = 1,
-    _operator: _Operator | None = None,
-) -> float:
-    """Mean-square growth rate of linearised SGD: (1/2) log rho(T), T(S) = E[M S M^T].
-
-    With M = I - (lr/B) sum_{i in batch} H_i, the second moment S_t = E[v_t v_t^T] evolves by
-    S_{t+1} = S_t - lr (Hbar S_t + S_t Hbar) + lr^2 E[(1/B^2) sum_{b,c} H_b S_t H_c], Hbar the
-    mean Hessian; for B i.i.d. indices E[...] = (1/B) mean_i H_i S H_i + (1 - 1/B) Hbar S Hbar,
-    for B distinct indices the pair probabilities B(B-1)/(n(n-1)) replace (1 - 1/B). T is a
-    positive map, so its spectral radius is a real eigenvalue (computed on the span of the g_i).
-    The linearisation is mean-square stable iff the
-    returned value is < 0; it is never below the top Lyapunov exponent (Jensen), so it is the
-    stricter criterion. Since each M is symmetric, T is self-adjoint for the trace inner product
-    and rho(T) is its largest eigenvalue (dense for r <= 20, Lanczos otherwise).
-
-    Parameters
-    ----------
-    G, lr, batch_size, sampling, rows_per_sample : as in :func:`sgd_lyapunov`.
-
-    Returns
-    -------
-    float, (1/2) log rho(T) per step (-inf if T = 0).
-    """
-    lr, B, sampling, op = _sgd_inputs(
-        G, lr, batch_size, sampling, rows_per_sample, "span", _operator
-    )
-    T = _second_moment_operator(op, lr, B, sampling)
-    m = op.m
-    if m <= 20:
-        cols = np.empty((m * m, m * m))
-        E = np.zeros((m, m))
-        for j in range(m * m):
-            E.flat[j] = 1.0
-            cols[:, j] = T(E).ravel()
-            E.flat[j] = 0.0
-        rho = float(np.max(np.abs(np.linalg.eigvals(cols))))
-    else:
-        # Every factor M is symmetric, so T is self-adjoint for <A, B> = tr(A^T B): Lanczos for
-        # its largest eigenvalue, which is the Perron root rho(T) of the positive map.
-        rho = _lanczos_top(lambda v: T(v.reshape(m, m)).ravel(), np.eye(m).ravel())
-    return 0.5 * math.log(rho) if rho > 0 else -math.inf
-
-
-# --------------------------------------------------------------------------------------------
-# Stability diagram
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StabilityDiagram:
-    """lambda over a grid of (B, lr): arrays of shape (n_batch, n_lr).
-
-    ``lam`` (top exponent), ``lam_low``/``lam_high`` (its confidence interval), ``ms`` (mean-
-    square exponent), ``lam_max`` (top eigenvalue of the mean Hessian) and ``gd_threshold``
-    = 2 / lam_max.
-    """
-
-    lrs: np.ndarray
-    batch_sizes: np.ndarray
-    lam: np.ndarray
-    lam_low: np.ndarray
-    lam_high: np.ndarray
-    ms: np.ndarray
-    lam_max: float
-    gd_threshold: float
-    meta: dict = field(default_factory=dict)
-
-
-def sgd_stability_diagram(
-    G: Any,
-    lrs: Sequence[float],
-    batch_sizes: Sequence[int],
-    *,
-    steps: int = 20_000,
-    k: int = 1,
-    seed: int = 0,
-    transient: int = 1000,
-    sampling: str = "with",
-    replicas: int = 4,
-    rows_per_sample: int = 1,
-    mean_square: bool = True,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-) -> StabilityDiagram:
-    """Top Lyapunov exponent of linearised SGD over a grid of (lr, B), beside the GD threshold.
-
-    For each batch size B and learning rate lr, lambda(lr, B) from :func:`sgd_lyapunov` (seed
-    ``(seed, iB, ilr)``) and, with ``mean_square``, the mean-square exponent from
-    :func:`mean_square_exponent`. SGD is almost surely stable where lambda < 0, mean-square
-    stable where ms < 0 (a subset); full-batch GD is stable for lr < 2 / lambda_max.
-
-    Parameters
-    ----------
-    G : as in :func:`sgd_lyapunov`.
-    lrs : (n_lr,) learning rates > 0.
-    batch_sizes : (n_batch,) batch sizes in [1, n].
-    out : optional HDF5 file: series ``diagram`` with one row per batch size (batch_size, lam,
-        lam_low, lam_high, ms), committed row by row, the grids in ``/params``.
-    overwrite : replace an existing ``out``.
-    resume : continue the diagram in ``out`` after its last committed row (each point has its
-        own seed, so the result is bitwise that of an uninterrupted run); refused (ValueError)
-        when G or an option differs from the stored run.
-
-    Returns
-    -------
-    StabilityDiagram
-    """
-    lrs_a = as_array("lrs", lrs, ndim=1)
-    if lrs_a.size == 0 or np.any(lrs_a <= 0):
-        raise ValueError("lrs must be a non-empty list of learning rates > 0")
-    bs = np.asarray(batch_sizes)
-    if bs.ndim != 1 or bs.size == 0:
-        raise ValueError("batch_sizes must be a non-empty list of integers")
-    bs = np.array([check_int("batch_sizes", b, minimum=1) for b in bs], dtype=np.int64)
-    rows_per_sample = check_int("rows_per_sample", rows_per_sample, minimum=1)
-    op = _build_operator(G, rows_per_sample, "span")
-    if np.any(bs > op.n):
-        raise ValueError(f"batch_sizes must be <= the number of samples n = {op.n}, got {bs}")
-    sampling = check_option("sampling", sampling, _SAMPLING)
-    if resume and out is None:
-        raise ValueError("resume=True needs out, the run file to continue")
-    shape = (bs.size, lrs_a.size)
-    cols = {name: np.full(shape, np.nan) for name in ("lam", "lam_low", "lam_high", "ms")}
-    writer = None
-    first = 0
-    if out is not None:
-        writer, ck, rows = _start_run(
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            kind="sgd_stability_diagram",
-            params={
-                "fingerprint": op.fingerprint(),
-                "lrs": lrs_a,
-                "batch_sizes": bs,
-                "steps": steps,
-                "k": k,
-                "seed": seed,
-                "transient": transient,
-                "sampling": sampling,
-                "replicas": replicas,
-                "mean_square": bool(mean_square),
-            },
-            derived={"rank": op.rank, "lam_max": op.lam_max, "gd_threshold": op.gd_threshold},
-            series={
-                "diagram": {"batch_size": (), **{name: (lrs_a.size,) for name in cols}},
-            },
-        )
-        if resume:
-            first = int(ck["row"]) + 1
-            for name, arr in cols.items():
-                arr[:first] = rows["diagram"][name]
-    with _recording(writer):
-        for i in range(first, bs.size):
-            B = int(bs[i])
-            for j, lr in enumerate(lrs_a):
-                res = sgd_lyapunov(
-                    None,
-                    float(lr),
-                    B,
-                    steps=steps,
-                    k=k,
-                    seed=[int(seed), i, j],
-                    transient=transient,
-                    sampling=sampling,
-                    replicas=replicas,
-                    _operator=op,
-                )
-                cols["lam"][i, j] = res.exponents[0]
-                cols["lam_low"][i, j] = res.ci_low[0]
-                cols["lam_high"][i, j] = res.ci_high[0]
-                if mean_square:
-                    cols["ms"][i, j] = mean_square_exponent(
-                        None, float(lr), B, sampling=sampling, _operator=op
-                    )
-            if writer is not None:
-                writer.append(
-                    "diagram",
-                    batch_size=np.array([float(B)]),
-                    **{name: arr[i][None] for name, arr in cols.items()},
-                )
-                writer.commit(row=i)
-    return StabilityDiagram(
-        lrs=lrs_a,
-        batch_sizes=bs,
-        lam=cols["lam"],
-        lam_low=cols["lam_low"],
-        lam_high=cols["lam_high"],
-        ms=cols["ms"],
-        lam_max=op.lam_max,
-        gd_threshold=op.gd_threshold,
-        meta={"steps": steps, "sampling": sampling, "replicas": replicas, "rank": op.rank},
-    )
-
-
+# ============================================================================================
+# Plots
+# ============================================================================================
 def plot_stability_diagram(diagram: StabilityDiagram, path: str | Path | None = None, ax=None):
     """Plot lambda(lr, B) with the lambda = 0 and mean-square = 0 contours and lr = 2/lambda_max.
 
-    Returns the matplotlib Axes; saves the figure when ``path`` is given.
+    Parameters
+    ----------
+    diagram : a :class:`~nndyn_fast.sgd_stability.StabilityDiagram`.
+    path : save the figure there (format from the suffix) when given.
+    ax : matplotlib Axes to draw into; default a new figure (made without pyplot, so no
+        backend is chosen or changed here).
+
+    Returns the matplotlib Axes (its figure is ``ax.figure``).
     """
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
     else:
         fig = ax.figure
     from matplotlib.colors import SymLogNorm

@@ -12,9 +12,9 @@ import pytest
 from reference_lyapunov import naive_sgd_qr
 
 import nndyn_fast.kernels.lyapunov as klyap
-from nndyn_fast.lyapunov import (
+from nndyn_fast.lyapunov import plot_stability_diagram
+from nndyn_fast.sgd_stability import (
     mean_square_exponent,
-    plot_stability_diagram,
     sgd_lyapunov,
     sgd_lyapunov_mlp,
     sgd_stability_diagram,
@@ -218,7 +218,7 @@ def test_stability_diagram_file_and_plot(tmp_path):
     assert np.all(diag.ms >= diag.lam - 0.05)  # Jensen bound up to the short runs' noise
     with open_run(tmp_path / "d.h5") as run:
         np.testing.assert_array_equal(run.read("diagram", "lam"), diag.lam)
-        assert run.params["gd_threshold"] == pytest.approx(diag.gd_threshold)
+        assert run.summary["gd_threshold"] == pytest.approx(diag.gd_threshold)
     plot_stability_diagram(diag, path=tmp_path / "d.png")
     assert (tmp_path / "d.png").stat().st_size > 0
 
@@ -277,12 +277,13 @@ def test_sgd_resume_is_bitwise_uninterrupted(tmp_path, monkeypatch, sampling, re
     kw = dict(steps=2000, k=2, seed=5, transient=100, sampling=sampling, replicas=replicas)
     full = sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=tmp_path / "full.h5", **kw)
     part = tmp_path / "part.h5"
-    restore = _kill_after_commits(monkeypatch, 4)  # the step-0 checkpoint and 3 of 10 chunks
+    # 3 of 10 chunks (the step-0 checkpoint is part of the file's creation)
+    restore = _kill_after_commits(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=part, **kw)
     restore()
     cut, status, _ = _series(part, "blocks")
-    assert status == "failed" and cut["step"].tolist() == [200.0, 400.0, 600.0]
+    assert status == "interrupted" and cut["step"].tolist() == [200.0, 400.0, 600.0]
     res = sgd_lyapunov(G, 0.3, 3, n_blocks=10, out=part, resume=True, **kw)
     # generator state, tangent blocks, permutations and sums are checkpointed exactly
     for name in ("exponents", "ci_low", "ci_high", "stderr", "per_replica"):
@@ -303,14 +304,14 @@ def test_sgd_resume_refuses_other_parameters(tmp_path, monkeypatch):
     G = np.random.default_rng(14).standard_normal((8, 5))
     kw = dict(steps=600, k=1, seed=5, transient=10, replicas=2, sampling="with")
     path = tmp_path / "run.h5"
-    restore = _kill_after_commits(monkeypatch, 2)
+    restore = _kill_after_commits(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         sgd_lyapunov(G, 0.3, 3, out=path, **kw)
     restore()
     G2 = G.copy()
     G2[0, 0] += 1e-12
     changes = [
-        ("fingerprint", (G2, 0.3, 3), {}),
+        ("G", (G2, 0.3, 3), {}),
         ("lr", (G, 0.31, 3), {}),
         ("batch_size", (G, 0.3, 2), {}),
         ("k", (G, 0.3, 3), {"k": 2}),
@@ -319,10 +320,10 @@ def test_sgd_resume_refuses_other_parameters(tmp_path, monkeypatch):
         ("steps", (G, 0.3, 3), {"steps": 700}),
     ]
     for key, args, change in changes:
-        with pytest.raises(ValueError, match=f"cannot resume .*its {key} is"):
+        with pytest.raises(ValueError, match=rf"cannot resume .*(parameter|input) {key}\b"):
             sgd_lyapunov(*args, out=path, resume=True, **{**kw, **change})
     with open_run(path) as run:  # a refused resume leaves the file as it was
-        assert run.status == "failed" and run.rows["blocks"] == 1
+        assert run.status == "interrupted" and run.rows["blocks"] == 1
     with pytest.raises(ValueError, match="resume=True needs out"):
         sgd_lyapunov(G, 0.3, 3, resume=True, **kw)
     with pytest.raises(ValueError, match="does not exist"):
@@ -339,8 +340,7 @@ def test_cli_sgd_lyapunov_resume(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--out", str(tmp_path / "full.h5")]) == 0
     part = str(tmp_path / "part.h5")
     restore = _kill_after_commits(monkeypatch, 1)  # one batch size of three committed
-    with pytest.raises(KeyboardInterrupt):
-        main([*argv, "--out", part])
+    assert main([*argv, "--out", part]) == 130  # the CLI reports the interruption
     restore()
     assert _series(part, "diagram")[0]["batch_size"].tolist() == [1.0]
     assert main([*argv, "--out", part, "--resume"]) == 0
@@ -352,4 +352,4 @@ def test_cli_sgd_lyapunov_resume(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     other = [("400" if a == "300" else a) for a in argv]  # --steps 400
     assert main([*other, "--out", part, "--resume"]) == 2
-    assert "its steps is 300" in capsys.readouterr().err
+    assert "parameter steps is 300" in capsys.readouterr().err
