@@ -23,7 +23,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_lyapunov import naive_benettin_lorenz, naive_sgd_qr  # noqa: E402
 
-from nndyn_fast.lyapunov import Lorenz63, lyapunov_spectrum, sgd_lyapunov  # noqa: E402
+from nndyn_fast.lyapunov import Lorenz63, lyapunov_spectrum  # noqa: E402
+from nndyn_fast.sgd_stability import sgd_lyapunov  # noqa: E402
 
 FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
 T_LORENZ = 1000.0 if FULL else 5.0
@@ -82,7 +83,7 @@ def test_sgd_numpy(benchmark, k):
 def test_sgd_large_d(benchmark, fresh_process):
     # in a fresh process, so that the peak memory is this run's: G is 763 MiB
     code = (
-        "import numpy as np\nfrom nndyn_fast.lyapunov import sgd_lyapunov\n"
+        "import numpy as np\nfrom nndyn_fast.sgd_stability import sgd_lyapunov\n"
         "G = np.random.default_rng(2).standard_normal((1000, 100_000)) / np.sqrt(100_000)\n"
         "res = sgd_lyapunov(G, 0.5, 10, steps=100_000, k=4, replicas=2, transient=1000)\n"
         "assert res.rank == 1000 and np.isfinite(res.exponents).all()\n"
