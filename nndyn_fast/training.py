@@ -10,7 +10,10 @@ then hovers there while the loss keeps decreasing non-monotonically (the edge of
 Cohen et al. 2021).
 
 All derivatives are exact and computed in the Numba kernels of :mod:`nndyn_fast.kernels.mlp`:
-backpropagation for ∇L, Pearlmutter's R-operator for H v, parallel over data points.
+backpropagation for ∇L, Pearlmutter's R-operator for H v, parallel over data points. The
+eigen-solvers (Lanczos, power iteration, stochastic Lanczos quadrature) are in
+:mod:`nndyn_fast.eigen`; :func:`top_eigenpairs`, :class:`Eigenpairs` and
+:class:`SpectrumDensity` are re-exported here.
 
 References
 ----------
@@ -27,6 +30,15 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_array, check_int, check_option
+from .eigen import (
+    METHODS,
+    Eigenpairs,
+    SpectrumDensity,
+    _as_operator,
+    _check_k,
+    _slq,
+    top_eigenpairs,
+)
 from .kernels import mlp as km
 from .kernels.activations import ACTIVATIONS
 
@@ -50,6 +62,7 @@ __all__ = [
     "SpectrumDensity",
     "hessian_spectrum_density",
     "gd_stability",
+    "gd_threshold",
     "gradient_descent",
     "eos_dataset",
     "eos_experiment",
@@ -227,13 +240,6 @@ def _checked(
     return mlp, theta, X, Y
 
 
-def _check_k(k: Any, P: int) -> int:
-    k = check_int("k", k, minimum=1)
-    if k > P:
-        raise ValueError(f"k must be <= the number of parameters P = {P}, got {k}")
-    return k
-
-
 # -- evaluations ------------------------------------------------------------------------------
 def forward(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
     """Network outputs f(x_i; θ).
@@ -398,226 +404,6 @@ def hessian_operator(mlp: MLP, theta: Any, X: Any, Y: Any, *, gauss_newton: bool
 
 
 # -- eigenvalues ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Eigenpairs:
-    """Result of :func:`sharpness`: the top-k eigenpairs of a symmetric operator.
-
-    Attributes
-    ----------
-    eigenvalues : array (k,), in decreasing order (eigenvalues[0] is the sharpness λ_max).
-    eigenvectors : array (P, k), orthonormal columns.
-    n_hvp : number of operator products used.
-    converged : whether every pair met the tolerance.
-    method : "lanczos" or "power".
-    """
-
-    eigenvalues: np.ndarray
-    eigenvectors: np.ndarray
-    n_hvp: int
-    converged: bool
-    method: str
-
-    @property
-    def sharpness(self) -> float:
-        """λ_max, the largest eigenvalue."""
-        return float(self.eigenvalues[0])
-
-
-METHODS = ("lanczos", "power")
-
-
-def _lanczos_basis(matvec, q0: np.ndarray, m_max: int, stop=None):
-    """Lanczos tridiagonalisation T = Qᵀ H Q with full reorthogonalisation.
-
-    Runs at most ``m_max`` steps from q0/||q0||. After step m, ``stop(alpha[:m], beta[:m])``
-    (if given) may end the iteration by returning True; β_m is the norm of the next residual.
-    An invariant Krylov subspace (β_m ≤ 1e-13 ||T||) also ends it: the Ritz values are then
-    eigenvalues of H. Returns ``(Q (m, P), alpha (m,), beta (m,), n_matvec, ended)`` where
-    ``ended`` says whether ``stop`` or an invariant subspace ended the iteration.
-    """
-    P = q0.shape[0]
-    Q = np.empty((m_max + 1, P))
-    alpha = np.zeros(m_max)
-    beta = np.zeros(m_max)
-    Q[0] = q0 / np.linalg.norm(q0)
-    tnorm = np.finfo(float).tiny
-    m = 0
-    ended = False
-    for j in range(m_max):
-        w = matvec(Q[j])
-        alpha[j] = Q[j] @ w
-        w = w - alpha[j] * Q[j] - (beta[j - 1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan–Parlett)
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta[j] = np.linalg.norm(w)
-        m = j + 1
-        # Gershgorin bound on ||T||: rows of T hold beta[j-1], alpha[j], beta[j]
-        tnorm = max(tnorm, abs(alpha[j]) + beta[j] + (beta[j - 1] if j > 0 else 0.0))
-        if beta[j] <= 1e-13 * tnorm or (stop is not None and stop(alpha[:m], beta[:m])):
-            ended = True
-            break
-        Q[j + 1] = w / beta[j]
-    return Q[:m], alpha[:m], beta[:m], m, ended
-
-
-def _ritz(alpha: np.ndarray, beta: np.ndarray, k: int, largest: bool):
-    """The k largest (smallest) Ritz values of T and their eigenvectors S (m, k) in T."""
-    from scipy.linalg import eigh_tridiagonal
-
-    theta, S = eigh_tridiagonal(alpha, beta[:-1])
-    order = np.argsort(theta)[::-1] if largest else np.argsort(theta)
-    return theta, S, order[:k]
-
-
-def _lanczos(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray, largest: bool):
-    """Lanczos with full reorthogonalisation for the k largest (or smallest) eigenpairs.
-
-    A pair (θ, y) is accepted when its error estimate min(r, r²/gap) ≤ tol·|θ|, r = β_m |s_m|
-    the residual norm ||Hy − θy|| of the Ritz pair and gap the distance to the nearest other
-    Ritz value (the a-posteriori bound |θ − λ| ≤ r²/gap). An invariant subspace (β ≈ 0) ends
-    the iteration with exact pairs.
-    """
-    tiny = np.finfo(float).tiny
-
-    def converged(alpha: np.ndarray, beta: np.ndarray) -> bool:
-        m = alpha.shape[0]
-        if m < k:
-            return False
-        theta, S, sel = _ritz(alpha, beta, k, largest)
-        res = beta[-1] * np.abs(S[-1, sel])
-        err = res
-        if m > 1:
-            gaps = np.array([np.min(np.abs(np.delete(theta, s) - theta[s])) for s in sel])
-            err = np.minimum(res, res**2 / np.maximum(gaps, tiny))
-        return bool(np.all(err <= tol * np.maximum(np.abs(theta[sel]), tiny)))
-
-    Q, alpha, beta, n_mv, ended = _lanczos_basis(matvec, v0, min(maxiter, P), converged)
-    if alpha.shape[0] < k:
-        raise ValueError(
-            f"v0 lies in an invariant subspace of dimension {alpha.shape[0]} < k = {k}; "
-            "start from another vector"
-        )
-    theta, S, sel = _ritz(alpha, beta, k, largest)
-    return theta[sel], Q.T @ S[:, sel], n_mv, ended
-
-
-def _power(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray):
-    """Power iteration with deflation for the k largest eigenpairs.
-
-    Each pair iterates v ← (H + σI) v / ||·|| orthogonal to the pairs already found, until the
-    Rayleigh quotient changes by less than tol·|λ|. σ = 0 first; if the dominant eigenvalue of
-    the deflated operator is negative the pair is recomputed with σ = |λ| so that the largest
-    algebraic eigenvalue dominates.
-    """
-    rng = np.random.default_rng(0)
-    vals, vecs = [], []
-    n_mv = 0
-    all_conv = True
-    for i in range(k):
-        shift = 0.0
-        for _attempt in range(2):
-            v = v0.copy() if i == 0 else rng.standard_normal(P)
-            U = np.array(vecs).T if vecs else np.zeros((P, 0))
-            v -= U @ (U.T @ v)
-            v /= np.linalg.norm(v)
-            lam_prev = np.inf
-            lam = 0.0
-            conv = False
-            for _ in range(maxiter):
-                w = matvec(v) + shift * v
-                n_mv += 1
-                w -= U @ (U.T @ w)
-                lam = v @ w
-                nw = np.linalg.norm(w)
-                if nw == 0.0:
-                    conv = True
-                    break
-                v = w / nw
-                if abs(lam - lam_prev) <= tol * abs(lam):
-                    conv = True
-                    break
-                lam_prev = lam
-            lam -= shift
-            if lam >= 0.0 or shift > 0.0:
-                break
-            shift = abs(lam)
-        all_conv &= conv
-        vals.append(lam)
-        vecs.append(v)
-    order = np.argsort(vals)[::-1]
-    return np.array(vals)[order], np.array(vecs).T[:, order], n_mv, all_conv
-
-
-def _as_operator(H: Any, P: int | None, needs: str):
-    """``(matvec, P, A)`` for H given as an array (A, the dense matrix), a LinearOperator or a
-    plain callable v -> H v (A None); a callable takes its size P from ``needs``."""
-    if isinstance(H, (np.ndarray, list, tuple)):
-        A = as_array("H", H, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
-        return A.__matmul__, A.shape[0], A
-    if hasattr(H, "matvec") and hasattr(H, "shape"):
-        return H.matvec, H.shape[0], None
-    if callable(H):
-        if P is None:
-            raise ValueError(f"a plain callable H needs {needs}")
-        return H, P, None
-    raise TypeError(f"H must be an array, LinearOperator or callable, got {type(H).__name__}")
-
-
-def top_eigenpairs(
-    op: Any,
-    *,
-    k: int = 1,
-    method: str = "lanczos",
-    tol: float = 1e-8,
-    maxiter: int | None = None,
-    v0: Any = None,
-    seed: int = 0,
-    which: str = "largest",
-) -> Eigenpairs:
-    """Top-k eigenpairs of a symmetric operator given as an array, LinearOperator or callable.
-
-    Parameters
-    ----------
-    op : array (P, P), ``scipy.sparse.linalg.LinearOperator`` or callable v -> H v
-        With a callable, ``v0`` (or an array) fixes P.
-    k : int, 1 <= k <= P
-    method : "lanczos" (full reorthogonalisation) or "power" (deflation)
-    tol : relative accuracy of the eigenvalues
-    maxiter : most operator products per run (default: P for Lanczos, 10000 for power)
-    v0 : array (P,), starting vector (default random from ``seed``)
-    which : "largest" or "smallest" (Lanczos only)
-
-    Returns
-    -------
-    Eigenpairs
-    """
-    from ._validate import check_positive
-
-    check_option("method", method, METHODS)
-    check_option("which", which, ("largest", "smallest"))
-    tol = check_positive("tol", tol)
-    P_v0 = None if v0 is None else np.shape(v0)[0]
-    matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
-    k = _check_k(k, P)
-    if v0 is None:
-        v0 = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(P)
-    else:
-        v0 = as_array("v0", v0, shape=(P,)).copy()
-        if not np.any(v0):
-            raise ValueError("v0 must be a nonzero vector")
-    if method == "lanczos":
-        maxiter = P if maxiter is None else check_int("maxiter", maxiter, minimum=k)
-        vals, vecs, n, conv = _lanczos(matvec, P, k, tol, maxiter, v0, which == "largest")
-    else:
-        if which != "largest":
-            raise ValueError("which='smallest' needs method='lanczos'")
-        maxiter = 10000 if maxiter is None else check_int("maxiter", maxiter, minimum=1)
-        vals, vecs, n, conv = _power(matvec, P, k, tol, maxiter, v0)
-    return Eigenpairs(np.asarray(vals), np.asarray(vecs), int(n), bool(conv), method)
-
-
 def sharpness(
     mlp: MLP,
     theta: Any,
@@ -672,43 +458,6 @@ def sharpness(
 
 
 # -- spectral density ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpectrumDensity:
-    """Result of :func:`hessian_spectrum_density`.
-
-    Attributes
-    ----------
-    grid : array (G,), the points x where the density is evaluated.
-    density : array (G,), the broadened spectral density φ_σ(x) (integrates to 1 over ℝ).
-    nodes : array (n_probes, m), Gauss quadrature nodes (Ritz values) of each probe.
-    weights : array (n_probes, m), their weights (each row sums to 1; entries past a probe's
-        Krylov dimension are padding with node 0 and weight 0).
-    sigma : the Gaussian broadening width σ.
-    n_hvp : number of Hessian-vector products used.
-
-    ``grid, density = result`` unpacks the density.
-    """
-
-    grid: np.ndarray
-    density: np.ndarray
-    nodes: np.ndarray
-    weights: np.ndarray
-    sigma: float
-    n_hvp: int
-
-    def __iter__(self):
-        return iter((self.grid, self.density))
-
-    def probe_moments(self, k: int) -> np.ndarray:
-        """Per-probe quadrature estimates Σ_j w_j θ_j^k of zᵀH^k z / P, shape (n_probes,)."""
-        k = check_int("k", k, minimum=0)
-        return np.sum(self.weights * self.nodes**k, axis=1)
-
-    def moment(self, k: int) -> float:
-        """The SLQ estimate of the spectral moment tr(H^k)/P (mean over the probes)."""
-        return float(np.mean(self.probe_moments(k)))
-
-
 def hessian_spectrum_density(
     mlp: MLP,
     theta: Any,
@@ -789,29 +538,8 @@ def hessian_spectrum_density(
         if grid.size == 0:
             raise ValueError("grid must hold at least one point, got an empty array")
     P = mlp.n_params
-    m_max = min(n_steps, P)
     probes = 2.0 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1.0
-    nodes = np.zeros((n_probes, m_max))
-    weights = np.zeros((n_probes, m_max))
-    n_hvp = 0
-    for i in range(n_probes):
-        _, alpha, beta, n_mv, _ = _lanczos_basis(op.matvec, probes[i], m_max)
-        theta_i, S, _ = _ritz(alpha, beta, n_mv, True)
-        nodes[i, :n_mv] = theta_i
-        weights[i, :n_mv] = S[0] ** 2
-        n_hvp += n_mv
-    used = weights > 0
-    lo, hi = float(nodes[used].min()), float(nodes[used].max())
-    if sigma is None:
-        sigma = 0.01 * (hi - lo) if hi > lo else 0.01 * max(abs(hi), 1.0)
-    if grid is None:
-        grid = np.linspace(lo - 6.0 * sigma, hi + 6.0 * sigma, 1000)
-    density = np.zeros(grid.shape[0])
-    c = 1.0 / (n_probes * sigma * np.sqrt(2.0 * np.pi))
-    for i in range(n_probes):  # one probe at a time keeps the work array at (G, m)
-        u = (grid[:, None] - nodes[i][None, :]) / sigma
-        density += c * (np.exp(-0.5 * u * u) @ weights[i])
-    return SpectrumDensity(grid, density, nodes, weights, float(sigma), n_hvp)
+    return _slq(op.matvec, probes, min(n_steps, P), grid, sigma)
 
 
 # -- linear stability of gradient descent -----------------------------------------------------
@@ -851,8 +579,42 @@ class GDStability:
     @property
     def lr_critical(self) -> float:
         """2/λ_max on the deciding space: the largest stable step (for λ_min >= 0)."""
-        lam = self.lam_max_normal if self.space == "normal" else self.lam_max
-        return 2.0 / lam if lam > 0 else np.inf
+        return gd_threshold(self.lam_max_normal if self.space == "normal" else self.lam_max)
+
+
+def gd_threshold(lam_max: float) -> float:
+    """The gradient-descent stability threshold η* = 2/λ_max.
+
+    Along an eigenvector of H with eigenvalue λ > 0 the linearised step multiplies the error
+    by 1 − ηλ, which has modulus < 1 iff η < 2/λ; so a minimum whose largest Hessian
+    eigenvalue is λ_max is linearly stable under GD with step η iff η < 2/λ_max (with every
+    other eigenvalue >= 0). The relation ηλ = 2 is symmetric: ``gd_threshold(lr)`` is the
+    sharpness 2/η above which a step η is unstable (the level the sharpness settles at on the
+    edge of stability).
+
+    Parameters
+    ----------
+    lam_max : float
+        The largest eigenvalue λ_max of the Hessian (or, read the other way, the step η).
+
+    Returns
+    -------
+    float
+        2/λ_max, or ``inf`` when λ_max <= 0 (no positive curvature: no step is unstable along
+        it).
+
+    Raises
+    ------
+    ValueError
+        ``lam_max`` is not a real number (NaN included).
+    """
+    try:
+        lam = float(lam_max)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam_max must be a real number, got {lam_max!r}") from None
+    if lam != lam:
+        raise ValueError(f"lam_max must be a real number, got {lam_max!r}")
+    return 2.0 / lam if lam > 0 else np.inf
 
 
 def _radius(lr: float, lo: float, hi: float) -> float:

@@ -246,6 +246,29 @@ def test_lanczos_needs_fewer_products_than_power():
     assert a.n_hvp < b.n_hvp
 
 
+def test_eigen_solvers_live_in_one_module():
+    import nndyn_fast
+    from nndyn_fast import eigen
+
+    for name in ("top_eigenpairs", "Eigenpairs"):
+        assert getattr(nndyn_fast, name) is getattr(eigen, name) is getattr(tr, name)
+    assert tr.SpectrumDensity is eigen.SpectrumDensity and tr.METHODS is eigen.METHODS
+
+
+def test_gd_threshold():
+    # along an eigenvector with eigenvalue λ a GD step multiplies the error by 1 − ηλ:
+    # |1 − ηλ| < 1 iff 0 < η < 2/λ
+    for lam in (0.5, 4.0, 1e-300):
+        eta = tr.gd_threshold(lam)
+        assert eta == 2.0 / lam
+        assert abs(1 - np.nextafter(eta, 0) * lam) < 1 <= abs(1 - np.nextafter(eta, np.inf) * lam)
+    assert tr.gd_threshold(0.0) == tr.gd_threshold(-3.0) == np.inf  # no positive curvature
+    assert tr.gd_threshold(np.float32(4.0)) == 0.5
+    for bad in (np.nan, "x", None):
+        with pytest.raises(ValueError, match="lam_max must be a real number"):
+            tr.gd_threshold(bad)
+
+
 # -- stability of gradient descent ---------------------------------------------------------------
 def test_quadratic_gd_divergence_matches_gd_stability():
     eigs = np.array([5.0, 3.0, 1.0, 0.2])
