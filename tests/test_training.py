@@ -14,7 +14,7 @@ from reference_training import naive_forward, naive_hvp, naive_loss, naive_per_s
 
 from nndyn_fast import training as tr
 from nndyn_fast.errors import NonFiniteStateError
-from nndyn_fast.storage import open_run
+from nndyn_fast.storage import TrajectoryWriter, open_run
 
 
 def _problem(sizes=(3, 5, 4, 2), activation="tanh", loss="mse", n=23, seed=0):
@@ -372,8 +372,21 @@ def test_sgd_seeded_and_resume_equals_uninterrupted(tmp_path):
     a = tr.gradient_descent(mlp, theta, X, Y, **kw)
     b = tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "full.h5")
     np.testing.assert_array_equal(a.loss, b.loss)
-    # interrupted run: 20 steps, then resumed to 40 with the stored generator state
-    tr.gradient_descent(mlp, theta, X, Y, **{**kw, "steps": 20}, out=tmp_path / "part.h5")
+    # interrupted run: a Ctrl-C after 2 of its 4 chunks (20 steps), then resumed to 40 with
+    # the stored generator state
+    original = TrajectoryWriter.commit
+
+    def commit(self, **ck):
+        original(self, **ck)
+        if self.chunks == 2:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrajectoryWriter, "commit", commit)
+        with pytest.raises(KeyboardInterrupt):
+            tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "part.h5")
+    with open_run(tmp_path / "part.h5") as f:
+        assert f.status == "interrupted" and f.rows["trajectory"] == 20
     c = tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "part.h5", resume=True)
     np.testing.assert_array_equal(c.loss, a.loss)
     np.testing.assert_array_equal(c.theta, a.theta)
