@@ -9,6 +9,9 @@ __version__ = "0.1.0"
 
 # Delay differential equations and neural DDEs: ddeint, models, memory capacity
 from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
+
+# Symmetric eigen-solvers (Lanczos, power iteration) on matrix-free operators
+from .eigen import Eigenpairs, top_eigenpairs
 from .errors import NonFiniteStateError
 
 # Neural ODEs: integrators, models, flow maps, expressivity
@@ -67,7 +70,6 @@ from .sweep import SweepPointError, SweepResult, kuramoto_order_parameter, sweep
 # Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
 from .training import (
     MLP,
-    Eigenpairs,
     GDRun,
     GDStability,
     SpectrumDensity,
@@ -87,7 +89,6 @@ from .training import (
     per_sample_gradients,
     plot_eos,
     sharpness,
-    top_eigenpairs,
 )
 
 __all__ = [

@@ -37,6 +37,12 @@ def add_eos_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=".", help="folder for eos_lr<lr>.h5 run files")
     p.add_argument("--plot", default="eos.png", help="figure file (default eos.png; '' for none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing run files")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted experiment in --out-dir with the same options: resume "
+        "each run file there (refused if its options differ) and start the missing ones",
+    )
     p.set_defaults(func=run_eos)
 
 
@@ -56,6 +62,7 @@ def run_eos(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out_dir,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     print(eos_summary(runs))
     if args.plot:

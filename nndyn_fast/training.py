@@ -10,7 +10,10 @@ then hovers there while the loss keeps decreasing non-monotonically (the edge of
 Cohen et al. 2021).
 
 All derivatives are exact and computed in the Numba kernels of :mod:`nndyn_fast.kernels.mlp`:
-backpropagation for ∇L, Pearlmutter's R-operator for H v, parallel over data points.
+backpropagation for ∇L, Pearlmutter's R-operator for H v, parallel over data points. The
+eigen-solvers (Lanczos, power iteration, stochastic Lanczos quadrature) are in
+:mod:`nndyn_fast.eigen`; :func:`top_eigenpairs`, :class:`Eigenpairs` and
+:class:`SpectrumDensity` are re-exported here.
 
 References
 ----------
@@ -21,14 +24,27 @@ typically occurs at the edge of stability", ICLR 2021.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._validate import as_array, check_int, check_option
+from .eigen import (
+    METHODS,
+    Eigenpairs,
+    SpectrumDensity,
+    _as_operator,
+    _check_k,
+    _slq,
+    top_eigenpairs,
+)
+from .errors import NonFiniteStateError
 from .kernels import mlp as km
 from .kernels.activations import ACTIVATIONS
+from .runs import restore_rng, rng_state, start_run
+from .storage import open_run
 
 __all__ = [
     "MLP",
@@ -50,6 +66,7 @@ __all__ = [
     "SpectrumDensity",
     "hessian_spectrum_density",
     "gd_stability",
+    "gd_threshold",
     "gradient_descent",
     "eos_dataset",
     "eos_experiment",
@@ -227,13 +244,6 @@ def _checked(
     return mlp, theta, X, Y
 
 
-def _check_k(k: Any, P: int) -> int:
-    k = check_int("k", k, minimum=1)
-    if k > P:
-        raise ValueError(f"k must be <= the number of parameters P = {P}, got {k}")
-    return k
-
-
 # -- evaluations ------------------------------------------------------------------------------
 def forward(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
     """Network outputs f(x_i; θ).
@@ -398,226 +408,6 @@ def hessian_operator(mlp: MLP, theta: Any, X: Any, Y: Any, *, gauss_newton: bool
 
 
 # -- eigenvalues ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Eigenpairs:
-    """Result of :func:`sharpness`: the top-k eigenpairs of a symmetric operator.
-
-    Attributes
-    ----------
-    eigenvalues : array (k,), in decreasing order (eigenvalues[0] is the sharpness λ_max).
-    eigenvectors : array (P, k), orthonormal columns.
-    n_hvp : number of operator products used.
-    converged : whether every pair met the tolerance.
-    method : "lanczos" or "power".
-    """
-
-    eigenvalues: np.ndarray
-    eigenvectors: np.ndarray
-    n_hvp: int
-    converged: bool
-    method: str
-
-    @property
-    def sharpness(self) -> float:
-        """λ_max, the largest eigenvalue."""
-        return float(self.eigenvalues[0])
-
-
-METHODS = ("lanczos", "power")
-
-
-def _lanczos_basis(matvec, q0: np.ndarray, m_max: int, stop=None):
-    """Lanczos tridiagonalisation T = Qᵀ H Q with full reorthogonalisation.
-
-    Runs at most ``m_max`` steps from q0/||q0||. After step m, ``stop(alpha[:m], beta[:m])``
-    (if given) may end the iteration by returning True; β_m is the norm of the next residual.
-    An invariant Krylov subspace (β_m ≤ 1e-13 ||T||) also ends it: the Ritz values are then
-    eigenvalues of H. Returns ``(Q (m, P), alpha (m,), beta (m,), n_matvec, ended)`` where
-    ``ended`` says whether ``stop`` or an invariant subspace ended the iteration.
-    """
-    P = q0.shape[0]
-    Q = np.empty((m_max + 1, P))
-    alpha = np.zeros(m_max)
-    beta = np.zeros(m_max)
-    Q[0] = q0 / np.linalg.norm(q0)
-    tnorm = np.finfo(float).tiny
-    m = 0
-    ended = False
-    for j in range(m_max):
-        w = matvec(Q[j])
-        alpha[j] = Q[j] @ w
-        w = w - alpha[j] * Q[j] - (beta[j - 1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan–Parlett)
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta[j] = np.linalg.norm(w)
-        m = j + 1
-        # Gershgorin bound on ||T||: rows of T hold beta[j-1], alpha[j], beta[j]
-        tnorm = max(tnorm, abs(alpha[j]) + beta[j] + (beta[j - 1] if j > 0 else 0.0))
-        if beta[j] <= 1e-13 * tnorm or (stop is not None and stop(alpha[:m], beta[:m])):
-            ended = True
-            break
-        Q[j + 1] = w / beta[j]
-    return Q[:m], alpha[:m], beta[:m], m, ended
-
-
-def _ritz(alpha: np.ndarray, beta: np.ndarray, k: int, largest: bool):
-    """The k largest (smallest) Ritz values of T and their eigenvectors S (m, k) in T."""
-    from scipy.linalg import eigh_tridiagonal
-
-    theta, S = eigh_tridiagonal(alpha, beta[:-1])
-    order = np.argsort(theta)[::-1] if largest else np.argsort(theta)
-    return theta, S, order[:k]
-
-
-def _lanczos(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray, largest: bool):
-    """Lanczos with full reorthogonalisation for the k largest (or smallest) eigenpairs.
-
-    A pair (θ, y) is accepted when its error estimate min(r, r²/gap) ≤ tol·|θ|, r = β_m |s_m|
-    the residual norm ||Hy − θy|| of the Ritz pair and gap the distance to the nearest other
-    Ritz value (the a-posteriori bound |θ − λ| ≤ r²/gap). An invariant subspace (β ≈ 0) ends
-    the iteration with exact pairs.
-    """
-    tiny = np.finfo(float).tiny
-
-    def converged(alpha: np.ndarray, beta: np.ndarray) -> bool:
-        m = alpha.shape[0]
-        if m < k:
-            return False
-        theta, S, sel = _ritz(alpha, beta, k, largest)
-        res = beta[-1] * np.abs(S[-1, sel])
-        err = res
-        if m > 1:
-            gaps = np.array([np.min(np.abs(np.delete(theta, s) - theta[s])) for s in sel])
-            err = np.minimum(res, res**2 / np.maximum(gaps, tiny))
-        return bool(np.all(err <= tol * np.maximum(np.abs(theta[sel]), tiny)))
-
-    Q, alpha, beta, n_mv, ended = _lanczos_basis(matvec, v0, min(maxiter, P), converged)
-    if alpha.shape[0] < k:
-        raise ValueError(
-            f"v0 lies in an invariant subspace of dimension {alpha.shape[0]} < k = {k}; "
-            "start from another vector"
-        )
-    theta, S, sel = _ritz(alpha, beta, k, largest)
-    return theta[sel], Q.T @ S[:, sel], n_mv, ended
-
-
-def _power(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray):
-    """Power iteration with deflation for the k largest eigenpairs.
-
-    Each pair iterates v ← (H + σI) v / ||·|| orthogonal to the pairs already found, until the
-    Rayleigh quotient changes by less than tol·|λ|. σ = 0 first; if the dominant eigenvalue of
-    the deflated operator is negative the pair is recomputed with σ = |λ| so that the largest
-    algebraic eigenvalue dominates.
-    """
-    rng = np.random.default_rng(0)
-    vals, vecs = [], []
-    n_mv = 0
-    all_conv = True
-    for i in range(k):
-        shift = 0.0
-        for _attempt in range(2):
-            v = v0.copy() if i == 0 else rng.standard_normal(P)
-            U = np.array(vecs).T if vecs else np.zeros((P, 0))
-            v -= U @ (U.T @ v)
-            v /= np.linalg.norm(v)
-            lam_prev = np.inf
-            lam = 0.0
-            conv = False
-            for _ in range(maxiter):
-                w = matvec(v) + shift * v
-                n_mv += 1
-                w -= U @ (U.T @ w)
-                lam = v @ w
-                nw = np.linalg.norm(w)
-                if nw == 0.0:
-                    conv = True
-                    break
-                v = w / nw
-                if abs(lam - lam_prev) <= tol * abs(lam):
-                    conv = True
-                    break
-                lam_prev = lam
-            lam -= shift
-            if lam >= 0.0 or shift > 0.0:
-                break
-            shift = abs(lam)
-        all_conv &= conv
-        vals.append(lam)
-        vecs.append(v)
-    order = np.argsort(vals)[::-1]
-    return np.array(vals)[order], np.array(vecs).T[:, order], n_mv, all_conv
-
-
-def _as_operator(H: Any, P: int | None, needs: str):
-    """``(matvec, P, A)`` for H given as an array (A, the dense matrix), a LinearOperator or a
-    plain callable v -> H v (A None); a callable takes its size P from ``needs``."""
-    if isinstance(H, (np.ndarray, list, tuple)):
-        A = as_array("H", H, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
-        return A.__matmul__, A.shape[0], A
-    if hasattr(H, "matvec") and hasattr(H, "shape"):
-        return H.matvec, H.shape[0], None
-    if callable(H):
-        if P is None:
-            raise ValueError(f"a plain callable H needs {needs}")
-        return H, P, None
-    raise TypeError(f"H must be an array, LinearOperator or callable, got {type(H).__name__}")
-
-
-def top_eigenpairs(
-    op: Any,
-    *,
-    k: int = 1,
-    method: str = "lanczos",
-    tol: float = 1e-8,
-    maxiter: int | None = None,
-    v0: Any = None,
-    seed: int = 0,
-    which: str = "largest",
-) -> Eigenpairs:
-    """Top-k eigenpairs of a symmetric operator given as an array, LinearOperator or callable.
-
-    Parameters
-    ----------
-    op : array (P, P), ``scipy.sparse.linalg.LinearOperator`` or callable v -> H v
-        With a callable, ``v0`` (or an array) fixes P.
-    k : int, 1 <= k <= P
-    method : "lanczos" (full reorthogonalisation) or "power" (deflation)
-    tol : relative accuracy of the eigenvalues
-    maxiter : most operator products per run (default: P for Lanczos, 10000 for power)
-    v0 : array (P,), starting vector (default random from ``seed``)
-    which : "largest" or "smallest" (Lanczos only)
-
-    Returns
-    -------
-    Eigenpairs
-    """
-    from ._validate import check_positive
-
-    check_option("method", method, METHODS)
-    check_option("which", which, ("largest", "smallest"))
-    tol = check_positive("tol", tol)
-    P_v0 = None if v0 is None else np.shape(v0)[0]
-    matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
-    k = _check_k(k, P)
-    if v0 is None:
-        v0 = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(P)
-    else:
-        v0 = as_array("v0", v0, shape=(P,)).copy()
-        if not np.any(v0):
-            raise ValueError("v0 must be a nonzero vector")
-    if method == "lanczos":
-        maxiter = P if maxiter is None else check_int("maxiter", maxiter, minimum=k)
-        vals, vecs, n, conv = _lanczos(matvec, P, k, tol, maxiter, v0, which == "largest")
-    else:
-        if which != "largest":
-            raise ValueError("which='smallest' needs method='lanczos'")
-        maxiter = 10000 if maxiter is None else check_int("maxiter", maxiter, minimum=1)
-        vals, vecs, n, conv = _power(matvec, P, k, tol, maxiter, v0)
-    return Eigenpairs(np.asarray(vals), np.asarray(vecs), int(n), bool(conv), method)
-
-
 def sharpness(
     mlp: MLP,
     theta: Any,
@@ -672,43 +462,6 @@ def sharpness(
 
 
 # -- spectral density ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpectrumDensity:
-    """Result of :func:`hessian_spectrum_density`.
-
-    Attributes
-    ----------
-    grid : array (G,), the points x where the density is evaluated.
-    density : array (G,), the broadened spectral density φ_σ(x) (integrates to 1 over ℝ).
-    nodes : array (n_probes, m), Gauss quadrature nodes (Ritz values) of each probe.
-    weights : array (n_probes, m), their weights (each row sums to 1; entries past a probe's
-        Krylov dimension are padding with node 0 and weight 0).
-    sigma : the Gaussian broadening width σ.
-    n_hvp : number of Hessian-vector products used.
-
-    ``grid, density = result`` unpacks the density.
-    """
-
-    grid: np.ndarray
-    density: np.ndarray
-    nodes: np.ndarray
-    weights: np.ndarray
-    sigma: float
-    n_hvp: int
-
-    def __iter__(self):
-        return iter((self.grid, self.density))
-
-    def probe_moments(self, k: int) -> np.ndarray:
-        """Per-probe quadrature estimates Σ_j w_j θ_j^k of zᵀH^k z / P, shape (n_probes,)."""
-        k = check_int("k", k, minimum=0)
-        return np.sum(self.weights * self.nodes**k, axis=1)
-
-    def moment(self, k: int) -> float:
-        """The SLQ estimate of the spectral moment tr(H^k)/P (mean over the probes)."""
-        return float(np.mean(self.probe_moments(k)))
-
-
 def hessian_spectrum_density(
     mlp: MLP,
     theta: Any,
@@ -789,29 +542,8 @@ def hessian_spectrum_density(
         if grid.size == 0:
             raise ValueError("grid must hold at least one point, got an empty array")
     P = mlp.n_params
-    m_max = min(n_steps, P)
     probes = 2.0 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1.0
-    nodes = np.zeros((n_probes, m_max))
-    weights = np.zeros((n_probes, m_max))
-    n_hvp = 0
-    for i in range(n_probes):
-        _, alpha, beta, n_mv, _ = _lanczos_basis(op.matvec, probes[i], m_max)
-        theta_i, S, _ = _ritz(alpha, beta, n_mv, True)
-        nodes[i, :n_mv] = theta_i
-        weights[i, :n_mv] = S[0] ** 2
-        n_hvp += n_mv
-    used = weights > 0
-    lo, hi = float(nodes[used].min()), float(nodes[used].max())
-    if sigma is None:
-        sigma = 0.01 * (hi - lo) if hi > lo else 0.01 * max(abs(hi), 1.0)
-    if grid is None:
-        grid = np.linspace(lo - 6.0 * sigma, hi + 6.0 * sigma, 1000)
-    density = np.zeros(grid.shape[0])
-    c = 1.0 / (n_probes * sigma * np.sqrt(2.0 * np.pi))
-    for i in range(n_probes):  # one probe at a time keeps the work array at (G, m)
-        u = (grid[:, None] - nodes[i][None, :]) / sigma
-        density += c * (np.exp(-0.5 * u * u) @ weights[i])
-    return SpectrumDensity(grid, density, nodes, weights, float(sigma), n_hvp)
+    return _slq(op.matvec, probes, min(n_steps, P), grid, sigma)
 
 
 # -- linear stability of gradient descent -----------------------------------------------------
@@ -851,8 +583,42 @@ class GDStability:
     @property
     def lr_critical(self) -> float:
         """2/λ_max on the deciding space: the largest stable step (for λ_min >= 0)."""
-        lam = self.lam_max_normal if self.space == "normal" else self.lam_max
-        return 2.0 / lam if lam > 0 else np.inf
+        return gd_threshold(self.lam_max_normal if self.space == "normal" else self.lam_max)
+
+
+def gd_threshold(lam_max: float) -> float:
+    """The gradient-descent stability threshold η* = 2/λ_max.
+
+    Along an eigenvector of H with eigenvalue λ > 0 the linearised step multiplies the error
+    by 1 − ηλ, which has modulus < 1 iff η < 2/λ; so a minimum whose largest Hessian
+    eigenvalue is λ_max is linearly stable under GD with step η iff η < 2/λ_max (with every
+    other eigenvalue >= 0). The relation ηλ = 2 is symmetric: ``gd_threshold(lr)`` is the
+    sharpness 2/η above which a step η is unstable (the level the sharpness settles at on the
+    edge of stability).
+
+    Parameters
+    ----------
+    lam_max : float
+        The largest eigenvalue λ_max of the Hessian (or, read the other way, the step η).
+
+    Returns
+    -------
+    float
+        2/λ_max, or ``inf`` when λ_max <= 0 (no positive curvature: no step is unstable along
+        it).
+
+    Raises
+    ------
+    ValueError
+        ``lam_max`` is not a real number (NaN included).
+    """
+    try:
+        lam = float(lam_max)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam_max must be a real number, got {lam_max!r}") from None
+    if lam != lam:
+        raise ValueError(f"lam_max must be a real number, got {lam_max!r}")
+    return 2.0 / lam if lam > 0 else np.inf
 
 
 def _radius(lr: float, lo: float, hi: float) -> float:
@@ -998,7 +764,21 @@ class GDRun:
 
     @property
     def two_over_lr(self) -> float:
-        return 2.0 / self.lr
+        """2/η (:func:`gd_threshold` of the step): the sharpness above which η is unstable."""
+        return gd_threshold(self.lr)
+
+
+def _first_start(P: int) -> np.ndarray:
+    """The starting vector of the first sharpness measurement of a run (later ones start from
+    the previous top eigenvector); it is :func:`top_eigenpairs`' default for seed 0."""
+    return np.random.default_rng(0).standard_normal(P)
+
+
+def _draw_batches(rng: np.random.Generator | None, m: int, n: int, B: int | None) -> np.ndarray:
+    """Row indices (m, B) of the next m mini-batches, B distinct points each; (m, 0) for GD."""
+    if rng is None or m == 0:
+        return np.zeros((m, 0 if rng is None else B), np.int64)
+    return np.stack([rng.choice(n, B, replace=False) for _ in range(m)])
 
 
 def gradient_descent(
@@ -1024,16 +804,21 @@ def gradient_descent(
     Full-batch gradient descent (B = all points) by default; with ``batch_size`` each step
     uses a mini-batch of that many distinct points drawn from ``np.random.default_rng(seed)``
     (SGD). The steps run in Numba chunks (``mlp_gd_advance``); every ``sharpness_every`` steps
-    the top-k eigenvalues of the full-batch Hessian are computed by Lanczos on exact
-    Hessian-vector products, warm-started from the previous top eigenvector. With ``out`` the
-    run streams to an HDF5 run file (series ``trajectory``: step, loss, grad_norm; series
-    ``sharpness``: step, value (k,); params: lr, two_over_lr, sizes, ...; the checkpoint holds
-    θ, the step and the generator state, so ``resume=True`` continues a killed run exactly).
+    (and after the last step) the top-k eigenvalues of the full-batch Hessian are computed by
+    Lanczos on exact Hessian-vector products, warm-started from the previous top eigenvector.
+
+    With ``out`` the run streams to a run file (:func:`nndyn_fast.runs.start_run`, kind
+    ``gradient_descent``): series ``trajectory`` (step, loss, grad_norm) and ``sharpness``
+    (step, value (k,)), committed every chunk; params sizes, activation, loss, lr,
+    two_over_lr, steps, sharpness_every, k, batch_size, seed, sharpness_tol and the inputs
+    theta0, X, Y. The checkpoint holds θ, the step, the warm-start vector and (SGD) the
+    generator state, so ``resume=True`` continues a killed run to bitwise the result of an
+    uninterrupted one, after checking that every parameter and input is the same.
 
     Parameters
     ----------
     mlp : MLP
-    theta0 : array (P,), initial parameters (ignored when resuming).
+    theta0 : array (P,), initial parameters (compared with the file's when resuming).
     X : array (n, d_0)
     Y : array (n, d_L)
     lr : float
@@ -1051,7 +836,9 @@ def gradient_descent(
     sharpness_tol : float
         Relative accuracy of the recorded eigenvalues.
     chunk_steps : int
-        Steps per kernel call and per committed chunk when ``sharpness_every`` is 0.
+        Most steps per kernel call and per committed chunk (a chunk also ends at each
+        sharpness measurement). The results do not depend on it, so a run may be resumed with
+        another value.
     out : path, optional
         Run file to stream to.
     overwrite, resume : bool
@@ -1060,19 +847,22 @@ def gradient_descent(
     Returns
     -------
     GDRun
+        With ``out``, the series as stored in the file (the whole run, also after a resume).
 
     Raises
     ------
     ValueError
-        Bad shapes, lr <= 0, steps < 1, k > P, batch_size out of range.
+        Bad shapes, lr <= 0, steps < 1, k > P, batch_size out of range; ``resume`` without
+        ``out`` or with ``overwrite``; a resume whose parameters or inputs differ from the
+        file's (the message names the first difference; the file is left untouched).
     NonFiniteStateError
-        The loss or gradient became NaN/inf (divergence); the steps before are kept in ``out``.
+        The loss or gradient became NaN/inf (divergence); the steps before are kept in ``out``
+        (status ``failed``).
     """
-    from ._validate import check_out_path, check_positive
-    from .errors import NonFiniteStateError
-    from .storage import TrajectoryWriter
+    from ._validate import check_positive
 
     mlp = _check_mlp(mlp)
+    theta0 = _theta(mlp, theta0, name="theta0")
     X, Y = _data(mlp, X, Y)
     lr = check_positive("lr", lr)
     steps = check_int("steps", steps, minimum=1)
@@ -1088,133 +878,137 @@ def gradient_descent(
     seed = check_int("seed", seed, minimum=0)
     sharpness_tol = check_positive("sharpness_tol", sharpness_tol)
     chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
-    chunk = sharpness_every if sharpness_every > 0 else chunk_steps
-    rng = np.random.default_rng(seed)
-    writer = None
-    start = 0
-    v0 = None
-    if resume:
-        if out is None:
-            raise ValueError("resume=True needs out, the run file to continue")
-        check_out_path("out", out, resume=True)
-        writer = TrajectoryWriter.resume(out)
-        ck = writer.checkpoint
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
+    if resume and overwrite:
+        raise ValueError("give overwrite or resume, not both")
+
+    P = mlp.n_params
+    theta = theta0.copy()
+    v0 = _first_start(P)
+    rng = None if batch_size is None else np.random.default_rng(seed)
+    step = 0
+    run = None
+    if out is not None:
+        # measurements at 0, e, 2e, ... < steps and at the end
+        n_sharp = 0 if sharpness_every == 0 else -(-steps // sharpness_every) + 1
+        ck0 = {"theta": theta.copy(), "step": 0, "v0": v0}
+        if rng is not None:
+            ck0["rng"] = rng_state(rng)
+        run = start_run(
+            out,
+            kind="gradient_descent",
+            params={
+                "sizes": list(mlp.sizes),
+                "activation": mlp.activation,
+                "loss": mlp.loss,
+                "lr": lr,
+                "two_over_lr": gd_threshold(lr),
+                "steps": steps,
+                "sharpness_every": sharpness_every,
+                "k": k,
+                "batch_size": batch_size,
+                "seed": seed,
+                "sharpness_tol": sharpness_tol,
+            },
+            inputs={"theta0": theta0, "X": X, "Y": Y},
+            series={
+                "trajectory": {"step": ((), np.int64), "loss": (), "grad_norm": ()},
+                "sharpness": {"step": ((), np.int64), "value": (k,)},
+            },
+            rows={"trajectory": steps, "sharpness": n_sharp},
+            checkpoint=ck0,
+            resume=resume,
+            overwrite=overwrite,
+        )
+        ck = run.checkpoint
         theta = np.array(ck["theta"], dtype=np.float64)
-        if theta.shape != (mlp.n_params,):
-            writer.close("failed", "checkpoint does not match the network")
-            raise ValueError(
-                f"out: checkpoint θ has shape {theta.shape}, expected ({mlp.n_params},)"
-            )
-        start = int(ck["step"])
-        rng.bit_generator.state = ck["rng"]
-        v0 = ck.get("v0")
-    else:
-        theta = _theta(mlp, theta0, copy=True, name="theta0")
-        if out is not None:
-            check_out_path("out", out, overwrite=overwrite)
-            writer = TrajectoryWriter.create(
-                out,
-                kind="gradient_descent",
-                params={
-                    "sizes": np.asarray(mlp.sizes),
-                    "activation": mlp.activation,
-                    "loss": mlp.loss,
-                    "lr": lr,
-                    "two_over_lr": 2.0 / lr,
-                    "steps": steps,
-                    "sharpness_every": sharpness_every,
-                    "k": k,
-                    "batch_size": -1 if batch_size is None else batch_size,
-                    "seed": seed,
-                    "X": X,
-                    "Y": Y,
-                    "theta0": theta.copy(),
-                },
-                series={
-                    "trajectory": {"step": ((), np.int64), "loss": (), "grad_norm": ()},
-                    "sharpness": {"step": ((), np.int64), "value": (k,)},
-                },
-                overwrite=overwrite,
-            )
+        step = int(ck["step"])
+        v0 = np.array(ck["v0"], dtype=np.float64)
+        if rng is not None:
+            rng = restore_rng(ck["rng"])
+
     rec_loss, rec_gn, sh_step, sh_val = [], [], [], []
     op_args = (mlp._sizes, mlp._code, mlp._loss_code)
 
-    def measure(step: int) -> None:
+    def measure(at: int) -> None:
         nonlocal v0
         res = sharpness(mlp, theta, X, Y, k=k, tol=sharpness_tol, v0=v0)
         v0 = res.eigenvectors[:, 0].copy()
-        sh_step.append(step)
-        sh_val.append(res.eigenvalues)
-        if writer is not None:
-            writer.append("sharpness", step=np.array([step]), value=res.eigenvalues[None, :])
+        if run is not None:
+            run.append("sharpness", step=np.array([at]), value=res.eigenvalues[None, :])
+        else:
+            sh_step.append(at)
+            sh_val.append(res.eigenvalues)
 
-    try:
-        s = start
-        while s < steps:
-            m = min(chunk, steps - s)
-            if sharpness_every > 0 and s % sharpness_every == 0:
-                measure(s)
-            if batch_size is None:
-                batches = np.zeros((m, 0), np.int64)
-            else:
-                batches = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(m)])
+    def commit() -> None:
+        ck = {"theta": theta.copy(), "step": step, "v0": v0.copy()}
+        if rng is not None:
+            ck["rng"] = rng_state(rng)
+        run.commit(**ck)
+
+    with run if run is not None else nullcontext():
+        while step < steps:
+            m = min(chunk_steps, steps - step)
+            if sharpness_every > 0:
+                if step % sharpness_every == 0:
+                    measure(step)
+                m = min(m, sharpness_every - step % sharpness_every)
+            before = None if rng is None else rng_state(rng)
+            batches = _draw_batches(rng, m, n, batch_size)
             lbuf = np.empty(m)
             gbuf = np.empty(m)
             done, status = km.mlp_gd_advance(*op_args, theta, X, Y, lr, batches, lbuf, gbuf)
-            rec_loss.append(lbuf[:done])
-            rec_gn.append(gbuf[:done])
-            if writer is not None:
-                writer.append(
+            if run is not None:
+                run.append(
                     "trajectory",
-                    step=np.arange(s, s + done),
+                    step=np.arange(step, step + done),
                     loss=lbuf[:done],
                     grad_norm=gbuf[:done],
                 )
+            else:
+                rec_loss.append(lbuf[:done])
+                rec_gn.append(gbuf[:done])
+            step += done
             if status != km.OK:
-                if writer is not None:
-                    writer.commit(theta=theta, step=s + done, rng=rng.bit_generator.state)
+                if run is not None:
+                    if rng is not None:  # the generator as after the `done` good steps
+                        rng = restore_rng(before)
+                        _draw_batches(rng, done, n, batch_size)
+                    commit()
                 raise NonFiniteStateError(
-                    f"gradient descent diverged: non-finite loss or gradient at step {s + done} "
-                    f"(lr = {lr}, 2/lr = {2 / lr:.6g}); the steps before are kept",
-                    step=s + done,
-                    time=float(s + done),
+                    f"gradient descent diverged: non-finite loss or gradient at step {step} "
+                    f"(lr = {lr}, 2/lr = {gd_threshold(lr):.6g}); the steps before are kept",
+                    step=step,
+                    time=float(step),
                 )
-            s += done
-            if sharpness_every > 0 and s == steps:
-                measure(s)
-            if writer is not None:
-                ck = {"theta": theta, "step": s, "rng": rng.bit_generator.state}
-                if v0 is not None:
-                    ck["v0"] = v0
-                writer.commit(**ck)
-    except BaseException as exc:
-        if writer is not None:
-            writer.close("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    path = None
-    if writer is not None:
-        path = writer.path
-        writer.close("complete")
-    if resume:
-        from .storage import open_run
+            if sharpness_every > 0 and step == steps:
+                measure(step)
+            if run is not None:
+                commit()
 
-        with open_run(out) as run:
-            step_all = run.read("trajectory", "step")
-            loss_all = run.read("trajectory", "loss")
-            gn_all = run.read("trajectory", "grad_norm")
-            sh_step_all = run.read("sharpness", "step")
-            sh_all = run.read("sharpness", "value")
-        return GDRun(step_all, loss_all, gn_all, sh_step_all, sh_all, lr, theta, path)
+    if run is not None:
+        with open_run(run.path) as f:
+            return GDRun(
+                f.read("trajectory", "step"),
+                f.read("trajectory", "loss"),
+                f.read("trajectory", "grad_norm"),
+                f.read("sharpness", "step"),
+                f.read("sharpness", "value"),
+                lr,
+                theta,
+                run.path,
+            )
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
     return GDRun(
-        np.arange(start, start + sum(len(p) for p in rec_loss)),
+        np.arange(steps),
         cat(rec_loss),
         cat(rec_gn),
         np.asarray(sh_step, dtype=np.int64),
         np.array(sh_val).reshape(-1, k),
         lr,
         theta,
-        path,
+        None,
     )
 
 
@@ -1233,6 +1027,13 @@ def eos_dataset(n: int = 100, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np
     return X, Y - Y.mean()
 
 
+def _eos_run_name(lr: float) -> str:
+    """The run file of learning rate η in :func:`eos_experiment`'s folder: ``eos_lr<η>.h5``
+    with η written as its shortest round-trip decimal (``repr``), so distinct rates never share
+    a file."""
+    return f"eos_lr{float(lr)!r}.h5"
+
+
 def eos_experiment(
     lrs: Any = (0.2, 0.25, 0.3),
     *,
@@ -1245,6 +1046,7 @@ def eos_experiment(
     seed: int = 0,
     out_dir: Any = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[float, GDRun]:
     """Full-batch GD of a tanh MLP on :func:`eos_dataset` for several learning rates.
 
@@ -1254,36 +1056,58 @@ def eos_experiment(
 
     Parameters
     ----------
-    lrs : sequence of float > 0
+    lrs : sequence of distinct floats > 0
     n, d : data points and input dimension
     width, depth : hidden width and number of hidden layers of the MLP (d, width×depth, 1)
     steps, sharpness_every : GD steps and spacing of the sharpness measurements
     seed : seed of the data and of the initial parameters (shared by all runs)
-    out_dir : folder for one run file per learning rate (``eos_lr<η>.h5``), optional
+    out_dir : folder for one run file per learning rate, optional: ``eos_lr<η>.h5`` with η as
+        its shortest round-trip decimal (``repr``), so distinct rates never share a file
+    overwrite : replace existing run files.
+    resume : continue the experiment in ``out_dir``: each run file there is resumed (after
+        :func:`gradient_descent` checks it is the same run; a complete one is only read), and
+        the runs without a file (not started when the experiment stopped) are started.
 
     Returns
     -------
     dict lr -> GDRun
+
+    Raises
+    ------
+    ValueError
+        A bad option, repeated learning rates, ``resume`` or ``overwrite`` without
+        ``out_dir`` or both, an existing run file without either (checked for every rate
+        before any run starts), a run file that holds a different run.
     """
     from pathlib import Path
 
-    from ._validate import check_positive
+    from ._validate import check_out_path, check_positive
 
     lrs = [check_positive("lr", lr) for lr in np.atleast_1d(np.asarray(lrs, dtype=float))]
     if not lrs:
         raise ValueError("lrs must hold at least one learning rate")
+    if len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must be distinct, got {lrs}")
     width = check_int("width", width, minimum=1)
     depth = check_int("depth", depth, minimum=1)
+    if resume and overwrite:
+        raise ValueError("give overwrite or resume, not both")
     X, Y = eos_dataset(n, d, seed)
     mlp = MLP((d,) + (width,) * depth + (1,), "tanh", "mse")
     theta0 = mlp.init(seed)
+    paths: dict[float, Path | None] = dict.fromkeys(lrs)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if not out_dir.is_dir():
             raise ValueError(f"out_dir: folder {str(out_dir)!r} does not exist")
+        paths = {lr: out_dir / _eos_run_name(lr) for lr in lrs}
+        for p in paths.values():
+            check_out_path("out", p, overwrite=overwrite or resume)
+    elif resume:
+        raise ValueError("resume=True needs out_dir, the folder of the run files to continue")
     runs = {}
     for lr in lrs:
-        out = None if out_dir is None else out_dir / f"eos_lr{lr:g}.h5"
+        out = paths[lr]
         runs[lr] = gradient_descent(
             mlp,
             theta0,
@@ -1295,6 +1119,7 @@ def eos_experiment(
             sharpness_tol=1e-5,
             out=out,
             overwrite=overwrite,
+            resume=resume and out is not None and out.exists(),
         )
     return runs
 
@@ -1309,31 +1134,35 @@ def eos_summary(runs: dict[float, GDRun]) -> str:
     ]
     for lr, run in sorted(runs.items()):
         s = run.sharpness[:, 0] if run.sharpness.size else np.array([np.nan])
-        late = s[len(s) // 2 :] * lr / 2
+        late = s[len(s) // 2 :] / run.two_over_lr
         loss_end = run.loss[-1] if run.loss.size else np.nan
         lines.append(
-            f"{lr:8.4g} {2 / lr:9.4g} {s[0]:9.4g} {s[-1]:9.4g} {late.mean():17.3f} {loss_end:10.3e}"
+            f"{lr:8.4g} {run.two_over_lr:9.4g} {s[0]:9.4g} {s[-1]:9.4g} {late.mean():17.3f} "
+            f"{loss_end:10.3e}"
         )
     return "\n".join(lines)
 
 
-def plot_eos(runs: dict[float, GDRun], path: Any) -> None:
-    """Plot loss (log scale) and sharpness against 2/η (dashed) for each run; save to ``path``."""
-    import matplotlib
+def plot_eos(runs: dict[float, GDRun], path: Any = None):
+    """Plot loss (log scale) and sharpness against 2/η (dashed) for each run.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns the ``matplotlib.figure.Figure`` (made without pyplot, so no backend is chosen or
+    needed); with ``path`` it is also saved there.
+    """
+    from matplotlib.figure import Figure
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig = Figure(figsize=(7, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     for i, (lr, run) in enumerate(sorted(runs.items())):
         c = f"C{i}"
         ax1.semilogy(run.step, run.loss, color=c, lw=0.8, label=f"η = {lr:g}")
         ax2.plot(run.sharpness_step, run.sharpness[:, 0], color=c, lw=1.2)
-        ax2.axhline(2.0 / lr, color=c, ls="--", lw=0.8)
+        ax2.axhline(run.two_over_lr, color=c, ls="--", lw=0.8)
     ax1.set_ylabel("training loss")
     ax1.legend()
     ax2.set_ylabel("sharpness λ_max(H)   (dashed: 2/η)")
     ax2.set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -14,7 +14,7 @@ from reference_training import naive_forward, naive_hvp, naive_loss, naive_per_s
 
 from nndyn_fast import training as tr
 from nndyn_fast.errors import NonFiniteStateError
-from nndyn_fast.storage import open_run
+from nndyn_fast.storage import TrajectoryWriter, open_run
 
 
 def _problem(sizes=(3, 5, 4, 2), activation="tanh", loss="mse", n=23, seed=0):
@@ -246,6 +246,29 @@ def test_lanczos_needs_fewer_products_than_power():
     assert a.n_hvp < b.n_hvp
 
 
+def test_eigen_solvers_live_in_one_module():
+    import nndyn_fast
+    from nndyn_fast import eigen
+
+    for name in ("top_eigenpairs", "Eigenpairs"):
+        assert getattr(nndyn_fast, name) is getattr(eigen, name) is getattr(tr, name)
+    assert tr.SpectrumDensity is eigen.SpectrumDensity and tr.METHODS is eigen.METHODS
+
+
+def test_gd_threshold():
+    # along an eigenvector with eigenvalue λ a GD step multiplies the error by 1 − ηλ:
+    # |1 − ηλ| < 1 iff 0 < η < 2/λ
+    for lam in (0.5, 4.0, 1e-300):
+        eta = tr.gd_threshold(lam)
+        assert eta == 2.0 / lam
+        assert abs(1 - np.nextafter(eta, 0) * lam) < 1 <= abs(1 - np.nextafter(eta, np.inf) * lam)
+    assert tr.gd_threshold(0.0) == tr.gd_threshold(-3.0) == np.inf  # no positive curvature
+    assert tr.gd_threshold(np.float32(4.0)) == 0.5
+    for bad in (np.nan, "x", None):
+        with pytest.raises(ValueError, match="lam_max must be a real number"):
+            tr.gd_threshold(bad)
+
+
 # -- stability of gradient descent ---------------------------------------------------------------
 def test_quadratic_gd_divergence_matches_gd_stability():
     eigs = np.array([5.0, 3.0, 1.0, 0.2])
@@ -349,8 +372,21 @@ def test_sgd_seeded_and_resume_equals_uninterrupted(tmp_path):
     a = tr.gradient_descent(mlp, theta, X, Y, **kw)
     b = tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "full.h5")
     np.testing.assert_array_equal(a.loss, b.loss)
-    # interrupted run: 20 steps, then resumed to 40 with the stored generator state
-    tr.gradient_descent(mlp, theta, X, Y, **{**kw, "steps": 20}, out=tmp_path / "part.h5")
+    # interrupted run: a Ctrl-C after 2 of its 4 chunks (20 steps), then resumed to 40 with
+    # the stored generator state
+    original = TrajectoryWriter.commit
+
+    def commit(self, **ck):
+        original(self, **ck)
+        if self.chunks == 2:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrajectoryWriter, "commit", commit)
+        with pytest.raises(KeyboardInterrupt):
+            tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "part.h5")
+    with open_run(tmp_path / "part.h5") as f:
+        assert f.status == "interrupted" and f.rows["trajectory"] == 20
     c = tr.gradient_descent(mlp, theta, X, Y, **kw, out=tmp_path / "part.h5", resume=True)
     np.testing.assert_array_equal(c.loss, a.loss)
     np.testing.assert_array_equal(c.theta, a.theta)
