@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
 # Symmetric eigen-solvers (Lanczos, power iteration) on matrix-free operators
-from .eigen import Eigenpairs, top_eigenpairs
+from .eigen import Eigenpairs, gd_threshold, top_eigenpairs
 from .errors import NonFiniteStateError
 
 # Neural ODEs: integrators, models, flow maps, expressivity
@@ -56,7 +56,7 @@ from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
 from .sgd_stability import (
     SGDLyapunov,
     StabilityDiagram,
-    gd_threshold,
+    gd_threshold_at_minimum,
     mean_square_exponent,
     sgd_lyapunov,
     sgd_lyapunov_mlp,
@@ -141,6 +141,7 @@ __all__ = [
     "SGDLyapunov",
     "StabilityDiagram",
     "gd_threshold",
+    "gd_threshold_at_minimum",
     "lyapunov_spectrum",
     "mean_square_exponent",
     "network_lyapunov",

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._validate import check_int, check_option, check_positive
 from .lyapunov import plot_stability_diagram
-from .sgd_stability import gd_threshold, sgd_stability_diagram
+from .sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -97,7 +97,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     if args.lr is not None:
         lrs = np.array([check_positive("--lr", v) for v in args.lr])
     else:
-        threshold = gd_threshold(G, rows_per_sample=q)
+        threshold = gd_threshold_at_minimum(G, rows_per_sample=q)
         if not math.isfinite(threshold):
             raise ValueError("the gradients are all zero: lambda_max = 0")
         factors = args.lr_factors or list(np.geomspace(0.1, 5.0, 12))

@@ -11,7 +11,7 @@ H_i = g_i g_i^T (rows g_i of the per-sample gradients) or given explicitly.
 - :func:`mean_square_exponent`: the growth rate of the second moment E[v_t v_t^T] (the stricter
   mean-square criterion, never below lambda_1).
 - :func:`sgd_stability_diagram`: both over a grid of (lr, B), beside the full-batch GD threshold
-  2 / lambda_max (:func:`gd_threshold`).
+  2 / lambda_max (:func:`gd_threshold_at_minimum`).
 
 References
 ----------
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_array, check_int, check_option, check_out_path, check_positive
+from .eigen import gd_threshold, top_eigenpairs
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
 from .lyapunov import (
@@ -47,7 +48,7 @@ from .runs import restore_rng, rng_state, start_run
 __all__ = [
     "SGDLyapunov",
     "StabilityDiagram",
-    "gd_threshold",
+    "gd_threshold_at_minimum",
     "mean_square_exponent",
     "sgd_lyapunov",
     "sgd_lyapunov_mlp",
@@ -87,7 +88,7 @@ class _Operator:
     @property
     def gd_threshold(self) -> float:
         """2 / lam_max, the full-batch GD stability threshold on the learning rate."""
-        return 2.0 / self.lam_max if self.lam_max > 0 else math.inf
+        return gd_threshold(self.lam_max)
 
     def largest_norm(self) -> float:
         """An upper bound of max_i ||H_i|| (trace of g g^T rows, Frobenius norm of Hessians)."""
@@ -166,7 +167,7 @@ def _check_lr_batch(op: _Operator, lr: Any, batch_size: Any) -> tuple[float, int
     return lr, B
 
 
-def gd_threshold(G: Any, *, rows_per_sample: int = 1) -> float:
+def gd_threshold_at_minimum(G: Any, *, rows_per_sample: int = 1) -> float:
     """The full-batch GD stability threshold 2 / lambda_max on the learning rate.
 
     lambda_max is the largest eigenvalue of the mean Hessian (1/n) sum_i H_i, H_i = sum_{o<q}
@@ -647,40 +648,6 @@ def _second_moment_operator(op: _Operator, lr: float, B: int, sampling: str) -> 
     return T
 
 
-def _lanczos_top(matvec: Callable, v0: np.ndarray, max_iter: int = 400) -> float:
-    """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
-
-    Stops when the top Ritz value changes by less than 1e-13 (relative) over 3 iterations; the
-    Ritz value converges from below to the eigenvalue even inside a cluster."""
-    from scipy.linalg import eigvalsh_tridiagonal
-
-    n = v0.size
-    max_iter = int(min(max_iter, n, max(20, 2e8 // (8 * n))))
-    Q = np.empty((max_iter + 1, n))
-    Q[0] = v0 / np.linalg.norm(v0)
-    alpha, beta = [], []
-    last, calm = -np.inf, 0
-    theta = -np.inf
-    for j in range(max_iter):
-        w = matvec(Q[j])
-        a = float(Q[j] @ w)
-        alpha.append(a)
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        top = (len(alpha) - 1, len(alpha) - 1)
-        theta = float(
-            eigvalsh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=top)[0]
-        )
-        calm = calm + 1 if abs(theta - last) <= 1e-13 * max(1.0, abs(theta)) else 0
-        last = theta
-        if calm >= 3 or b <= 1e-14 * max(1.0, abs(theta)):
-            break
-        beta.append(b)
-        Q[j + 1] = w / b
-    return theta
-
-
 def _check_mean_square_lr(op: _Operator, lr: float) -> None:
     """Refuse a learning rate whose second-moment operator would overflow float64."""
     scale = lr * max(1.0, op.largest_norm())
@@ -748,7 +715,11 @@ def _mean_square(op: _Operator, lr: float, B: int, sampling: str) -> float:
     else:
         # Every factor M is symmetric, so T is self-adjoint for <A, B> = tr(A^T B): Lanczos for
         # its largest eigenvalue, which is the Perron root rho(T) of the positive map.
-        rho = _lanczos_top(lambda v: T(v.reshape(m, m)).ravel(), np.eye(m).ravel())
+        # (the Lanczos basis is capped at about 200 MB of vectors)
+        cap = int(min(400, m * m, max(20, 2e8 // (8 * m * m))))
+        rho = top_eigenpairs(
+            lambda v: T(v.reshape(m, m)).ravel(), v0=np.eye(m).ravel(), tol=1e-12, maxiter=cap
+        ).eigenvalues[0]
     if not math.isfinite(rho):
         raise ValueError(
             f"the mean-square operator at lr = {lr:g} has a non-finite spectral radius; lower lr"

@@ -38,6 +38,7 @@ from .eigen import (
     _as_operator,
     _check_k,
     _slq,
+    gd_threshold,
     top_eigenpairs,
 )
 from .errors import NonFiniteStateError
@@ -584,41 +585,6 @@ class GDStability:
     def lr_critical(self) -> float:
         """2/λ_max on the deciding space: the largest stable step (for λ_min >= 0)."""
         return gd_threshold(self.lam_max_normal if self.space == "normal" else self.lam_max)
-
-
-def gd_threshold(lam_max: float) -> float:
-    """The gradient-descent stability threshold η* = 2/λ_max.
-
-    Along an eigenvector of H with eigenvalue λ > 0 the linearised step multiplies the error
-    by 1 − ηλ, which has modulus < 1 iff η < 2/λ; so a minimum whose largest Hessian
-    eigenvalue is λ_max is linearly stable under GD with step η iff η < 2/λ_max (with every
-    other eigenvalue >= 0). The relation ηλ = 2 is symmetric: ``gd_threshold(lr)`` is the
-    sharpness 2/η above which a step η is unstable (the level the sharpness settles at on the
-    edge of stability).
-
-    Parameters
-    ----------
-    lam_max : float
-        The largest eigenvalue λ_max of the Hessian (or, read the other way, the step η).
-
-    Returns
-    -------
-    float
-        2/λ_max, or ``inf`` when λ_max <= 0 (no positive curvature: no step is unstable along
-        it).
-
-    Raises
-    ------
-    ValueError
-        ``lam_max`` is not a real number (NaN included).
-    """
-    try:
-        lam = float(lam_max)
-    except (TypeError, ValueError):
-        raise ValueError(f"lam_max must be a real number, got {lam_max!r}") from None
-    if lam != lam:
-        raise ValueError(f"lam_max must be a real number, got {lam_max!r}")
-    return 2.0 / lam if lam > 0 else np.inf
 
 
 def _radius(lr: float, lo: float, hi: float) -> float:

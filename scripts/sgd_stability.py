@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nndyn_fast import (
-    gd_threshold,
+    gd_threshold_at_minimum,
     network_lyapunov,
     plot_stability_diagram,
     random_network_lyapunov,
@@ -48,7 +48,7 @@ def sgd_figure(out: Path, quick: bool) -> None:
     theta = mlp.init(0)
     X = np.random.default_rng(1).standard_normal((40 if quick else 100, 2))
     G = per_sample_gradients(mlp, theta, X)
-    lrs = np.geomspace(0.1, 4.0, 8 if quick else 16) * gd_threshold(G)
+    lrs = np.geomspace(0.1, 4.0, 8 if quick else 16) * gd_threshold_at_minimum(G)
     diag = sgd_stability_diagram(
         G,
         lrs,

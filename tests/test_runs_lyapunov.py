@@ -24,7 +24,7 @@ from nndyn_fast import lyapunov, sgd_stability
 from nndyn_fast.errors import NonFiniteStateError
 from nndyn_fast.lyapunov import Henon, Lorenz63, MapSystem, lyapunov_spectrum, product_lyapunov
 from nndyn_fast.sgd_stability import (
-    gd_threshold,
+    gd_threshold_at_minimum,
     mean_square_exponent,
     sgd_lyapunov,
     sgd_stability_diagram,
@@ -480,8 +480,8 @@ def test_gd_threshold_and_largest_stable_lr():
     G = np.random.default_rng(1).standard_normal((7, 4))
     lam_max = np.linalg.eigvalsh(G.T @ G / 7)[-1]
     # SVD vs eigvalsh of the Gram matrix: rounding only
-    assert abs(gd_threshold(G) - 2.0 / lam_max) < 1e-12 * (2.0 / lam_max)
-    assert gd_threshold(np.zeros((3, 2))) == math.inf
+    assert abs(gd_threshold_at_minimum(G) - 2.0 / lam_max) < 1e-12 * (2.0 / lam_max)
+    assert gd_threshold_at_minimum(np.zeros((3, 2))) == math.inf
     d = sgd_stability_diagram(G, [0.05, 0.5, 5.0], [1, 7], steps=200, transient=0, replicas=1)
     for crit, exponent in (("lam", d.lam), ("ms", d.ms)):
         want = [
