@@ -36,7 +36,6 @@ from .lyapunov import (
     NetworkLyapunov,
     lyapunov_spectrum,
     network_lyapunov,
-    plot_stability_diagram,
     product_lyapunov,
     random_network_lyapunov,
 )
@@ -51,6 +50,7 @@ from .meanfield import (
     twisted_state,
 )
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
+from .plots import plot_eos, plot_memory_capacity, plot_network_run, plot_stability_diagram
 
 # SGD linearised at an interpolation minimum: exponents, mean-square growth, stability diagram
 from .sgd_stability import (
@@ -87,7 +87,6 @@ from .training import (
     loss,
     loss_and_grad,
     per_sample_gradients,
-    plot_eos,
     sharpness,
 )
 
@@ -178,6 +177,8 @@ __all__ = [
     "loss_and_grad",
     "per_sample_gradients",
     "plot_eos",
+    "plot_memory_capacity",
+    "plot_network_run",
     "sharpness",
     "top_eigenpairs",
 ]

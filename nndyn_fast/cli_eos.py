@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .training import eos_experiment, eos_summary, plot_eos
+from .plots import plot_eos
+from .training import eos_experiment, eos_summary
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validate import check_int, check_option, check_positive
-from .lyapunov import plot_stability_diagram
+from .plots import plot_stability_diagram
 from .sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]

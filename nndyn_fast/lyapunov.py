@@ -49,7 +49,7 @@ from .kernels import lyapunov as _k
 from .runs import restore_rng, rng_state, start_run
 
 if TYPE_CHECKING:
-    from .sgd_stability import StabilityDiagram
+    pass
 
 __all__ = [
     "Henon",
@@ -59,7 +59,6 @@ __all__ = [
     "LyapunovSpectrum",
     "lyapunov_spectrum",
     "product_lyapunov",
-    "plot_stability_diagram",
     "NetworkLyapunov",
     "network_lyapunov",
     "random_network_lyapunov",
@@ -684,63 +683,6 @@ def product_lyapunov(
 # ============================================================================================
 # Plots
 # ============================================================================================
-def plot_stability_diagram(diagram: StabilityDiagram, path: str | Path | None = None, ax=None):
-    """Plot lambda(lr, B) with the lambda = 0 and mean-square = 0 contours and lr = 2/lambda_max.
-
-    Parameters
-    ----------
-    diagram : a :class:`~nndyn_fast.sgd_stability.StabilityDiagram`.
-    path : save the figure there (format from the suffix) when given.
-    ax : matplotlib Axes to draw into; default a new figure (made without pyplot, so no
-        backend is chosen or changed here).
-
-    Returns the matplotlib Axes (its figure is ``ax.figure``).
-    """
-    if ax is None:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-    else:
-        fig = ax.figure
-    from matplotlib.colors import SymLogNorm
-    from matplotlib.ticker import NullFormatter
-
-    lam = diagram.lam
-    vmax = float(np.nanmax(np.abs(lam))) or 1.0
-    mesh = ax.pcolormesh(
-        diagram.lrs,
-        diagram.batch_sizes,
-        lam,
-        cmap="RdBu_r",
-        norm=SymLogNorm(linthresh=1e-3 * vmax, vmin=-vmax, vmax=vmax),
-        shading="nearest",
-    )
-    fig.colorbar(mesh, ax=ax, label="top Lyapunov exponent λ per step")
-    if lam.shape[0] > 1 and lam.shape[1] > 1:
-        ax.contour(diagram.lrs, diagram.batch_sizes, lam, levels=[0.0], colors="k")
-        if np.all(np.isfinite(diagram.ms)):
-            ax.contour(
-                diagram.lrs,
-                diagram.batch_sizes,
-                diagram.ms,
-                levels=[0.0],
-                colors="k",
-                linestyles="dashed",
-            )
-    ax.axvline(diagram.gd_threshold, color="tab:green", label="GD threshold 2/λ_max")
-    ax.set_xscale("log")
-    ax.set_yscale("log", base=2)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("learning rate η")
-    ax.set_ylabel("batch size B")
-    ax.set_title("SGD stability: λ=0 (solid), mean-square (dashed)")
-    ax.legend(loc="lower right", fontsize=8)
-    if path is not None:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return ax
-
-
 # ============================================================================================
 # Deep networks: products of layer Jacobians
 # ============================================================================================

@@ -222,33 +222,7 @@ def memory_demo(
         "theory_threshold": THEORY_THRESHOLD,
     }
     if out is not None:
-        import matplotlib
+        from .plots import plot_memory_capacity
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-        ax1.pcolormesh(a, T, np.sign(signs).T, cmap="coolwarm_r", shading="auto", vmin=-1, vmax=1)
-        ax1.axvline(THEORY_THRESHOLD, color="k", ls="--", label=r"$a\tau = 1/e$ (theory)")
-        ax1.axvline(thr, color="y", ls=":", label=f"observed ({thr:.4f}, T<=60)")
-        ax1.set_xlabel(r"$a\tau$")
-        ax1.set_ylabel(r"$T/\tau$")
-        ax1.set_title(r"sign of $x(T)/x_0$ for $x' = -a\,x(t-\tau)$ (red: < 0)")
-        ax1.legend(loc="upper right", fontsize=8)
-        xs = np.linspace(-1, 1, 201)
-        ax2.plot(xs, xs**2, "k--", lw=2, label=r"target $x^2$")
-        for f in sweep["fits"]:
-            tag = "monotone" if f["monotone"] else "extremum"
-            ax2.plot(f["x"], f["y"], label=rf"$K\tau$={f['kappa']:g}: {tag}, rmse {f['rmse']:.1e}")
-        ax2.set_xlabel(r"input $x_0$ (constant history)")
-        ax2.set_ylabel(r"read-out $\alpha x(T) + \beta$")
-        ax2.set_title(
-            f"1-D neural DDE fits; observed threshold {sweep['observed_threshold']:.3g}, "
-            f"theory 1/e = {THEORY_THRESHOLD:.3f}",
-            fontsize=9,
-        )
-        ax2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
+        plot_memory_capacity(result, out)
     return result

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .eigen import gd_threshold
+
 __all__ = [
     "plot_eos",
     "plot_memory_capacity",
@@ -105,7 +107,8 @@ def plot_eos(runs: Mapping[float, Any], path: str | Path | None = None, ax: Any 
         c = f"C{i}"
         ax1.semilogy(run.step, run.loss, color=c, lw=0.8, label=rf"$\eta = {lr:g}$")
         ax2.plot(run.sharpness_step, run.sharpness[:, 0], color=c, lw=1.2)
-        ax2.axhline(2.0 / lr, color=c, ls="--", lw=0.8, label=rf"$2/\eta = {2 / lr:g}$")
+        two = gd_threshold(lr)
+        ax2.axhline(two, color=c, ls="--", lw=0.8, label=rf"$2/\eta = {two:g}$")
     ax1.set_ylabel("training loss")
     ax1.legend(fontsize=8)
     ax2.set_ylabel(r"sharpness $\lambda_{\max}(H)$")

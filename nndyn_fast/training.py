@@ -72,7 +72,6 @@ __all__ = [
     "eos_dataset",
     "eos_experiment",
     "eos_summary",
-    "plot_eos",
 ]
 
 LOSSES = {"mse": km.MSE, "cross_entropy": km.XENT}
@@ -1107,28 +1106,3 @@ def eos_summary(runs: dict[float, GDRun]) -> str:
             f"{loss_end:10.3e}"
         )
     return "\n".join(lines)
-
-
-def plot_eos(runs: dict[float, GDRun], path: Any = None):
-    """Plot loss (log scale) and sharpness against 2/η (dashed) for each run.
-
-    Returns the ``matplotlib.figure.Figure`` (made without pyplot, so no backend is chosen or
-    needed); with ``path`` it is also saved there.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 6))
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    for i, (lr, run) in enumerate(sorted(runs.items())):
-        c = f"C{i}"
-        ax1.semilogy(run.step, run.loss, color=c, lw=0.8, label=f"η = {lr:g}")
-        ax2.plot(run.sharpness_step, run.sharpness[:, 0], color=c, lw=1.2)
-        ax2.axhline(run.two_over_lr, color=c, ls="--", lw=0.8)
-    ax1.set_ylabel("training loss")
-    ax1.legend()
-    ax2.set_ylabel("sharpness λ_max(H)   (dashed: 2/η)")
-    ax2.set_xlabel("step")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

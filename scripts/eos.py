@@ -7,7 +7,8 @@ Usage: python scripts/eos.py [out_dir] [--resume]   (writes eos_lr<η>.h5 run fi
 import argparse
 from pathlib import Path
 
-from nndyn_fast.training import eos_experiment, eos_summary, plot_eos
+from nndyn_fast.plots import plot_eos
+from nndyn_fast.training import eos_experiment, eos_summary
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,7 +12,7 @@ import pytest
 from reference_lyapunov import naive_sgd_qr
 
 import nndyn_fast.kernels.lyapunov as klyap
-from nndyn_fast.lyapunov import plot_stability_diagram
+from nndyn_fast.plots import plot_stability_diagram
 from nndyn_fast.sgd_stability import (
     mean_square_exponent,
     sgd_lyapunov,

@@ -1,0 +1,81 @@
+"""Figures: each plot function draws its theory artist, returns the figure, takes ``ax=`` and
+leaves matplotlib's backend as it was."""
+
+import matplotlib
+import numpy as np
+import pytest
+
+from nndyn_fast import Kuramoto, plots, simulate
+from nndyn_fast.cli import main
+from nndyn_fast.graphs import Graphon
+from nndyn_fast.sgd_stability import StabilityDiagram
+from nndyn_fast.training import GDRun
+
+
+def _labels(ax):
+    return [a.get_label() for a in ax.get_lines()]
+
+
+@pytest.fixture
+def backend():
+    before = matplotlib.get_backend()
+    yield
+    assert matplotlib.get_backend() == before
+
+
+def test_network_run_draws_the_ott_antonsen_value_and_the_locking_edge(tmp_path, backend):
+    out = tmp_path / "k.h5"
+    args = ["kuramoto", "--N", "300", "--t-end", "5", "--K", "3", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    fig = plots.plot_network_run(out, tmp_path / "k.png")
+    left, right = fig.axes[:2]
+    r_inf = np.sqrt(1 - 2 * 0.5 / 3)  # Lorentzian width 0.5 (the command's default), K = 3
+    oa = [ln for ln in left.get_lines() if "Ott" in ln.get_label()]
+    assert oa and abs(oa[0].get_ydata()[0] - r_inf) < 1e-12
+    assert any("locking edge" in lb for lb in _labels(right))
+    assert "omega" in right.get_xlabel()
+    assert (tmp_path / "k.png").stat().st_size > 0
+    assert main(["plot", str(out), "--png", str(tmp_path / "p.png")]) == 0
+
+
+def test_network_run_without_theory_plots_against_node_position(tmp_path, backend):
+    rng = np.random.default_rng(0)
+    m = Kuramoto(rng.normal(size=40), Graphon.ring(0.2), 1.0)
+    run = simulate(m, rng.uniform(0, 6, 40), 1.0, 0.1, out=tmp_path / "r.h5")
+    fig = plots.plot_network_run(run.path)
+    assert not any("Ott" in lb for lb in _labels(fig.axes[0]))
+    assert "omega" in fig.axes[1].get_xlabel()
+
+
+def test_stability_diagram_edges_ticks_and_thresholds(tmp_path, backend):
+    lrs, bs = np.geomspace(0.1, 1.0, 4), np.array([1, 2, 4, 8])
+    lam = np.subtract.outer(np.log2(bs) / 10, lrs)  # changes sign inside the grid
+    d = StabilityDiagram(lrs, bs, lam, lam - 0.1, lam + 0.1, lam - 0.2, 2.0, 1.0)
+    fig = plots.plot_stability_diagram(d, tmp_path / "d.png")
+    ax = fig.axes[0]
+    assert any("GD threshold" in lb for lb in _labels(ax))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "4", "8"]
+    mesh = ax.collections[0]
+    assert mesh.norm.vmin == -mesh.norm.vmax  # diverging scale centred on zero
+    np.testing.assert_allclose(plots._edges(bs)[1:-1], np.sqrt(bs[1:] * bs[:-1]))
+
+
+def test_eos_draws_two_over_eta_and_accepts_axes(backend):
+    from matplotlib.figure import Figure
+
+    run = GDRun(
+        step=np.arange(5),
+        loss=np.linspace(1, 0.1, 5),
+        grad_norm=np.ones(5),
+        sharpness_step=np.arange(5),
+        sharpness=np.full((5, 1), 3.0),
+        theta=np.zeros(2),
+        lr=0.5,
+        path=None,
+    )
+    fig = Figure()
+    axes = fig.subplots(2, 1)
+    assert plots.plot_eos({0.5: run}, ax=axes) is fig
+    assert any("2/\\eta = 4" in lb for lb in _labels(axes[1]))
+    with pytest.raises(ValueError, match="2 Axes"):
+        plots.plot_eos({0.5: run}, ax=axes[0])
