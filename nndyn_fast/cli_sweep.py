@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 
 import numpy as np
 
 from ._validate import check_int
-from .sweep import kuramoto_order_parameter, sweep
+from .sweep import SweepClusterError, SweepPointError, kuramoto_order_parameter, sweep
 
 
 def parse_values(name: str, text: str) -> np.ndarray:
@@ -94,16 +95,24 @@ def run_sweep_kuramoto(o: argparse.Namespace) -> int:
     Ks = parse_values("--K", o.K)
     grid = {"K": Ks, "N": [o.N], "gamma": [o.gamma], "t_end": [o.t_end], "dt": [o.dt]}
     fn = functools.partial(kuramoto_order_parameter, freq=o.freq)
-    res = sweep(
-        fn,
-        grid,
-        scheduler=_scheduler(o.scheduler),
-        out=o.out,
-        overwrite=o.overwrite,
-        resume=o.resume,
-        n_workers=o.workers,
-        seed=o.seed,
-    )
+    try:
+        res = sweep(
+            fn,
+            grid,
+            scheduler=_scheduler(o.scheduler),
+            out=o.out,
+            overwrite=o.overwrite,
+            resume=o.resume,
+            n_workers=o.workers,
+            seed=o.seed,
+        )
+    except (SweepPointError, SweepClusterError) as exc:  # a failed run: the finished points
+        print(  # stay committed in --out
+            f"nndyn sweep: error: {exc}\n{o.out} keeps the finished points; continue with "
+            "the same command and --resume",
+            file=sys.stderr,
+        )
+        return 2
     kc = 2.0 * o.gamma
     print(
         f"wrote {res.path}: {len(res)} points ({res.computed} computed now), N = {o.N}, "

@@ -554,6 +554,42 @@ class TrajectoryWriter:
             self._pending_crc[key] = zlib.crc32(a, self._pending_crc[key])
         self._pending[series] = start + k
 
+    def write_rows(self, series: str, start: int, **columns: np.ndarray) -> None:
+        """Write rows ``start, start + 1, ...`` of ``series`` in place (a table filled out of
+        order, such as a sweep's rows in grid order).
+
+        The bytes go by raw ``pwrite`` to the rows' fixed offsets, as with :meth:`append`, and
+        the next :meth:`commit` syncs them before its record. They do not count as committed
+        rows: :attr:`rows`, :meth:`RunFile.read` and the record's CRC (what
+        :meth:`RunFile.verify` checks) cover appended rows only, so the caller's checkpoint
+        must say which rows hold data (and may carry their checksum). Rows below the appended
+        ones are refused (committed rows are never rewritten); fill a series by one method.
+        """
+        cols = self._fields[series]
+        if set(columns) != set(cols):
+            raise ValueError(
+                f"write_rows to {series!r} needs fields {sorted(cols)}, got {sorted(columns)}"
+            )
+        arrays = {f: np.ascontiguousarray(v, dtype=cols[f].dtype) for f, v in columns.items()}
+        n = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+        bad = [f for f, a in arrays.items() if a.shape[1:] != cols[f].shape]
+        if bad or len(n) != 1:
+            raise ValueError(
+                f"write_rows to {series!r}: each field needs rows of its shape, the same count"
+            )
+        k, cap = n.pop(), next(iter(cols.values())).capacity
+        if not self._pending[series] <= start <= start + k <= cap:
+            raise ValueError(
+                f"write_rows to {series!r}: rows {start}:{start + k} are outside the free rows "
+                f"{self._pending[series]}:{cap}"
+            )
+        try:
+            for f, a in arrays.items():
+                if a.nbytes:
+                    _pwrite(self._fd, a, cols[f].offset + start * cols[f].row_bytes)
+        except OSError as exc:
+            raise self._io_error(exc) from None
+
     def commit(self, **checkpoint: Any) -> None:
         """Make the appended rows durable and store ``checkpoint`` (arrays and JSON values).
 

@@ -1,21 +1,32 @@
 """Parameter sweeps: one function over a grid of points, on one machine or a Dask cluster.
 
 :func:`sweep` evaluates ``fn(**point)`` at every point of a grid and streams the results into
-one HDF5 run file (see :mod:`nndyn_fast.storage`) as they arrive, so that a killed sweep can be
-resumed: finished points are skipped. The same call runs serially in-process, on a local pool of
-worker processes (a ``dask.distributed`` ``LocalCluster``) or on any Dask cluster, and gives the
-same table in every case: each point gets its own reproducible random seed, spawned from one
-``numpy.random.SeedSequence`` by point index, and the result is ordered by point index whatever
-the order in which points finish.
+one run file (see :mod:`nndyn_fast.runs` and :mod:`nndyn_fast.storage`) as they arrive, so that
+a killed sweep can be resumed: finished points are skipped. The same call runs serially
+in-process, on a local pool of worker processes (a ``dask.distributed`` ``LocalCluster``) or on
+any Dask cluster, and gives the same table in every case: each point gets its own reproducible
+random seed, spawned from one ``numpy.random.SeedSequence`` by point index, and row i of the
+table is point i whatever the order in which points finish.
 
-Run file layout (kind ``"sweep"``)::
+Run file layout (kind ``"sweep"``, created by :func:`nndyn_fast.runs.start_run` when the first
+result arrives, which fixes the result keys and shapes)::
 
-    /params        grid_names, n_points, seed, fn, cartesian, grid_shape, grid_fingerprint (attrs)
-                   and the full grid table as datasets grid_<name> (n_points,)
-    /points/index  (n,) int64, point index of each committed row (rows in completion order)
-    /points/<name> (n,) the grid value of each grid name (int64, float64 or bool)
-    /points/<key>  (n, *shape) float64, the results
-    /checkpoint    done: sorted indices of the finished points
+    /params        fn (module.qualname), fn_self (a callable object's digest), fixed_<name>
+                   (options bound with functools.partial), default_<name> (fn's defaults that
+                   neither the grid nor the partial set), grid_names, grid_shape, cartesian,
+                   n_points, seed, seed_per_point; inputs: grid_<name> (P,), every grid value,
+                   and array-valued options. A resume compares all of them.
+    /points/index  (P,) int64, the point index: row i is grid point i (preallocated)
+    /points/<name> (P,) the grid value of each grid name (int64, float64 or bool)
+    /points/<key>  (P, *shape) float64, the results
+    /commit        checkpoint: done (P,) bool, the rows that hold a committed result, and crc,
+                   the XOR of the CRC-32 of each done row (index, grid values and results in
+                   field order); a resume checks it
+
+Rows are written in place (:meth:`~nndyn_fast.storage.TrajectoryWriter.write_rows`) as results
+arrive and become part of the run only through the ``done`` mask of a commit record, which is
+written after the rows are synced. Read a sweep file with ``f["points/r"][f.checkpoint["done"]]``
+(``RunFile.read`` covers appended series only).
 
 :func:`kuramoto_order_parameter` is a ready-made sweep target (the all-to-all Kuramoto model with
 Lorentzian frequencies, whose order parameter has the Ott–Antonsen closed form).
@@ -23,6 +34,8 @@ Lorentzian frequencies, whose order parameter has the Ott–Antonsen closed form
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -30,9 +43,13 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import re
+import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,20 +57,36 @@ from typing import Any
 import numpy as np
 
 from ._validate import check_int, check_option, check_out_path, check_positive
-from .storage import TrajectoryWriter, open_run
+from .runs import Run, start_run
+from .storage import RunFileError, open_run
 
-__all__ = ["SweepPointError", "SweepResult", "kuramoto_order_parameter", "sweep"]
+__all__ = [
+    "SweepClusterError",
+    "SweepPointError",
+    "SweepResult",
+    "kuramoto_order_parameter",
+    "sweep",
+]
 
-# Finished rows are written and committed (made durable, with the checkpoint) at most this
-# often, and always before the sweep returns or raises: a kill -9 loses at most this many seconds
-# of results, and the O(points) checkpoint is not rewritten after every cheap point.
+# Finished rows are written and committed (made durable, with the checkpoint) once
+# COMMIT_SECONDS have passed since the last commit or COMMIT_BYTES of rows are waiting, and
+# always before the sweep returns or raises: a kill -9 loses at most that much work, and a
+# sweep of cheap points does not pay two fsyncs per point.
 COMMIT_SECONDS = 0.5
+COMMIT_BYTES = 1 << 20
+# A cluster with no worker (or a scheduler that does not answer) for NO_WORKERS_SECONDS fails
+# the sweep with SweepClusterError; connecting to an address gives up after CONNECT_SECONDS.
+NO_WORKERS_SECONDS = 30.0
+CONNECT_SECONDS = 10.0
+_POLL_SECONDS = 0.01  # wait between looks at the finished futures
+_CHECK_SECONDS = 1.0  # between two asks "how many workers?" while nothing finishes
 _RESERVED = ("index",)
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s:/]+:\d+/?$|^[a-z][a-z0-9+.-]*://\S+$")
 
 
 class SweepPointError(RuntimeError):
-    """``fn`` raised at a grid point; the original exception is the ``__cause__``.
+    """``fn`` raised at a grid point (or its worker process died running it); the original
+    exception is the ``__cause__``.
 
     Attributes ``index`` (point index) and ``point`` (its parameters). Every point finished
     before it stays committed in the run file, so ``resume=True`` continues the sweep.
@@ -63,6 +96,12 @@ class SweepPointError(RuntimeError):
         super().__init__(message)
         self.index = index
         self.point = point
+
+
+class SweepClusterError(RuntimeError):
+    """The Dask cluster stopped working: no worker, or no answer from the scheduler, for
+    ``NO_WORKERS_SECONDS``. Every point finished before stays committed in the run file, so
+    ``resume=True`` continues the sweep once the cluster is back."""
 
 
 @dataclass(frozen=True)
@@ -114,14 +153,6 @@ class _Grid:
 
     def point(self, i: int) -> dict[str, Any]:
         return {n: self.columns[n][i].item() for n in self.names}
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        for n in self.names:
-            col = self.columns[n]
-            h.update(f"{n}:{col.dtype.str}:".encode())
-            h.update(col.tobytes())
-        return h.hexdigest()
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -203,13 +234,67 @@ def _make_grid(grid: Any) -> _Grid:
     )
 
 
-def _describe(fn: Any) -> str:
+# -- what identifies a sweep (compared on resume) -----------------------------------------------
+def _option(value: Any) -> Any:
+    """An option as a run parameter: numbers, strings and arrays as they are, JSON-able lists
+    and dicts as JSON, anything else by the SHA-256 of its pickle (or its repr)."""
+    if value is None or isinstance(value, (bool, int, float, str, np.ndarray)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple, dict)):
+        with contextlib.suppress(TypeError, ValueError):
+            return json.loads(json.dumps(value, allow_nan=True))
+    try:
+        return "pickle-sha256:" + hashlib.sha256(pickle.dumps(value, protocol=4)).hexdigest()
+    except Exception:  # not picklable: its text, the best that is left
+        return repr(value)
+
+
+def _identity(fn: Callable, grid: _Grid, passes_seed: bool) -> dict[str, Any]:
+    """``fn``'s module and qualname, the options a ``functools.partial`` binds, the defaults of
+    the parameters nothing else sets, and a callable object's own state."""
+    target, args, keywords = fn, (), {}
     if isinstance(fn, functools.partial):
-        kw = ", ".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
-        args = ", ".join(repr(a) for a in fn.args)
-        return f"partial({_describe(fn.func)}, {', '.join(s for s in (args, kw) if s)})"
-    mod = getattr(fn, "__module__", None) or "?"
-    return f"{mod}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        target, args, keywords = fn.func, fn.args, fn.keywords
+    if inspect.ismethod(target):  # a bound method: its name and its object's state
+        named, state = target, target.__self__
+    elif hasattr(target, "__qualname__") and hasattr(target, "__module__"):
+        named, state = target, None  # a function (or a class, or a jitted function)
+    else:  # a callable object: its class and its state
+        named, state = type(target), target
+    out: dict[str, Any] = {"fn": f"{named.__module__}.{named.__qualname__}"}
+    if state is not None:
+        out["fn_self"] = _option(state)
+    try:
+        sig = inspect.signature(target)
+        bound = dict(sig.bind_partial(*args, **keywords).arguments)
+    except (TypeError, ValueError):
+        sig, bound = None, {**{f"arg{k}": a for k, a in enumerate(args)}, **keywords}
+    for name, value in bound.items():
+        out[f"fixed_{name}"] = _option(value)
+    if sig is not None:
+        for name, p in sig.parameters.items():
+            skip = name in bound or name in grid.names or (name == "seed" and passes_seed)
+            if not skip and p.default is not inspect.Parameter.empty:
+                out[f"default_{name}"] = _option(p.default)
+    return out
+
+
+def _run_params(fn, grid: _Grid, seed: int, passes_seed: bool) -> tuple[dict, dict]:
+    """(parameters, input arrays) of a sweep: everything that fixes its table."""
+    params = {
+        **_identity(fn, grid, passes_seed),
+        "grid_names": list(grid.names),
+        "grid_shape": None if grid.shape is None else list(grid.shape),
+        "cartesian": grid.shape is not None,
+        "n_points": grid.size,
+        "seed": seed,
+        "seed_per_point": passes_seed,
+    }
+    inputs = {k: params.pop(k) for k in list(params) if isinstance(params[k], np.ndarray)}
+    inputs.update({f"grid_{n}": grid.columns[n] for n in grid.names})
+    return params, inputs
 
 
 def _takes_seed(fn: Callable) -> bool:
@@ -282,110 +367,118 @@ def _call_point(fn: Callable, point: dict[str, Any], seed: Any) -> Any:
     return fn(**point) if seed is None else fn(**point, seed=seed)
 
 
-# -- the sink: validation, HDF5 streaming, in-memory table ---------------------------------------
-class _Sink:
-    def __init__(
-        self,
-        grid: _Grid,
-        params: dict[str, Any],
-        out: Path | None,
-        overwrite: bool,
-        writer: TrajectoryWriter | None,
-        done: set[int],
-        schema: dict | None,
-    ):
-        self.grid, self.params, self.out, self.overwrite = grid, params, out, overwrite
-        self.writer, self.done, self.schema = writer, done, schema
-        self.rows: dict[int, dict[str, np.ndarray]] = {}
-        self.buffer: list[tuple[int, dict[str, np.ndarray]]] = []  # rows not yet written
+# -- the table: rows in grid order, in memory and in the run file --------------------------------
+def _row_crcs(cols: Mapping[str, np.ndarray], n: int) -> list[int]:
+    """CRC-32 of each of ``n`` rows: the bytes of its fields, in field order."""
+    parts = [
+        np.ascontiguousarray(a).reshape(n, int(np.prod(a.shape[1:], dtype=np.int64))).view(np.uint8)
+        for a in cols.values()
+    ]
+    rows = np.ascontiguousarray(np.hstack(parts)) if parts else np.zeros((n, 0), np.uint8)
+    return [zlib.crc32(r) for r in rows]
+
+
+class _Table:
+    """The sweep's table: every result in memory (row i = point i) and, with a run file, the
+    rows written in place and committed in batches with the done mask."""
+
+    def __init__(self, grid: _Grid):
+        self.grid = grid
+        self.committed = np.zeros(grid.size, np.bool_)  # rows in the file's last commit
+        self.have = np.zeros(grid.size, np.bool_)  # rows in memory
+        self.crc = 0  # XOR of the committed rows' CRC-32
+        self.schema: dict[str, tuple[int, ...]] | None = None
+        self.results: dict[str, np.ndarray] = {}
+        self.waiting: list[int] = []  # rows in memory, not yet in the file
+        self.batch = 1
         self.last_commit = time.monotonic()
         self.computed = 0
+
+    def _set_schema(self, schema: dict[str, tuple[int, ...]]) -> None:
+        self.schema = schema
+        self.results = {k: np.zeros((self.grid.size, *s)) for k, s in schema.items()}
+        row_bytes = 8 * (1 + len(self.grid.names))
+        row_bytes += sum(8 * int(np.prod(s, dtype=np.int64)) for s in schema.values())
+        self.batch = max(1, COMMIT_BYTES // row_bytes)
+
+    def series(self) -> dict[str, dict[str, Any]]:
+        spec: dict[str, Any] = {"index": ((), np.int64)}
+        spec.update({n: ((), self.grid.columns[n].dtype) for n in self.grid.names})
+        spec.update({k: (s, np.float64) for k, s in self.schema.items()})
+        return {"points": spec}
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"done": self.committed.copy(), "crc": self.crc}
+
+    def columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        cols = {"index": idx.astype(np.int64)}
+        cols.update({n: self.grid.columns[n][idx] for n in self.grid.names})
+        cols.update({k: self.results[k][idx] for k in self.schema})
+        return cols
 
     def add(self, i: int, raw: Any) -> None:
         res = _normalise(raw, i, self.grid)
         if self.schema is None:
-            self.schema = {k: v.shape for k, v in res.items()}
+            self._set_schema({k: v.shape for k, v in res.items()})
         else:
             _check_schema(res, self.schema, i, self.grid)
+        for k, v in res.items():
+            self.results[k][i] = v
+        self.have[i] = True
+        self.waiting.append(i)
         self.computed += 1
-        self.done.add(i)
-        if self.out is None:
-            self.rows[i] = res
-            return
-        if self.writer is None:
-            series = {"index": ((), np.int64)}
-            series.update({n: ((), self.grid.columns[n].dtype) for n in self.grid.names})
-            series.update({k: (shape, np.float64) for k, shape in self.schema.items()})
-            self.writer = TrajectoryWriter.create(
-                self.out,
-                kind="sweep",
-                params=self.params,
-                overwrite=self.overwrite,
-                series={"points": series},
+
+    def load(self, run: Run) -> None:
+        """Take the schema and the committed rows from a resumed file, after checking them."""
+        path, ck = run.path, run.checkpoint
+        done = np.asarray(ck.get("done", ()))
+        if done.shape != (self.grid.size,) or done.dtype != np.bool_ or "crc" not in ck:
+            raise ValueError(f"out: {path!r} holds no sweep checkpoint; cannot resume it")
+        with open_run(path) as f:
+            fields = json.loads(f["points"].attrs["fields"])
+            keys = [k for k in fields if k not in self.grid.names and k not in _RESERVED]
+            self._set_schema({k: f["points"][k].shape[1:] for k in keys})
+            stored = {k: f["points"][k][:] for k in fields}
+        idx = np.flatnonzero(done)
+        for k in keys:
+            self.results[k][idx] = stored[k][idx]
+        crc = functools.reduce(
+            lambda a, b: a ^ b, _row_crcs({k: v[idx] for k, v in stored.items()}, idx.size), 0
+        )
+        same = np.array_equal(stored["index"][idx], idx) and all(
+            np.array_equal(stored[n][idx], self.grid.columns[n][idx]) for n in self.grid.names
+        )
+        if crc != int(ck["crc"]) or not same:
+            raise ValueError(
+                f"out: the committed rows of {path!r} fail their checksum (the file is "
+                "damaged); rerun the sweep with overwrite=True"
             )
-            self.buffer.append((i, res))
-            self.commit(force=True)  # the file holds a commit from the start: always resumable
+        self.committed, self.have, self.crc = done.copy(), done.copy(), crc
+
+    def flush(self, run: Run, force: bool = False) -> None:
+        """Write the waiting rows in place and commit them, when ``force``, a batch is full or
+        ``COMMIT_SECONDS`` have passed since the last commit."""
+        now = time.monotonic()
+        if not self.waiting or not (
+            force or len(self.waiting) >= self.batch or now - self.last_commit >= COMMIT_SECONDS
+        ):
             return
-        self.buffer.append((i, res))
+        idx = np.array(sorted(self.waiting), np.int64)
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive rows
+        crc = self.crc
+        for run_idx in np.split(idx, cuts):
+            cols = self.columns(run_idx)
+            run.write_rows("points", int(run_idx[0]), **cols)
+            for c in _row_crcs(cols, run_idx.size):
+                crc ^= c
+        done = self.committed.copy()
+        done[idx] = True
+        run.commit(done=done, crc=crc)
+        self.committed, self.crc, self.waiting = done, crc, []
+        self.last_commit = time.monotonic()
 
-    def commit(self, force: bool = False) -> None:
-        """Write the buffered rows (one resize per field) and commit them with the checkpoint,
-        if ``force`` or ``COMMIT_SECONDS`` have passed since the last commit."""
-        if self.writer is None or not self.buffer:
-            return
-        if force or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
-            idx = np.array([i for i, _ in self.buffer], np.int64)
-            cols = {"index": idx}
-            cols.update({n: self.grid.columns[n][idx] for n in self.grid.names})
-            cols.update({k: np.stack([r[k] for _, r in self.buffer]) for k in self.schema})
-            self.writer.append("points", **cols)
-            done = np.array(sorted(self.done), np.int64)
-            self.writer.commit(done=done, n_done=done.size)
-            self.buffer = []
-            self.last_commit = time.monotonic()
-
-    def close(self, exc: BaseException | None) -> None:
-        if self.writer is None:
-            return
-        self.commit(force=True)
-        if exc is None:
-            self.writer.close("complete")
-        else:
-            self.writer.close("failed", f"{type(exc).__name__}: {exc}")
-
-    def table(self) -> dict[str, np.ndarray]:
-        """Result columns ordered by point index."""
-        n = self.grid.size
-        if self.out is None:
-            return {k: np.stack([self.rows[i][k] for i in range(n)]) for k in self.schema}
-        with open_run(self.out) as run:
-            idx = run.read("points", "index")
-            order = np.argsort(idx, kind="stable")
-            if not np.array_equal(idx[order], np.arange(n)):
-                raise ValueError(f"{str(self.out)!r} does not hold every point exactly once")
-            return {k: run.read("points", k)[order] for k in self.schema}
-
-
-def _resume(out: Path, grid: _Grid, params: dict[str, Any]) -> tuple[TrajectoryWriter, set, dict]:
-    with open_run(out) as run:
-        if run.attrs.get("kind") != "sweep" or "points" not in run.rows:
-            raise ValueError(f"out: {str(out)!r} is not a sweep file, cannot resume it")
-        stored = run.params
-        for key in ("grid_names", "n_points", "grid_fingerprint", "seed", "fn"):
-            if stored.get(key) != params[key]:
-                raise ValueError(
-                    f"cannot resume {str(out)!r}: its {key} is {stored.get(key)!r}, this "
-                    f"sweep's is {params[key]!r}; resume with the same fn, grid and seed"
-                )
-        fields = json.loads(run["points"].attrs["fields"])
-        schema = {
-            k: run["points"][k].shape[1:]
-            for k in fields
-            if k not in grid.names and k not in _RESERVED
-        }
-    writer = TrajectoryWriter.resume(out)
-    done = {int(i) for i in writer.checkpoint.get("done", ())}
-    return writer, done, schema
+    def missing(self) -> list[int]:
+        return np.flatnonzero(~self.have).tolist()
 
 
 # -- schedulers ---------------------------------------------------------------------------------
@@ -427,12 +520,77 @@ def _scheduler_kind(scheduler: Any) -> str:
     return "client" if isinstance(scheduler, dist.Client) else "address"
 
 
-def _client_for(kind: str, scheduler: Any, n_workers: int | None) -> tuple[Any, list]:
-    """(client or None for serial, objects to close afterwards)."""
+async def _identify(url: str) -> Any:
+    """What the server at ``url`` says it is (a Dask scheduler answers ``type: Scheduler``)."""
+    from distributed.comm import connect
+
+    comm = await connect(url, timeout=CONNECT_SECONDS)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def _check_scheduler(address: str) -> str:
+    """The ``tcp://`` URL of ``address`` once a Dask scheduler answered there; a clear
+    ValueError within about ``CONNECT_SECONDS`` otherwise (nothing listening, another kind of
+    server, no answer)."""
+    url = address if "://" in address else f"tcp://{address}"
+    if not url.startswith("tcp://"):
+        return url  # other protocols (tls, ucx, ...) need their security settings: Client's job
+    host, _, port = url[len("tcp://") :].rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ValueError(f"scheduler address must be tcp://host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ValueError(
+            f"scheduler: cannot connect to {address!r}: {exc.strerror or exc}; is a Dask "
+            "scheduler running there?"
+        ) from None
+    box: dict[str, Any] = {}
+
+    def ask() -> None:  # in a thread of its own: the caller may be running an event loop
+        try:
+            box["reply"] = asyncio.run(asyncio.wait_for(_identify(url), CONNECT_SECONDS))
+        except BaseException as exc:  # a MemoryError from a garbage frame header, too
+            box["error"] = exc
+
+    thread = threading.Thread(target=ask, name="nndyn-sweep-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_SECONDS + 1.0)
+    exc, reply = box.get("error"), box.get("reply")
+    if thread.is_alive() or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        raise ValueError(
+            f"scheduler: {address!r} accepted the connection but sent no Dask reply within "
+            f"{CONNECT_SECONDS:g} s; it is not a Dask scheduler (or not reachable)"
+        )
+    if exc is not None:
+        raise ValueError(
+            f"scheduler: {address!r} is not a Dask scheduler: its reply could not be read "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    kind = reply.get("type") if isinstance(reply, Mapping) else None
+    if kind != "Scheduler":
+        what = f"a Dask {kind}" if isinstance(kind, str) else "something else"
+        raise ValueError(
+            f"scheduler: {address!r} is not a Dask scheduler, it answered as {what}; give the "
+            "scheduler's address (dask scheduler prints it, default port 8786)"
+        )
+    return url
+
+
+@contextlib.contextmanager
+def _session(kind: str, scheduler: Any, n_workers: int | None) -> Iterator[Any]:
+    """The Dask client of a sweep (None for serial), closed afterwards if the sweep made it."""
     if kind == "serial":
-        return None, []
+        yield None
+        return
     if kind == "client":
-        return scheduler, []
+        yield scheduler
+        return
     dist = _distributed()
     if kind == "local":
         workers = (os.cpu_count() or 1) if n_workers is None else n_workers
@@ -445,31 +603,103 @@ def _client_for(kind: str, scheduler: Any, n_workers: int | None) -> tuple[Any, 
             env={"NUMBA_NUM_THREADS": "1"},
         )
         try:
-            client = dist.Client(cluster)
-        except BaseException:
+            with dist.Client(cluster) as client:
+                yield client
+        finally:
             cluster.close()
-            raise
-        return client, [client, cluster]
+        return
     try:
-        client = dist.Client(scheduler, timeout="30s")
-    except OSError as exc:
+        client = dist.Client(scheduler, timeout=CONNECT_SECONDS)
+    except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
         raise ValueError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
-    return client, [client]
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close(timeout=CONNECT_SECONDS)
 
 
-def _run_serial(fn, grid, seeds, pending, sink) -> None:
+def _point_error(grid: _Grid, i: int, exc: BaseException) -> SweepPointError:
+    what = f"fn raised {type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "KilledWorker":
+        what = (
+            f"the worker process running it died (KilledWorker: {exc} A crash or out-of-memory "
+            "in fn is the usual cause; see the worker logs)"
+        )
+    err = SweepPointError(f"{what} at {_where(grid, i)}", i, grid.point(i))
+    err.__cause__ = exc
+    return err
+
+
+def _serial_results(fn, grid: _Grid, seeds, pending) -> Iterator[tuple[int, Any]]:
     for i in pending:
         try:
             raw = _call_point(fn, grid.point(i), seeds[i])
         except Exception as exc:
-            raise SweepPointError(
-                f"fn raised {type(exc).__name__}: {exc} at {_where(grid, i)}", i, grid.point(i)
-            ) from exc
-        sink.add(i, raw)
-        sink.commit()
+            raise _point_error(grid, i, exc) from exc
+        yield i, raw
 
 
-def _run_dask(client, fn, grid, seeds, pending, sink) -> None:
+class _Watch:
+    """Fails the sweep when its cluster has no worker, or its scheduler does not answer, for
+    ``NO_WORKERS_SECONDS``; asks the scheduler at most every ``_CHECK_SECONDS``."""
+
+    def __init__(self, client: Any, total: int):
+        self.client, self.total, self.finished = client, total, 0
+        self.address = getattr(client.scheduler, "address", "?")
+        self.alive = self.asked = time.monotonic()
+        self.broken = False  # the cluster failed: do not wait for it any more
+
+    def progress(self, n: int = 0) -> None:
+        self.alive = time.monotonic()
+        self.finished += n
+
+    def fail(self, what: str) -> SweepClusterError:
+        self.broken = True
+        return SweepClusterError(
+            f"the Dask cluster at {self.address} {what}; {self.finished} of {self.total} "
+            "points of this call finished and are kept; resume the sweep (resume=True) once "
+            "the cluster works"
+        )
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.asked < _CHECK_SECONDS:
+            return
+        self.asked = now
+        try:
+            workers = self.client.nthreads(callback_timeout=_CHECK_SECONDS + 1.0)
+            why = "no worker"
+        except Exception as exc:  # the scheduler is gone or does not answer
+            workers, why = {}, f"no answer from the scheduler ({type(exc).__name__})"
+        if workers:
+            self.alive = now
+        elif now - self.alive >= NO_WORKERS_SECONDS:
+            raise self.fail(
+                f"has had {why} for {now - self.alive:.0f} s (all workers died or left?)"
+            )
+
+    def gather(self, futures: list) -> list:
+        """Results of finished futures. A gather waits while data a dead worker held are
+        recomputed, so it runs in the client's event loop and is waited for in steps, with
+        :meth:`check` in between (a slow transfer of large results is never restarted)."""
+        if not futures:
+            return []
+        coro = self.client.gather(futures, asynchronous=True)
+        pending = asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+        try:
+            while True:
+                try:
+                    return pending.result(timeout=_CHECK_SECONDS)
+                except TimeoutError:
+                    self.check()
+        except OSError as exc:  # the scheduler or the worker holding the data is unreachable
+            raise self.fail(f"could not deliver results ({type(exc).__name__}: {exc})") from exc
+        finally:
+            pending.cancel()
+
+
+def _dask_results(client, fn, grid: _Grid, seeds, pending) -> Iterator[tuple[int, Any]]:
     from distributed import as_completed
 
     futures = client.map(
@@ -480,34 +710,41 @@ def _run_dask(client, fn, grid, seeds, pending, sink) -> None:
         pure=False,
     )
     index = {f.key: i for f, i in zip(futures, pending, strict=True)}
-    failed: tuple[int, Any] | None = None
+    watch, yielded = _Watch(client, len(pending)), set()
     try:
         ac = as_completed(futures)
-        for batch in ac.batches():
-            ok = [f for f in batch if f.status == "finished"]
+        while not ac.is_empty():
+            batch = ac.next_batch(block=False)
+            if not batch:
+                watch.check()
+                time.sleep(_POLL_SECONDS)
+                continue
+            watch.progress()
+            ok = sorted((f for f in batch if f.status == "finished"), key=lambda f: index[f.key])
             bad = [f for f in batch if f.status != "finished"]
-            for f, raw in sorted(
-                zip(ok, client.gather(ok), strict=True), key=lambda fr: index[fr[0].key]
-            ):
-                sink.add(index[f.key], raw)
-            sink.commit()
-            if bad:
-                failed = min(((index[f.key], f) for f in bad), key=lambda t: t[0])
-                break
-        if failed is not None:
+            for f, raw in zip(ok, watch.gather(ok), strict=True):
+                watch.progress(1)
+                yielded.add(f.key)
+                yield index[f.key], raw
+            if not bad:
+                continue
+            i, fut = min(((index[f.key], f) for f in bad), key=lambda t: t[0])
+            if fut.status != "error":  # cancelled or lost: the cluster stopped it, not fn
+                raise watch.fail(f"dropped point {i} (its task is {fut.status})")
             # keep the points that finished meanwhile, then stop the rest
-            ok = [f for f in futures if f.status == "finished" and index[f.key] not in sink.done]
-            for f, raw in zip(ok, client.gather(ok), strict=True):
-                sink.add(index[f.key], raw)
-            i, fut = failed
-            exc = fut.exception()
-            if not isinstance(exc, Exception):  # cancelled, lost worker, ...
-                exc = RuntimeError(f"task {fut.status}")
-            raise SweepPointError(
-                f"fn raised {type(exc).__name__}: {exc} at {_where(grid, i)}", i, grid.point(i)
-            ) from exc
+            rest = [f for f in futures if f.status == "finished" and f.key not in yielded]
+            with contextlib.suppress(SweepClusterError):
+                for f, raw in zip(rest, watch.gather(rest), strict=True):
+                    yield index[f.key], raw
+            try:
+                exc = fut.exception(timeout=_CHECK_SECONDS)
+            except Exception as e:
+                exc = e
+            raise _point_error(grid, i, exc)
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        if client.status == "running" and not watch.broken:
+            with contextlib.suppress(Exception):
+                client.cancel([f for f in futures if not f.done()])
 
 
 # -- the public function ------------------------------------------------------------------------
@@ -550,20 +787,25 @@ def sweep(
         is not installed the sweep runs serially in-process instead** (install the
         ``distributed`` extra for parallel runs). ``"local"``: the same cluster, but an error
         without dask. ``"serial"``: in-process, in point order (debugging, tests, profiling).
-        An address (``"tcp://host:8786"``, ``"host:8786"``): connect ``Client(address)`` to a
-        running cluster (workers need ``nndyn_fast`` and ``fn``'s module installed). A
+        An address (``"tcp://host:8786"``, ``"host:8786"``): connect to a running cluster
+        (workers need ``nndyn_fast`` and ``fn``'s module installed); an address where no Dask
+        scheduler answers within ``CONNECT_SECONDS`` (10 s) is a ValueError. A
         ``distributed.Client``: used as is and left open.
     out : path, optional
-        Stream results into this HDF5 run file (layout in :mod:`nndyn_fast.sweep`): rows are
-        buffered as points finish (in completion order) and written and committed together, with
-        the set of finished points as checkpoint, once ``COMMIT_SECONDS`` (0.5 s) have passed
-        since the last commit and always before returning or raising. The file is created (and
-        first committed) when the first result arrives. Without ``out`` results stay in memory.
+        Stream results into this run file (layout in :mod:`nndyn_fast.sweep`), created by
+        :func:`nndyn_fast.runs.start_run` when the first result arrives: row i holds point i.
+        Finished rows are written in place and committed together, with the mask of finished
+        points as checkpoint, once ``COMMIT_SECONDS`` (0.5 s) have passed since the last commit
+        or ``COMMIT_BYTES`` (1 MiB) of rows wait, and always before returning or raising.
+        Without ``out`` results stay in memory.
     overwrite : bool
         Replace an existing ``out``.
     resume : bool
-        Continue the sweep stored in ``out``: finished points are read back, only the missing
-        ones are computed. ``fn`` (by name), the grid and ``seed`` must be the same.
+        Continue the sweep stored in ``out``: committed points are read back (and checked
+        against their checksum), only the missing ones are computed. Refused, naming the first
+        difference and leaving the file untouched, unless the sweep is the same: ``fn``
+        (module and qualname, a callable object's state), every option a ``functools.partial``
+        binds, ``fn``'s defaults, every grid value (bitwise), the grid's shape and ``seed``.
     n_workers : int, optional
         Worker processes of the local cluster (default ``os.cpu_count()``).
     seed : int
@@ -578,15 +820,20 @@ def sweep(
     ------
     ValueError
         Empty grid or axis, a non-1-D axis, non-numeric or NaN grid values, unknown scheduler
-        string, existing ``out`` without ``overwrite``/``resume``, a resumed file made by a
-        different fn/grid/seed, and results whose keys or shapes differ between points (naming
-        the point; earlier points stay committed).
+        string, an address where no Dask scheduler answers, existing ``out`` without
+        ``overwrite``/``resume``, a resumed file made by a different sweep (naming the
+        parameter), and results whose keys or shapes differ between points (naming the
+        point; earlier points stay committed).
     TypeError
         ``fn`` not callable, ``grid`` or ``scheduler`` of the wrong type, a result that is not
         a dict of real numbers/arrays (naming the point).
     SweepPointError
-        ``fn`` raised at a point (the original exception is the cause); finished points stay
-        committed, so ``resume=True`` computes only the rest.
+        ``fn`` raised at a point, or the worker processes running it died (the original
+        exception is the cause); finished points stay committed, so ``resume=True`` computes
+        only the rest.
+    SweepClusterError
+        The cluster had no worker, or its scheduler did not answer, for
+        ``NO_WORKERS_SECONDS`` (30 s); finished points stay committed.
 
     Examples
     --------
@@ -604,51 +851,77 @@ def sweep(
     if resume and out is None:
         raise ValueError("resume=True needs out (the run file to continue)")
     path = None if out is None else check_out_path("out", out, overwrite=overwrite, resume=resume)
-    params = {
-        "grid_names": json.dumps(list(g.names)),
-        "n_points": g.size,
-        "seed": seed,
-        "fn": _describe(fn),
-        "cartesian": g.shape is not None,
-        "grid_shape": json.dumps(list(g.shape or ())),
-        "grid_fingerprint": g.fingerprint(),
-        **{f"grid_{n}": g.columns[n] for n in g.names},
-    }
     kind = _scheduler_kind(scheduler)  # bad kinds fail before any file or cluster is touched
-    writer, done, schema = None, set(), None
-    if resume:
-        writer, done, schema = _resume(path, g, params)
-    sink = _Sink(g, params, path, overwrite, writer, done, schema)
+    if kind == "address":
+        scheduler = _check_scheduler(scheduler)  # a Dask scheduler answers there, or ValueError
     passes_seed = _takes_seed(fn) and "seed" not in g.names
-    seeds = np.random.SeedSequence(seed).spawn(g.size) if passes_seed else [None] * g.size
-    pending = [i for i in range(g.size) if i not in done]
-    exc: BaseException | None = None
-    owned: list = []
+    params, inputs = _run_params(fn, g, seed, passes_seed) if path is not None else ({}, {})
+    table = _Table(g)
+    run: Run | None = None
+
+    def open_file(resume: bool) -> Run:
+        return start_run(
+            path,
+            kind="sweep",
+            params=params,
+            inputs=inputs,
+            series=table.series() if not resume else {},  # a resume keeps the file's layout
+            rows={"points": g.size},
+            checkpoint=table.checkpoint(),
+            resume=resume,
+            overwrite=overwrite,
+        )
+
     try:
-        if pending:  # a finished sweep that is resumed starts no cluster
-            client, owned = _client_for(kind, scheduler, n_workers)
-            if client is None:
-                _run_serial(fn, g, seeds, pending, sink)
-            else:
-                _run_dask(client, fn, g, seeds, pending, sink)
-    except BaseException as e:
-        exc = e
+        with contextlib.ExitStack() as stack:
+            if resume:  # compare before any cluster starts; a finished sweep starts none
+                run = open_file(resume=True)
+                try:
+                    table.load(run)
+                except BaseException:
+                    run.release()  # a damaged file is left as it is
+                    raise
+                stack.enter_context(run)
+            pending = table.missing()
+            if pending:
+                seeds = [None] * g.size
+                if passes_seed:
+                    seeds = np.random.SeedSequence(seed).spawn(g.size)
+                client = stack.enter_context(_session(kind, scheduler, n_workers))
+                if client is None:
+                    stream = _serial_results(fn, g, seeds, pending)
+                else:
+                    stream = _dask_results(client, fn, g, seeds, pending)
+                stream = stack.enter_context(contextlib.closing(stream))
+                try:
+                    for i, raw in stream:
+                        table.add(i, raw)
+                        if path is not None:
+                            if run is None:  # the first result fixes the file's layout
+                                run = stack.enter_context(open_file(resume=False))
+                            table.flush(run)
+                except RunFileError:
+                    raise
+                except BaseException:  # keep every finished row; the error is what counts
+                    if run is not None:
+                        with contextlib.suppress(RunFileError):
+                            table.flush(run, force=True)
+                    raise
+            if run is not None:
+                table.flush(run, force=True)
+    except KeyboardInterrupt as exc:  # the CLI says what was kept
+        if getattr(exc, "run_path", None) is not None:
+            exc.run_rows = {"points": int(table.committed.sum())}
         raise
-    finally:
-        try:
-            sink.close(exc)
-        finally:
-            for obj in owned:
-                obj.close()
-    if sink.schema is None:  # nothing computed and nothing stored: cannot happen with P >= 1
+    if table.schema is None:  # nothing computed and nothing stored: cannot happen with P >= 1
         raise ValueError("the sweep produced no results")
     return SweepResult(
         names=g.names,
         grid={n: g.columns[n].copy() for n in g.names},
-        results=sink.table(),
+        results=table.results,
         shape=g.shape,
         path=None if path is None else str(path),
-        computed=sink.computed,
+        computed=table.computed,
     )
 
 

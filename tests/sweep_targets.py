@@ -4,6 +4,7 @@ They live in an importable module (tests/conftest.py puts this folder on sys.pat
 processes inherit sys.path) so that Dask worker processes unpickle them by reference.
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -19,9 +20,13 @@ def no_seed(a, b):
     return {"p": a * b}
 
 
-def slow_first(i, n):
-    """Point i sleeps (n - i) * 20 ms: with two workers later points finish first."""
+def slow_first(i, n, log=None):
+    """Point i sleeps (n - i) * 20 ms: with two workers later points finish first. Each
+    finished point appends i to the ``log`` file (if given)."""
     time.sleep(0.02 * (n - i))
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(f"{i}\n")
     return {"sq": float(i * i)}
 
 
@@ -54,3 +59,38 @@ def cheap(x):
 
 def clash(i):
     return {"i": 1.0}
+
+
+def shifted(i, seed, shift, marker, w=0.0, scale=1.0):
+    """x = scale * (i + shift) + w + a draw from the point's seed; raises at i == 3 while
+    ``marker`` does not exist (a crash), creating it."""
+    if i == 3 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("simulated crash")
+    return {"x": scale * (i + shift) + w + np.random.default_rng(seed).random()}
+
+
+class Scaled:
+    """A callable object: its state (``c``) is part of the sweep's identity."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def __call__(self, a, b):
+        return {"p": self.c * a * b}
+
+
+def die_from(i, at):
+    """Points below ``at`` return at once; from ``at`` on the worker process dies (after a
+    short pause, so the finished points reach the client first)."""
+    if i >= at:
+        time.sleep(0.3)
+        os._exit(3)
+    return {"y": float(i) ** 2}
+
+
+def interrupt_at(i, at):
+    """Ctrl-C while point ``at`` runs."""
+    if i == at:
+        raise KeyboardInterrupt
+    return {"y": float(i)}
