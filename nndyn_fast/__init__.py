@@ -65,7 +65,7 @@ from .sgd_stability import (
 from .storage import RunFile, TrajectoryWriter, open_run
 
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
-from .sweep import SweepPointError, SweepResult, kuramoto_order_parameter, sweep
+from .sweep import SweepClusterError, SweepPointError, SweepResult, kuramoto_order_parameter, sweep
 
 # Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
 from .training import (
@@ -94,6 +94,7 @@ __all__ = [
     "__version__",
     "NonFiniteStateError",
     # parameter sweeps
+    "SweepClusterError",
     "SweepPointError",
     "SweepResult",
     "kuramoto_order_parameter",
