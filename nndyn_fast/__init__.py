@@ -44,6 +44,7 @@ from .meanfield import (
     FiringRate,
     Kuramoto,
     NetworkRun,
+    kuramoto_order_parameter,
     order_parameter,
     rhs,
     simulate,
@@ -65,7 +66,7 @@ from .sgd_stability import (
 from .storage import RunFile, TrajectoryWriter, open_run
 
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
-from .sweep import SweepClusterError, SweepPointError, SweepResult, kuramoto_order_parameter, sweep
+from .sweep import SweepClusterError, SweepPointError, SweepResult, sweep
 
 # Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
 from .training import (

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 
 from ._validate import check_int
-from .sweep import SweepClusterError, SweepPointError, kuramoto_order_parameter, sweep
+from .meanfield import kuramoto_order_parameter
+from .sweep import SweepClusterError, SweepPointError, sweep
 
 
 def parse_values(name: str, text: str) -> np.ndarray:

@@ -28,8 +28,9 @@ arrive and become part of the run only through the ``done`` mask of a commit rec
 written after the rows are synced. Read a sweep file with ``f["points/r"][f.checkpoint["done"]]``
 (``RunFile.read`` covers appended series only).
 
-:func:`kuramoto_order_parameter` is a ready-made sweep target (the all-to-all Kuramoto model with
-Lorentzian frequencies, whose order parameter has the Ott–Antonsen closed form).
+:func:`nndyn_fast.meanfield.kuramoto_order_parameter` is a ready-made sweep target (the
+all-to-all Kuramoto model with Lorentzian frequencies, whose order parameter has the
+Ott–Antonsen closed form).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_option, check_out_path, check_positive
+from ._validate import check_int, check_out_path
 from .runs import Run, start_run
 from .storage import RunFileError, open_run
 
@@ -64,7 +65,6 @@ __all__ = [
     "SweepClusterError",
     "SweepPointError",
     "SweepResult",
-    "kuramoto_order_parameter",
     "sweep",
 ]
 
@@ -926,69 +926,3 @@ def sweep(
 
 
 # -- a built-in target --------------------------------------------------------------------------
-def kuramoto_order_parameter(
-    K: float,
-    N: int = 5000,
-    gamma: float = 0.5,
-    t_end: float = 100.0,
-    dt: float = 0.05,
-    *,
-    t_from: float | None = None,
-    freq: str = "quantile",
-    seed: Any = None,
-) -> dict[str, float]:
-    """Stationary order parameter of the all-to-all Kuramoto model with Lorentzian frequencies.
-
-    dθ_i/dt = ω_i + (K/N) Σ_j sin(θ_j − θ_i), ω_i Lorentzian (Cauchy) of half-width γ centred
-    at 0, integrated with RK4 on the matrix-free complete graphon ``Graphon.constant(1.0)``
-    from uniformly random phases. For N → ∞ the Ott–Antonsen reduction gives the stationary
-    r = sqrt(1 − 2γ/K) above K_c = 2γ and r = 0 below; at finite N, r = O(N^{-1/2}) below.
-
-    Parameters
-    ----------
-    K : float
-        Coupling strength.
-    N : int
-        Number of oscillators.
-    gamma : float
-        Half-width γ > 0 of the frequency distribution (rad per time unit).
-    t_end, dt : float
-        Length of the run and RK4 step (time units).
-    t_from : float, optional
-        Average r(t) over t > t_from (default t_end / 2, after the transient).
-    freq : "quantile" or "random"
-        ``"quantile"`` (default): deterministic frequencies, the Cauchy quantiles at
-        (i − 1/2)/N (less finite-N noise); ``"random"``: N independent Cauchy draws.
-    seed : int, SeedSequence or None
-        Seed of the initial phases (and of the frequencies with ``freq="random"``); a sweep
-        passes each point its own ``SeedSequence``.
-
-    Returns
-    -------
-    dict
-        ``{"r": time average of r(t) over t > t_from, "r_std": its standard deviation}``.
-    """
-    from scipy import stats
-
-    from .graphs import Graphon
-    from .meanfield import Kuramoto, simulate
-
-    N = check_int("N", N, minimum=1)
-    gamma = check_positive("gamma", gamma)
-    t_end = check_positive("t_end", t_end)
-    dt = check_positive("dt", dt)
-    check_option("freq", freq, ("quantile", "random"))
-    t_from = t_end / 2 if t_from is None else float(t_from)
-    if not 0 <= t_from < t_end:
-        raise ValueError(f"t_from must be in [0, t_end) = [0, {t_end:g}), got {t_from!r}")
-    rng = np.random.default_rng(0 if seed is None else seed)
-    if freq == "quantile":
-        omega = stats.cauchy(0.0, gamma).ppf((np.arange(1, N + 1) - 0.5) / N)
-    else:
-        omega = gamma * rng.standard_cauchy(N)
-    theta0 = rng.uniform(0.0, 2.0 * np.pi, N)
-    model = Kuramoto(omega, Graphon.constant(1.0), K)
-    steps = int(np.ceil(t_end / dt - 1e-9))
-    run = simulate(model, theta0, t_end, dt, save_every=max(steps, 1))
-    r = run.r[run.t > t_from]
-    return {"r": float(r.mean()), "r_std": float(r.std())}
