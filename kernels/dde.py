@@ -42,7 +42,11 @@ A user field ``fn(t, x, xd, args, out)`` (``xd`` of shape (m, d)) replaces the b
 Per-trajectory state between calls (so a long run advances chunk by chunk): the ring arrays
 ``rt`` (B, cap), ``ry``/``rfl``/``rfr`` (B, cap, d) (left and right derivative at each node; they
 differ only where f jumps in time), ``ist`` (B, 8) int64 ``[head, count, disc pointer, grid index,
-accepted, rejected, f evaluations, status]`` and ``fst`` (B, 2) ``[proposed h, PI memory]``.
+accepted, rejected, f evaluations, status]`` and ``fst`` (B, 2) ``[proposed h, PI memory]``
+(zeros: a fresh controller; a caller may set only the first step).
+
+Status codes, the error norm, the PI controller and the starting step are those of
+:mod:`~nndyn_fast.kernels.control`.
 
 References
 ----------
@@ -57,10 +61,22 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, tanh_fast
-from .rk import DOPRI5_A, DOPRI5_C, DOPRI5_D, DOPRI5_E, RK4_A, RK4_B, RK4_C
+from .control import (
+    EPS,
+    ERR_FLOOR,
+    LOCK_OVER,
+    MAX_STEPS,
+    NONFINITE,
+    OK,
+    RING_FULL,
+    STEP_UNDERFLOW,
+    initial_step_guess,
+    pi_control,
+    pi_exponent,
+    wrms_norm,
+)
+from .rk import DOPRI5_A, DOPRI5_C, DOPRI5_D, DOPRI5_E, DOPRI5_ORDER, RK4_A, RK4_B, RK4_C
 
-# status codes (the first four as in kernels.rk)
-OK, NONFINITE, STEP_UNDERFLOW, MAX_STEPS, RING_FULL = 0, 1, 2, 3, 4
 # methods, built-in models, history kinds
 RK4, DOPRI5 = 0, 1
 USER, LINEAR, NEURAL, MACKEY_GLASS = 0, 1, 2, 3
@@ -69,12 +85,6 @@ H_CONST, H_SAMPLES, H_FUNC = 0, 1, 2
 I_HEAD, I_COUNT, I_DISC, I_GRID, I_ACC, I_REJ, I_NFEV, I_STATUS = 0, 1, 2, 3, 4, 5, 6, 7
 F_H, F_FACOLD = 0, 1
 
-_SAFETY = 0.9
-_BETA = 0.04
-_EXPO1 = 0.2 - 0.75 * _BETA
-_FAC_MIN = 0.2
-_FAC_MAX = 10.0
-_EPS = 2.220446049250313e-16
 _MAX_ITER = 30  # fixed-point passes when a delay is shorter than the step
 _ITER_TOL_DOPRI = 1e-3  # iteration converged: change below this in units of the error tolerance
 _ITER_TOL_RK4 = 1e-13  # relative change at which the RK4 iteration stops
@@ -334,17 +344,6 @@ def _all_finite(v):
 
 
 @njit(cache=True)
-def _wrms(e, y, ynew, rtol, atol):
-    d = e.shape[0]
-    acc = 0.0
-    for i in range(d):
-        sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
-        q = e[i] / sc
-        acc += q * q
-    return math.sqrt(acc / d)
-
-
-@njit(cache=True)
 def _combine(K, w, nst, h, out):
     """``out = h sum_s w[s] K[s]`` over the first ``nst`` stages."""
     for i in range(out.shape[0]):
@@ -364,22 +363,6 @@ def _dense_dopri(y, ynew, k, h, th, out):
         r3 = h * k[0, i] - dy
         r4 = dy - h * k[6, i] - r3
         out[i] = y[i] + th * (dy + th1 * (r3 + th * (r4 + th1 * out[i])))
-
-
-@njit(cache=True)
-def _initial_step(y, f, rtol, atol, hmax):
-    """Hairer's first guess: 1% of |y| / |f| in the tolerance norm."""
-    d = y.shape[0]
-    d0 = 0.0
-    d1 = 0.0
-    for i in range(d):
-        sc = atol + rtol * abs(y[i])
-        d0 += (y[i] / sc) ** 2
-        d1 += (f[i] / sc) ** 2
-    d0 = math.sqrt(d0 / d)
-    d1 = math.sqrt(d1 / d)
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    return min(h0, hmax)
 
 
 @njit(cache=True)
@@ -404,6 +387,7 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
     kl = nst - 1  # the last stage: f at the new node
     H = ip[4] if (fn is None and model == NEURAL) else 1
     K = np.empty((7, d))
+    rtv, atv = np.full(d, rtol), np.full(d, atol)  # per-component tolerances of wrms_norm
     y, ynew, ytmp = np.empty(d), np.empty(d), np.empty(d)
     tent_y, tent_f, err = np.empty(d), np.empty(d), np.empty(d)
     cur = np.zeros(m, dtype=np.int64)  # ring interval last used by each delay
@@ -445,9 +429,14 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
             _copy(y, yout[j, b])
         j += 1
 
-    if method == DOPRI5 and fst[F_H] <= 0.0:
-        fst[F_H] = _initial_step(y, rfr[last], rtol, atol, hmax)
-        fst[F_FACOLD] = 1e-4
+    expo1 = pi_exponent(DOPRI5_ORDER)
+    if method == DOPRI5:
+        if fst[F_H] <= 0.0:
+            fst[F_H] = min(initial_step_guess(y, rfr[last], rtv, atv)[0], hmax)
+        if fst[F_FACOLD] <= 0.0:
+            # a fresh controller (never below ERR_FLOOR once running), also when the caller
+            # gave the first step in fst[F_H]
+            fst[F_FACOLD] = ERR_FLOOR
 
     # counters live in registers during the loop and go back to ``ist`` at the end
     dp = ist[I_DISC]
@@ -479,7 +468,7 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
                 tnew = t + h
         land = tnew == stop
         h = tnew - t
-        if h <= 16.0 * _EPS * max(abs(t), 1.0):
+        if h <= 16.0 * EPS * max(abs(t), 1.0):
             status = STEP_UNDERFLOW
             break
         tl = t + 0.5 * h  # layer of a time-dependent built-in: the one holding the step
@@ -508,7 +497,7 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
                 for i in range(d):
                     err[i] = ynew[i] - tent_y[i]
                 if method == DOPRI5:
-                    if _wrms(err, y, ynew, rtol, atol) <= _ITER_TOL_DOPRI:
+                    if wrms_norm(err, y, ynew, rtv, atv) <= _ITER_TOL_DOPRI:
                         break
                 else:
                     chg = 0.0
@@ -526,31 +515,27 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
         # --- accept or reject --------------------------------------------------------------
         if method == DOPRI5:
             _combine(K, DOPRI5_E, nst, h, err)
-            e_step = _wrms(err, y, ynew, rtol, atol)
+            e_step = wrms_norm(err, y, ynew, rtv, atv)
             _combine(K, DOPRI5_D, nst, h / 16.0, err)
-            e_int = _wrms(err, y, ynew, rtol, atol)
+            e_int = wrms_norm(err, y, ynew, rtv, atv)
             en = max(e_step, e_int)
             if not finite or not math.isfinite(en):
                 nrej += 1
-                fst[F_H] = 0.25 * h
+                fst[F_H] = 0.25 * h  # (delay steps quarter here, not FAC_NONFINITE)
                 rejected_last = True
-                if fst[F_H] <= 16.0 * _EPS * max(abs(t), 1.0):
+                if fst[F_H] <= 16.0 * EPS * max(abs(t), 1.0):
                     status = NONFINITE
                     break
                 continue
-            fac11 = en**_EXPO1
-            fac = fac11 / fst[F_FACOLD] ** _BETA
-            fac = max(1.0 / _FAC_MAX, min(1.0 / _FAC_MIN, fac / _SAFETY))
-            hnew = h / fac
-            if en > 1.0:
+            accept, fac, fst[F_FACOLD], _ = pi_control(
+                en, True, fst[F_FACOLD], rejected_last, expo1
+            )
+            rejected_last = not accept
+            if not accept:
                 nrej += 1
-                fst[F_H] = h / min(1.0 / _FAC_MIN, fac11 / _SAFETY)
-                rejected_last = True
+                fst[F_H] = h * fac
                 continue
-            fst[F_FACOLD] = max(en, 1e-4)
-            if rejected_last:
-                hnew = min(hnew, h)
-            rejected_last = False
+            hnew = h * fac
             if not land or hnew > fst[F_H]:
                 fst[F_H] = hnew
         elif not finite:
@@ -638,7 +623,8 @@ def dde_advance_serial(fn, args, hfn, fld, hists, ctl, tout, yout, rings, ist, f
 # delayed value. States are stored member-innermost, X (d, nb), ring rows (cap, d, nb), so the
 # loops over members run over contiguous memory and vectorise. Each member sees the arithmetic
 # of :func:`dde_advance_one` operation for operation, so the results agree bitwise.
-LOCK_OVER = 5  # a delayed time fell past the last node: the caller takes the per-member path
+# LOCK_OVER (kernels.control): a delayed time fell past the last node, the caller takes the
+# per-member path
 
 
 @njit(cache=True, inline="always")
@@ -824,7 +810,7 @@ def _lockstep_block(hfn, fld, hists, ctl, tout, yout, cap, b0, nb, st):
         dp, stop, hit_disc = next_stop(disc, dp, t, t_end, tiny)
         tnew, on_grid, hit_disc = rk4_target(t0, dt, grid, stop, hit_disc)
         h = tnew - t
-        if h <= 16.0 * _EPS * max(abs(t), 1.0):
+        if h <= 16.0 * EPS * max(abs(t), 1.0):
             status = STEP_UNDERFLOW
             break
         tl = t + 0.5 * h

@@ -26,17 +26,16 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import act
+from .control import FASTMATH, NONFINITE, OK
 
 PHASE, RATE = 0, 1
 DENSE, CSR, STRUCTURED, PAIRWISE = 0, 1, 2, 3
 EULER, RK4 = 0, 1
-OK, NONFINITE = 0, 1
 # Built-in graphon codes for PAIRWISE evaluation and window construction.
 G_CONSTANT, G_SMALL_WORLD, G_POWER_LAW, G_DIRECTED_RING = 0, 1, 2, 3
 
-# Reassociation lets LLVM vectorise the row reductions; NaN/inf semantics are kept (no nnan,
-# ninf). Each row is reduced by one thread, so results do not depend on the thread count.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# FASTMATH (kernels.control) lets LLVM vectorise the row reductions; NaN/inf semantics are kept.
+# Each row is reduced by one thread, so results do not depend on the thread count.
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)

@@ -22,8 +22,9 @@ Kernels:
 - :func:`mlp_jacobian_qr`: layer-to-layer Jacobian products diag(phi'(z_l)) W_l of an MLP,
   inputs in parallel.
 
-Status codes: ``OK`` (0), ``NONFINITE`` (1: a NaN/inf state or tangent vector), ``DEGENERATE``
-(2: a tangent vector collapsed to zero, its exponent is -inf).
+Status codes (:mod:`~nndyn_fast.kernels.control`): ``OK``, ``NONFINITE`` (a NaN/inf state or
+tangent vector), ``DEGENERATE`` (a tangent vector collapsed to zero, its exponent is -inf);
+the worst status of several replicas is the largest.
 """
 
 import math
@@ -32,16 +33,15 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import act, dact
+from .control import DEGENERATE, FASTMATH, NONFINITE, OK
 
-OK, NONFINITE, DEGENERATE = 0, 1, 2
 # Built-in systems (used when the user function argument is None).
 HENON = 0  # map:  (x, y) -> (1 - a x^2 + y, b x),            args = (a, b)
 LORENZ63 = 0  # flow: (s (y - x), x (r - z) - y, x y - beta z),  args = (s, r, beta)
 
-# Reassociation lets LLVM vectorise the dot products; NaN/inf semantics are kept (no nnan,
-# ninf). Every chain (replica, input) is advanced by one thread, so results do not depend on the
+# FASTMATH (kernels.control) lets LLVM vectorise the dot products; NaN/inf semantics are kept.
+# Every chain (replica, input) is advanced by one thread, so results do not depend on the
 # number of threads.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,13 +39,12 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, d2act, dact, tanh_fast
+from .control import FASTMATH, NONFINITE, OK
 
 MSE, XENT = 0, 1
-OK, NONFINITE = 0, 1
 BLOCK = 64
 
-# Reassociation lets LLVM vectorise the dot products; NaN/inf semantics are kept (no nnan/ninf).
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# FASTMATH (kernels.control) lets LLVM vectorise the dot products; NaN/inf semantics are kept.
 
 
 @njit(cache=True)

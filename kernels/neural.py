@@ -19,12 +19,10 @@ import numpy as np
 from numba import njit
 
 from .activations import TANH, act, d2act, dact, tanh_fast
+from .control import CONTRACT  # every kernel that evaluates the built-in field: same rounding
 
 FORM_OUTER = 0
 FORM_INNER = 1
-# fused multiply-adds in the field evaluations (one rounding per a + x y); every kernel that
-# evaluates the built-in field uses these flags, so all paths round alike
-CONTRACT = {"contract"}
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -33,7 +33,21 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, tanh_fast
-from .neural import CONTRACT, FORM_OUTER, block_matmul_acc, neural_rhs
+from .control import (
+    CONTRACT,
+    EPS,
+    ERR_FLOOR,
+    MAX_STEPS,
+    NONFINITE,
+    OK,
+    STEP_UNDERFLOW,
+    initial_step_guess,
+    initial_step_refine,
+    pi_control,
+    pi_exponent,
+    wrms_norm,
+)
+from .neural import FORM_OUTER, block_matmul_acc, neural_rhs
 
 # --- tableaus --------------------------------------------------------------------------------
 
@@ -119,16 +133,7 @@ DOPRI5_D = np.array(
 DOPRI5_ORDER = 5  # order of the propagated solution; the error estimate is O(h^5)
 
 # --- stepping kernels ------------------------------------------------------------------------
-OK = 0
-NONFINITE = 1
-STEP_UNDERFLOW = 2
-MAX_STEPS = 3
-
-_SAFETY = 0.9
-_BETA = 0.04  # PI controller: integral exponent 1/5 - 0.75 beta, proportional exponent beta
-_FAC_MIN = 0.2
-_FAC_MAX = 10.0
-_EPS = 2.220446049250313e-16
+# status codes, error norm, PI controller and starting-step rule: kernels.control
 
 
 @njit(cache=True)
@@ -249,72 +254,21 @@ def fixed_schedule(t_out, tstops, dt):
 
 
 @njit(cache=True)
-def _wrms(e, z, znew, r, rtol, atol):
-    # weighted RMS norm of the error e of row r: sqrt(mean (e_i / (atol_i + rtol_i max|z|)))^2)
-    n = e.shape[0]
-    acc = 0.0
-    for i in range(n):
-        sc = atol[i] + rtol[i] * max(abs(z[r, i]), abs(znew[r, i]))
-        q = e[i] / sc
-        acc += q * q
-    return math.sqrt(acc / n)
-
-
-@njit(cache=True)
 def _initial_step(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, te, z, K, ztmp, rtol,
                   atol, order, pre, av, J):  # fmt: skip
     """Hairer's starting step from two field evaluations (``K[0] = f(t, z)`` is left valid)."""
     n = z.shape[0]
     row0, row1 = np.int64(0), np.int64(1)  # not literals: one compiled version for any call
     eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t, z, K, row0, pre, av, J)
-    d0 = 0.0
-    d1 = 0.0
-    for i in range(n):
-        sc = atol[i] + rtol[i] * abs(z[i])
-        d0 += (z[i] / sc) ** 2
-        d1 += (K[0, i] / sc) ** 2
-    d0 = math.sqrt(d0 / n)
-    d1 = math.sqrt(d1 / n)
-    hh = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    hh, d1 = initial_step_guess(z, K[0], rtol, atol)
     hh = min(hh, te - t)
     for i in range(n):
         ztmp[i] = z[i] + hh * K[0, i]
     eval_field(fn_ip, fn_s, jac_fn, args, model, layer, d, nvar, t + hh, ztmp, K, row1, pre, av, J)
-    d2 = 0.0
     for i in range(n):
-        sc = atol[i] + rtol[i] * abs(z[i])
-        d2 += ((K[1, i] - K[0, i]) / sc) ** 2
-    d2 = math.sqrt(d2 / n) / hh
-    dm = max(d1, d2)
-    if not math.isfinite(dm):
-        h1 = hh
-    elif dm <= 1e-15:
-        h1 = max(1e-6, hh * 1e-3)
-    else:
-        h1 = (0.01 / dm) ** (1.0 / order)
-    return min(100.0 * hh, h1, te - t)
-
-
-@njit(cache=True)
-def _control(err, finite, errold, rejected_last, expo1):
-    """PI step-size control: ``(accept, factor, errold, nonfinite)`` for a step of error ``err``.
-
-    Accepted (``err <= 1`` and a finite new state): ``fac = 0.9 err^-expo1 errold^beta`` in
-    [0.2, 10], at most 1 right after a rejection. Rejected: ``max(0.2, 0.9 err^-expo1)``, or
-    0.1 when the step produced NaN/inf (``nonfinite`` then True).
-    """
-    if err <= 1.0 and finite:
-        if err == 0.0:
-            fac = _FAC_MAX
-        else:
-            fac = _SAFETY * err ** (-expo1) * errold**_BETA
-            fac = min(_FAC_MAX, max(_FAC_MIN, fac))
-        if rejected_last:
-            fac = min(fac, 1.0)
-        return True, fac, max(err, 1e-4), False
-    if math.isfinite(err) and finite:
-        return False, max(_FAC_MIN, _SAFETY * err ** (-expo1)), errold, False
-    return False, 0.1, errold, True
+        ztmp[i] = K[1, i] - K[0, i]
+    d2 = wrms_norm(ztmp, z, z, rtol, atol) / hh
+    return min(initial_step_refine(hh, d1, d2, order), te - t)
 
 
 @njit(cache=True)
@@ -504,10 +458,10 @@ def solve_block(
     NaN/inf stops (``NONFINITE``, time = start of that step, later frames unwritten).
     Adaptive (first-same-as-last tableau with error weights ``TE`` and dense weights ``TD``;
     the fixed-step code is left out at compile time): each row has its own steps, with PI
-    step-size control (:func:`_control`) on the weighted RMS norm of the error estimate with
-    per-component ``rtol``/``atol``; output times filled by the dense output; ``h0[r] > 0`` is
-    the first step, else it is chosen automatically (:func:`_initial_step`). Rows in different
-    layers step in turns, lowest layer first.
+    step-size control on the weighted RMS norm of the error estimate with per-component
+    ``rtol``/``atol`` (:mod:`~nndyn_fast.kernels.control`); output times filled by the dense
+    output; ``h0[r] > 0`` is the first step, else it is chosen automatically
+    (:func:`_initial_step`). Rows in different layers step in turns, lowest layer first.
 
     Per row on exit: ``status`` (``OK``, ``NONFINITE``, ``STEP_UNDERFLOW``, ``MAX_STEPS``),
     ``nframes`` (valid frames of ``Y``), ``t_reached`` (last time with a finite state),
@@ -597,13 +551,13 @@ def solve_block(
     # adaptive: each row with its own steps and controller state
     te = np.empty(nb)
     last = np.zeros(nb, np.bool_)
-    errold = np.full(nb, 1e-4)
+    errold = np.full(nb, ERR_FLOOR)
     rejected_last = np.zeros(nb, np.bool_)
     nonfinite = np.zeros(nb, np.bool_)
     k0_ready = np.zeros(nb, np.bool_)
     done = np.zeros(nb, np.bool_)
     k_out = np.ones(nb, np.int64)
-    expo1 = 1.0 / order - 0.75 * _BETA
+    expo1 = pi_exponent(order)
     trial = np.int64(0)  # m = 0: one trial step (_advance)
     single = np.int64(1)
     one = np.empty(1, np.int64)
@@ -643,7 +597,7 @@ def solve_block(
             if t[r] + h[r] >= te[r]:
                 h[r] = te[r] - t[r]
                 last[r] = True
-            if h[r] <= 16.0 * _EPS * max(abs(t[r]), abs(te[r])):
+            if h[r] <= 16.0 * EPS * max(abs(t[r]), abs(te[r])):
                 status[r] = NONFINITE if nonfinite[r] else STEP_UNDERFLOW
                 done[r] = True
                 continue
@@ -675,8 +629,8 @@ def solve_block(
                 for s in range(S):
                     acc += TE[s] * K[r * S + s, i]
                 e[i] = hr * acc
-            err = _wrms(e, z, znew, r, rtol, atol)
-            accept, fac, errold[r], nonfinite[r] = _control(
+            err = wrms_norm(e, z[r], znew[r], rtol, atol)
+            accept, fac, errold[r], nonfinite[r] = pi_control(
                 err, _row_finite(znew, r), errold[r], rejected_last[r], expo1
             )
             rejected_last[r] = not accept
