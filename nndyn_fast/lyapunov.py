@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 
 from ._validate import (
@@ -117,8 +118,8 @@ class Lorenz63(_BuiltinSystem):
 
 @dataclass(frozen=True)
 class MapSystem(_UserSystem):
-    """A user map x_{t+1} = step(x_t): Numba ``@njit`` functions ``step(x, args, out)`` and
-    ``jac(x, args, J)`` (J the (dim, dim) Jacobian at x); ``args`` is passed through unchanged."""
+    """A user map x_{t+1} = step(x_t): Numba ``@njit`` functions ``step(x, args, out)`` (or
+    ``step(x, args) -> x_next``) and ``jac(x, args, J)`` (J the (dim, dim) Jacobian at x); ``args`` is passed through unchanged."""
 
     step: Any
     jac: Any
@@ -130,8 +131,10 @@ class MapSystem(_UserSystem):
 
 @dataclass(frozen=True)
 class FlowSystem(_UserSystem):
-    """A user flow dx/dt = f(t, x): Numba ``@njit`` functions ``f(t, x, args, out)`` and
-    ``jac(t, x, args, J)``; ``args`` is passed through unchanged."""
+    """A user flow dx/dt = f(t, x): Numba ``@njit`` functions ``f(t, x, args, out)`` (or the
+    simple form ``f(t, x, args) -> dx``, as for :func:`nndyn_fast.odeint`) and
+    ``jac(t, x, args, J)``; ``args`` is passed through unchanged. ``odeint(system, x0, t)``
+    integrates it."""
 
     f: Any
     jac: Any
@@ -386,9 +389,9 @@ def lyapunov_spectrum(
     if isinstance(system, (Henon, Lorenz63)):
         fn, jac, args, bparams = None, None, (), system.args()
     else:
-        fn = system.step if not is_flow else system.f
         jac, args = system.jac, system.args
         _check_user_system(system, x, is_flow, d)
+        fn = _in_place(system.step if not is_flow else system.f, is_flow)
     if V0 is not None:
         V0 = as_array("V0", V0, shape=(k, d))
     seed = _seed_param(seed)
@@ -512,21 +515,61 @@ def _system_identity(system: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]
     return params, inputs
 
 
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def _in_place(fn: Any, is_flow: bool) -> Any:
+    """The user's function in the in-place form the kernels call: a simple-form
+    ``f(t, x, args) -> dx`` (or ``step(x, args) -> x_next``) is wrapped once per process."""
+    if fn.py_func.__code__.co_argcount == (4 if is_flow else 3):
+        return fn
+    if fn not in _ADAPTERS:
+        if is_flow:
+
+            @numba.njit
+            def adapter(t, x, args, out):
+                out[:] = fn(t, x, args)
+
+        else:
+
+            @numba.njit
+            def adapter(x, args, out):
+                out[:] = fn(x, args)
+
+        _ADAPTERS[fn] = adapter
+    return _ADAPTERS[fn]
+
+
 def _check_user_system(system: Any, x: np.ndarray, is_flow: bool, d: int) -> None:
     out = np.zeros(d)
     J = np.zeros((d, d))
+    fn = system.f if is_flow else system.step
+    n_in = fn.py_func.__code__.co_argcount
+    forms = (
+        ((4, 3), "f(t, x, args, out) or f(t, x, args) -> dx")
+        if is_flow
+        else (
+            (3, 2),
+            "step(x, args, out) or step(x, args) -> x_next",
+        )
+    )
+    if n_in not in forms[0]:
+        raise TypeError(f"the user's function must take {forms[1]}, got {n_in} argument(s)")
     try:
         if is_flow:
-            system.f(0.0, x.copy(), system.args, out)
+            r = system.f(0.0, x.copy(), system.args, *([out] if n_in == 4 else []))
             system.jac(0.0, x.copy(), system.args, J)
         else:
-            system.step(x.copy(), system.args, out)
+            r = system.step(x.copy(), system.args, *([out] if n_in == 3 else []))
             system.jac(x.copy(), system.args, J)
+        if r is not None:
+            if np.shape(r) != (d,):
+                raise ValueError(f"the user's function must return shape ({d},), got {np.shape(r)}")
+            out[:] = r
     except Exception as exc:  # numba typing errors, wrong signatures
         raise TypeError(
             "calling the user's functions failed; they must have the signatures "
-            + ("f(t, x, args, out), jac(t, x, args, J)" if is_flow else "step(x, args, out), ")
-            + ("" if is_flow else "jac(x, args, J)")
+            + (forms[1] + ", jac(t, x, args, J)" if is_flow else forms[1] + ", jac(x, args, J)")
             + f": {exc}"
         ) from exc
     if not np.all(np.isfinite(out)) or not np.all(np.isfinite(J)):

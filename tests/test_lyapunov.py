@@ -332,3 +332,47 @@ def test_random_network_chaotic_regime_matches_mean_field():
     mf, _ = mean_field_top_exponent(2.0)
     # finite width N = 200 lowers the exponent by O(1/N) (measured ~1.2/N); 0.02 covers it
     assert abs(res.exponents[0] - mf) < 0.02
+
+
+def test_user_flow_and_map_in_the_simple_form_match_the_in_place_form():
+    """f(t, x, args) -> dx gives the same spectrum as f(t, x, args, out) (Lorenz-63, whose
+    exponents sum to -(sigma + 1 + beta)); the same for maps (Henon, sum log b)."""
+    from numba import njit
+
+    from nndyn_fast.lyapunov import FlowSystem, Henon, Lorenz63, MapSystem, lyapunov_spectrum
+
+    @njit
+    def lorenz_simple(t, x, p):
+        return np.array(
+            [p[0] * (x[1] - x[0]), x[0] * (p[1] - x[2]) - x[1], x[0] * x[1] - p[2] * x[2]]
+        )
+
+    @njit
+    def lorenz_jac(t, x, p, J):
+        J[0, 0], J[0, 1], J[0, 2] = -p[0], p[0], 0.0
+        J[1, 0], J[1, 1], J[1, 2] = p[1] - x[2], -1.0, -x[0]
+        J[2, 0], J[2, 1], J[2, 2] = x[1], x[0], -p[2]
+
+    p = np.array([10.0, 28.0, 8.0 / 3.0])
+    kw = {"t_end": 20.0, "dt": 0.01, "transient": 1.0}
+    user = lyapunov_spectrum(FlowSystem(lorenz_simple, lorenz_jac, 3, p), np.ones(3), **kw)
+    built = lyapunov_spectrum(Lorenz63(), np.ones(3), **kw)
+    # Liouville: the exponents sum to tr Df; RK4 at dt = 0.01 keeps it to O(dt^4) per unit time
+    assert abs(user.exponents.sum() + (10 + 1 + 8 / 3)) < 1e-3
+    # the same RK4 arithmetic as the built-in field (same operations in the same order)
+    np.testing.assert_allclose(user.exponents, built.exponents, rtol=0, atol=1e-9)
+
+    @njit
+    def henon_simple(x, p):
+        return np.array([1.0 - p[0] * x[0] * x[0] + x[1], p[1] * x[0]])
+
+    @njit
+    def henon_jac(x, p, J):
+        J[0, 0], J[0, 1], J[1, 0], J[1, 1] = -2.0 * p[0] * x[0], 1.0, p[1], 0.0
+
+    res = lyapunov_spectrum(
+        MapSystem(henon_simple, henon_jac, 2, np.array([1.4, 0.3])), np.zeros(2), steps=20000
+    )
+    assert abs(res.exponents.sum() - np.log(0.3)) < 1e-10
+    ref = lyapunov_spectrum(Henon(), np.zeros(2), steps=20000)
+    np.testing.assert_allclose(res.exponents, ref.exponents, rtol=0, atol=1e-9)  # same arithmetic
