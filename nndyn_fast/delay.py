@@ -578,7 +578,9 @@ def ddeint(
         and options: each is compared with the file (a user function by its name and a digest
         of its code) and a difference is refused, naming it.
     chunk_frames : output rows per chunk for ``out`` (default about 1 MiB per chunk); the last
-        time of each chunk is stepped onto, so it is part of the run's parameters.
+        time of each chunk is stepped onto, so it is part of the run's parameters. Each commit
+        also writes the checkpoint, whose size is that of the steps in the delay window
+        (B x steps x (1 + 3 d) floats): for large batches, chunks of more frames write less.
 
     Returns
     -------

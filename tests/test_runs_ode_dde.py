@@ -272,12 +272,25 @@ def test_dde_blow_up_after_the_first_chunk_names_the_frames_the_file_keeps(tmp_p
         assert run.status == "failed" and run.rows["trajectory"] == rows
 
 
-def test_resume_without_out_is_refused():
+def test_resume_without_out_and_bad_stream_options_are_refused(tmp_path):
     model, X, t = _ode_case()
+    mg = (MackeyGlass(), np.array([1.2]), t)
     with pytest.raises(ValueError, match="resume=True needs out"):
         odeint(model, X, t, resume=True)
     with pytest.raises(ValueError, match="resume=True needs out"):
-        ddeint(MackeyGlass(), np.array([1.2]), t, delays=1.0, resume=True)
+        ddeint(*mg, delays=1.0, resume=True)
+    out = tmp_path / "x.h5"
+    with pytest.raises(ValueError, match="chunk_frames must be an integer >= 1, got 0"):
+        odeint(model, X, t, out=out, chunk_frames=0)
+    with pytest.raises(ValueError, match="chunk_frames must be an integer >= 1, got 0"):
+        ddeint(*mg, delays=1.0, out=out, chunk_frames=0)
+    odeint(model, X, t, out=out)
+    with pytest.raises(ValueError, match="overwrite or resume, not both"):
+        odeint(model, X, t, out=out, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="exists"):
+        odeint(model, X, t, out=out)
+    with pytest.raises(ValueError, match="holds a 'ode' run, not 'dde'"):
+        ddeint(*mg, delays=1.0, out=out, resume=True)
 
 
 # -- ddeint -----------------------------------------------------------------------------------
