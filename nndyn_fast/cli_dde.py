@@ -31,7 +31,16 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--atol", type=float, default=1e-10)
     p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last committed chunk (give the same options: "
+        "each is compared with the file)",
+    )
+    p.add_argument(
+        "--chunk-frames", type=int, default=None, help="frames per committed chunk (about 1 MiB)"
+    )
     p.add_argument("--kappas", type=float, nargs="+", default=[0.1, 0.3, 0.6, 1.0, 2.0, 4.0])
     p.add_argument("--starts", type=int, default=3, help="memory: random starts per fit")
     p.set_defaults(func=run_dde)
@@ -75,7 +84,8 @@ def run_dde(args: argparse.Namespace) -> int:
     out = args.out or "dde.h5"
     sol = ddeint(
         model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
-        atol=args.atol, out=out, overwrite=args.overwrite,
+        atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
+        chunk_frames=args.chunk_frames,
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):

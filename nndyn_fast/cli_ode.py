@@ -38,6 +38,15 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ode.h5", help="output HDF5 file (default ode.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last committed chunk (give the same options: "
+        "each is compared with the file)",
+    )
+    p.add_argument(
+        "--chunk-frames", type=int, default=None, help="frames per committed chunk (about 1 MiB)"
+    )
     p.set_defaults(func=run_ode)
 
 
@@ -46,15 +55,17 @@ def run_ode(args: argparse.Namespace) -> int:
     t_end = check_positive("--t-end", args.t_end)
     batch = check_int("--batch", args.batch, minimum=1)
     rng = np.random.default_rng(args.seed)
+    stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
+              "chunk_frames": args.chunk_frames}  # fmt: skip
     if args.demo == "embedding":
         from .expressivity import PSI, shear_field
 
         x = np.linspace(-2.0, 2.0, batch)
         X = np.stack([x, np.zeros(batch)], axis=1)
         t = np.linspace(0.0, 1.0, frames)
+        psi = (np.int64(PSI["square"]), np.int64(1))
         sol = odeint(shear_field, X, t, method=args.method, dt=args.dt, rtol=args.rtol,
-                     atol=args.atol, args=(np.int64(PSI["square"]), np.int64(1)), out=args.out,
-                     overwrite=args.overwrite)  # fmt: skip
+                     atol=args.atol, args=psi, **stream)  # fmt: skip
         with open_run(sol.path) as run:
             v = run.read("trajectory", "value", start=frames - 1)[0][:, 1]
         print(f"embedding: max |v(1) - x^2| = {np.abs(v - x**2).max():.3e} over {batch} points")
@@ -66,7 +77,7 @@ def run_ode(args: argparse.Namespace) -> int:
         X = rng.standard_normal((batch, model.dim))
         t = np.linspace(0.0, t_end, frames)
         sol = odeint(model, X, t, method=args.method, dt=args.dt, rtol=args.rtol,
-                     atol=args.atol, out=args.out, overwrite=args.overwrite)  # fmt: skip
+                     atol=args.atol, **stream)  # fmt: skip
     st = sol.stats
     print(
         f"wrote {sol.path}: {frames} frames x {batch} trajectories; {st['n_accepted']} steps, "

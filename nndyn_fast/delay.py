@@ -538,6 +538,7 @@ def ddeint(
     hmax: float | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     chunk_frames: int | None = None,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
@@ -569,8 +570,17 @@ def ddeint(
     out : write the trajectory (time, value (B, d)) chunk by chunk to this HDF5 run file instead
         of returning it; memory then stays O(history window + one chunk). The last time of each
         chunk is stepped onto, so results agree with an in-memory run to the tolerance.
-    overwrite : replace an existing ``out`` file.
-    chunk_frames : output rows per chunk for ``out`` (default about 1 MiB per chunk).
+    overwrite, resume : replace an existing ``out`` file, or continue the run it holds from its
+        last committed chunk. Each chunk is committed with a checkpoint holding everything the
+        next one needs (the ring of past steps, the proposed step and controller memory, the
+        discontinuity and grid pointers, the counts), so a resumed run is bitwise the same as
+        an uninterrupted one. A resume must be given the same field, history, delays, inputs
+        and options: each is compared with the file (a user function by its name and a digest
+        of its code) and a difference is refused, naming it.
+    chunk_frames : output rows per chunk for ``out`` (default about 1 MiB per chunk); the last
+        time of each chunk is stepped onto, so it is part of the run's parameters. Each commit
+        also writes the checkpoint, whose size is that of the steps in the delay window
+        (B x steps x (1 + 3 d) floats): for large batches, chunks of more frames write less.
 
     Returns
     -------
@@ -588,7 +598,8 @@ def ddeint(
     TypeError
         ``f`` or a history function that is not Numba-jitted.
     NonFiniteStateError
-        A trajectory became NaN/inf (names the time reached).
+        A trajectory became NaN/inf (names the time reached; with ``out``, how many frames the
+        run file keeps).
     IntegrationError
         The step size underflowed (names the time reached).
 
@@ -598,6 +609,10 @@ def ddeint(
     L. F. Shampine, S. Thompson, "Solving DDEs in MATLAB", Appl. Numer. Math. 37 (2001) 441.
     """
     mname = check_option("method", method, METHODS)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
+    if chunk_frames is not None:
+        chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     tt = check_time_grid("t", t)
     taus = _delays(delays)
     m = taus.size
@@ -638,7 +653,10 @@ def ddeint(
     ist = np.zeros((B, 8), dtype=np.int64)
     fst = np.zeros((B, 2))
     if mname == "dopri5" and dt is not None:
+        # a given first step: the kernel then skips its own start, which also sets the PI
+        # controller's memory of the last error (its divisor); set that memory as it does
         fst[:, _kd.F_H] = min(dt, hmax)
+        fst[:, _kd.F_FACOLD] = 1e-4
     fld = (model, ip, P, hist.kind, t0, taus)
     hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
     method_code, dt_k = METHODS[mname], float(dt or 0.0)
@@ -680,46 +698,119 @@ def ddeint(
         y = yout if hist.batched else yout[:, 0, :]
         return Solution(tt, y, stats(), "success")
 
-    from .storage import TrajectoryWriter, chunk_rows
+    from .runs import start_run
+    from .storage import chunk_rows
 
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
-    rows = check_int("chunk_frames", rows, minimum=1)
-    params = {
-        "method": mname,
-        "delays": taus,
-        "rtol": rtol,
-        "atol": atol,
-        "dt": float(dt or 0.0),
-        "model": type(f).__name__ if fn is None else getattr(f, "__name__", "user"),
-        "batch": B,
-        "dim": d,
-    }
-    series = {"trajectory": {"time": (), "value": (B, d)}}
-    with TrajectoryWriter.create(
+    params, inputs = _run_params(f, fn is not None, history, hist, args)
+    params.update(
+        method=mname, rtol=rtol, atol=atol, dt=float(dt or 0.0), hmax=hmax, chunk_frames=rows,
+        batch=B, dim=d, frames=int(tt.size),
+    )  # fmt: skip
+    inputs.update(t=tt, delays=taus)
+    # the checkpoint's ring holds the live nodes of each trajectory (oldest first); the room
+    # for them is fixed when the file is created (the records' size, twice the first one's):
+    # the whole ring of fixed-step RK4; for dopri5, whose ring grows when the delay window
+    # needs it, at least twice its first ring and up to about 1 MiB
+    if mname == "rk4":
+        room = cap
+    else:
+        room = max(cap, min(16 * cap, (512 << 10) // (8 * B * (1 + 3 * d))))
+
+    def checkpoint(row: int) -> dict:
+        n = max(1, int(ist[:, _kd.I_COUNT].max()))
+        if n > 2 * room:
+            raise ValueError(
+                f"ddeint: the delay window holds {n} steps of a trajectory, more than the run "
+                f"file has room for in its checkpoint ({2 * room}); loosen rtol/atol, set hmax "
+                "larger, or write fewer batch members per file"
+            )
+        ist_c = ist.copy()  # the nodes oldest first: head 0 (results do not depend on it)
+        rt, ry, rfl, rfr = _grow_ring(ring, ist_c, n)
+        return dict(
+            row=row, ring_capacity=int(ring[0].shape[1]), ring_t=rt, ring_y=ry, ring_fl=rfl,
+            ring_fr=rfr, ist=ist_c, fst=fst.copy(),
+        )  # fmt: skip
+
+    first = checkpoint(0)
+    first.update(ring_t=np.zeros((B, room)), **{k: np.zeros((B, room, d)) for k in _RING_KEYS})
+    run = start_run(
         out,
         kind="dde",
         params=params,
-        series=series,
+        inputs=inputs,
+        series={"trajectory": {"time": (), "value": (B, d)}},
+        rows={"trajectory": int(tt.size)},
+        checkpoint=first,
+        resume=resume,
         overwrite=overwrite,
-        chunk_frames={"trajectory": rows},
-    ) as w:
-        for start in range(0, tt.size, rows):
+    )
+    with run:
+        ck = run.checkpoint
+        ist[:] = ck["ist"]
+        fst[:] = ck["fst"]
+        ring = _grow_ring(
+            [ck["ring_t"], *(ck[k] for k in _RING_KEYS)], ist, int(ck["ring_capacity"])
+        )
+        for start in range(int(ck["row"]), tt.size, rows):
             tc = tt[start : start + rows]
             yc = np.full((tc.size, B, d), np.nan)
             advance(tc, yc)
-            bad = ist[:, _kd.I_STATUS] != _kd.OK
-            if np.any(bad):
-                # keep the frames every trajectory reached
+            failed = bool(np.any(ist[:, _kd.I_STATUS] != _kd.OK))
+            good = tc.size
+            if failed:  # keep the frames every trajectory reached
                 tmin = min(_t_reached(ring, ist, b) for b in range(B))
                 good = int(np.searchsorted(tc, tmin, side="right"))
-                w.append("trajectory", time=tc[:good], value=yc[:good])
-                w.commit(t_reached=tmin)
-                _raise_on_status(ist, ring)
-            w.append("trajectory", time=tc, value=yc)
-            st = stats()
-            w.commit(t_reached=float(tc[-1]), n_accepted=st["n_accepted"], n_fev=st["n_fev"])
-        path = w.path
+            have = run.rows["trajectory"] - start  # more than 0 when a failed run is resumed
+            if good > have:
+                run.append("trajectory", time=tc[have:good], value=yc[have:good])
+            if failed:
+                if good > have:
+                    # the good frames, with the checkpoint of the chunk's start: a resume
+                    # repeats this chunk and stops with the same error
+                    run.commit(**run.checkpoint)
+                _raise_on_status(ist, ring, kept=(start + good, run.path))
+            run.commit(**checkpoint(start + tc.size))
+        st = stats()
+        run.summarize(n_accepted=st["n_accepted"], n_rejected=st["n_rejected"], n_fev=st["n_fev"])
+        path = run.path
     return Solution(tt, None, stats(), "success", path=path)
+
+
+_RING_KEYS = ("ring_y", "ring_fl", "ring_fr")
+
+
+def _run_params(f: Any, user: bool, history: Any, hist: _History, args: tuple):
+    """The field's and history's part of a streamed run's parameters and inputs (compared on
+    resume): built-in weights as inputs, user functions by name and code digest."""
+    from .integrate import args_params, function_id
+
+    params: dict[str, Any] = {"batched": bool(hist.batched)}
+    inputs: dict[str, np.ndarray] = {}
+    if user:
+        params.update(model=f.py_func.__qualname__, model_code=function_id(f))
+        params["args"], arrays = args_params(args)
+        inputs.update(arrays)
+    else:
+        params["model"] = type(f).__name__
+        if isinstance(f, NeuralDDE):
+            W, A, B, b = f.layer_weights()
+            params["activation"] = f.activation
+            inputs.update(W=W, A=A, B=B, b=b, t_layers=f._t_layers)
+        elif isinstance(f, LinearDDE):
+            inputs.update(A=f._A, B=f._B)
+        else:
+            params.update(beta=f.beta, gamma=f.gamma, n=f.n)
+    if hist.kind == _kd.H_FUNC:
+        params.update(history=history.py_func.__qualname__, history_code=function_id(history))
+        inputs["history_args"] = hist.hp
+    elif hist.kind == _kd.H_SAMPLES:
+        params["history"] = "samples"
+        inputs.update(history_times=hist.hst, history_values=hist.hsy, history_slopes=hist.hsdy)
+    else:
+        params["history"] = "constant"
+        inputs["history"] = hist.hc
+    return params, inputs
 
 
 def _lockstep_applies(mname: str, fn: Any, B: int, taus: np.ndarray, dt: float) -> bool:
@@ -764,23 +855,26 @@ def _t_reached(ring: list[np.ndarray], ist: np.ndarray, b: int) -> float:
     return float(ring[0][b, (int(ist[b, _kd.I_HEAD]) + n - 1) % cap])
 
 
-def _raise_on_status(ist: np.ndarray, ring: list[np.ndarray]) -> None:
+def _raise_on_status(ist: np.ndarray, ring: list[np.ndarray], kept: tuple | None = None) -> None:
+    """Raise the error of the first failed member; ``kept = (frames, path)`` for a streamed
+    run (the frames of every member its file keeps)."""
     st = ist[:, _kd.I_STATUS]
     if np.all(st == _kd.OK):
         return
     b = int(np.argmax(st != _kd.OK))
     tr = _t_reached(ring, ist, b)
     steps = int(ist[b, _kd.I_ACC])
+    tail = "" if kept is None else f"; {kept[1]!r} keeps {kept[0]} output frame(s)"
     if st[b] == _kd.NONFINITE:
         raise NonFiniteStateError(
-            f"ddeint: trajectory {b} became non-finite after t = {tr} (step {steps})",
+            f"ddeint: trajectory {b} became non-finite after t = {tr} (step {steps}){tail}",
             step=steps,
             time=tr,
         )
     why = {_kd.STEP_UNDERFLOW: "the step size underflowed", _kd.MAX_STEPS: "too many steps"}
     raise IntegrationError(
         f"ddeint: trajectory {b} stopped at t = {tr} (step {steps}): "
-        f"{why.get(int(st[b]), f'status {int(st[b])}')}",
+        f"{why.get(int(st[b]), f'status {int(st[b])}')}{tail}",
         time=tr,
     )
 

@@ -13,7 +13,9 @@ bitwise identical.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +180,8 @@ def odeint(
     args: tuple = (),
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    chunk_frames: int | None = None,
     max_steps: int = 1_000_000,
     variational: bool = False,
     jac: Any = None,
@@ -203,8 +207,16 @@ def odeint(
     args : tuple of extra arguments passed to a user field.
     out : optional HDF5 path; frames are streamed chunk by chunk into the run file (series
         ``trajectory`` with ``time`` and ``value`` (B, d)) instead of memory; ``y`` is ``None``.
-    overwrite : replace an existing ``out``.
-    max_steps : step budget per trajectory (``dopri5``).
+        Each chunk is committed with a checkpoint (states, proposed steps, counts), so a killed
+        run keeps every committed chunk (see :func:`nndyn_fast.runs.start_run`).
+    overwrite, resume : replace an existing ``out``, or continue the run it holds from its last
+        checkpoint. A resume must be given the same field, inputs and options (every one is
+        compared with the file, a user field by its name and a digest of its code); its result
+        is bitwise that of an uninterrupted run.
+    chunk_frames : output intervals per committed chunk with ``out`` (default: about 1 MiB of
+        frames). The last time of each chunk is stepped onto, so ``dopri5`` results depend on
+        it (to the tolerance); it is part of the run's parameters.
+    max_steps : step budget per trajectory (``dopri5``; with ``out``, per chunk).
     variational : also integrate the variational equation ``dV/dt = Df(x) V``, ``V(t0) = I``
         and return the flow Jacobians ``dx(t)/dx0`` in ``Solution.jac``. Built-in models use
         their analytic Jacobian; a user field needs ``jac``.
@@ -219,7 +231,8 @@ def odeint(
     ValueError for bad shapes, NaN/inf inputs, non-increasing ``t``, bad tolerances or options;
     TypeError if ``f`` is not a built-in model or a Numba-jitted function;
     NonFiniteStateError when a trajectory overflows (naming the time reached; good frames are
-    kept in ``error.solution``); IntegrationError on step-size underflow or ``max_steps``.
+    kept in ``error.solution``, or in the run file with ``out``: the message says how many);
+    IntegrationError on step-size underflow or ``max_steps``.
 
     References
     ----------
@@ -235,6 +248,10 @@ def odeint(
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     h0 = 0.0 if dt is None else check_positive("dt", dt)
     max_steps = check_int("max_steps", max_steps, minimum=1)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
+    if chunk_frames is not None:
+        chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
 
     fn_ip = fn_s = jac_fn = None
     if _is_model(f):
@@ -259,6 +276,7 @@ def odeint(
     B, d = X.shape
     rt = _tolerance("rtol", rtol, d, minimum=1e-15)
     at = _tolerance("atol", atol, d, minimum=1e-300)
+    tols = {"rtol": rt, "atol": at}
     nvar = d if variational else 0
     if nvar:
         eye = np.broadcast_to(np.eye(d).ravel(), (B, d * d))
@@ -274,7 +292,10 @@ def odeint(
     )  # fmt: skip
     hs = np.full(B, h0 if adaptive else 0.0)
     if out is not None:
-        return _odeint_to_file(out, overwrite, kern, Z0, tt, hs, batched, method, f)
+        params, inputs = _run_params(f, fn_ip or fn_s, jac_fn, args, kern, method, batched)
+        inputs.update(x0=X, t=tt, **tols)
+        stream = (out, resume, overwrite, chunk_frames, params, inputs)
+        return _odeint_to_file(stream, kern, Z0, tt, hs, batched)
     Y, status, nframes, t_reached, stats = _run(kern, Z0, tt, hs)
     sol = _solution(tt, Y, stats, d, nvar, batched, status)
     _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched)
@@ -347,18 +368,27 @@ def _solution(tt, Y, stats, d, nvar, batched, status) -> Solution:
     )  # fmt: skip
 
 
-def _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched, t_offset=0) -> None:
+def _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched, kept=None) -> None:
+    """Raise the error of the first failed trajectory (the earliest ``t_reached``).
+
+    ``kept = (frames, t_last, path)``: a streamed run, whose file keeps ``frames`` frames of
+    every trajectory (``tt``, ``nframes`` then belong to the failed chunk alone).
+    """
     bad = np.nonzero(status != _rk.OK)[0]
     if bad.size == 0:
         return
     b = int(bad[np.argmin(t_reached[bad])])
     code = int(status[b])
     who = f"trajectory {b}" if batched else "the trajectory"
-    good = int(nframes[b]) + t_offset
-    msg = (
-        f"{who} stopped at t = {t_reached[b]:.17g} after {int(stats[b, 0])} steps: "
-        f"{_STATUS[code]}; {good} output frame(s) up to t = {tt[nframes[b] - 1]:.17g} are kept"
-    )
+    msg = f"{who} stopped at t = {t_reached[b]:.17g} after {int(stats[b, 0])} steps: "
+    msg += f"{_STATUS[code]}; "
+    if kept is None:
+        msg += f"{int(nframes[b])} output frame(s) up to t = {tt[nframes[b] - 1]:.17g} are kept"
+    else:
+        frames, t_last, path = kept
+        msg += (
+            f"{path!r} keeps {frames} output frame(s) of every trajectory, up to t = {t_last:.17g}"
+        )
     if code == _rk.NONFINITE:
         err = NonFiniteStateError(msg, step=int(stats[b, 0]), time=float(t_reached[b]))
         err.solution = sol
@@ -366,49 +396,165 @@ def _raise_on_failure(status, nframes, t_reached, stats, tt, sol, batched, t_off
     raise IntegrationError(msg, time=float(t_reached[b]), solution=sol)
 
 
-def _odeint_to_file(out, overwrite, kern, Z0, tt, hs, batched, method, f) -> Solution:
-    from .storage import TrajectoryWriter, chunk_rows
+def function_id(fn: Any) -> str:
+    """``sha256:<hex>`` identifying a Numba-jitted function by its code.
 
+    The digest covers the bytecode, the names and the constants of ``fn.py_func`` (nested code
+    objects by their own code, so no memory address enters), the code of the jitted functions
+    it calls through globals or closures, and the values it captures (arrays by their digest).
+    A resume compares it, so that a run is never continued with a different function.
+    """
+    from numba.core.registry import CPUDispatcher
+
+    from .runs import digest
+
+    h = hashlib.sha256()
+    seen: set[int] = set()
+
+    def code(c: types.CodeType) -> None:
+        h.update(c.co_code)
+        h.update(repr((c.co_names, c.co_varnames, c.co_argcount)).encode())
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType):
+                code(k)
+            elif isinstance(k, frozenset):  # set literals: no hash-seed dependent order
+                h.update(repr(sorted(map(repr, k))).encode())
+            else:
+                h.update(repr(k).encode())
+
+    def value(v: Any) -> None:
+        if isinstance(v, CPUDispatcher):
+            func(v.py_func)
+        elif isinstance(v, np.ndarray):
+            h.update(digest(v).encode())
+        elif isinstance(v, (bool, int, float, complex, str, bytes, np.generic, tuple)):
+            h.update(repr(v).encode())
+
+    def func(py: Any) -> None:
+        if id(py) in seen:
+            return
+        seen.add(id(py))
+        h.update(py.__qualname__.encode())
+        code(py.__code__)
+        for name in _names(py.__code__):
+            if name in py.__globals__ and isinstance(py.__globals__[name], CPUDispatcher):
+                value(py.__globals__[name])
+        for cell in py.__closure__ or ():
+            value(cell.cell_contents)
+
+    func(fn.py_func)
+    return "sha256:" + h.hexdigest()
+
+
+def _names(c: types.CodeType) -> list[str]:
+    out = list(c.co_names)
+    for k in c.co_consts:
+        if isinstance(k, types.CodeType):
+            out += _names(k)
+    return out
+
+
+def args_params(args: tuple, name: str = "args") -> tuple[list, dict[str, np.ndarray]]:
+    """The extra arguments of a user function as run parameters: a list describing each one
+    (dtype and exact value of a scalar, dtype and shape of an array) and the arrays among them
+    as named inputs (``args[i]``, ``args[i][j]`` inside tuples)."""
+    desc: list = []
+    arrays: dict[str, np.ndarray] = {}
+    for i, v in enumerate(args):
+        key = f"{name}[{i}]"
+        if isinstance(v, np.ndarray):
+            desc.append(f"array {v.dtype.str} {list(v.shape)}")
+            arrays[key] = v
+        elif isinstance(v, tuple):
+            sub, sub_arrays = args_params(v, key)
+            desc.append(sub)
+            arrays.update(sub_arrays)
+        elif isinstance(v, (bool, int, float, complex, np.generic)):
+            a = np.asarray(v)  # the type the compiled code sees (1.5 and float64(1.5) alike)
+            desc.append(f"{a.dtype.str}:{a.item()!r}")
+        else:
+            desc.append(f"{type(v).__name__}:{v!r}")
+    return desc, arrays
+
+
+def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]:
+    """Every option and input of an ``odeint`` run, for the run file (compared on resume)."""
+    params: dict[str, Any] = {
+        "method": method,
+        "dt": float(kern["dt"]),
+        "max_steps": int(kern["max_steps"]),
+        "variational": bool(kern["nvar"]),
+        "batched": bool(batched),
+        "d": int(kern["d"]),
+    }
+    inputs: dict[str, np.ndarray] = {}
+    if fn is None:  # a built-in model
+        W, _, A, _, b, act, form = kern["model"]
+        params.update(field=type(f).__name__, activation=int(act), form=int(form))
+        inputs.update(W=W, A=A, b=b, t_stops=kern["tstops"])
+    else:
+        params.update(field=fn.py_func.__qualname__, field_code=function_id(fn))
+        params["jac"] = None if jac_fn is None else jac_fn.py_func.__qualname__
+        params["jac_code"] = None if jac_fn is None else function_id(jac_fn)
+        params["args"], arrays = args_params(args)
+        inputs.update(arrays)
+    return params, inputs
+
+
+def _odeint_to_file(stream, kern, Z0, tt, hs, batched) -> Solution:
+    from .runs import start_run
+    from .storage import chunk_rows
+
+    out, resume, overwrite, chunk, params, inputs = stream
     B, n = Z0.shape
     d = kern["d"]
-    rows = chunk_rows((B, d), np.float64)
-    params = {
-        "method": method,
-        "rtol": float(kern["rtol"].min()),
-        "atol": float(kern["atol"].min()),
-        "dt": float(kern["dt"]),
-        "d": d,
-        "batch": B,
-        "field": type(f).__name__ if _is_model(f) else getattr(f, "__name__", "user"),
-    }
-    series = {"trajectory": {"time": (), "value": (B, d)}}
-    totals = np.zeros((B, 3), np.int64)
-    with TrajectoryWriter.create(
-        out, kind="ode", params=params, series=series, overwrite=overwrite,
-        chunk_frames={"trajectory": rows},
-    ) as w:  # fmt: skip
-        z = Z0
-        k0 = 0
-        T = tt.shape[0]
-        first = True
+    T = tt.shape[0]
+    chunk = chunk_rows((B, d), np.float64) if chunk is None else chunk
+    params = {**params, "chunk_frames": int(chunk), "frames": int(T), "batch": int(B)}
+    run = start_run(
+        out,
+        kind="ode",
+        params=params,
+        inputs=inputs,
+        series={"trajectory": {"time": (), "value": (B, d)}},
+        rows={"trajectory": T},
+        checkpoint={"state": Z0, "frame": 0, "h": hs, "stats": np.zeros((B, 3), np.int64)},
+        resume=resume,
+        overwrite=overwrite,
+    )
+    with run:
+        # the checkpoint holds all a chunk depends on: every chunk starts the kernel afresh
+        # from (state, proposed step) at its first frame (the controller's memory of the
+        # previous error starts again at 1e-4 in each call, in a resumed run as in this one)
+        ck = run.checkpoint
+        z = np.array(ck["state"], dtype=np.float64)
+        k0 = int(ck["frame"])
+        hs = np.array(ck["h"], dtype=np.float64)  # (a copy: the kernel updates it)
+        totals = np.array(ck["stats"], dtype=np.int64)
         while k0 < T - 1:
-            k1 = min(T - 1, k0 + rows)
+            k1 = min(T - 1, k0 + chunk)
             Y, status, nframes, t_reached, stats = _run(kern, z, tt[k0 : k1 + 1], hs)
-            totals += stats
-            start = 0 if first else 1
-            ok = int(nframes.min())
-            if ok > start:
-                w.append(
-                    "trajectory",
-                    time=tt[k0 + start : k0 + ok],
-                    value=Y[start:ok, :, :d],
-                )
-                w.commit(state=Y[ok - 1], t=float(tt[k0 + ok - 1]), h=hs.copy())
-            if (status != _rk.OK).any():
-                _raise_on_failure(status, nframes, t_reached, totals, tt[k0:], None, batched)
+            failed = bool((status != _rk.OK).any())
+            # frames [0, end) of every trajectory are good; [0, have) are in the file (up to
+            # frame k0, or more when a failed run is resumed)
+            end = k0 + int(nframes.min()) if failed else k1 + 1
+            have = run.rows["trajectory"]
+            if end > have:
+                run.append("trajectory", time=tt[have:end], value=Y[have - k0 : end - k0, :, :d])
+            if failed:
+                if end > have:
+                    # the good frames, with the checkpoint of the chunk's start: a resume
+                    # repeats this chunk and stops with the same error
+                    run.commit(**run.checkpoint)
+                _raise_on_failure(
+                    status, nframes, t_reached, totals + stats, tt[k0:], None, batched,
+                    kept=(end, float(tt[end - 1]), run.path),
+                )  # fmt: skip
+            totals = totals + stats
             z = np.ascontiguousarray(Y[-1])
-            first = False
+            run.commit(state=z, frame=k1, h=hs.copy(), stats=totals)
             k0 = k1
-        w.set_attrs(n_accepted=int(totals[:, 0].sum()), n_fev=int(totals[:, 2].sum()))
-        path = w.path
+        st = _stats(totals)
+        run.summarize(n_accepted=st["n_accepted"], n_rejected=st["n_rejected"], n_fev=st["n_fev"])
+        path = run.path
     return Solution(t=tt, y=None, stats=_stats(totals), status="success", path=path)

@@ -55,6 +55,35 @@ def test_minus_delay_piecewise_polynomial_adaptive():
     assert sol.stats["n_discontinuities"] == 5  # t = 1..5 stepped onto (depth 5 for dopri5)
 
 
+@pytest.mark.parametrize("dt", [0.5, 1e-3])
+def test_dopri5_with_a_given_first_step(tmp_path, dt):
+    # a first step for dopri5 used to leave the PI controller's memory of the last error at 0,
+    # its divisor: ZeroDivisionError at the first step (in memory and streamed alike)
+    t = np.linspace(0.0, 3.0, 13)
+    kw = {"delays": 1.0, "method": "dopri5", "dt": dt, "rtol": 1e-10, "atol": 1e-12}
+    sol = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, **kw)
+    # tolerance 1e-10 per step over ~100 steps: 1e-9
+    np.testing.assert_allclose(sol.y[:, 0], minus_delay_exact(t), rtol=0, atol=1e-9)
+    streamed = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, out=tmp_path / "s.h5", **kw)
+    from nndyn_fast.storage import open_run
+
+    with open_run(streamed.path) as run:
+        x = run.read("trajectory", "value")[:, 0, 0]
+    np.testing.assert_allclose(x, minus_delay_exact(t), rtol=0, atol=1e-9)
+
+
+def test_dopri5_given_its_own_first_step_takes_the_same_steps():
+    # the controller state set for a given first step is the one the kernel sets for its own
+    # first step: given that step (Hairer's guess from x(0) = 1, f = -1), the run is the same
+    kw = {"delays": 1.0, "method": "dopri5", "rtol": 1e-8, "atol": 1e-10}
+    t = np.linspace(0.0, 3.0, 7)
+    auto = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, **kw)
+    h0 = kdde._initial_step(np.array([1.0]), np.array([-1.0]), 1e-8, 1e-10, 3.0)
+    given = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, dt=h0, **kw)
+    np.testing.assert_array_equal(given.y, auto.y)
+    assert given.stats["n_accepted"] == auto.stats["n_accepted"]
+
+
 def test_minus_delay_user_function_and_rk4():
     t = np.linspace(0.0, 6.0, 61)
     exact = minus_delay_exact(t)
