@@ -32,6 +32,7 @@ from ._validate import (
 )
 from .errors import NonFiniteStateError
 from .kernels import rk as _rk
+from .lyapunov import FlowSystem
 
 __all__ = ["METHODS", "IntegrationError", "Solution", "odeint"]
 
@@ -192,7 +193,8 @@ def odeint(
     ----------
     f : a built-in model (:class:`~nndyn_fast.NeuralODE`, :class:`~nndyn_fast.AugmentedNeuralODE`)
         or a Numba ``@njit`` function in the in-place form ``f(t, x, args, out)`` or the simple
-        form ``f(t, x, args) -> dx`` (told apart by the number of arguments).
+        form ``f(t, x, args) -> dx`` (told apart by the number of arguments), or a
+        :class:`~nndyn_fast.FlowSystem` (its field, args and Jacobian).
     x0 : (d,) or (B, d) float initial state(s); a batch is integrated in parallel, each
         trajectory with its own steps. For an augmented model, states of the input dimension
         are lifted by zero padding.
@@ -204,7 +206,7 @@ def odeint(
         step (``None``: chosen automatically).
     rtol, atol : relative and absolute tolerances of ``dopri5``, scalars or (d,) arrays, > 0:
         each step's error estimate e satisfies ``rms(e / (atol + rtol |x|)) <= 1``.
-    args : tuple of extra arguments passed to a user field.
+    args : tuple of extra arguments passed to a user field (a ``FlowSystem`` brings its own).
     out : optional HDF5 path; frames are streamed chunk by chunk into the run file (series
         ``trajectory`` with ``time`` and ``value`` (B, d)) instead of memory; ``y`` is ``None``.
         Each chunk is committed with a checkpoint (states, proposed steps, counts), so a killed
@@ -244,7 +246,13 @@ def odeint(
     x = as_array("x0", x0, ndim=(1, 2))
     if x.shape[-1] == 0 or (x.ndim == 2 and x.shape[0] == 0):
         raise ValueError(f"x0 must be non-empty, got shape {x.shape}")
-    if not isinstance(args, tuple):
+    if isinstance(f, FlowSystem):  # the same user system as lyapunov_spectrum takes
+        if args != ():
+            raise ValueError("a FlowSystem carries its own args; pass none to odeint")
+        if x.shape[-1] != f.dim:
+            raise ValueError(f"x0 must have the FlowSystem's dim = {f.dim} columns, got {x.shape}")
+        f, args, jac = f.f, f.args, f.jac if jac is None else jac
+    elif not isinstance(args, tuple):
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     h0 = 0.0 if dt is None else check_positive("dt", dt)
     max_steps = check_int("max_steps", max_steps, minimum=1)
@@ -496,7 +504,7 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
         params.update(field=fn.py_func.__qualname__, field_code=function_id(fn))
         params["jac"] = None if jac_fn is None else jac_fn.py_func.__qualname__
         params["jac_code"] = None if jac_fn is None else function_id(jac_fn)
-        params["args"], arrays = args_params(args)
+        params["args"], arrays = args_params(args if isinstance(args, tuple) else (args,))
         inputs.update(arrays)
     return params, inputs
 

@@ -119,7 +119,8 @@ class Lorenz63(_BuiltinSystem):
 @dataclass(frozen=True)
 class MapSystem(_UserSystem):
     """A user map x_{t+1} = step(x_t): Numba ``@njit`` functions ``step(x, args, out)`` (or
-    ``step(x, args) -> x_next``) and ``jac(x, args, J)`` (J the (dim, dim) Jacobian at x); ``args`` is passed through unchanged."""
+    ``step(x, args) -> x_next``) and ``jac(x, args, J)`` (J the (dim, dim) Jacobian at x);
+    ``args`` is passed through unchanged."""
 
     step: Any
     jac: Any

@@ -480,3 +480,32 @@ def test_tableaus_are_consistent():
     # order conditions of the fifth-order weights: sum b c^(k-1) = 1/k
     for k in range(1, 6):
         assert abs(krk.DOPRI5_B @ krk.DOPRI5_C ** (k - 1) - 1.0 / k) < 1e-15
+
+
+def test_a_flow_system_integrates_like_its_field():
+    """odeint(FlowSystem) is odeint of its field with its args; the variational run uses its
+    Jacobian (checked against the linear flow x' = A x: x(t) = expm(A t) x0, J = expm(A t))."""
+    from numba import njit
+    from scipy.linalg import expm
+
+    from nndyn_fast import FlowSystem
+
+    @njit
+    def lin(t, x, A, out):
+        out[:] = A @ x
+
+    @njit
+    def lin_jac(t, x, A, J):
+        J[:, :] = A
+
+    A = np.array([[-0.5, 1.0], [-1.0, -0.2]])
+    ts = np.linspace(0, 2, 5)
+    sol = odeint(FlowSystem(lin, lin_jac, 2, A), np.array([1.0, 0.5]), ts, rtol=1e-10,
+                 atol=1e-12, variational=True)  # fmt: skip
+    for k, tk in enumerate(ts):
+        np.testing.assert_allclose(sol.y[k], expm(A * tk) @ [1.0, 0.5], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(sol.jac[k], expm(A * tk), rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="carries its own args"):
+        odeint(FlowSystem(lin, lin_jac, 2, A), np.ones(2), ts, args=(A,))
+    with pytest.raises(ValueError, match="dim = 2"):
+        odeint(FlowSystem(lin, lin_jac, 2, A), np.ones(3), ts)
