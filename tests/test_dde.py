@@ -20,6 +20,7 @@ from nndyn_fast.delay import (
     lipschitz_bound,
 )
 from nndyn_fast.errors import NonFiniteStateError
+from nndyn_fast.kernels.control import initial_step_guess
 
 MG_T = np.linspace(0.0, 100.0, 11)
 
@@ -78,7 +79,8 @@ def test_dopri5_given_its_own_first_step_takes_the_same_steps():
     kw = {"delays": 1.0, "method": "dopri5", "rtol": 1e-8, "atol": 1e-10}
     t = np.linspace(0.0, 3.0, 7)
     auto = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, **kw)
-    h0 = kdde._initial_step(np.array([1.0]), np.array([-1.0]), 1e-8, 1e-10, 3.0)
+    one = np.ones(1)
+    h0 = min(initial_step_guess(one, -one, 1e-8 * one, 1e-10 * one)[0], 3.0)  # hmax = t span
     given = ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, dt=h0, **kw)
     np.testing.assert_array_equal(given.y, auto.y)
     assert given.stats["n_accepted"] == auto.stats["n_accepted"]
