@@ -36,6 +36,7 @@ Ott–Antonsen closed form).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -693,7 +694,9 @@ class _Watch:
                     return pending.result(timeout=_CHECK_SECONDS)
                 except TimeoutError:
                     self.check()
-        except OSError as exc:  # the scheduler or the worker holding the data is unreachable
+        except (OSError, concurrent.futures.CancelledError) as exc:
+            # the scheduler or the worker holding the data is unreachable, or the client lost
+            # its scheduler and cancelled the (finished) futures
             raise self.fail(f"could not deliver results ({type(exc).__name__}: {exc})") from exc
         finally:
             pending.cancel()
