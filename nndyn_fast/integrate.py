@@ -22,10 +22,12 @@ import numpy as np
 
 from ._validate import (
     as_array,
+    check_bool,
     check_int,
     check_jitted,
     check_option,
     check_positive,
+    check_steps,
     check_time_grid,
 )
 from .errors import NonFiniteStateError
@@ -235,6 +237,10 @@ def odeint(
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     h0 = 0.0 if dt is None else check_positive("dt", dt)
     max_steps = check_int("max_steps", max_steps, minimum=1)
+    variational = check_bool("variational", variational)
+    overwrite = check_bool("overwrite", overwrite)
+    if dt is not None and not adaptive:
+        check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 
     fn_ip = fn_s = jac_fn = None
     if _is_model(f):

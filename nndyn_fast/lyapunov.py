@@ -38,12 +38,17 @@ import numpy as np
 
 from ._validate import (
     as_array,
+    check_bool,
     check_int,
     check_jitted,
+    check_memory,
     check_nonnegative,
     check_option,
     check_out_path,
     check_positive,
+    check_real,
+    check_seed,
+    check_steps,
 )
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
@@ -417,6 +422,9 @@ def lyapunov_spectrum(
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
     n_records = check_int("n_records", n_records, minimum=1)
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
+    seed = check_int("seed", seed, minimum=0)  # stored in the run file's parameters
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     is_flow = system.kind == "flow"
     if is_flow:
         if dt is None:
@@ -427,9 +435,11 @@ def lyapunov_spectrum(
         n_steps = (
             check_int("steps", steps, minimum=1)
             if steps is not None
-            else max(1, int(round(check_positive("t_end", t_end) / dt)))
+            else max(1, check_steps("t_end / dt", np.round(check_positive("t_end", t_end) / dt)))
         )
-        n_trans = int(round(check_nonnegative("transient", transient) / dt))
+        n_trans = check_steps(
+            "transient / dt", np.round(check_nonnegative("transient", transient) / dt)
+        )
     else:
         if dt is not None or t_end is not None:
             raise ValueError("a map takes steps (iterations), not dt or t_end")
@@ -440,7 +450,7 @@ def lyapunov_spectrum(
         tr = check_nonnegative("transient", transient)
         if not float(tr).is_integer():
             raise ValueError(f"transient must be a whole number of iterations, got {transient!r}")
-        n_trans = int(tr)
+        n_trans = check_steps("transient", tr)
 
     bparams = np.zeros(1)
     if isinstance(system, (Henon, Lorenz63)):
@@ -596,9 +606,11 @@ def product_lyapunov(
     -------
     LyapunovSpectrum with ``x=None``; exponents per factor.
     """
+    seed = check_int("seed", seed, minimum=0)  # the tangent vectors use [seed, 1]
     rng = np.random.default_rng(seed)
     chunk = check_int("chunk", chunk, minimum=1)
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
+    n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     if callable(factors):
         if steps is None:
             raise ValueError("steps must be given when factors is a callable")
@@ -868,8 +880,14 @@ def sgd_lyapunov(
     R = check_int("replicas", replicas, minimum=1)
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    level = check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed = check_seed("seed", seed)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
+    # the tangent blocks and batch permutations of the replicas
+    check_memory(
+        f"replicas = {R} chains of {k} vectors in {op.m} dimensions", 8.0 * R * (k * op.m + op.n)
+    )
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
 
@@ -1011,6 +1029,7 @@ def _sgd_result(
 def _mlp_gradients(mlp: Any, theta: Any, X: Any) -> tuple[np.ndarray, int]:
     from . import training
 
+    training._check_mlp(mlp)
     if getattr(mlp, "loss", "mse") != "mse":
         raise ValueError(
             f"sgd_lyapunov_mlp needs an MLP with loss='mse' (per-sample Hessian J^T J at an "
@@ -1147,6 +1166,12 @@ def mean_square_exponent(
     lr, B, sampling, op = _sgd_inputs(
         G, lr, batch_size, sampling, rows_per_sample, "span", _operator
     )
+    lam = max(op.lam_max, 1.0)
+    if not math.isfinite(lr * lr * lam * lam * op.n):
+        raise ValueError(
+            f"lr = {lr:g} is too large: the second-moment map (of order lr^2 lambda_max^2) "
+            "overflows float64"
+        )
     T = _second_moment_operator(op, lr, B, sampling)
     m = op.m
     if m <= 20:
@@ -1239,6 +1264,14 @@ def sgd_stability_diagram(
     if np.any(bs > op.n):
         raise ValueError(f"batch_sizes must be <= the number of samples n = {op.n}, got {bs}")
     sampling = check_option("sampling", sampling, _SAMPLING)
+    steps = check_int("steps", steps, minimum=1)
+    k = check_int("k", k, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    transient = check_int("transient", transient, minimum=0)
+    replicas = check_int("replicas", replicas, minimum=1)
+    mean_square = check_bool("mean_square", mean_square)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     shape = (bs.size, lrs_a.size)
@@ -1320,6 +1353,15 @@ def plot_stability_diagram(diagram: StabilityDiagram, path: str | Path | None = 
 
     Returns the matplotlib Axes; saves the figure when ``path`` is given.
     """
+    if not isinstance(diagram, StabilityDiagram):
+        raise TypeError(f"diagram must be a StabilityDiagram, got {type(diagram).__name__}")
+    if path is not None:
+        check_out_path("path", path, overwrite=True)
+    if ax is not None:
+        from matplotlib.axes import Axes
+
+        if not isinstance(ax, Axes):
+            raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     import matplotlib
 
     if ax is None:
@@ -1470,6 +1512,9 @@ def network_lyapunov(
     -------
     NetworkLyapunov (stderr over inputs).
     """
+    from .training import _check_mlp
+
+    _check_mlp(mlp)
     if theta is None:
         theta = mlp.init(seed)
     theta = as_array("theta", theta, shape=(int(mlp.n_params),))
@@ -1479,8 +1524,10 @@ def network_lyapunov(
     ]
     n_in = layers[0][0].shape[1]
     X = as_array("X", X, ndim=2)
-    if X.shape[1] != n_in:
-        raise ValueError(f"X must have {n_in} columns (the network's inputs), got {X.shape[1]}")
+    if X.shape[1] != n_in or X.shape[0] == 0:
+        raise ValueError(
+            f"X must have shape (n >= 1, {n_in}) (the network's inputs), got {X.shape}"
+        )
     k = min(n_in, min(W.shape[0] for W, _ in layers)) if k is None else check_int("k", k, minimum=1)
     if k > n_in:
         raise ValueError(f"k must be <= the input dimension {n_in}, got {k}")
@@ -1544,7 +1591,12 @@ def random_network_lyapunov(
         raise ValueError(f"skip_layers must be < depth = {L}, got {skip}")
     q0 = check_positive("q0", q0)
     code = _activation_code(activation)
-    rng = np.random.default_rng(seed)
+    # the layers of one network and the Jacobian products of its inputs
+    check_memory(
+        f"{nets} network(s) of width {N} and depth {L}",
+        8.0 * L * N * (N + 1) + 8.0 * n_in * (L * k + k * k + N) + 8.0 * nets * (3 * n_in + L) * k,
+    )
+    rng = np.random.default_rng(check_seed("seed", seed))
     per_net, per_input_all, per_layer_all, sing_all = [], [], [], []
     for _ in range(nets):
         layers = [

@@ -27,10 +27,14 @@ import scipy.sparse as sp
 
 from ._validate import (
     as_array,
+    check_bool,
     check_finite,
     check_int,
+    check_memory,
     check_option,
     check_positive,
+    check_size,
+    check_steps,
 )
 from .errors import NonFiniteStateError
 from .graphs import DigraphMeasure, Graphon
@@ -76,6 +80,7 @@ class Coupling:
 
     def __init__(self, W: Any, n: int, *, dtype: str = "float64", pairwise: bool = False):
         check_option("dtype", dtype, DTYPES)
+        pairwise = check_bool("pairwise", pairwise)
         dt = DTYPES[dtype]
         self.dtype = dtype
         W_ = x = mu = u = v = _EMPTY
@@ -361,6 +366,8 @@ def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(r, psi)`` with the leading shape of ``theta``.
     """
     th = as_array("theta", theta, ndim=(1, 2))
+    if th.shape[-1] == 0:
+        raise ValueError(f"theta must hold at least one phase per row, got shape {th.shape}")
     z = np.exp(1j * th).mean(axis=-1)
     return np.abs(z), np.angle(z)
 
@@ -368,7 +375,7 @@ def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:
 def twisted_state(n: int, q: int, c: float = 0.0) -> np.ndarray:
     """q-twisted state θ_i = 2π q i / N + c, i = 1..N (an equilibrium of identical oscillators
     on ring graphons)."""
-    n = check_int("N", n, minimum=1)
+    n = check_size("N", n, item_bytes=16)
     q = check_int("q", q)
     return 2 * np.pi * q * np.arange(1, n + 1) / n + _real("c", c)
 
@@ -439,10 +446,24 @@ def simulate(
     save_every = check_int("save_every", save_every, minimum=1)
     if chunk_steps is not None:
         chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
+    progress = check_bool("progress", progress)
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
-    total = int(np.ceil(t_end / dt - 1e-9))
+    total = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
+    if total < 1:
+        raise ValueError(f"t_end = {t_end:g} is less than one step dt = {dt:g}: no step to take")
     steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
+    # the chunk buffers, and without out every step's observables and every saved frame
+    kept = 0 if out is not None else 24.0 * (total + 1) + 8.0 * (n + 1) * (total // save_every + 1)
+    check_memory(
+        f"a run of {total} steps in chunks of {steps_per_call} steps (chunk_steps)"
+        + ("" if out is not None else " kept in memory (pass out= to stream it)"),
+        16.0 * steps_per_call + 8.0 * n * frame_rows + kept,
+    )
     c = model._c
     names = model.observables
     params = {

@@ -39,7 +39,17 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_option, check_out_path, check_positive
+from ._validate import (
+    check_bool,
+    check_int,
+    check_option,
+    check_out_path,
+    check_positive,
+    check_real,
+    check_seed,
+    check_size,
+    check_steps,
+)
 from .storage import TrajectoryWriter, open_run
 
 __all__ = ["SweepPointError", "SweepResult", "kuramoto_order_parameter", "sweep"]
@@ -599,6 +609,8 @@ def sweep(
     seed = check_int("seed", seed, minimum=0)
     if n_workers is not None:
         n_workers = check_int("n_workers", n_workers, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if overwrite and resume:
         raise ValueError("pass either overwrite=True or resume=True, not both")
     if resume and out is None:
@@ -700,12 +712,13 @@ def kuramoto_order_parameter(
     from .graphs import Graphon
     from .meanfield import Kuramoto, simulate
 
-    N = check_int("N", N, minimum=1)
+    N = check_size("N", N, item_bytes=64)  # frequencies, phases and the run's state
     gamma = check_positive("gamma", gamma)
     t_end = check_positive("t_end", t_end)
     dt = check_positive("dt", dt)
     check_option("freq", freq, ("quantile", "random"))
-    t_from = t_end / 2 if t_from is None else float(t_from)
+    seed = check_seed("seed", seed, allow_none=True)
+    t_from = t_end / 2 if t_from is None else check_real("t_from", t_from)
     if not 0 <= t_from < t_end:
         raise ValueError(f"t_from must be in [0, t_end) = [0, {t_end:g}), got {t_from!r}")
     rng = np.random.default_rng(0 if seed is None else seed)
@@ -715,7 +728,7 @@ def kuramoto_order_parameter(
         omega = gamma * rng.standard_cauchy(N)
     theta0 = rng.uniform(0.0, 2.0 * np.pi, N)
     model = Kuramoto(omega, Graphon.constant(1.0), K)
-    steps = int(np.ceil(t_end / dt - 1e-9))
+    steps = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
     run = simulate(model, theta0, t_end, dt, save_every=max(steps, 1))
     r = run.r[run.t > t_from]
     return {"r": float(r.mean()), "r_std": float(r.std())}

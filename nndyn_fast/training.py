@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_array, check_int, check_option
+from ._validate import as_array, check_bool, check_int, check_memory, check_option
 from .kernels import mlp as km
 from .kernels.activations import ACTIVATIONS
 
@@ -134,6 +134,9 @@ class MLP:
         c = 2 for relu/gelu (He), 1 otherwise (LeCun). Returns θ, float64 (P,).
         """
         rng = np.random.default_rng(check_int("seed", seed, minimum=0))
+        check_memory(
+            f"an MLP with sizes {self.sizes} ({self.n_params} parameters)", 8.0 * self.n_params
+        )
         gain = 2.0 if self.activation in ("relu", "gelu") else 1.0
         theta = np.zeros(self.n_params)
         for W, _ in self.unflatten(theta):
@@ -361,6 +364,9 @@ def per_sample_gradients(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
     mlp = _check_mlp(mlp)
     theta = _theta(mlp, theta)
     X = _data_X(mlp, X)
+    check_memory(
+        f"the gradients of {X.shape[0]} points", 8.0 * X.shape[0] * mlp.n_out * mlp.n_params
+    )
     out = np.empty((X.shape[0] * mlp.n_out, mlp.n_params))
     km.mlp_per_sample_grads(mlp._sizes, mlp._code, theta, X, out)
     return out
@@ -385,7 +391,7 @@ def hessian_operator(mlp: MLP, theta: Any, X: Any, Y: Any, *, gauss_newton: bool
     from scipy.sparse.linalg import LinearOperator
 
     mlp, theta, X, Y = _checked(mlp, theta, X, Y)
-    kern = km.mlp_gnvp if gauss_newton else km.mlp_hvp
+    kern = km.mlp_gnvp if check_bool("gauss_newton", gauss_newton) else km.mlp_hvp
     args = (mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y)
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -553,8 +559,8 @@ def _as_operator(H: Any, P: int | None, needs: str):
     plain callable v -> H v (A None); a callable takes its size P from ``needs``."""
     if isinstance(H, (np.ndarray, list, tuple)):
         A = as_array("H", H, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
+        if A.shape[0] != A.shape[1] or A.shape[0] == 0:
+            raise ValueError(f"H must be a non-empty square matrix, got shape {A.shape}")
         return A.__matmul__, A.shape[0], A
     if hasattr(H, "matvec") and hasattr(H, "shape"):
         return H.matvec, H.shape[0], None
@@ -598,7 +604,7 @@ def top_eigenpairs(
     check_option("method", method, METHODS)
     check_option("which", which, ("largest", "smallest"))
     tol = check_positive("tol", tol)
-    P_v0 = None if v0 is None else np.shape(v0)[0]
+    P_v0 = None if v0 is None else as_array("v0", v0, ndim=1).shape[0]
     matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
     k = _check_k(k, P)
     if v0 is None:
@@ -790,6 +796,11 @@ def hessian_spectrum_density(
             raise ValueError("grid must hold at least one point, got an empty array")
     P = mlp.n_params
     m_max = min(n_steps, P)
+    # probes, the Lanczos basis of one probe, nodes and weights
+    check_memory(
+        f"n_probes = {n_probes} probes of {P} parameters",
+        8.0 * (n_probes * P + (m_max + 1) * P + 2 * n_probes * m_max),
+    )
     probes = 2.0 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1.0
     nodes = np.zeros((n_probes, m_max))
     weights = np.zeros((n_probes, m_max))
@@ -805,6 +816,8 @@ def hessian_spectrum_density(
     if sigma is None:
         sigma = 0.01 * (hi - lo) if hi > lo else 0.01 * max(abs(hi), 1.0)
     if grid is None:
+        if not np.isfinite(hi - lo + 12.0 * sigma):
+            raise ValueError(f"sigma = {sigma:g} is too large for the default grid; pass grid")
         grid = np.linspace(lo - 6.0 * sigma, hi + 6.0 * sigma, 1000)
     density = np.zeros(grid.shape[0])
     c = 1.0 / (n_probes * sigma * np.sqrt(2.0 * np.pi))
@@ -908,7 +921,8 @@ def gd_stability(
 
     lr = check_positive("lr", lr)
     rank_tol = check_positive("rank_tol", rank_tol)
-    P_jac = None if jacobian is None else np.shape(jacobian)[1]
+    tol = check_positive("tol", tol)
+    P_jac = None if jacobian is None else as_array("jacobian", jacobian, ndim=2).shape[1]
     matvec, P, A = _as_operator(H, P_jac, "jacobian (it fixes P and the normal space)")
     dense = A is not None
     if dense:
@@ -1088,7 +1102,15 @@ def gradient_descent(
     seed = check_int("seed", seed, minimum=0)
     sharpness_tol = check_positive("sharpness_tol", sharpness_tol)
     chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     chunk = sharpness_every if sharpness_every > 0 else chunk_steps
+    # every step's loss and gradient norm are kept, and each chunk's mini-batch indices
+    n_sharp = steps // sharpness_every + 2 if sharpness_every > 0 else 0
+    check_memory(
+        f"a run of steps = {steps}",
+        16.0 * steps + 8.0 * n_sharp * k + 8.0 * min(chunk, steps) * (batch_size or 0),
+    )
     rng = np.random.default_rng(seed)
     writer = None
     start = 0
@@ -1227,6 +1249,7 @@ def eos_dataset(n: int = 100, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np
     """
     n = check_int("n", n, minimum=1)
     d = check_int("d", d, minimum=3)
+    check_memory(f"a data set of n = {n} points in d = {d}", 8.0 * n * (d + 2))
     rng = np.random.default_rng(check_int("seed", seed, minimum=0))
     X = rng.standard_normal((n, d))
     Y = np.sin(2 * X[:, :1]) * np.cos(X[:, 1:2]) + 0.5 * X[:, 2:3] ** 2
@@ -1274,6 +1297,10 @@ def eos_experiment(
         raise ValueError("lrs must hold at least one learning rate")
     width = check_int("width", width, minimum=1)
     depth = check_int("depth", depth, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    d_in = check_int("d", d, minimum=3)
+    n_par = width * (d_in + 1) + (depth - 1) * width * (width + 1) + width + 1
+    check_memory(f"an MLP of depth {depth} and width {width} ({n_par} parameters)", 24.0 * n_par)
     X, Y = eos_dataset(n, d, seed)
     mlp = MLP((d,) + (width,) * depth + (1,), "tanh", "mse")
     theta0 = mlp.init(seed)
@@ -1299,10 +1326,18 @@ def eos_experiment(
     return runs
 
 
+def _check_runs(runs: Any) -> None:
+    if not isinstance(runs, dict) or not all(isinstance(r, GDRun) for r in runs.values()):
+        raise TypeError(
+            f"runs must be a dict {{lr: GDRun}} (from eos_experiment), got {runs!r:.80}"
+        )
+
+
 def eos_summary(runs: dict[float, GDRun]) -> str:
     """A text table of edge-of-stability runs, one line per learning rate η: 2/η, the
     sharpness at the first and last measurement, the mean of the late half of the sharpness
     series over 2/η (≈ 1 at the edge of stability), and the final loss."""
+    _check_runs(runs)
     lines = [
         f"{'lr':>8} {'2/lr':>9} {'λ_max(0)':>9} {'λ_max end':>9} {'late mean/(2/lr)':>17} "
         f"{'loss end':>10}"
@@ -1319,6 +1354,10 @@ def eos_summary(runs: dict[float, GDRun]) -> str:
 
 def plot_eos(runs: dict[float, GDRun], path: Any) -> None:
     """Plot loss (log scale) and sharpness against 2/η (dashed) for each run; save to ``path``."""
+    from ._validate import check_out_path
+
+    _check_runs(runs)
+    check_out_path("path", path, overwrite=True)
     import matplotlib
 
     matplotlib.use("Agg")
