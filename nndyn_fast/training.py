@@ -1290,7 +1290,7 @@ def eos_experiment(
     """
     from pathlib import Path
 
-    from ._validate import check_positive
+    from ._validate import check_out_path, check_positive
 
     lrs = [check_positive("lr", lr) for lr in np.atleast_1d(np.asarray(lrs, dtype=float))]
     if not lrs:
@@ -1308,6 +1308,11 @@ def eos_experiment(
         out_dir = Path(out_dir)
         if not out_dir.is_dir():
             raise ValueError(f"out_dir: folder {str(out_dir)!r} does not exist")
+        names = [f"eos_lr{lr:g}.h5" for lr in lrs]
+        if len(set(names)) < len(names):
+            raise ValueError(f"lrs must be distinct (each names a run file), got {lrs}")
+        for name in names:  # every run file before the first run
+            check_out_path("out_dir", out_dir / name, overwrite=overwrite)
     runs = {}
     for lr in lrs:
         out = None if out_dir is None else out_dir / f"eos_lr{lr:g}.h5"

@@ -177,7 +177,7 @@ COMMANDS = {
     "eos": (
         ["eos"],
         spec(
-            opt("--lrs", ["0.1", "0.1,0.2"], ["", "a,b", "-0.1", "nan", "0", "0.1,,x"]),
+            opt("--lrs", ["0.1", "0.1,0.2"], ["", "a,b", "-0.1", "nan", "0", "0.1,,x", "0.1,0.1"]),
             opt("--steps", ["2"], INT_BAD),
             opt("--sharpness-every", ["1", "0"], ["-1", "abc", "1e11"]),
             opt("--n", ["5"], INT_BAD),
@@ -388,6 +388,14 @@ def test_output_paths_are_checked_before_the_computation(argv, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "does not exist" in err and "missing" in err
     assert not list(tmp_path.glob("*.h5"))  # nothing was computed or written
+
+
+def test_eos_checks_every_run_file_before_the_first_run(tmp_path, capsys):
+    (tmp_path / "eos_lr0.2.h5").write_bytes(b"")
+    argv = ["eos", "--lrs", "0.1,0.2", "--steps", "2", "--n", "5", "--d", "3", "--width", "2"]
+    assert main([*argv, "--out-dir", str(tmp_path), "--plot", ""]) == 2
+    assert "eos_lr0.2.h5' already exists" in capsys.readouterr().err
+    assert not (tmp_path / "eos_lr0.1.h5").exists()
 
 
 @pytest.mark.parametrize(
