@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .storage import RunFileError
+from .sweep import SweepPointError
 
 # (module, function adding the subcommand's parser): one entry per command family.
 FAMILIES = [
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nndyn``; returns the exit status.
 
-    2 for bad input or a failed run, 1 when writing the run file failed (disk full), and
-    130 / 143 when SIGINT / SIGTERM interrupted a run (its file keeps every committed chunk).
+    2 for bad input or a failed run (a failed sweep point too), 1 when writing the run file
+    failed (disk full), and 130 / 143 when SIGINT / SIGTERM interrupted a run (its file keeps
+    every committed chunk).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunFileError as exc:
         print(f"nndyn {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FloatingPointError) as exc:
+    except (ValueError, TypeError, FloatingPointError, SweepPointError) as exc:
         print(f"nndyn {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

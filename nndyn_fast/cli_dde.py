@@ -7,6 +7,15 @@ import argparse
 
 import numpy as np
 
+from ._validate import (
+    check_int,
+    check_memory,
+    check_out_path,
+    check_positive,
+    check_seed,
+    check_size,
+)
+
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -48,9 +57,14 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def run_dde(args: argparse.Namespace) -> int:
+    check_seed("--seed", args.seed)
     if args.action == "memory":
         from .memory_capacity import memory_demo
 
+        check_out_path("--out", args.out or "dde_memory.png", overwrite=True)
+        for k in args.kappas:
+            check_positive("--kappas", k)
+        check_int("--starts", args.starts, minimum=1)
         res = memory_demo(
             args.out or "dde_memory.png",
             kappas=args.kappas,
@@ -66,6 +80,19 @@ def run_dde(args: argparse.Namespace) -> int:
         return 0
     from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
+    check_positive("--tau", args.tau)
+    check_positive("--t-end", args.t_end)
+    check_size("--frames", args.frames, minimum=2)
+    if args.model == "neural":
+        d = check_int("--dim", args.dim, minimum=1)
+        H = check_int("--hidden", args.hidden, minimum=1)
+        check_memory(f"a neural DDE of --dim {d} and --hidden {H}", 24.0 * d * H + 8.0 * H)
+        if len(args.history) not in (1, d):
+            raise ValueError(
+                f"--history must hold 1 value (used for every component) or --dim = {d} values, "
+                f"got {len(args.history)}"
+            )
+    check_out_path("--out", args.out or "dde.h5", overwrite=args.overwrite)
     if args.model == "mackey-glass":
         model = MackeyGlass()
     elif args.model == "linear":

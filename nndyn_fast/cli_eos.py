@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._validate import check_out_path
 from .plots import plot_eos
 from .training import eos_experiment, eos_summary
 
@@ -52,6 +53,8 @@ def run_eos(args: argparse.Namespace) -> int:
         lrs = [float(s) for s in args.lrs.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+    if args.plot:
+        check_out_path("--plot", args.plot, overwrite=True)
     runs = eos_experiment(
         lrs,
         n=args.n,

@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_option, check_out_path, check_positive
+from ._validate import (
+    check_memory,
+    check_option,
+    check_out_path,
+    check_positive,
+    check_real,
+    check_seed,
+    check_size,
+    load_npy,
+)
 from .graphs import Graphon, load_matrix, w_random_graph
 from .meanfield import FiringRate, Kuramoto, simulate
 from .storage import open_run
@@ -113,7 +122,7 @@ _RUN_OPTIONS = (
 
 def _frequencies(kind: str, n: int, width: float, rng: np.random.Generator) -> np.ndarray:
     if kind.endswith(".npy"):
-        omega = np.load(kind)
+        omega = load_npy("--freq", kind)
         if omega.shape != (n,):
             raise ValueError(f"--freq file holds shape {omega.shape}, expected ({n},)")
         return omega
@@ -155,9 +164,17 @@ def run_kuramoto(o: argparse.Namespace) -> int:
             raise ValueError(f"{o.out!r} was not written by `nndyn kuramoto`; cannot resume it")
         for key, value in json.loads(stored).items():
             setattr(o, key, value)
-    n = check_int("--N", o.N, minimum=1)
+    # frequencies, phases, the state and the O(N) sums of a matrix-free graphon
+    n = check_size("--N", o.N, item_bytes=128)
     check_positive("--dt", o.dt)
     check_positive("--t-end", o.t_end)
+    check_positive("--width", o.width)
+    check_seed("--seed", o.seed)
+    if o.graph == "erdos-renyi":
+        check_real("--p", o.p, low=0.0, high=1.0)
+    if o.graph in GRAPHS and o.graph != "erdos-renyi" and o.representation == "dense":
+        check_memory(f"a dense --N {n} x {n} coupling matrix", 16.0 * n * n)
+    check_out_path("--out", o.out, overwrite=o.overwrite, resume=o.resume)
     rng = np.random.default_rng(o.seed)
     drive = _frequencies(o.freq, n, o.width, rng)
     theta0 = rng.uniform(0.0, 2.0 * np.pi, n)

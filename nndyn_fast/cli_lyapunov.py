@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import check_int, check_option, check_positive
+from ._validate import (
+    check_int,
+    check_memory,
+    check_option,
+    check_out_path,
+    check_positive,
+    check_seed,
+    load_npy,
+)
 from .plots import plot_stability_diagram
 from .sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
@@ -68,12 +76,9 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
 def gradients_from_options(args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """(G, rows_per_sample) from ``--gradients``, ``--mlp`` or a random Gaussian matrix."""
     n = check_int("--n", args.n, minimum=1)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(check_seed("--seed", args.seed))
     if args.gradients:
-        path = Path(args.gradients)
-        if not path.is_file():
-            raise ValueError(f"--gradients: file {str(path)!r} does not exist")
-        return np.load(path), 1
+        return load_npy("--gradients", Path(args.gradients)), 1
     if args.mlp:
         from .training import MLP, per_sample_gradients
 
@@ -83,9 +88,11 @@ def gradients_from_options(args: argparse.Namespace) -> tuple[np.ndarray, int]:
             raise ValueError(f"--mlp must be comma-separated widths, got {args.mlp!r}") from None
         mlp = MLP(sizes, activation=args.activation)
         theta = mlp.init(args.seed)
+        check_memory(f"--n {n} inputs and their gradients", 8.0 * n * (sizes[0] + mlp.n_params))
         X = rng.standard_normal((n, sizes[0]))
         return per_sample_gradients(mlp, theta, X), sizes[-1]
     d = check_int("--d", args.d, minimum=1)
+    check_memory(f"a random --n {n} x --d {d} gradient matrix", 24.0 * n * d)
     return rng.standard_normal((n, d)) / np.sqrt(d), 1
 
 
@@ -93,6 +100,9 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
     check_option("--sampling", args.sampling, ("with", "without"))
     if args.resume and args.overwrite:
         raise ValueError("give --overwrite or --resume, not both")
+    check_out_path("--out", args.out, overwrite=args.overwrite, resume=args.resume)
+    if args.plot:
+        check_out_path("--plot", args.plot, overwrite=True)
     G, q = gradients_from_options(args)
     if args.lr is not None:
         lrs = np.array([check_positive("--lr", v) for v in args.lr])

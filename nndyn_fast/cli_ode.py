@@ -6,7 +6,14 @@ import argparse
 
 import numpy as np
 
-from ._validate import check_int, check_positive
+from ._validate import (
+    check_int,
+    check_memory,
+    check_out_path,
+    check_positive,
+    check_seed,
+    check_size,
+)
 from .integrate import METHODS, odeint
 from .neural import NeuralODE
 from .storage import open_run
@@ -51,9 +58,14 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ode(args: argparse.Namespace) -> int:
-    frames = check_int("--frames", args.frames, minimum=2)
+    frames = check_size("--frames", args.frames, minimum=2)
     t_end = check_positive("--t-end", args.t_end)
     batch = check_int("--batch", args.batch, minimum=1)
+    d = 2 if args.demo == "embedding" else check_int("--d", args.d, minimum=1)
+    # the initial states and the solver's stages and output rows of one chunk
+    check_memory(f"--batch {batch} trajectories of dimension {d}", 128.0 * batch * d)
+    check_seed("--seed", args.seed)
+    check_out_path("--out", args.out, overwrite=args.overwrite)
     rng = np.random.default_rng(args.seed)
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
               "chunk_frames": args.chunk_frames}  # fmt: skip

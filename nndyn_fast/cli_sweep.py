@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from ._validate import check_int
+from ._validate import check_positive, check_size, check_steps
 from .meanfield import kuramoto_order_parameter
 from .sweep import SweepClusterError, SweepPointError, sweep
 
@@ -21,15 +21,15 @@ def parse_values(name: str, text: str) -> np.ndarray:
             parts = text.split(":")
             if len(parts) != 3:
                 raise ValueError
-            start, stop, num = float(parts[0]), float(parts[1]), parts[2]
-            n = check_int(name, float(num), minimum=1)
-            return np.linspace(start, stop, n)
-        return np.array([float(v) for v in text.split(",")])
+            start, stop, num = float(parts[0]), float(parts[1]), float(parts[2])
+        else:
+            return np.array([float(v) for v in text.split(",")])
     except ValueError:
         raise ValueError(
             f"{name} must be start:stop:num (e.g. 0.5:3:11), a comma list (e.g. 1,2,4) or one "
             f"number, got {text!r}"
         ) from None
+    return np.linspace(start, stop, check_size(f"{name} num", num, item_bytes=64))
 
 
 def _scheduler(text: str | None) -> str | None:
@@ -93,6 +93,10 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep_kuramoto(o: argparse.Namespace) -> int:
+    # checked here, not at each point of the sweep
+    check_size("--N", o.N, item_bytes=128)
+    check_positive("--gamma", o.gamma)
+    check_steps("--t-end / --dt", check_positive("--t-end", o.t_end) / check_positive("--dt", o.dt))
     Ks = parse_values("--K", o.K)
     grid = {"K": Ks, "N": [o.N], "gamma": [o.gamma], "t_end": [o.t_end], "dt": [o.dt]}
     fn = functools.partial(kuramoto_order_parameter, freq=o.freq)

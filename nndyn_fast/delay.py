@@ -33,10 +33,13 @@ import numpy as np
 
 from ._validate import (
     as_array,
+    check_bool,
     check_int,
     check_jitted,
+    check_memory,
     check_option,
     check_positive,
+    check_steps,
     check_time_grid,
 )
 from .errors import NonFiniteStateError
@@ -117,7 +120,9 @@ class NeuralDDE:
         A = as_array("A", self.A, ndim=3 if layered else 2)
         A = A if layered else A[None]
         if A.shape != (L, H, d):
-            raise ValueError(f"A must have shape {(L, H, d)[1 - layered :]}, got {self.A.shape}")
+            raise ValueError(
+                f"A must have shape {(L, H, d)[1 - layered :]}, got {np.shape(self.A)}"
+            )
         B = as_array("B", self.B, ndim=(3, 4) if layered else (2, 3))
         if B.ndim == (3 if layered else 2):
             B = B[:, None] if layered else B[None, None]
@@ -126,12 +131,12 @@ class NeuralDDE:
         if B.shape[0] != L or B.shape[2:] != (H, d):
             want = "(L, H, d) or (L, m, H, d)" if layered else "(H, d) or (m, H, d)"
             raise ValueError(
-                f"B must have shape {want} with L={L}, H={H}, d={d}, got {self.B.shape}"
+                f"B must have shape {want} with L={L}, H={H}, d={d}, got {np.shape(self.B)}"
             )
         b = as_array("b", self.b, ndim=2 if layered else 1)
         b = b if layered else b[None]
         if b.shape != (L, H):
-            raise ValueError(f"b must have shape {(L, H)[1 - layered :]}, got {self.b.shape}")
+            raise ValueError(f"b must have shape {(L, H)[1 - layered :]}, got {np.shape(self.b)}")
         check_option("activation", self.activation, ACTIVATIONS)
         T = check_positive("T", self.T)
         if self.t_layers is None:
@@ -627,6 +632,11 @@ def ddeint(
     rtol = check_positive("rtol", rtol)
     atol = check_positive("atol", atol)
     hmax = (tf - t0) if hmax is None else check_positive("hmax", hmax)
+    overwrite = check_bool("overwrite", overwrite)
+    if chunk_frames is not None:
+        chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
+    if mname == "rk4":
+        check_steps("(t[-1] - t[0]) / dt", (tf - t0) / dt)
     if not isinstance(args, tuple):
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     hist = _history(history, t0, taumax, history_args)
@@ -646,7 +656,10 @@ def ddeint(
     disc, djump = _disc_points(t0, tf, taus, jumps, _DISC_LEVEL[mname])
 
     if mname == "rk4":
-        cap = int(math.ceil(taumax / dt)) + int(disc.size) + 8
+        cap = check_steps("max(delays) / dt", np.ceil(taumax / dt)) + int(disc.size) + 8
+        check_memory(
+            f"a history ring of {cap} steps (max(delays) / dt)", 8.0 * B * cap * (3 * d + 1)
+        )
     else:
         cap = _RING_ADAPTIVE
     ring = [np.zeros((B, cap)), np.zeros((B, cap, d)), np.zeros((B, cap, d)), np.zeros((B, cap, d))]
@@ -656,7 +669,7 @@ def ddeint(
         # a given first step: the kernel then skips its own start, which also sets the PI
         # controller's memory of the last error (its divisor); set that memory as it does
         fst[:, _kd.F_H] = min(dt, hmax)
-        fst[:, _kd.F_FACOLD] = 1e-4
+        fst[:, _kd.F_FACOLD] = 1e-4  # the step controller's memory, as after its own first guess
     fld = (model, ip, P, hist.kind, t0, taus)
     hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
     method_code, dt_k = METHODS[mname], float(dt or 0.0)

@@ -214,8 +214,8 @@ def _as_operator(H: Any, P: int | None, needs: str):
     plain callable v -> H v (A None); a callable takes its size P from ``needs``."""
     if isinstance(H, (np.ndarray, list, tuple)):
         A = as_array("H", H, ndim=2)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"H must be square, got shape {A.shape}")
+        if A.shape[0] != A.shape[1] or A.shape[0] == 0:
+            raise ValueError(f"H must be a non-empty square matrix, got shape {A.shape}")
         return A.__matmul__, A.shape[0], A
     if hasattr(H, "matvec") and hasattr(H, "shape"):
         return H.matvec, H.shape[0], None
@@ -293,7 +293,7 @@ def top_eigenpairs(
     check_option("method", method, METHODS)
     check_option("which", which, ("largest", "smallest"))
     tol = check_positive("tol", tol)
-    P_v0 = None if v0 is None else np.shape(v0)[0]
+    P_v0 = None if v0 is None else as_array("v0", v0, ndim=1).shape[0]
     matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
     k = _check_k(k, P)
     if v0 is None:
@@ -383,6 +383,8 @@ def _slq(
     if sigma is None:
         sigma = 0.01 * (hi - lo) if hi > lo else 0.01 * max(abs(hi), 1.0)
     if grid is None:
+        if not np.isfinite(hi - lo + 12.0 * sigma):
+            raise ValueError(f"sigma = {sigma:g} is too large for the default grid; pass grid")
         grid = np.linspace(lo - 6.0 * sigma, hi + 6.0 * sigma, 1000)
     density = np.zeros(grid.shape[0])
     c = 1.0 / (n_probes * sigma * np.sqrt(2.0 * np.pi))

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ._validate import as_array, check_int, check_option, check_positive
+from ._validate import (
+    as_array,
+    check_int,
+    check_memory,
+    check_nonnegative,
+    check_option,
+    check_positive,
+    check_seed,
+    check_size,
+)
 from .integrate import odeint
 from .kernels import neural as _kn
 from .kernels.activations import ACTIVATIONS
@@ -93,6 +102,9 @@ class ShearEmbedding:
     def target(self, X: Any) -> np.ndarray:
         """The map Ψ itself, (B, d) -> (B, q)."""
         X = as_array("X", X, ndim=2)
+        if X.shape[1] != self.d:
+            raise ValueError(f"X must have {self.d} columns, got shape {X.shape}")
+        check_memory(f"{X.shape[0]} points of q = {self.q} outputs", 16.0 * X.shape[0] * self.q)
         cols = X[:, np.arange(self.q) % self.d]
         return np.vectorize(lambda u: _psi(PSI[self.psi], u))(cols) if cols.size else cols
 
@@ -141,6 +153,8 @@ def liouville_determinant(
         raise TypeError("liouville_determinant needs a (non-augmented) NeuralODE")
     n_quad = check_int("n_quad", n_quad, minimum=3) | 1
     x0 = as_array("x0", x0, shape=(model.dim,))
+    rtol = check_positive("rtol", rtol)
+    check_memory(f"n_quad = {n_quad} quadrature points", 16.0 * n_quad * (model.dim + 1))
     t0 = float(model.t_layers[0])
     T = model.T if T is None else check_positive("T", T)
     J = flow_jacobian(model, x0, T, rtol=rtol, atol=rtol * 1e-2)
@@ -192,8 +206,13 @@ class FeedForward:
     @classmethod
     def random(cls, sizes: Any, activation: str = "tanh", *, scale: float = 1.0, seed: int = 0):
         """Gaussian weights of variance ``scale² / fan_in``, biases ``N(0, 0.5²)``."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed("seed", seed))
+        if isinstance(sizes, (str, bytes)) or np.ndim(sizes) != 1 or len(sizes) < 2:
+            raise ValueError(f"sizes must be a sequence of at least 2 layer widths, got {sizes!r}")
         sizes = [check_int("sizes", s, minimum=1) for s in sizes]
+        scale = check_positive("scale", scale)
+        n_par = sum(o * (i + 1) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+        check_memory(f"a network of sizes {sizes} ({n_par} parameters)", 16.0 * n_par)
         Ws = [
             rng.standard_normal((o, i)) * scale / np.sqrt(i)
             for i, o in zip(sizes[:-1], sizes[1:], strict=True)
@@ -313,9 +332,10 @@ def critical_points(
     box = as_array("box", box, shape=(n, 2))
     if not np.all(box[:, 1] > box[:, 0]):
         raise ValueError("box rows must be [low, high] with high > low")
-    n_starts = check_int("n_starts", n_starts, minimum=1)
+    n_starts = check_size("n_starts", n_starts, item_bytes=8 * n)
     tol = check_positive("tol", tol)
-    rng = np.random.default_rng(seed)
+    merge = check_nonnegative("merge", merge)
+    rng = np.random.default_rng(check_seed("seed", seed))
     starts = box[:, 0] + (box[:, 1] - box[:, 0]) * rng.random((n_starts, n))
     found: list[np.ndarray] = []
     best = np.inf

@@ -18,6 +18,8 @@ Built-in graphons (all matrix-free in O(N) memory and O(N) work per evaluation):
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._validate import as_array, check_int, check_jitted, check_nonnegative, check_positive
+from ._validate import (
+    as_array,
+    check_int,
+    check_jitted,
+    check_memory,
+    check_nonnegative,
+    check_positive,
+    check_real,
+    check_seed,
+    check_size,
+    load_npy,
+)
 from .kernels import kuramoto as kk
 
 __all__ = ["Graphon", "DigraphMeasure", "w_random_graph", "erdos_renyi", "load_matrix"]
@@ -152,7 +165,8 @@ class DigraphMeasure:
         if not isinstance(w, Graphon):
             raise ValueError(f"w must be a Graphon, got {type(w).__name__}")
         if isinstance(x, (int, np.integer)):
-            n = check_int("N", x, minimum=1)
+            # positions, weights and the O(N) sums of the matrix-free form: ~10 arrays of N
+            n = check_size("N", x, item_bytes=80)
             xs = _grid(n)
         else:
             xs = as_array("x", x, ndim=1)
@@ -210,9 +224,10 @@ def erdos_renyi(n: int, p: float, *, seed: int = 0, dtype: Any = np.float64) -> 
     (duplicates redrawn), which is exactly independent Bernoulli(p) entries.
     """
     n = check_int("N", n, minimum=1)
-    p = check_nonnegative("p", p)
-    if p > 1:
-        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    p = check_real("p", p, low=0.0, high=1.0)
+    seed = check_seed("seed", seed)
+    # row pointers, and per expected edge its column, weight and the sampler's int64 scratch
+    check_memory(f"an Erdős–Rényi graph of N = {n}, p = {p:g}", 8.0 * n + 44.0 * n * (n - 1) * p)
     rng = np.random.default_rng(seed)
     indptr = np.zeros(n + 1, np.int64)
     cols_all = []
@@ -250,8 +265,15 @@ def w_random_graph(
     if not isinstance(w, Graphon):
         raise ValueError(f"w must be a Graphon, got {type(w).__name__}")
     n = check_int("N", n, minimum=1)
+    block_rows = check_int("block_rows", block_rows, minimum=1)
+    seed = check_seed("seed", seed)
     if w.name == "constant":
         return erdos_renyi(n, min(1.0, w.params[0]), seed=seed, dtype=dtype)
+    # one block of rows: weights, uniforms and hits (the edges found are not known in advance)
+    check_memory(
+        f"a W-random graph of N = {n} in blocks of {block_rows} rows",
+        17.0 * min(block_rows, n) * n + 8.0 * n,
+    )
     rng = np.random.default_rng(seed)
     x = _grid(n)
     ones = np.ones(n)
@@ -274,10 +296,21 @@ def w_random_graph(
 def load_matrix(path: str | Path, *, dataset: str = "W") -> np.ndarray | sp.csr_matrix:
     """Read a coupling matrix: ``.npz`` (scipy.sparse.save_npz or numpy.savez with key ``W``),
     ``.npy``, or ``.h5`` (dataset ``W``)."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(dataset, str):
+        raise TypeError(f"path must be a str or Path and dataset a str, got {path!r}, {dataset!r}")
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"graph file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
+    if suffix == ".npy":
+        return load_npy("graph file", p)
+    try:
+        return _load_matrix(p, suffix, dataset)
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read the graph file {str(p)!r}: {exc}") from None
+
+
+def _load_matrix(p: Path, suffix: str, dataset: str) -> np.ndarray | sp.csr_matrix:
     if suffix == ".npz":
         try:
             return sp.load_npz(p).tocsr()
@@ -286,8 +319,6 @@ def load_matrix(path: str | Path, *, dataset: str = "W") -> np.ndarray | sp.csr_
                 if dataset not in z:
                     raise ValueError(f"{str(p)!r} holds no array {dataset!r}") from None
                 return np.asarray(z[dataset])
-    if suffix == ".npy":
-        return np.load(p)
     if suffix in (".h5", ".hdf5"):
         import h5py
 

@@ -24,10 +24,12 @@ import numpy as np
 
 from ._validate import (
     as_array,
+    check_bool,
     check_int,
     check_jitted,
     check_option,
     check_positive,
+    check_steps,
     check_time_grid,
 )
 from .errors import NonFiniteStateError
@@ -260,6 +262,10 @@ def odeint(
         raise ValueError("resume=True needs out, the run file to continue")
     if chunk_frames is not None:
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
+    variational = check_bool("variational", variational)
+    overwrite = check_bool("overwrite", overwrite)
+    if dt is not None and not adaptive:
+        check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 
     fn_ip = fn_s = jac_fn = None
     if _is_model(f):

@@ -38,12 +38,16 @@ import numpy as np
 
 from ._validate import (
     as_array,
+    check_bool,
     check_int,
     check_jitted,
+    check_memory,
     check_nonnegative,
     check_option,
     check_out_path,
     check_positive,
+    check_seed,
+    check_steps,
 )
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
@@ -361,6 +365,9 @@ def lyapunov_spectrum(
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
     n_records = check_int("n_records", n_records, minimum=1)
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
+    seed = check_int("seed", seed, minimum=0)  # stored in the run file's parameters
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     is_flow = system.kind == "flow"
     if is_flow:
         if dt is None:
@@ -371,9 +378,11 @@ def lyapunov_spectrum(
         n_steps = (
             check_int("steps", steps, minimum=1)
             if steps is not None
-            else max(1, int(round(check_positive("t_end", t_end) / dt)))
+            else max(1, check_steps("t_end / dt", np.round(check_positive("t_end", t_end) / dt)))
         )
-        n_trans = int(round(check_nonnegative("transient", transient) / dt))
+        n_trans = check_steps(
+            "transient / dt", np.round(check_nonnegative("transient", transient) / dt)
+        )
     else:
         if dt is not None or t_end is not None:
             raise ValueError("a map takes steps (iterations), not dt or t_end")
@@ -384,7 +393,7 @@ def lyapunov_spectrum(
         tr = check_nonnegative("transient", transient)
         if not float(tr).is_integer():
             raise ValueError(f"transient must be a whole number of iterations, got {transient!r}")
-        n_trans = int(tr)
+        n_trans = check_steps("transient", tr)
 
     bparams = np.zeros(1)
     if isinstance(system, (Henon, Lorenz63)):
@@ -629,6 +638,7 @@ def product_lyapunov(
     chunk = check_int("chunk", chunk, minimum=1)
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     reorth_every = check_int("reorth_every", reorth_every, minimum=1)
+    n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     _check_resume(out, resume)
     rng = np.random.default_rng(seed)
     rng_start = rng_state(rng)
@@ -724,9 +734,6 @@ def product_lyapunov(
     return res
 
 
-# ============================================================================================
-# Plots
-# ============================================================================================
 # ============================================================================================
 # Deep networks: products of layer Jacobians
 # ============================================================================================
@@ -829,6 +836,9 @@ def network_lyapunov(
     -------
     NetworkLyapunov (stderr over inputs).
     """
+    from .training import _check_mlp
+
+    _check_mlp(mlp)
     if theta is None:
         theta = mlp.init(seed)
     theta = as_array("theta", theta, shape=(int(mlp.n_params),))
@@ -838,8 +848,10 @@ def network_lyapunov(
     ]
     n_in = layers[0][0].shape[1]
     X = as_array("X", X, ndim=2)
-    if X.shape[1] != n_in:
-        raise ValueError(f"X must have {n_in} columns (the network's inputs), got {X.shape[1]}")
+    if X.shape[1] != n_in or X.shape[0] == 0:
+        raise ValueError(
+            f"X must have shape (n >= 1, {n_in}) (the network's inputs), got {X.shape}"
+        )
     k = min(n_in, min(W.shape[0] for W, _ in layers)) if k is None else check_int("k", k, minimum=1)
     if k > n_in:
         raise ValueError(f"k must be <= the input dimension {n_in}, got {k}")
@@ -903,7 +915,12 @@ def random_network_lyapunov(
         raise ValueError(f"skip_layers must be < depth = {L}, got {skip}")
     q0 = check_positive("q0", q0)
     code = _activation_code(activation)
-    rng = np.random.default_rng(seed)
+    # the layers of one network and the Jacobian products of its inputs
+    check_memory(
+        f"{nets} network(s) of width {N} and depth {L}",
+        8.0 * L * N * (N + 1) + 8.0 * n_in * (L * k + k * k + N) + 8.0 * nets * (3 * n_in + L) * k,
+    )
+    rng = np.random.default_rng(check_seed("seed", seed))
     per_net, per_input_all, per_layer_all, sing_all = [], [], [], []
     for _ in range(nets):
         layers = [

@@ -27,10 +27,16 @@ import scipy.sparse as sp
 
 from ._validate import (
     as_array,
+    check_bool,
     check_finite,
     check_int,
+    check_memory,
     check_option,
     check_positive,
+    check_real,
+    check_seed,
+    check_size,
+    check_steps,
 )
 from .errors import NonFiniteStateError
 from .graphs import DigraphMeasure, Graphon
@@ -77,6 +83,7 @@ class Coupling:
 
     def __init__(self, W: Any, n: int, *, dtype: str = "float64", pairwise: bool = False):
         check_option("dtype", dtype, DTYPES)
+        pairwise = check_bool("pairwise", pairwise)
         dt = DTYPES[dtype]
         self.dtype = dtype
         W_ = x = mu = u = v = _EMPTY
@@ -362,6 +369,8 @@ def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(r, psi)`` with the leading shape of ``theta``.
     """
     th = as_array("theta", theta, ndim=(1, 2))
+    if th.shape[-1] == 0:
+        raise ValueError(f"theta must hold at least one phase per row, got shape {th.shape}")
     z = np.exp(1j * th).mean(axis=-1)
     return np.abs(z), np.angle(z)
 
@@ -369,7 +378,7 @@ def order_parameter(theta: Any) -> tuple[np.ndarray, np.ndarray]:
 def twisted_state(n: int, q: int, c: float = 0.0) -> np.ndarray:
     """q-twisted state θ_i = 2π q i / N + c, i = 1..N (an equilibrium of identical oscillators
     on ring graphons)."""
-    n = check_int("N", n, minimum=1)
+    n = check_size("N", n, item_bytes=16)
     q = check_int("q", q)
     return 2 * np.pi * q * np.arange(1, n + 1) / n + _real("c", c)
 
@@ -440,10 +449,24 @@ def simulate(
     save_every = check_int("save_every", save_every, minimum=1)
     if chunk_steps is not None:
         chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
+    progress = check_bool("progress", progress)
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
-    total = int(np.ceil(t_end / dt - 1e-9))
+    total = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
+    if total < 1:
+        raise ValueError(f"t_end = {t_end:g} is less than one step dt = {dt:g}: no step to take")
     steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
+    # the chunk buffers, and without out every step's observables and every saved frame
+    kept = 0 if out is not None else 24.0 * (total + 1) + 8.0 * (n + 1) * (total // save_every + 1)
+    check_memory(
+        f"a run of {total} steps in chunks of {steps_per_call} steps (chunk_steps)"
+        + ("" if out is not None else " kept in memory (pass out= to stream it)"),
+        16.0 * steps_per_call + 8.0 * n * frame_rows + kept,
+    )
     c = model._c
     names = model.observables
     params = {
@@ -646,12 +669,13 @@ def kuramoto_order_parameter(
     """
     from scipy import stats
 
-    N = check_int("N", N, minimum=1)
+    N = check_size("N", N, item_bytes=64)  # frequencies, phases and the run's state
     gamma = check_positive("gamma", gamma)
     t_end = check_positive("t_end", t_end)
     dt = check_positive("dt", dt)
     check_option("freq", freq, ("quantile", "random"))
-    t_from = t_end / 2 if t_from is None else float(t_from)
+    seed = check_seed("seed", seed, allow_none=True)
+    t_from = t_end / 2 if t_from is None else check_real("t_from", t_from)
     if not 0 <= t_from < t_end:
         raise ValueError(f"t_from must be in [0, t_end) = [0, {t_end:g}), got {t_from!r}")
     rng = np.random.default_rng(0 if seed is None else seed)
@@ -661,7 +685,7 @@ def kuramoto_order_parameter(
         omega = gamma * rng.standard_cauchy(N)
     theta0 = rng.uniform(0.0, 2.0 * np.pi, N)
     model = Kuramoto(omega, Graphon.constant(1.0), K)
-    steps = int(np.ceil(t_end / dt - 1e-9))
+    steps = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
     run = simulate(model, theta0, t_end, dt, save_every=max(steps, 1))
     r = run.r[run.t > t_from]
     return {"r": float(r.mean()), "r_std": float(r.std())}

@@ -12,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_array, check_int, check_option, check_positive, check_time_grid
+from ._validate import (
+    as_array,
+    check_bool,
+    check_int,
+    check_memory,
+    check_option,
+    check_positive,
+    check_seed,
+    check_time_grid,
+)
 from .integrate import odeint
 from .kernels import neural as _kn
 from .kernels.activations import ACTIVATIONS
@@ -122,8 +131,11 @@ class NeuralODE:
         """Gaussian weights with variance ``scale² / fan_in`` (biases ``N(0, 0.1²)``)."""
         d = check_int("d", d, minimum=1)
         H = d if hidden is None or form == "inner" else check_int("hidden", hidden, minimum=1)
+        layers = check_int("layers", layers, minimum=1)
         scale = check_positive("scale", scale)
-        rng = np.random.default_rng(seed)
+        check_option("form", form, _FORMS)
+        check_memory(f"{layers} layer(s) of width {H} on d = {d}", 32.0 * layers * H * (d + 1))
+        rng = np.random.default_rng(check_seed("seed", seed))
         A = rng.standard_normal((layers, H, d)) * scale / np.sqrt(d)
         b = 0.1 * rng.standard_normal((layers, H))
         if form == "inner":
@@ -314,6 +326,7 @@ def flow_jacobian(
     embedding ``[I; 0]``). ``X`` (n,) or (B, n) gives (p, n) or (B, p, n). With
     ``return_flow`` also returns ``flow_map(model, X, T)``.
     """
+    return_flow = check_bool("return_flow", return_flow)
     sol = _flow(model, X, T, method, rtol, atol, dt, True)
     J = sol.jac[-1]
     y = sol.y[-1]

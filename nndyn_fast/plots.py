@@ -29,7 +29,11 @@ def _axes(ax: Any, grid: tuple[int, int], figsize: tuple[float, float], **subplo
     """``(fig, axes)``: the given Axes (as many as the grid has), or a new figure's grid."""
     n = grid[0] * grid[1]
     if ax is not None:
+        from matplotlib.axes import Axes
+
         axes = list(np.ravel(ax)) if isinstance(ax, (Sequence, np.ndarray)) else [ax]
+        if not all(isinstance(a, Axes) for a in axes):
+            raise TypeError(f"ax must be a matplotlib Axes (or {n} of them), got {ax!r:.60}")
         if len(axes) != n:
             raise ValueError(f"ax must be {n} Axes for this figure, got {len(axes)}")
         return axes[0].figure, axes
@@ -37,6 +41,14 @@ def _axes(ax: Any, grid: tuple[int, int], figsize: tuple[float, float], **subplo
 
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, list(fig.subplots(*grid, squeeze=False, **subplots).ravel())
+
+
+def _check_path(path: str | Path | None) -> None:
+    """Refuse an unwritable figure path before anything is drawn."""
+    if path is not None:
+        from ._validate import check_out_path
+
+        check_out_path("path", path, overwrite=True)
 
 
 def _save(fig, path: str | Path | None) -> None:
@@ -54,6 +66,12 @@ def plot_stability_diagram(diagram: Any, path: str | Path | None = None, ax: Any
     """
     from matplotlib.colors import SymLogNorm
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    from .sgd_stability import StabilityDiagram
+
+    if not isinstance(diagram, StabilityDiagram):
+        raise TypeError(f"diagram must be a StabilityDiagram, got {type(diagram).__name__}")
+    _check_path(path)
 
     fig, (ax,) = _axes(ax, (1, 1), (6.4, 4.4))
     lrs, bs, lam = np.asarray(diagram.lrs), np.asarray(diagram.batch_sizes), diagram.lam
@@ -102,6 +120,10 @@ def plot_eos(runs: Mapping[float, Any], path: str | Path | None = None, ax: Any 
     """Edge of stability: loss (log scale, top) and sharpness λ_max(H) (bottom) against the
     step for each learning rate η, with the stability threshold 2/η of each run drawn dashed
     in the run's colour. ``ax``: two Axes (loss, sharpness)."""
+    from .training import check_runs
+
+    check_runs(runs)
+    _check_path(path)
     fig, (ax1, ax2) = _axes(ax, (2, 1), (7.0, 6.0), sharex=True)
     for i, (lr, run) in enumerate(sorted(runs.items())):
         c = f"C{i}"
@@ -125,6 +147,9 @@ def plot_memory_capacity(result: Mapping[str, Any], path: str | Path | None = No
     aτ = 1/e and the observed one. Right: the best fits of x ↦ x² by 1-D neural DDEs for each
     κ = Kτ (monotone below the threshold κ = 1/e). ``ax``: two Axes.
     """
+    if not isinstance(result, Mapping) or "sweep" not in result:
+        raise TypeError("result must be the dict returned by memory_demo")
+    _check_path(path)
     fig, (ax1, ax2) = _axes(ax, (1, 2), (11.0, 4.2))
     a, T, thr = result["a_tau"], result["T"], result["linear_threshold"]
     ax1.pcolormesh(a, T, result["sign"].T, cmap="coolwarm_r", shading="auto", vmin=-1, vmax=1)
@@ -164,6 +189,7 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
 
     from .storage import RunFile, open_run
 
+    _check_path(path)
     f = run if isinstance(run, RunFile) else open_run(run)
     try:
         params = f.params

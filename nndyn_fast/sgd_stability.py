@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_array, check_int, check_option, check_out_path, check_positive
+from ._validate import (
+    as_array,
+    check_bool,
+    check_int,
+    check_memory,
+    check_option,
+    check_out_path,
+    check_positive,
+)
 from .eigen import gd_threshold, top_eigenpairs
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
@@ -260,6 +268,11 @@ def _sgd_options(
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     opts["level"] = float(level)
+    # the tangent blocks and batch permutations of the replicas
+    R, k = opts["replicas"], opts["k"]
+    check_memory(
+        f"replicas = {R} chains of {k} vectors in {op.m} dimensions", 8.0 * R * (k * op.m + op.n)
+    )
     return opts
 
 
@@ -345,6 +358,8 @@ def sgd_lyapunov(
         level=level,
     )
     seed = _seed_param(seed)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     return _sgd_exponents(
@@ -578,6 +593,7 @@ def _sgd_result(
 def _mlp_gradients(mlp: Any, theta: Any, X: Any) -> tuple[np.ndarray, int]:
     from . import training
 
+    training._check_mlp(mlp)
     if getattr(mlp, "loss", "mse") != "mse":
         raise ValueError(
             f"sgd_lyapunov_mlp needs an MLP with loss='mse' (per-sample Hessian J^T J at an "
@@ -834,6 +850,8 @@ def sgd_stability_diagram(
     if mean_square:
         for lr in lrs_a:
             _check_mean_square_lr(op, float(lr))
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     shape = (bs.size, lrs_a.size)

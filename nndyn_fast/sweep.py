@@ -58,7 +58,11 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_out_path
+from ._validate import (
+    check_bool,
+    check_int,
+    check_out_path,
+)
 from .runs import Run, start_run
 from .storage import RunFileError, open_run
 
@@ -849,6 +853,8 @@ def sweep(
     seed = check_int("seed", seed, minimum=0)
     if n_workers is not None:
         n_workers = check_int("n_workers", n_workers, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if overwrite and resume:
         raise ValueError("pass either overwrite=True or resume=True, not both")
     if resume and out is None:

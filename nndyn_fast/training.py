@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_array, check_int, check_option
+from ._validate import as_array, check_bool, check_int, check_memory, check_option
 from .eigen import (
     METHODS,
     Eigenpairs,
@@ -151,6 +151,9 @@ class MLP:
         c = 2 for relu/gelu (He), 1 otherwise (LeCun). Returns θ, float64 (P,).
         """
         rng = np.random.default_rng(check_int("seed", seed, minimum=0))
+        check_memory(
+            f"an MLP with sizes {self.sizes} ({self.n_params} parameters)", 8.0 * self.n_params
+        )
         gain = 2.0 if self.activation in ("relu", "gelu") else 1.0
         theta = np.zeros(self.n_params)
         for W, _ in self.unflatten(theta):
@@ -371,6 +374,9 @@ def per_sample_gradients(mlp: MLP, theta: Any, X: Any) -> np.ndarray:
     mlp = _check_mlp(mlp)
     theta = _theta(mlp, theta)
     X = _data_X(mlp, X)
+    check_memory(
+        f"the gradients of {X.shape[0]} points", 8.0 * X.shape[0] * mlp.n_out * mlp.n_params
+    )
     out = np.empty((X.shape[0] * mlp.n_out, mlp.n_params))
     km.mlp_per_sample_grads(mlp._sizes, mlp._code, theta, X, out)
     return out
@@ -395,7 +401,7 @@ def hessian_operator(mlp: MLP, theta: Any, X: Any, Y: Any, *, gauss_newton: bool
     from scipy.sparse.linalg import LinearOperator
 
     mlp, theta, X, Y = _checked(mlp, theta, X, Y)
-    kern = km.mlp_gnvp if gauss_newton else km.mlp_hvp
+    kern = km.mlp_gnvp if check_bool("gauss_newton", gauss_newton) else km.mlp_hvp
     args = (mlp._sizes, mlp._code, mlp._loss_code, theta, X, Y)
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -542,8 +548,14 @@ def hessian_spectrum_density(
         if grid.size == 0:
             raise ValueError("grid must hold at least one point, got an empty array")
     P = mlp.n_params
+    m_max = min(n_steps, P)
+    # probes, the Lanczos basis of one probe, nodes and weights
+    check_memory(
+        f"n_probes = {n_probes} probes of {P} parameters",
+        8.0 * (n_probes * P + (m_max + 1) * P + 2 * n_probes * m_max),
+    )
     probes = 2.0 * np.random.default_rng(seed).integers(0, 2, (n_probes, P)) - 1.0
-    return _slq(op.matvec, probes, min(n_steps, P), grid, sigma)
+    return _slq(op.matvec, probes, m_max, grid, sigma)
 
 
 # -- linear stability of gradient descent -----------------------------------------------------
@@ -639,7 +651,8 @@ def gd_stability(
 
     lr = check_positive("lr", lr)
     rank_tol = check_positive("rank_tol", rank_tol)
-    P_jac = None if jacobian is None else np.shape(jacobian)[1]
+    tol = check_positive("tol", tol)
+    P_jac = None if jacobian is None else as_array("jacobian", jacobian, ndim=2).shape[1]
     matvec, P, A = _as_operator(H, P_jac, "jacobian (it fixes P and the normal space)")
     dense = A is not None
     if dense:
@@ -843,10 +856,18 @@ def gradient_descent(
     seed = check_int("seed", seed, minimum=0)
     sharpness_tol = check_positive("sharpness_tol", sharpness_tol)
     chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     if resume and overwrite:
         raise ValueError("give overwrite or resume, not both")
+    # every step's loss and gradient norm are kept, and each chunk's mini-batch indices
+    n_sharp = steps // sharpness_every + 2 if sharpness_every > 0 else 0
+    check_memory(
+        f"a run of steps = {steps}",
+        16.0 * steps + 8.0 * n_sharp * k + 8.0 * min(chunk_steps, steps) * (batch_size or 0),
+    )
 
     P = mlp.n_params
     theta = theta0.copy()
@@ -986,6 +1007,7 @@ def eos_dataset(n: int = 100, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np
     """
     n = check_int("n", n, minimum=1)
     d = check_int("d", d, minimum=3)
+    check_memory(f"a data set of n = {n} points in d = {d}", 8.0 * n * (d + 2))
     rng = np.random.default_rng(check_int("seed", seed, minimum=0))
     X = rng.standard_normal((n, d))
     Y = np.sin(2 * X[:, :1]) * np.cos(X[:, 1:2]) + 0.5 * X[:, 2:3] ** 2
@@ -1055,8 +1077,13 @@ def eos_experiment(
         raise ValueError(f"lrs must be distinct, got {lrs}")
     width = check_int("width", width, minimum=1)
     depth = check_int("depth", depth, minimum=1)
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
     if resume and overwrite:
         raise ValueError("give overwrite or resume, not both")
+    d_in = check_int("d", d, minimum=3)
+    n_par = width * (d_in + 1) + (depth - 1) * width * (width + 1) + width + 1
+    check_memory(f"an MLP of depth {depth} and width {width} ({n_par} parameters)", 24.0 * n_par)
     X, Y = eos_dataset(n, d, seed)
     mlp = MLP((d,) + (width,) * depth + (1,), "tanh", "mse")
     theta0 = mlp.init(seed)
@@ -1089,10 +1116,19 @@ def eos_experiment(
     return runs
 
 
+def check_runs(runs: Any) -> None:
+    """Raise TypeError unless ``runs`` is ``{lr: GDRun}`` (as :func:`eos_experiment` returns)."""
+    if not isinstance(runs, dict) or not all(isinstance(r, GDRun) for r in runs.values()):
+        raise TypeError(
+            f"runs must be a dict {{lr: GDRun}} (from eos_experiment), got {runs!r:.80}"
+        )
+
+
 def eos_summary(runs: dict[float, GDRun]) -> str:
     """A text table of edge-of-stability runs, one line per learning rate η: 2/η, the
     sharpness at the first and last measurement, the mean of the late half of the sharpness
     series over 2/η (≈ 1 at the edge of stability), and the final loss."""
+    check_runs(runs)
     lines = [
         f"{'lr':>8} {'2/lr':>9} {'λ_max(0)':>9} {'λ_max end':>9} {'late mean/(2/lr)':>17} "
         f"{'loss end':>10}"
