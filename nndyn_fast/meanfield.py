@@ -436,7 +436,9 @@ def simulate(
     out : path, optional
         Stream to this HDF5 run file (see :mod:`nndyn_fast.storage`): series ``trajectory``
         (time, step, value (N,)) and ``observables`` (time, step, value (2,)), committed per
-        chunk with a checkpoint, so a killed run keeps every committed chunk.
+        chunk with a checkpoint, so a killed run keeps every committed chunk. ``step`` is the
+        step number, or for adaptive methods the save index k (time k dt); their checkpoint
+        also holds the step-size controller's state, so a resume continues bitwise.
     overwrite, resume : bool
         Replace an existing ``out``, or continue the run it holds from its last checkpoint
         (the model, dt, method and save_every must be the same; the result is identical to an
@@ -488,6 +490,7 @@ def simulate(
             "rtol": _network_tolerance("rtol", 1e-6 if rtol is None else rtol, n, 1e-15),
             "atol": _network_tolerance("atol", 1e-9 if atol is None else atol, n, 1e-300),
         }
+    # private test hook: adaptive tableaus with every step of size _h_fixed, no control
     h_fixed = 0.0 if _h_fixed is None else check_positive("_h_fixed", _h_fixed)
     total = int(np.ceil(t_end / dt - 1e-9))
     steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
