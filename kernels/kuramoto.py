@@ -1,4 +1,4 @@
-"""Kuramoto-type networks: the O(N^2) interaction sums and fixed-step integrators.
+"""Kuramoto-type networks: the O(N^2) interaction sums, fixed-step and adaptive integrators.
 
 Two models share the kernels (``model`` code):
 
@@ -18,6 +18,17 @@ b = cos θ, since sin(θ_j − θ_i − α) = cos α (sin θ_j cos θ_i − cos 
   ``code`` or a user's jitted ``wfun(x, y)``.
 
 The coupling arrays travel as one tuple ``cp`` (see :func:`coupling_sums`).
+
+Integrators: :func:`network_advance` takes fixed Euler or RK4 steps; :func:`network_adaptive`
+takes adaptive Dormand-Prince steps, DOPRI5 (5(4), Hairer's order-4 continuous extension) or
+DOP853 (8(5,3), its order-7 continuous extension), with the step-size control of
+:mod:`~nndyn_fast.kernels.control`, and fills the save times from the dense output.
+
+References
+----------
+J. R. Dormand, P. J. Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl.
+Math. 6 (1980) 19-26. E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential
+Equations I", 2nd ed., Springer 1993, sections II.4-II.6 and the codes DOPRI5 and DOP853.
 """
 
 import math
@@ -26,11 +37,24 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import act
-from .control import FASTMATH, NONFINITE, OK
+from .control import (
+    EPS,
+    FASTMATH,
+    NONFINITE,
+    OK,
+    STEP_UNDERFLOW,
+    initial_step_guess,
+    initial_step_refine,
+    pi_control,
+    pi_exponent,
+    wrms_norm,
+)
+from .rk import DOPRI5_A, DOPRI5_D, DOPRI5_E
 
 PHASE, RATE = 0, 1
 DENSE, CSR, STRUCTURED, PAIRWISE = 0, 1, 2, 3
 EULER, RK4 = 0, 1
+DOPRI5, DOP853 = 2, 3  # adaptive methods (network_adaptive)
 # Built-in graphon codes for PAIRWISE evaluation and window construction.
 G_CONSTANT, G_SMALL_WORLD, G_POWER_LAW, G_DIRECTED_RING = 0, 1, 2, 3
 
@@ -417,3 +441,471 @@ def graphon_eval(xs, ys, code, params, wfun, out):
             out[k] = graphon_value(code, params, xs[k], ys[k])
         else:
             out[k] = wfun(xs[k], ys[k])
+
+
+# --- adaptive Dormand-Prince methods ---------------------------------------------------------
+# A stage table for network_adaptive: stage s of a step h from y is f(y + h sum_j A[s, j] k_j);
+# row ``last`` of A holds the propagating weights b (y_new is that stage's state, and its
+# evaluation f(y_new) is the first stage of the next step); E (and E3) the error weights, D the
+# extra rows of the continuous extension. DOPRI5: 7 stages (A[6] = b, first same as last).
+DOPRI5_TD = DOPRI5_D.reshape(1, -1)
+DOPRI5_TE3 = np.zeros(7)
+
+# DOP853 (Hairer's code DOP853, the coefficients of its Fortran source): 12 stages, row 12 the
+# 8th-order weights b (f(y_new) = k13 is the next step's k1), rows 13-15 the three extra stages
+# of the order-7 continuous extension. Error: the 5th-order estimate E5 and the 3rd-order E3
+# combined as h ||E5 k||^2 / sqrt(||E5 k||^2 + 0.01 ||E3 k||^2) (the estimate is O(h^8)).
+DOP853_A = np.zeros((16, 16))
+DOP853_A[1, 0] = 5.26001519587677318785587544488e-2
+DOP853_A[2, :2] = [1.97250569845378994544595329183e-2, 5.91751709536136983633785987549e-2]
+DOP853_A[3, [0, 2]] = [2.95875854768068491816892993775e-2, 8.87627564304205475450678981324e-2]
+DOP853_A[4, [0, 2, 3]] = [
+    2.41365134159266685502369798665e-1,
+    -8.84549479328286085344864962717e-1,
+    9.24834003261792003115737966543e-1,
+]
+DOP853_A[5, [0, 3, 4]] = [
+    3.7037037037037037037037037037e-2,
+    1.70828608729473871279604482173e-1,
+    1.25467687566822425016691814123e-1,
+]
+DOP853_A[6, [0, 3, 4, 5]] = [
+    3.7109375e-2,
+    1.70252211019544039314978060272e-1,
+    6.02165389804559606850219397283e-2,
+    -1.7578125e-2,
+]
+DOP853_A[7, [0, 3, 4, 5, 6]] = [
+    3.70920001185047927108779319836e-2,
+    1.70383925712239993810214054705e-1,
+    1.07262030446373284651809199168e-1,
+    -1.53194377486244017527936158236e-2,
+    8.27378916381402288758473766002e-3,
+]
+DOP853_A[8, [0, 3, 4, 5, 6, 7]] = [
+    6.24110958716075717114429577812e-1,
+    -3.36089262944694129406857109825,
+    -8.68219346841726006818189891453e-1,
+    2.75920996994467083049415600797e1,
+    2.01540675504778934086186788979e1,
+    -4.34898841810699588477366255144e1,
+]
+DOP853_A[9, [0, 3, 4, 5, 6, 7, 8]] = [
+    4.77662536438264365890433908527e-1,
+    -2.48811461997166764192642586468,
+    -5.90290826836842996371446475743e-1,
+    2.12300514481811942347288949897e1,
+    1.52792336328824235832596922938e1,
+    -3.32882109689848629194453265587e1,
+    -2.03312017085086261358222928593e-2,
+]
+DOP853_A[10, [0, 3, 4, 5, 6, 7, 8, 9]] = [
+    -9.3714243008598732571704021658e-1,
+    5.18637242884406370830023853209,
+    1.09143734899672957818500254654,
+    -8.14978701074692612513997267357,
+    -1.85200656599969598641566180701e1,
+    2.27394870993505042818970056734e1,
+    2.49360555267965238987089396762,
+    -3.0467644718982195003823669022,
+]
+DOP853_A[11, [0, 3, 4, 5, 6, 7, 8, 9, 10]] = [
+    2.27331014751653820792359768449,
+    -1.05344954667372501984066689879e1,
+    -2.00087205822486249909675718444,
+    -1.79589318631187989172765950534e1,
+    2.79488845294199600508499808837e1,
+    -2.85899827713502369474065508674,
+    -8.87285693353062954433549289258,
+    1.23605671757943030647266201528e1,
+    6.43392746015763530355970484046e-1,
+]
+DOP853_A[12, [0, 5, 6, 7, 8, 9, 10, 11]] = [  # b, the 8th-order weights
+    5.42937341165687622380535766363e-2,
+    4.45031289275240888144113950566,
+    1.89151789931450038304281599044,
+    -5.8012039600105847814672114227,
+    3.1116436695781989440891606237e-1,
+    -1.52160949662516078556178806805e-1,
+    2.01365400804030348374776537501e-1,
+    4.47106157277725905176885569043e-2,
+]
+DOP853_A[13, [0, 6, 7, 8, 9, 10, 11, 12]] = [
+    5.61675022830479523392909219681e-2,
+    2.53500210216624811088794765333e-1,
+    -2.46239037470802489917441475441e-1,
+    -1.24191423263816360469010140626e-1,
+    1.5329179827876569731206322685e-1,
+    8.20105229563468988491666602057e-3,
+    7.56789766054569976138603589584e-3,
+    -8.298e-3,
+]
+DOP853_A[14, [0, 5, 6, 7, 10, 11, 12, 13]] = [
+    3.18346481635021405060768473261e-2,
+    2.83009096723667755288322961402e-2,
+    5.35419883074385676223797384372e-2,
+    -5.49237485713909884646569340306e-2,
+    -1.08347328697249322858509316994e-4,
+    3.82571090835658412954920192323e-4,
+    -3.40465008687404560802977114492e-4,
+    1.41312443674632500278074618366e-1,
+]
+DOP853_A[15, [0, 5, 6, 7, 8, 12, 13, 14]] = [
+    -4.28896301583791923408573538692e-1,
+    -4.69762141536116384314449447206,
+    7.68342119606259904184240953878,
+    4.06898981839711007970213554331,
+    3.56727187455281109270669543021e-1,
+    -1.39902416515901462129418009734e-3,
+    2.9475147891527723389556272149,
+    -9.15095847217987001081870187138,
+]
+DOP853_TE = np.zeros(12)  # 5th-order error weights
+DOP853_TE[[0, 5, 6, 7, 8, 9, 10, 11]] = [
+    0.1312004499419488073250102996e-1,
+    -0.1225156446376204440720569753e1,
+    -0.4957589496572501915214079952,
+    0.1664377182454986536961530415e1,
+    -0.3503288487499736816886487290,
+    0.3341791187130174790297318841,
+    0.8192320648511571246570742613e-1,
+    -0.2235530786388629525884427845e-1,
+]
+DOP853_TE3 = DOP853_A[12, :12].copy()  # b minus the 3rd-order weights bhh
+DOP853_TE3[0] -= 0.244094488188976377952755905512
+DOP853_TE3[8] -= 0.733846688281611857341361741547
+DOP853_TE3[11] -= 0.220588235294117647058823529412e-1
+DOP853_TD = np.zeros((4, 16))  # rows 4-7 of the continuous extension (Hairer's d4..d7)
+DOP853_TD[0, [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]] = [
+    -0.84289382761090128651353491142e1,
+    0.56671495351937776962531783590,
+    -0.30689499459498916912797304727e1,
+    0.23846676565120698287728149680e1,
+    0.21170345824450282767155149946e1,
+    -0.87139158377797299206789907490,
+    0.22404374302607882758541771650e1,
+    0.63157877876946881815570249290,
+    -0.88990336451333310820698117400e-1,
+    0.18148505520854727256656404962e2,
+    -0.91946323924783554000451984436e1,
+    -0.44360363875948939664310572000e1,
+]
+DOP853_TD[1, [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]] = [
+    0.10427508642579134603413151009e2,
+    0.24228349177525818288430175319e3,
+    0.16520045171727028198505394887e3,
+    -0.37454675472269020279518312152e3,
+    -0.22113666853125306036270938578e2,
+    0.77334326684722638389603898808e1,
+    -0.30674084731089398182061213626e2,
+    -0.93321305264302278729567221706e1,
+    0.15697238121770843886131091075e2,
+    -0.31139403219565177677282850411e2,
+    -0.93529243588444783865713862664e1,
+    0.35816841486394083752465898540e2,
+]
+DOP853_TD[2, [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]] = [
+    0.19985053242002433820987653617e2,
+    -0.38703730874935176555105901742e3,
+    -0.18917813819516756882830838328e3,
+    0.52780815920542364900561016686e3,
+    -0.11573902539959630126141871134e2,
+    0.68812326946963000169666922661e1,
+    -0.10006050966910838403183860980e1,
+    0.77771377980534432092869265740,
+    -0.27782057523535084065932004339e1,
+    -0.60196695231264120758267380846e2,
+    0.84320405506677161018159903784e2,
+    0.11992291136182789328035130030e2,
+]
+DOP853_TD[3, [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]] = [
+    -0.25693933462703749003312586129e2,
+    -0.15418974869023643374053993627e3,
+    -0.23152937917604549567536039109e3,
+    0.35763911791061412378285349910e3,
+    0.93405324183624310003907691704e2,
+    -0.37458323136451633156875139351e2,
+    0.10409964950896230045147246184e3,
+    0.29840293426660503123344363579e2,
+    -0.43533456590011143754432175058e2,
+    0.96324553959188282948394950600e2,
+    -0.39177261675615439165231486172e2,
+    -0.14972683625798562581422125276e3,
+]
+
+# (A, E, E3, D, last stage, order of the error estimate) of each adaptive method
+ADAPTIVE_TABLES = {
+    DOPRI5: (DOPRI5_A, DOPRI5_E, DOPRI5_TE3, DOPRI5_TD, 6, 5),
+    DOP853: (DOP853_A, DOP853_TE, DOP853_TE3, DOP853_TD, 12, 8),
+}
+
+
+@njit(cache=True, parallel=True)
+def _stage_state(y, h, TA, s, K, out):
+    """out = y + h sum_{j<s} A[s, j] k_j (each component summed in stage order)."""
+    for i in prange(y.shape[0]):
+        x = y[i]
+        for j in range(s):
+            c = h * TA[s, j]
+            if c != 0.0:
+                x += c * K[j, i]
+        out[i] = x
+
+
+@njit(cache=True, parallel=True)
+def _weighted_sum(w, S, K, scale, out):
+    """out = scale * sum_{s<S} w[s] k_s."""
+    for i in prange(K.shape[1]):
+        acc = 0.0
+        for s in range(S):
+            acc += w[s] * K[s, i]
+        out[i] = scale * acc
+
+
+@njit(cache=True, parallel=True)
+def _dense_coefficients(y, ynew, h, K, last, TD, RC):
+    """Rows of the continuous extension on a step y -> ynew of size h (Hairer's rcont/cont):
+    y, ydiff, h k_1 - ydiff, ydiff - h f(ynew) - (h k_1 - ydiff), then h sum_s D[r, s] k_s."""
+    m = TD.shape[0]
+    S = TD.shape[1]
+    for i in prange(y.shape[0]):
+        yd = ynew[i] - y[i]
+        bspl = h * K[0, i] - yd
+        RC[0, i] = y[i]
+        RC[1, i] = yd
+        RC[2, i] = bspl
+        RC[3, i] = yd - h * K[last, i] - bspl
+        for r in range(m):
+            acc = 0.0
+            for s in range(S):
+                acc += TD[r, s] * K[s, i]
+            RC[4 + r, i] = h * acc
+
+
+@njit(cache=True, parallel=True)
+def _dense_value(RC, m, th, out):
+    """The continuous extension at theta = th: RC[0] + th (RC[1] + (1 - th) (RC[2] + th (...)))
+    with the factors th and 1 - th alternating over the ``m`` rows."""
+    th1 = 1.0 - th
+    for i in prange(RC.shape[1]):
+        p = RC[m - 1, i]
+        for q in range(m - 2, 0, -1):
+            p = RC[q, i] + (th1 if q % 2 == 1 else th) * p
+        out[i] = RC[0, i] + th * p
+
+
+@njit(cache=True)
+def _all_finite(x):
+    for i in range(x.shape[0]):
+        if not math.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(cache=True, parallel=True)
+def network_adaptive(
+    model,
+    act_code,
+    state,
+    drive,
+    KN,
+    alpha,
+    kind,
+    cp,
+    wfun,
+    method,
+    TA,
+    TE,
+    TE3,
+    TD,
+    rtol,
+    atol,
+    dt,
+    k_next,
+    total,
+    save_every,
+    ctl,
+    f0,
+    have_f0,
+    h_fixed,
+    max_attempts,
+    stats,
+    frames,
+    obs,
+):
+    """Advance ``state`` by adaptive DOPRI5 or DOP853 steps, filling the save times k dt.
+
+    The run goes from ``ctl[0]`` to ``total * dt`` (the last step lands on it); save time k
+    (``k_next <= k <= total``) is filled from the continuous extension of the step that covers
+    it (the step's own end state where k dt is the end of a step): its observables go to the
+    next row of ``obs`` and, when ``k % save_every == 0``, the state to the next row of
+    ``frames``. Step-size control (:mod:`~nndyn_fast.kernels.control`): the weighted RMS error
+    with per-component ``rtol``, ``atol`` (N,), PI control, Hairer's starting step when
+    ``ctl[1] <= 0``.
+
+    ``method`` is ``DOPRI5`` or ``DOP853`` with the tables ``ADAPTIVE_TABLES[method]``;
+    ``ctl = [t, h, errold, rejected_last, nonfinite]`` is the controller state, read and
+    written back; ``f0`` holds f(state) on entry when ``have_f0`` (else it is evaluated) and
+    on exit; ``h_fixed > 0`` (tests only) takes every step of that size, without control.
+    ``stats`` (3,) += accepted steps, rejected steps, evaluations.
+
+    The call pauses before a step (which changes nothing: the next call continues exactly as
+    this one would have) after ``max_attempts`` steps or when the rows left in ``obs`` cannot
+    hold the save times the step may cover. Returns ``(n_saved, n_frames, status, need)``:
+    ``need > 0`` (with nothing saved) is the number of rows the next step needs. ``status``:
+    ``OK``, ``NONFINITE`` (no step size gives a finite state), ``STEP_UNDERFLOW``; ``state``,
+    ``ctl`` then hold the last good state.
+    """
+    n = state.shape[0]
+    S = TA.shape[0]
+    last_stage = 6 if method == DOPRI5 else 12
+    order = 5 if method == DOPRI5 else 8
+    n_err = TE.shape[0]  # stages entering the error estimate
+    m_dense = 4 + TD.shape[0]
+    a = np.empty(n)
+    b = np.empty(n)
+    sa = np.empty(n)
+    sb = np.empty(n)
+    K = np.empty((S, n))
+    tmp = np.empty(n)
+    ynew = np.empty(n)
+    e = np.empty(n)
+    e3 = np.empty(n)
+    yk = np.empty(n)
+    RC = np.empty((m_dense, n))
+    expo1 = pi_exponent(order)
+    t = ctl[0]
+    h = ctl[1]
+    errold = ctl[2]
+    rejected = ctl[3] != 0.0
+    nonfinite = ctl[4] != 0.0
+    te = total * dt
+    if have_f0:
+        for i in range(n):
+            K[0, i] = f0[i]
+    else:
+        network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[0])
+        stats[2] += 1
+    if h_fixed > 0.0:
+        h = h_fixed
+    elif h <= 0.0:  # Hairer's starting step: an explicit Euler step estimates ||y''||
+        hh, d1 = initial_step_guess(state, K[0], rtol, atol)
+        hh = min(hh, te - t)
+        for i in range(n):
+            tmp[i] = state[i] + hh * K[0, i]
+        network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[1])
+        stats[2] += 1
+        for i in range(n):
+            e[i] = K[1, i] - K[0, i]
+        d2 = wrms_norm(e, state, state, rtol, atol) / hh
+        h = min(initial_step_refine(hh, d1, d2, order), te - t)
+    k_out = k_next
+    n_out = 0
+    n_fr = 0
+    status = OK
+    need = 0
+    attempts = 0
+    while k_out <= total and attempts < max_attempts:
+        hh = h
+        last = False
+        # (fixed steps land on te within rounding: the last one absorbs it)
+        if t + hh >= te or (h_fixed > 0.0 and t + 1.5 * hh >= te):
+            hh = te - t
+            last = True
+        if hh <= 16.0 * EPS * max(abs(t), abs(te)):
+            status = NONFINITE if nonfinite else STEP_UNDERFLOW
+            break
+        tnew = te if last else t + hh
+        # the save times this step covers if accepted (the counts rounded alike every call)
+        room = obs.shape[0] - n_out
+        cnt = 0
+        while k_out + cnt <= total and (k_out + cnt) * dt <= tnew and (cnt <= room or n_out == 0):
+            cnt += 1
+        if cnt > room:
+            if n_out == 0:
+                need = cnt
+            break
+        attempts += 1
+        for s in range(1, last_stage):
+            _stage_state(state, hh, TA, s, K, tmp)
+            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[s])
+        _stage_state(state, hh, TA, last_stage, K, ynew)  # the propagated solution
+        stats[2] += last_stage - 1
+        if method == DOPRI5:
+            # first same as last: f(ynew) is the 7th stage (its error weight is not zero)
+            network_rhs(model, act_code, ynew, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[6])
+            stats[2] += 1
+            _weighted_sum(TE, n_err, K, hh, e)
+            err = wrms_norm(e, state, ynew, rtol, atol)
+        else:
+            _weighted_sum(TE, n_err, K, 1.0, e)
+            _weighted_sum(TE3, n_err, K, 1.0, e3)
+            q5 = wrms_norm(e, state, ynew, rtol, atol)
+            q3 = wrms_norm(e3, state, ynew, rtol, atol)
+            err = 0.0 if q5 == 0.0 else hh * q5 * (q5 / math.hypot(q5, 0.1 * q3))
+        finite = _all_finite(ynew)
+        if h_fixed > 0.0:
+            if not finite:
+                status = NONFINITE
+                break
+            accept, fac = True, 1.0
+        else:
+            accept, fac, errold, nonfinite = pi_control(err, finite, errold, rejected, expo1)
+        rejected = not accept
+        if accept:
+            if method == DOP853:
+                network_rhs(
+                    model, act_code, ynew, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[12]
+                )
+                stats[2] += 1
+            if cnt > 0:
+                if k_out * dt < tnew:  # a save time inside the step: the continuous extension
+                    for s in range(last_stage + 1, S):  # DOP853: three more stages
+                        _stage_state(state, hh, TA, s, K, tmp)
+                        network_rhs(
+                            model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa,
+                            sb, K[s],
+                        )  # fmt: skip
+                        stats[2] += 1
+                    _dense_coefficients(state, ynew, hh, K, last_stage, TD, RC)
+                n_out0 = n_out
+                n_fr0 = n_fr
+                for q in range(cnt):
+                    k = k_out + q
+                    tk = k * dt
+                    if tk >= tnew:
+                        for i in range(n):
+                            yk[i] = ynew[i]
+                    else:
+                        _dense_value(RC, m_dense, (tk - t) / hh, yk)
+                        if not _all_finite(yk):  # an overflow between finite end points
+                            status = NONFINITE
+                            break
+                    _record(model, act_code, yk, obs, n_out)
+                    n_out += 1
+                    if k % save_every == 0:
+                        for i in range(n):
+                            frames[n_fr, i] = yk[i]
+                        n_fr += 1
+                if status != OK:  # the step is dropped with its save times
+                    n_out = n_out0
+                    n_fr = n_fr0
+                    break
+                k_out += cnt
+            for i in prange(n):
+                state[i] = ynew[i]
+                K[0, i] = K[last_stage, i]
+            t = tnew
+            stats[0] += 1
+        else:
+            stats[1] += 1
+        if h_fixed <= 0.0:
+            h = hh * fac
+    ctl[0] = t
+    ctl[1] = h
+    ctl[2] = errold
+    ctl[3] = 1.0 if rejected else 0.0
+    ctl[4] = 1.0 if nonfinite else 0.0
+    for i in range(n):
+        f0[i] = K[0, i]
+    return n_out, n_fr, status, need

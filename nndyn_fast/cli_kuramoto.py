@@ -75,10 +75,24 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
         help="graphons: matrix-free (auto), dense matrix, or sampled W-random graph",
     )
     p.add_argument("--activation", default="tanh", help="activation of --model rate")
-    p.add_argument("--dt", type=float, default=0.05, help="time step (default 0.05)")
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=0.05,
+        help="time step (default 0.05); with --method dopri5/dop853 the save interval",
+    )
     p.add_argument("--t-end", type=float, default=100.0, help="end time (default 100)")
-    p.add_argument("--method", default="rk4", choices=["rk4", "euler"])
-    p.add_argument("--save-every", type=int, default=20, help="save phases every n steps")
+    p.add_argument(
+        "--method",
+        default="rk4",
+        choices=["rk4", "euler", "dopri5", "dop853"],
+        help="fixed steps (rk4, euler) or adaptive steps with dense output (dopri5, dop853)",
+    )
+    p.add_argument("--rtol", type=float, default=None, help="dopri5/dop853: default 1e-6")
+    p.add_argument("--atol", type=float, default=None, help="dopri5/dop853: default 1e-9")
+    p.add_argument(
+        "--save-every", type=int, default=20, help="save phases every n steps (n save intervals)"
+    )
     p.add_argument(
         "--dtype",
         default="float64",
@@ -114,6 +128,8 @@ _RUN_OPTIONS = (
     "dt",
     "t_end",
     "method",
+    "rtol",
+    "atol",
     "save_every",
     "dtype",
     "seed",
@@ -191,6 +207,8 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         o.t_end,
         o.dt,
         method=o.method,
+        rtol=o.rtol,
+        atol=o.atol,
         save_every=o.save_every,
         out=o.out,
         overwrite=o.overwrite,
@@ -204,7 +222,9 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         t_last = float(run.read("observables", "time", rows - 1)[0])
     names = model.observables
     mean_last = tail[:, 0].mean()
-    print(f"wrote {result.path}: {result.steps} steps to t = {t_last:g}, N = {n}")
+    st = result.stats
+    done = f"{result.steps} steps" if st is None else f"{st['n_accepted']} adaptive steps"
+    print(f"wrote {result.path}: {done} to t = {t_last:g}, N = {n}")
     print(
         f"final {names[0]} = {tail[-1, 0]:.4f} (mean over the last 20% of steps: {mean_last:.4f})"
     )

@@ -5,9 +5,10 @@ Models (i = 1..N, coupling W in any form accepted by :class:`Coupling`):
 - :class:`Kuramoto`: dθ_i/dt = ω_i + (K/N) Σ_j W_ij sin(θ_j − θ_i − α)
 - :class:`FiringRate`: dx_i/dt = −x_i + (K/N) Σ_j W_ij σ(x_j) + I_i
 
-:func:`simulate` integrates with fixed-step RK4 or Euler, many steps per kernel call, records
-observables every step (Kuramoto: order parameter r and phase ψ of r e^{iψ} = (1/N) Σ_j e^{iθ_j};
-firing rate: mean rate (1/N) Σ σ(x_j) and mean state) and the state every ``save_every`` steps.
+:func:`simulate` integrates with fixed-step RK4 or Euler, or with adaptive Dormand-Prince steps
+(DOPRI5, DOP853), many steps per kernel call, records observables every ``dt`` (Kuramoto: order
+parameter r and phase ψ of r e^{iψ} = (1/N) Σ_j e^{iθ_j}; firing rate: mean rate
+(1/N) Σ σ(x_j) and mean state) and the state every ``save_every * dt``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from ._validate import (
 )
 from .errors import NonFiniteStateError
 from .graphs import DigraphMeasure, Graphon
+from .integrate import IntegrationError, _tolerance
 from .kernels import kuramoto as kk
 from .kernels.activations import ACTIVATIONS
+from .kernels.control import ERR_FLOOR
 from .runs import start_run
 from .storage import chunk_rows
 
@@ -57,7 +60,9 @@ __all__ = [
     "twisted_state",
 ]
 
-METHODS = {"euler": kk.EULER, "rk4": kk.RK4}
+FIXED_METHODS = {"euler": kk.EULER, "rk4": kk.RK4}
+ADAPTIVE_METHODS = {"dopri5": kk.DOPRI5, "dop853": kk.DOP853}
+METHODS = {**FIXED_METHODS, **ADAPTIVE_METHODS}
 DTYPES = {"float64": np.float64, "float32": np.float32}
 _EMPTY = np.zeros(0)
 _EMPTY_I = np.zeros(0, np.int64)
@@ -313,10 +318,13 @@ def _real(name: str, value: Any) -> float:
 class NetworkRun:
     """Result of :func:`simulate`.
 
-    ``t`` (S + 1,) and ``obs`` (S + 1, 2) hold the observables at every step (column names in
-    ``names``); ``frame_t`` (F,) and ``frames`` (F, N) the saved states. With an output file
-    only the final state is kept in memory (``t``, ``obs``, ``frames`` are then the last chunk);
-    read the rest with :func:`nndyn_fast.open_run`.
+    ``t`` (S + 1,) and ``obs`` (S + 1, 2) hold the observables at every step (adaptive methods:
+    at every save time k dt; column names in ``names``); ``frame_t`` (F,) and ``frames`` (F, N)
+    the saved states. With an output file only the final state is kept in memory (``t``,
+    ``obs``, ``frames`` are then the last chunk); read the rest with :func:`nndyn_fast.open_run`.
+    ``stats`` (adaptive methods): ``n_accepted``, ``n_rejected`` steps and ``n_fev`` evaluations
+    of the vector field over the whole run (a resume adds the evaluation of f(state) it
+    repeats).
     """
 
     t: np.ndarray
@@ -327,6 +335,7 @@ class NetworkRun:
     names: tuple[str, ...]
     path: str | None = None
     steps: int = 0
+    stats: dict | None = None
 
     def __getattr__(self, name: str) -> np.ndarray:
         names = object.__getattribute__(self, "names")
@@ -405,8 +414,10 @@ def simulate(
     progress: bool = False,
     chunk_steps: int | None = None,
     extra_params: dict[str, Any] | None = None,
+    rtol: Any = None,
+    atol: Any = None,
 ) -> NetworkRun:
-    """Integrate a network model with fixed steps from t = 0 to t_end (rounded up to a step).
+    """Integrate a network model from t = 0 to t_end (rounded up to a multiple of dt).
 
     Parameters
     ----------
@@ -414,14 +425,28 @@ def simulate(
     state0 : array (N,)
         Initial phases θ(0) (rad) or states x(0).
     t_end, dt : float
-        End time and step (> 0); the run takes ceil(t_end / dt) steps.
-    method : "rk4" (default) or "euler"
+        End time and step (> 0). Fixed-step methods take ceil(t_end / dt) steps of dt. Adaptive
+        methods choose their own steps; ``dt`` is then the save interval: observables at every
+        save time t_k = k dt, k = 0 .. ceil(t_end / dt), the state at every ``save_every``-th
+        one, both from the method's continuous extension (the step-size control is not
+        affected by them); the last step lands on t_end rounded up to a multiple of dt.
+    method : "rk4" (default), "euler", "dopri5" or "dop853"
+        Fixed-step classic RK4 or forward Euler; or adaptive Dormand-Prince: ``"dopri5"``
+        (order 5 with a 4th-order error estimate; dense output by Hairer's continuous extension
+        of order 4) or ``"dop853"`` (order 8, error estimate from the 5th- and 3rd-order
+        embedded solutions as in Hairer's DOP853; dense output by its continuous extension of
+        order 7, three more field evaluations on each step that covers a save time). Step-size
+        control: PI control on the weighted RMS norm of the error estimate, Hairer's starting
+        step (:mod:`nndyn_fast.kernels.control`).
     save_every : int
-        Save the state every this many steps (observables are kept every step).
+        Save the state every this many steps (observables are kept every step); adaptive
+        methods: every this many save times, i.e. every ``save_every * dt``.
     out : path, optional
         Stream to this HDF5 run file (see :mod:`nndyn_fast.storage`): series ``trajectory``
         (time, step, value (N,)) and ``observables`` (time, step, value (2,)), committed per
-        chunk with a checkpoint, so a killed run keeps every committed chunk.
+        chunk with a checkpoint, so a killed run keeps every committed chunk. ``step`` is the
+        step number, or for adaptive methods the save index k (time k dt); their checkpoint
+        also holds the step-size controller's state, so a resume continues bitwise.
     overwrite, resume : bool
         Replace an existing ``out``, or continue the run it holds from its last checkpoint
         (the model, dt, method and save_every must be the same; the result is identical to an
@@ -429,15 +454,26 @@ def simulate(
     progress : bool
         Print a progress bar on stderr for runs longer than a few seconds.
     chunk_steps : int, optional
-        Steps per kernel call (default: about 1 MiB of frames, at most 65536 steps).
+        Steps per kernel call (default: about 1 MiB of frames, at most 65536 steps); adaptive
+        methods: at most this many save times and step attempts per call. Adaptive results do
+        not depend on it: a call ends before a step, never inside one.
+    rtol, atol : float or array (N,), adaptive methods only
+        Relative and absolute tolerances (finite, > 0; per component or one for all; default
+        1e-6 and 1e-9): each accepted step's error estimate e satisfies
+        ``rms(e / (atol + rtol max(|y|, |y_new|))) <= 1``. Part of the run's parameters (a
+        resume must give the same ones).
 
     Raises
     ------
     ValueError
-        Bad shapes, NaN/inf, dt <= 0, unknown method, unwritable or existing ``out``.
+        Bad shapes, NaN/inf, dt <= 0, unknown method, bad tolerances or tolerances with a
+        fixed-step method, unwritable or existing ``out``.
     NonFiniteStateError
-        The state became NaN/inf; the error names the step and time, and the run file keeps
-        every frame before it (status ``failed``).
+        The state became NaN/inf; the error names the step (adaptive: the first save time not
+        reached) and time, and the run file keeps every frame before it (status ``failed``).
+    IntegrationError
+        Adaptive methods: the step size fell below the resolution of t (a finite state that
+        the method cannot follow); the good frames are kept as for NonFiniteStateError.
     """
     if not isinstance(model, (Kuramoto, FiringRate)):
         raise ValueError(f"model must be a Kuramoto or FiringRate, got {type(model).__name__}")
@@ -456,6 +492,17 @@ def simulate(
         raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
+    adaptive = method in ADAPTIVE_METHODS
+    if not adaptive and (rtol is not None or atol is not None):
+        raise ValueError(
+            f"rtol and atol are the tolerances of the adaptive methods "
+            f"{list(ADAPTIVE_METHODS)}; method {method!r} takes fixed steps of dt"
+        )
+    if adaptive:
+        tols = {
+            "rtol": _network_tolerance("rtol", 1e-6 if rtol is None else rtol, n, 1e-15),
+            "atol": _network_tolerance("atol", 1e-9 if atol is None else atol, n, 1e-300),
+        }
     total = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
     if total < 1:
         raise ValueError(f"t_end = {t_end:g} is less than one step dt = {dt:g}: no step to take")
@@ -479,6 +526,10 @@ def simulate(
         "fingerprint": c.fingerprint(),
         **(extra_params or {}),
     }
+    if adaptive:
+        run = (model, x0, dt, method, save_every, total, steps_per_call)
+        stream = (out, overwrite, resume, progress, params)
+        return _simulate_adaptive(run, stream, tols)
 
     writer = None
     state = x0.copy()
@@ -587,6 +638,151 @@ def simulate(
         names,
         None,
         total,
+    )
+
+
+def _network_tolerance(name: str, value: Any, n: int, minimum: float) -> np.ndarray:
+    """A tolerance as a (N,) float64 array: finite, > 0, a scalar or one per node."""
+    try:
+        finite = bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+    except (TypeError, ValueError):
+        finite = True  # not numbers: _tolerance says so
+    if not finite:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return _tolerance(name, value, n, minimum=minimum)
+
+
+def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0.0) -> NetworkRun:
+    """:func:`simulate` with DOPRI5 or DOP853 (arguments checked there)."""
+    model, x0, dt, method, save_every, total, per_call = run
+    out, overwrite, resume, progress, params = stream
+    n = model.n
+    c = model._c
+    names = model.observables
+    code = ADAPTIVE_METHODS[method]
+    TA, TE, TE3, TD, _, _ = kk.ADAPTIVE_TABLES[code]
+    rt, at = tols["rtol"], tols["atol"]
+    # controller state [t, h, errold, rejected_last, nonfinite]: h = 0 asks for a starting step
+    ctl = np.array([0.0, 0.0, ERR_FLOOR, 0.0, 0.0])
+    stats = np.zeros(3, np.int64)
+    state = x0.copy()
+    done = 0  # save times written after t = 0
+    writer = None
+    if out is not None:
+        writer = start_run(
+            out,
+            kind=params["model"],
+            params=params,
+            inputs={"state0": x0, **tols},
+            series={
+                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
+                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
+            },
+            rows={"trajectory": total // save_every + 1, "observables": total + 1},
+            checkpoint={"state": state, "step": 0, "ctl": ctl, "stats": stats},
+            resume=resume,
+            overwrite=overwrite,
+        )
+        ck = writer.checkpoint
+        state = np.ascontiguousarray(ck["state"], dtype=np.float64)
+        done = int(ck["step"])
+        ctl = np.ascontiguousarray(ck["ctl"], dtype=np.float64)
+        stats = np.ascontiguousarray(ck["stats"], dtype=np.int64)
+    counts = stats.copy()  # steps and evaluations of the run so far
+    f0 = np.empty(n)
+    have_f0 = False
+    obs_buf = np.empty((per_call, 2))
+    frames_buf = np.empty((per_call // save_every + 1, n))
+    keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
+    keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
+    ks = frame_ks = np.zeros(0, np.int64)
+    bar = _Progress(total, enabled=progress)
+    bar.update(done)
+    with writer if writer is not None else nullcontext():
+        if writer is not None and writer.chunks == 0:
+            zero = np.zeros(1, np.int64)
+            writer.append("trajectory", time=np.zeros(1), step=zero, value=state[None])
+            writer.append("observables", time=np.zeros(1), step=zero, value=keep_obs[0])
+            writer.commit(state=state, step=0, ctl=ctl, stats=counts)
+        try:
+            while done < total:
+                with _threads_for(c.work):
+                    n_out, nf, status, need = kk.network_adaptive(
+                        model.model_code, model.act_code, state, model.drive, model.K / n,
+                        model.alpha, c.kind, c.cp, c.wfun, code, TA, TE, TE3, TD, rt, at, dt,
+                        done + 1, total, save_every, ctl, f0, have_f0, h_fixed, per_call,
+                        counts, frames_buf, obs_buf,
+                    )  # fmt: skip
+                have_f0 = True
+                if need > 0:  # one step covers more save times than a chunk holds
+                    obs_buf = np.empty((need, 2))
+                    frames_buf = np.empty((need // save_every + 1, n))
+                    continue
+                ks = np.arange(done + 1, done + n_out + 1, dtype=np.int64)
+                frame_ks = ks[ks % save_every == 0]
+                done += n_out
+                if writer is not None:
+                    writer.append("observables", time=ks * dt, step=ks, value=obs_buf[:n_out])
+                    writer.append(
+                        "trajectory", time=frame_ks * dt, step=frame_ks, value=frames_buf[:nf]
+                    )
+                    writer.commit(state=state, step=done, ctl=ctl, stats=counts)
+                else:
+                    keep_t.append(ks * dt)
+                    keep_obs.append(obs_buf[:n_out].copy())
+                    keep_ft.append(frame_ks * dt)
+                    keep_frames.append(frames_buf[:nf].copy())
+                bar.update(done)
+                if status != kk.OK:
+                    _raise_adaptive(status, done, ctl, dt, out)
+        finally:
+            bar.close()
+        if writer is not None:
+            writer.summarize(**_adaptive_stats(counts))
+    st = _adaptive_stats(counts)
+    if writer is not None:
+        return NetworkRun(
+            ks * dt,
+            obs_buf[: ks.size].copy(),
+            frame_ks * dt,
+            frames_buf[: frame_ks.size].copy(),
+            state,
+            names,
+            writer.path,
+            total,
+            st,
+        )
+    return NetworkRun(
+        np.concatenate(keep_t),
+        np.concatenate(keep_obs),
+        np.concatenate(keep_ft),
+        np.concatenate(keep_frames),
+        state,
+        names,
+        None,
+        total,
+        st,
+    )
+
+
+def _adaptive_stats(counts: np.ndarray) -> dict[str, int]:
+    return {"n_accepted": int(counts[0]), "n_rejected": int(counts[1]), "n_fev": int(counts[2])}
+
+
+def _raise_adaptive(status: int, done: int, ctl: np.ndarray, dt: float, out: Any) -> None:
+    t, h = float(ctl[0]), float(ctl[1])
+    kept = f"{done} good save times after t = 0 were kept" + (f" in {str(out)!r}" if out else "")
+    if status == kk.NONFINITE:
+        raise NonFiniteStateError(
+            f"the state became non-finite after t = {t:g} (last step size tried {h:.3g}), "
+            f"before save time {done + 1} (t = {(done + 1) * dt:g}); " + kept,
+            step=done + 1,
+            time=t,
+        )
+    raise IntegrationError(
+        f"the step size fell to {h:.3g} at t = {t:g} (below the resolution of t), before save "
+        f"time {done + 1} (t = {(done + 1) * dt:g}); " + kept,
+        time=t,
     )
 
 

@@ -54,7 +54,10 @@ def test_firing_rate_unknown_activation():
         ({"t_end": np.nan}, "t_end must be finite"),
         ({"state0": np.zeros(3)}, r"state0 must have shape \(4,\)"),
         ({"state0": np.full(4, np.inf)}, "state0 must be finite"),
-        ({"method": "rk45"}, r"method must be one of \['euler', 'rk4'\], got 'rk45'"),
+        (
+            {"method": "rk45"},
+            r"method must be one of \['euler', 'rk4', 'dopri5', 'dop853'\], got 'rk45'",
+        ),
         ({"save_every": 0}, "save_every must be an integer >= 1"),
         ({"save_every": 1.5}, "save_every must be an integer"),
         ({"model": "kuramoto"}, "model must be a Kuramoto or FiringRate"),
