@@ -545,6 +545,7 @@ def ddeint(
     overwrite: bool = False,
     resume: bool = False,
     chunk_frames: int | None = None,
+    max_steps: int = 10_000_000,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
 
@@ -572,6 +573,8 @@ def ddeint(
     args : tuple passed to a user ``f``.
     history_args : per-member parameters of a history function ``phi(t, p)``.
     hmax : largest step of ``"dopri5"`` (default: the whole interval).
+    max_steps : step budget of ``"dopri5"`` per trajectory for the whole run (also across the
+        chunks of a streamed run); exceeding it raises IntegrationError, keeping the frames.
     out : write the trajectory (time, value (B, d)) chunk by chunk to this HDF5 run file instead
         of returning it; memory then stays O(history window + one chunk). The last time of each
         chunk is stepped onto, so results agree with an in-memory run to the tolerance.
@@ -632,6 +635,7 @@ def ddeint(
     rtol = check_positive("rtol", rtol)
     atol = check_positive("atol", atol)
     hmax = (tf - t0) if hmax is None else check_positive("hmax", hmax)
+    max_steps = check_int("max_steps", max_steps, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
     if chunk_frames is not None:
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
@@ -677,7 +681,10 @@ def ddeint(
     def advance(tout: np.ndarray, yout: np.ndarray) -> None:
         nonlocal ring
         kern = _kd.dde_advance if B > 1 else _kd.dde_advance_serial
-        ctl = (method_code, dt_k, rtol, atol, hmax, float(tout[-1]), disc, djump, _MAX_STEPS)
+        # the budget left to the busiest trajectory (the kernel counts steps per call)
+        used = int((ist[:, _kd.I_ACC] + ist[:, _kd.I_REJ]).max())
+        budget = _MAX_STEPS if method_code == METHODS["rk4"] else max(1, max_steps - used)
+        ctl = (method_code, dt_k, rtol, atol, hmax, float(tout[-1]), disc, djump, budget)
         while True:
             kern(fn, kargs, hist.hfn, fld, hists, ctl, tout, yout, tuple(ring), ist, fst)
             if np.any(ist[:, _kd.I_STATUS] == _kd.RING_FULL):
@@ -717,7 +724,8 @@ def ddeint(
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
     params, inputs = _run_params(f, fn is not None, history, hist, args)
     params.update(
-        method=mname, rtol=rtol, atol=atol, dt=float(dt or 0.0), hmax=hmax, chunk_frames=rows,
+        method=mname, rtol=rtol, atol=atol, dt=float(dt or 0.0), hmax=hmax, max_steps=max_steps,
+        chunk_frames=rows,
         batch=B, dim=d, frames=int(tt.size),
     )  # fmt: skip
     inputs.update(t=tt, delays=taus)

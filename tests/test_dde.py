@@ -425,3 +425,20 @@ def test_rk4_lockstep_fallbacks():
     with pytest.raises(NonFiniteStateError, match="trajectory 3 became non-finite"):
         H = np.where(np.arange(10) == 3, -1.0, 1.0)[:, None]
         ddeint(MackeyGlass(n=0.5), H, t, delays=1.0, method="rk4", dt=0.01)
+
+
+def test_max_steps_bounds_a_run_that_would_never_end(tmp_path):
+    """t_end = 1e308 with dopri5: the step budget (whole run, also across streamed chunks)
+    stops it with IntegrationError; the streamed file keeps the frames before."""
+    from nndyn_fast.integrate import IntegrationError
+
+    t = np.array([0.0, 1.0, 1e308])
+    with pytest.raises(IntegrationError, match="too many steps"):
+        ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, delays=1.0, max_steps=2000)
+    out = tmp_path / "m.h5"
+    with pytest.raises(IntegrationError, match="too many steps"):
+        ddeint(LinearDDE(0.0, -1.0), np.array([1.0]), t, delays=1.0, max_steps=2000, out=out)
+    from nndyn_fast import open_run
+
+    with open_run(out) as f:
+        assert f.status == "failed" and f.rows["trajectory"] >= 1
