@@ -50,6 +50,13 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument(
         "--chunk-frames", type=int, default=None, help="frames per committed chunk (about 1 MiB)"
     )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=100_000,
+        help="dopri5 step budget of the whole run; a run that needs more stops with an error "
+        "(default 100000)",
+    )
     p.add_argument("--kappas", type=float, nargs="+", default=[0.1, 0.3, 0.6, 1.0, 2.0, 4.0])
     p.add_argument("--starts", type=int, default=3, help="memory: random starts per fit")
     p.set_defaults(func=run_dde)
@@ -112,7 +119,7 @@ def run_dde(args: argparse.Namespace) -> int:
     sol = ddeint(
         model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
-        chunk_frames=args.chunk_frames,
+        chunk_frames=args.chunk_frames, max_steps=args.max_steps,
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):

@@ -545,7 +545,7 @@ def ddeint(
     overwrite: bool = False,
     resume: bool = False,
     chunk_frames: int | None = None,
-    max_steps: int = 10_000_000,
+    max_steps: int = 1_000_000,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
 
