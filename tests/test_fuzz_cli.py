@@ -85,6 +85,8 @@ def spec(*options):
 NUM_BAD = ["nan", "inf", "-inf", "abc", ""]
 POS_BAD = ["0", "-1", *NUM_BAD]
 INT_BAD = ["0", "-1", "2.5", "abc", "1e11", "100000000000"]
+# counts of steps: a huge one is valid (a long run, not a memory one), so it is not fuzzed
+STEPS_BAD = INT_BAD[:-1]
 SEED_BAD = ["-1", "abc", "1.5"]
 OUT_BAD = ["{tmp}/missing/x.h5", "{tmp}", "{data}/run.h5"]  # missing folder, a folder, exists
 FIG_BAD = ["{tmp}/missing/f.png", "{tmp}"]
@@ -239,7 +241,7 @@ COMMANDS = {
             opt("--lr-factors", [["0.5"], None], [["0"], ["-1"], ["nan"], ["abc"]]),
             opt("--lr", [None, ["0.1"]], [["0"], ["nan"], ["inf"]]),
             opt("--batch-sizes", [["1", "2"], ["3"]], [["0"], ["100"], ["-1"], ["1.5"]]),
-            opt("--steps", ["20"], INT_BAD),
+            opt("--steps", ["20"], STEPS_BAD),
             opt("--transient", ["0"], ["-1", "abc", "1e11"]),
             opt("--replicas", ["2", "1"], INT_BAD),
             opt("--sampling", ["with", "without"], ["both"]),
