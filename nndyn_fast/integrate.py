@@ -22,6 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
 from ._validate import (
     as_array,
     check_int,
@@ -327,14 +328,13 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
         # enough blocks for every thread, in multiples of four rows (the product's tile)
         per_thread = -(-B // numba.get_num_threads())
         block = min(_BLOCK_MAX, 4 * -(-per_thread // 4))
-        block_stage = _rk.block_stage
+        blocked = 1
     else:
-        # evaluated row by row (the compiled loop then has no blocked branch at all); a block
-        # is only the unit of parallel work here
+        # evaluated row by row; a block is only the unit of parallel work here
         block = min(_ROW_BLOCK_MAX, -(-B // numba.get_num_threads()))
-        block_stage = None
+        blocked = 0
     run = (
-        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], block_stage, k["d"], k["nvar"],
+        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], blocked, k["d"], k["nvar"],
         Z0, tt, k["tstops"], k["dt"], *tail, hs, k["max_steps"], block,
         Y, status, nframes, t_reached, stats,
     )  # fmt: skip

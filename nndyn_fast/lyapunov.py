@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numba
 import numpy as np
 
+from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
 from ._validate import (
     as_array,
     check_int,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
 from ._validate import as_array, check_int, check_option, check_out_path, check_positive
 from .eigen import gd_threshold, top_eigenpairs
 from .errors import NonFiniteStateError
