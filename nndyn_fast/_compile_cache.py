@@ -63,12 +63,23 @@ def _holds_function(sig) -> bool:
     return any(holds_function(t) for t in args)
 
 
+class _IndexFile(IndexDataCacheFile):
+    """numba's index and data files; an index that cannot be read counts as empty (one written
+    by an earlier version may hold entries for functions that no longer exist)."""
+
+    def _load_index(self):
+        try:
+            return super()._load_index()
+        except Exception:
+            return {}
+
+
 class KernelCache(FunctionCache):
     """numba's per-function cache, without function-typed signatures, stale with ``kernels/``."""
 
     def __init__(self, py_func):
         super().__init__(py_func)
-        self._cache_file = IndexDataCacheFile(
+        self._cache_file = _IndexFile(
             cache_path=self._cache_path,
             filename_base=self._impl.filename_base,
             source_stamp=kernels_stamp(),

@@ -100,6 +100,21 @@ def test_the_stamp_changes_with_any_kernel_file(tmp_path, monkeypatch):
     assert len(set(stamps)) == 3
 
 
+def test_an_unreadable_index_counts_as_empty(tmp_path):
+    # e.g. one written by an earlier version, holding entries of functions that are gone
+    import pickle
+
+    import numba
+
+    index = _compile_cache._IndexFile(tmp_path, "k", _compile_cache.kernels_stamp())
+    with open(tmp_path / "k.nbi", "wb") as f:
+        pickle.dump(numba.__version__, f, protocol=-1)
+        f.write(b"not a pickle")
+    assert index.load("key") is None
+    index.save("key", b"data")
+    assert index.load("key") == b"data"
+
+
 def test_a_user_field_compiles_once_per_process():
     @njit
     def decay(t, x, args, out):
