@@ -363,17 +363,19 @@ def block_stage(model, layer, s, rows, m, h, z, K, TA, wsb):
 
 
 @njit(cache=True, error_model="numpy")
-def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, n0, rows, na, t,
+def _advance(fn_ip, fn_s, jac_fn, args, model, blocked, layer, nvar, rows0, n0, rows, na, t,
              h, z, znew, K, TA, TB, TC, a, m, failed, wsb, x, pre, av, J, d):  # fmt: skip
     """RK steps of the rows ``r = rows[:na]`` of a block: the one stepping loop.
 
     A step of size ``h[r]`` from ``(t[r], z[r])``: the stages ``k_rs = f(t_r + C_s h_r, z_r +
     h_r sum_j A_sj k_rj)`` into ``K[r S + s]`` (stage 0 only for the rows ``rows0[:n0]``), then
-    ``znew[r] = z[r] + h[r] sum_s B_s k_rs`` summed in stage order. With ``block_stage`` (the
+    ``znew[r] = z[r] + h[r] sum_s B_s k_rs`` summed in stage order. With ``blocked`` = 1 (the
     built-in field without tangents) the rows of a stage are evaluated together, one blocked
-    product; with ``None`` (user fields, tangents) the caller must pass one row (``na`` = 1:
-    only ``rows[0]`` is evaluated), written out in the loop without array views, and the
-    compiled loop has no blocked branch. The arithmetic of a row is the same either way.
+    product (:func:`block_stage`); with 0 (user fields, tangents) the caller must pass one row
+    (``na`` = 1: only ``rows[0]`` is evaluated), written out in the loop without array views.
+    The arithmetic of a row is the same either way. (An integer, not the stage function
+    itself: a function argument puts its address into the cache key, so the on-disk cache
+    would never match.)
 
     ``m == 0`` (adaptive): one trial step (the rows not in ``rows0`` keep ``f(t, z)`` from their
     last step in ``K[r S]``); ``z`` is left to the step-size control.
@@ -391,7 +393,7 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
     for q in range(max(m, 1)):
         t1 = a + q * h1 if m > 0 else t[r1]
         for s in range(S):
-            if block_stage is not None:
+            if blocked:
                 # (no array variable chosen per stage: that costs reference counting each time)
                 if s == 0:
                     if n0 > 0:
@@ -440,7 +442,7 @@ def _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, rows0, 
 
 @njit(cache=True, error_model="numpy")
 def solve_block(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, sched,
+    fn_ip, fn_s, jac_fn, args, model, blocked, d, nvar, Z0, t_out, tstops, sched,
     TA, TB, TC, TE, TD, order, rtol, atol, h0, max_steps, Y, lo, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
@@ -503,7 +505,6 @@ def solve_block(
 
     # fixed steps: the built-in field without tangents advances all rows together; user fields
     # and tangents advance one row at a time through the whole schedule (groups of one row)
-    blocked = block_stage is not None
     if TE is None:
         sa, sh, sm, sl, sf = sched
         nseg = sa.shape[0]
@@ -516,7 +517,7 @@ def solve_block(
                 for p in range(na):
                     h[idx[p]] = sh[g]
                 nrow = np.int64(na)  # not a literal: one compiled stage loop for every call
-                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, sl[g], nvar, idx, nrow, idx,
+                _advance(fn_ip, fn_s, jac_fn, args, model, blocked, sl[g], nvar, idx, nrow, idx,
                          nrow, t, h, z, znew, K, TA, TB, TC, sa[g], sm[g], failed, wsb, ztmp, pre,
                          av, J, d)  # fmt: skip
                 left = 0
@@ -612,13 +613,13 @@ def solve_block(
                 k0_ready[r] = True  # first same as last: kept from each accepted step
         if blocked:
             if na > 0:
-                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, need0,
+                _advance(fn_ip, fn_s, jac_fn, args, model, blocked, layer, nvar, need0,
                          np.int64(n0), idx, np.int64(na), t, h, z, znew, K, TA, TB, TC, 0.0,
                          trial, failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
         else:
             for p in range(na):  # row by row: the stage loop takes one row at a time
                 one[0] = idx[p]
-                _advance(fn_ip, fn_s, jac_fn, args, model, block_stage, layer, nvar, one,
+                _advance(fn_ip, fn_s, jac_fn, args, model, blocked, layer, nvar, one,
                          np.int64(fresh[idx[p]]), one, single, t, h, z, znew, K, TA, TB, TC, 0.0,
                          trial, failed, wsb, ztmp, pre, av, J, d)  # fmt: skip
         for p in range(na):
@@ -667,7 +668,7 @@ def _count_failed(status):
 
 @njit(cache=True, parallel=True)
 def rk_solve(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt,
+    fn_ip, fn_s, jac_fn, args, model, blocked, d, nvar, Z0, t_out, tstops, dt,
     TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
@@ -687,7 +688,7 @@ def rk_solve(
         lo = ib * block
         hi = min(B, lo + block)
         solve_block(
-            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops,
+            fn_ip, fn_s, jac_fn, args, model, blocked, d, nvar, Z0[lo:hi], t_out, tstops,
             (sa, sh, sm, sl, sf), TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi],
             max_steps, Y, lo, status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
         )  # fmt: skip
@@ -696,7 +697,7 @@ def rk_solve(
 
 @njit(cache=True)
 def rk_solve_serial(
-    fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0, t_out, tstops, dt,
+    fn_ip, fn_s, jac_fn, args, model, blocked, d, nvar, Z0, t_out, tstops, dt,
     TA, TB, TC, TE, TD, order, rtol, atol, h, max_steps, block, Y, status, nframes, t_reached,
     stats,
 ):  # fmt: skip
@@ -706,7 +707,7 @@ def rk_solve_serial(
     for lo in range(0, B, block):
         hi = min(B, lo + block)
         solve_block(
-            fn_ip, fn_s, jac_fn, args, model, block_stage, d, nvar, Z0[lo:hi], t_out, tstops,
+            fn_ip, fn_s, jac_fn, args, model, blocked, d, nvar, Z0[lo:hi], t_out, tstops,
             sched, TA, TB, TC, TE, TD, order, rtol, atol, h[lo:hi], max_steps, Y, lo,
             status[lo:hi], nframes[lo:hi], t_reached[lo:hi], stats[lo:hi],
         )  # fmt: skip

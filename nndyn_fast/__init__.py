@@ -68,6 +68,9 @@ from .storage import RunFile, TrajectoryWriter, open_run
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
 from .sweep import SweepClusterError, SweepPointError, SweepResult, sweep
 
+# Threads: one setting for the kernels and the BLAS calls of the package
+from .threads import get_threads, set_threads, threads
+
 # Training dynamics: MLPs, exact Hessian-vector products, sharpness, GD stability, EoS
 from .training import (
     MLP,
@@ -100,6 +103,10 @@ __all__ = [
     "SweepResult",
     "kuramoto_order_parameter",
     "sweep",
+    # threads
+    "get_threads",
+    "set_threads",
+    "threads",
     # storage
     "RunFile",
     "TrajectoryWriter",

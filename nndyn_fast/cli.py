@@ -14,6 +14,7 @@ import sys
 from . import __version__
 from .storage import RunFileError
 from .sweep import SweepPointError
+from .threads import set_threads
 
 # (module, function adding the subcommand's parser): one entry per command family.
 FAMILIES = [
@@ -34,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Neural networks as dynamical systems: simulations streamed to HDF5.",
     )
     parser.add_argument("--version", action="version", version=f"nndyn_fast {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most threads to use (default NUMBA_NUM_THREADS, else the number of CPUs; small "
+        "work runs on one thread whatever N is)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
     for module, adder in FAMILIES:
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        set_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_array, check_int, check_option, check_positive
+from .threads import for_work
 
 __all__ = ["METHODS", "Eigenpairs", "SpectrumDensity", "gd_threshold", "top_eigenpairs"]
 
@@ -63,6 +64,21 @@ class Eigenpairs:
     def sharpness(self) -> float:
         """λ_max, the largest eigenvalue."""
         return float(self.eigenvalues[0])
+
+
+# Serial seconds per multiply-add of a BLAS matrix-vector product (measured on one thread:
+# a (40, 20000) basis times a vector and back, 1.2e-10), and the basis size assumed for the
+# thread choice of the Lanczos products (they are memory-bound: at this size they run best
+# on one thread, and threads only wake for a dense operator much larger than the basis).
+_SECONDS_PER_GEMV_MADD = 1.2e-10
+_TYPICAL_BASIS = 100
+
+
+def _blas_seconds(P: int, A: Any, m: int) -> float:
+    """Serial seconds of the largest BLAS call of an eigensolver run: the dense operator's
+    product (P x P), or the basis (m x P) times a vector."""
+    rows = max(m, P if A is not None else 0)
+    return _SECONDS_PER_GEMV_MADD * rows * P
 
 
 def _check_k(k: Any, P: int) -> int:
@@ -294,7 +310,7 @@ def top_eigenpairs(
     check_option("which", which, ("largest", "smallest"))
     tol = check_positive("tol", tol)
     P_v0 = None if v0 is None else as_array("v0", v0, ndim=1).shape[0]
-    matvec, P, _ = _as_operator(op, P_v0, "v0 (its length fixes P)")
+    matvec, P, A = _as_operator(op, P_v0, "v0 (its length fixes P)")
     k = _check_k(k, P)
     if v0 is None:
         v0 = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(P)
@@ -304,12 +320,14 @@ def top_eigenpairs(
             raise ValueError("v0 must be a nonzero vector")
     if method == "lanczos":
         maxiter = P if maxiter is None else check_int("maxiter", maxiter, minimum=k)
-        vals, vecs, n, conv = _lanczos(matvec, P, k, tol, maxiter, v0, which == "largest")
+        with for_work(None, blas=_blas_seconds(P, A, min(maxiter, _TYPICAL_BASIS))):
+            vals, vecs, n, conv = _lanczos(matvec, P, k, tol, maxiter, v0, which == "largest")
     else:
         if which != "largest":
             raise ValueError("which='smallest' needs method='lanczos'")
         maxiter = 10000 if maxiter is None else check_int("maxiter", maxiter, minimum=1)
-        vals, vecs, n, conv = _power(matvec, P, k, tol, maxiter, v0)
+        with for_work(None, blas=_blas_seconds(P, A, k)):
+            vals, vecs, n, conv = _power(matvec, P, k, tol, maxiter, v0)
     return Eigenpairs(np.asarray(vals), np.asarray(vecs), int(n), bool(conv), method)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
 from ._validate import (
     as_array,
     check_bool,
@@ -35,6 +36,7 @@ from ._validate import (
 from .errors import NonFiniteStateError
 from .kernels import rk as _rk
 from .lyapunov import FlowSystem
+from .threads import for_work
 
 __all__ = ["METHODS", "IntegrationError", "Solution", "odeint"]
 
@@ -329,32 +331,65 @@ def _run(kern: dict, Z0: np.ndarray, tt: np.ndarray, hs: np.ndarray) -> tuple:
     TE, TD = (k["TE"], k["TD"]) if k["adaptive"] else (None, None)
     tail = (k["TA"], k["TB"], k["TC"], TE, TD, k["order"], k["rtol"], k["atol"])
     user = k["fn_ip"] is not None or k["fn_s"] is not None
-    if not user and k["nvar"] == 0 and B >= _BLOCK_MIN:
-        # enough blocks for every thread, in multiples of four rows (the product's tile)
-        per_thread = -(-B // numba.get_num_threads())
-        block = min(_BLOCK_MAX, 4 * -(-per_thread // 4))
-        block_stage = _rk.block_stage
-    else:
-        # evaluated row by row (the compiled loop then has no blocked branch at all); a block
-        # is only the unit of parallel work here
-        block = min(_ROW_BLOCK_MAX, -(-B // numba.get_num_threads()))
-        block_stage = None
-    run = (
-        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], block_stage, k["d"], k["nvar"],
-        Z0, tt, k["tstops"], k["dt"], *tail, hs, k["max_steps"], block,
-        Y, status, nframes, t_reached, stats,
-    )  # fmt: skip
-    if user and B < _SERIAL_USER_BATCH:
-        # a few trajectories of a user field: the serial driver compiles in about half the time
-        # of the parallel one (user kernels compile once per process)
-        _rk.rk_solve_serial(*run)
-    else:
-        _rk.rk_solve(*run)
+    with for_work(_serial_seconds(k, B, tt, user)):
+        _run_kernel(k, user, Z0, tt, hs, tail, Y, status, nframes, t_reached, stats)
     if not k["adaptive"]:
         hs[:] = k["dt"]  # the step of a fixed-step run, whichever kernel ran it
     for b in np.nonzero(status != _rk.OK)[0]:
         Y[nframes[b] :, b, :] = np.nan
     return Y, status, nframes, t_reached, stats
+
+
+# Serial seconds per field evaluation (measured on one thread, rk4 batches: the built-in
+# field 1.7e-10 per d H multiply-add plus 5e-8 per evaluation, d = 64 / 8, H = 64 / 16;
+# a user Lorenz field 4e-9 per state component), for the thread choice of threads.for_work.
+_SECONDS_PER_DH = 1.7e-10
+_SECONDS_PER_EVAL = 5e-8
+_SECONDS_PER_USER_COMPONENT = 4e-9
+
+
+def _serial_seconds(k: dict, B: int, tt: np.ndarray, user: bool) -> float:
+    """Estimated serial seconds of a run: one parallel region (the kernel call) for all of it.
+
+    Fixed steps: the steps of the schedule; adaptive: one step per output interval (a lower
+    bound: the step count is not known before the run).
+    """
+    S = k["TB"].shape[0]
+    T = tt.shape[0]
+    steps = float(T - 1)
+    if not k["adaptive"] and k["dt"] > 0:
+        steps = max(steps, float((tt[-1] - tt[0]) / k["dt"]))
+    d, nvar = k["d"], k["nvar"]
+    if user:
+        per_eval = _SECONDS_PER_USER_COMPONENT * d * (1 + nvar)
+    else:
+        H = k["model"][4].shape[1]
+        per_eval = _SECONDS_PER_DH * d * H * (1 + nvar) + _SECONDS_PER_EVAL
+    return B * steps * S * per_eval
+
+
+def _run_kernel(k, user, Z0, tt, hs, tail, Y, status, nframes, t_reached, stats) -> None:
+    B = Z0.shape[0]
+    if not user and k["nvar"] == 0 and B >= _BLOCK_MIN:
+        # enough blocks for every thread, in multiples of four rows (the product's tile)
+        per_thread = -(-B // numba.get_num_threads())
+        block = min(_BLOCK_MAX, 4 * -(-per_thread // 4))
+        blocked = 1
+    else:
+        # evaluated row by row; a block is only the unit of parallel work here
+        block = min(_ROW_BLOCK_MAX, -(-B // numba.get_num_threads()))
+        blocked = 0
+    run = (
+        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], blocked, k["d"], k["nvar"],
+        Z0, tt, k["tstops"], k["dt"], *tail, hs, k["max_steps"], block,
+        Y, status, nframes, t_reached, stats,
+    )  # fmt: skip
+    if user and (B < _SERIAL_USER_BATCH or numba.get_num_threads() == 1):
+        # a few trajectories of a user field, or one thread: the serial driver compiles in
+        # about half the time of the parallel one (user kernels compile once per process)
+        _rk.rk_solve_serial(*run)
+    else:
+        _rk.rk_solve(*run)
 
 
 def _stats(stats: np.ndarray) -> dict:

@@ -1,0 +1,118 @@
+"""Small workloads of each compiled family, run in a fresh process by tests/test_cache.py and
+bench/bench_startup.py.
+
+    python tests/cache_workloads.py FAMILY [FAMILY ...]
+
+runs each family's workload once and prints one JSON line per family: the cache statistics of
+the package's dispatchers during that family (``misses``: the kernels numba compiled instead
+of loading from the on-disk cache, as ``module.name``; ``hits``: overloads loaded) and the
+seconds the workload took (``seconds``, the first call in this process). ``--import-time``
+prints the seconds ``import nndyn_fast`` took first.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+T0 = time.perf_counter()
+import numpy as np  # noqa: E402
+
+import nndyn_fast as nf  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - T0
+
+
+def ode_batch() -> None:
+    m = nf.NeuralODE.random(4, 8, seed=0)
+    X = np.random.default_rng(0).standard_normal((32, 4))
+    t = np.linspace(0.0, 1.0, 5)
+    nf.odeint(m, X, t)  # dopri5, blocked stages
+    nf.odeint(m, X[:3], t)  # dopri5, row by row (the same kernel)
+
+
+def ode_fixed() -> None:
+    m = nf.NeuralODE.random(4, 8, seed=0)
+    X = np.random.default_rng(0).standard_normal((32, 4))
+    nf.odeint(m, X, np.linspace(0.0, 1.0, 5), method="rk4", dt=0.1)
+    nf.flow_jacobian(m, X[:2], 1.0)  # variational equations, dopri5
+
+
+def dde() -> None:
+    t = np.linspace(0.0, 40.0, 9)
+    nf.ddeint(nf.MackeyGlass(), 1.2, t, delays=17.0)
+    nf.ddeint(nf.MackeyGlass(), 1.2, t, delays=17.0, method="rk4", dt=0.1)  # the same kernel
+    nf.ddeint(nf.MackeyGlass(), np.full((3, 1), 1.2), t, delays=17.0)  # a batch, in parallel
+
+
+def training() -> None:
+    rng = np.random.default_rng(0)
+    mlp = nf.MLP((3, 8, 1), "tanh")
+    X = rng.standard_normal((40, 3))
+    Y = np.sin(X[:, :1])
+    theta = mlp.init(0)
+    nf.gradient_descent(mlp, theta, X, Y, lr=0.1, steps=20)
+    nf.hvp(mlp, theta, X, Y, theta)
+    nf.sharpness(mlp, theta, X, Y)
+
+
+def lyapunov() -> None:
+    nf.lyapunov_spectrum(nf.Lorenz63(), [1.0, 1.0, 1.0], t_end=1.0, dt=0.01)
+    nf.lyapunov_spectrum(nf.Henon(), [0.1, 0.1], steps=100)
+    G = np.random.default_rng(0).standard_normal((20, 30))
+    nf.sgd_lyapunov(G, 0.5, 4, steps=100, k=1, replicas=1, transient=0, seed=1)
+
+
+def simulate() -> None:
+    rng = np.random.default_rng(0)
+    n = 40
+    model = nf.Kuramoto(rng.standard_normal(n), rng.random((n, n)), 1.0)
+    nf.simulate(model, rng.uniform(0.0, 2 * np.pi, n), 0.5, 0.01)
+
+
+FAMILIES = {f.__name__: f for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate)}
+
+
+def package_dispatchers() -> list:
+    """Every Numba dispatcher defined in a module of nndyn_fast (kernels and API)."""
+    from numba.core.registry import CPUDispatcher
+
+    found = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("nndyn_fast") and mod is not None:
+            for obj in vars(mod).values():
+                if isinstance(obj, CPUDispatcher) and obj.__module__ == name:
+                    found.append(obj)
+    return found
+
+
+def _counts() -> dict:
+    return {
+        f"{d.__module__}.{d.__name__}": (
+            sum(d.stats.cache_hits.values()),
+            sum(d.stats.cache_misses.values()),
+        )
+        for d in package_dispatchers()
+    }
+
+
+def run(family: str) -> dict:
+    """Run one family; its cache statistics and time."""
+    before = _counts()
+    t0 = time.perf_counter()
+    FAMILIES[family]()
+    seconds = time.perf_counter() - t0
+    after = _counts()
+    hits = sum(h - before.get(k, (0, 0))[0] for k, (h, _) in after.items())
+    misses = sorted(k for k, (_, m) in after.items() if m > before.get(k, (0, 0))[1])
+    return {"family": family, "hits": hits, "misses": misses, "seconds": seconds}
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--import-time" in args:
+        args.remove("--import-time")
+        print(json.dumps({"import_seconds": IMPORT_SECONDS}))
+    for fam in args:
+        print(json.dumps(run(fam)), flush=True)
