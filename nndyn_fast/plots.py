@@ -192,6 +192,11 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     _check_path(path)
     f = run if isinstance(run, RunFile) else open_run(run)
     try:
+        if f.kind not in ("kuramoto", "firing_rate"):
+            raise ValueError(
+                f"{f._path!r} holds a {f.kind!r} run; plot_network_run draws network runs "
+                "(kuramoto, firing_rate) written by simulate or nndyn kuramoto"
+            )
         params = f.params
         t = f.read("observables", "time")
         obs = f.read("observables", "value")

@@ -79,3 +79,32 @@ def test_public_api_is_documented():
 
 def test_numba_threading_layer_is_usable():
     assert numba.get_num_threads() >= 1
+
+
+def test_layout_conventions_hold_package_wide():
+    """The CLI imports only public names; no library module selects a matplotlib backend; no
+    public function takes a private keyword."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+    from pathlib import Path
+
+    import nndyn_fast
+
+    root = Path(nndyn_fast.__file__).parent
+    for path in root.rglob("*.py"):
+        assert not re.search(r"matplotlib\.use\(", path.read_text()), path
+    for path in (root / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "nndyn_fast" in node.module:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private or private == ["__version__"], (path.name, private)
+    for info in pkgutil.iter_modules(nndyn_fast.__path__, "nndyn_fast."):
+        mod = importlib.import_module(info.name)
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)
+            if inspect.isfunction(obj):
+                private = [p for p in inspect.signature(obj).parameters if p.startswith("_")]
+                assert not private, f"{info.name}.{name} takes {private}"

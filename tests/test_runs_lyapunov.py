@@ -505,7 +505,7 @@ def test_library_never_chooses_a_matplotlib_backend_and_cli_imports_public_names
     root = Path(lyapunov.__file__).parent
     for mod in ("lyapunov.py", "sgd_stability.py"):
         assert not re.search(r"matplotlib\.use\(", (root / mod).read_text()), mod
-    tree = ast.parse((root / "cli_lyapunov.py").read_text())
+    tree = ast.parse((root / "cli" / "sgd_lyapunov.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             private = [a.name for a in node.names if a.name.startswith("_")]

@@ -610,7 +610,7 @@ def test_divergence_raises_and_keeps_steps(tmp_path):
 def test_eos_cli_writes_runs_and_figure(tmp_path, capsys):
     import argparse
 
-    from nndyn_fast.cli_eos import add_eos_parser
+    from nndyn_fast.cli.eos import add_eos_parser
 
     parser = argparse.ArgumentParser()
     add_eos_parser(parser.add_subparsers())

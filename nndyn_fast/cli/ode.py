@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from ._validate import (
+from nndyn_fast._validate import (
     check_int,
     check_memory,
     check_out_path,
@@ -14,9 +14,11 @@ from ._validate import (
     check_seed,
     check_size,
 )
-from .integrate import METHODS, odeint
-from .neural import NeuralODE
-from .storage import open_run
+from nndyn_fast.integrate import METHODS, odeint
+from nndyn_fast.neural import NeuralODE
+from nndyn_fast.storage import open_run
+
+from .common import add_run_file_options
 
 
 def add_ode_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,16 +46,7 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ode.h5", help="output HDF5 file (default ode.h5)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last committed chunk (give the same options: "
-        "each is compared with the file)",
-    )
-    p.add_argument(
-        "--chunk-frames", type=int, default=None, help="frames per committed chunk (about 1 MiB)"
-    )
+    add_run_file_options(p, chunk_frames=True)
     p.set_defaults(func=run_ode)
 
 
@@ -70,7 +63,7 @@ def run_ode(args: argparse.Namespace) -> int:
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
               "chunk_frames": args.chunk_frames}  # fmt: skip
     if args.demo == "embedding":
-        from .expressivity import PSI, shear_field
+        from nndyn_fast.expressivity import PSI, shear_field
 
         x = np.linspace(-2.0, 2.0, batch)
         X = np.stack([x, np.zeros(batch)], axis=1)

@@ -7,7 +7,7 @@ import argparse
 
 import numpy as np
 
-from ._validate import (
+from nndyn_fast._validate import (
     check_int,
     check_memory,
     check_out_path,
@@ -15,6 +15,8 @@ from ._validate import (
     check_seed,
     check_size,
 )
+
+from .common import add_run_file_options
 
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,16 +42,7 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--atol", type=float, default=1e-10)
     p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last committed chunk (give the same options: "
-        "each is compared with the file)",
-    )
-    p.add_argument(
-        "--chunk-frames", type=int, default=None, help="frames per committed chunk (about 1 MiB)"
-    )
+    add_run_file_options(p, chunk_frames=True)
     p.add_argument(
         "--max-steps",
         type=int,
@@ -66,7 +59,7 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 def run_dde(args: argparse.Namespace) -> int:
     check_seed("--seed", args.seed)
     if args.action == "memory":
-        from .memory_capacity import memory_demo
+        from nndyn_fast.memory_capacity import memory_demo
 
         check_out_path("--out", args.out or "dde_memory.png", overwrite=True)
         for k in args.kappas:
@@ -85,7 +78,7 @@ def run_dde(args: argparse.Namespace) -> int:
         print(f"neural DDE: observed threshold {res['sweep']['observed_threshold']:g} "
               f"(theory: monotone whenever K tau < 1/e)")  # fmt: skip
         return 0
-    from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
+    from nndyn_fast.delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
     check_positive("--tau", args.tau)
     check_positive("--t-end", args.t_end)

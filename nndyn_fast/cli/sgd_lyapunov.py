@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import (
+from nndyn_fast._validate import (
     check_int,
     check_memory,
     check_option,
@@ -23,8 +23,10 @@ from ._validate import (
     check_seed,
     load_npy,
 )
-from .plots import plot_stability_diagram
-from .sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
+from nndyn_fast.plots import plot_stability_diagram
+from nndyn_fast.sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
+
+from .common import add_run_file_options
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -63,11 +65,8 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mean-square", action="store_true", help="skip the mean-square exponent")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="sgd_lyapunov.h5", help="output HDF5 file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the diagram in --out after its last committed batch size (same options)",
+    add_run_file_options(
+        p, resume_help="continue the diagram in --out after its last committed batch size"
     )
     p.add_argument("--plot", default=None, help="save the diagram as this image (e.g. .png)")
     p.set_defaults(func=run_sgd_lyapunov)
@@ -80,7 +79,7 @@ def gradients_from_options(args: argparse.Namespace) -> tuple[np.ndarray, int]:
     if args.gradients:
         return load_npy("--gradients", Path(args.gradients)), 1
     if args.mlp:
-        from .training import MLP, per_sample_gradients
+        from nndyn_fast.training import MLP, per_sample_gradients
 
         try:
             sizes = tuple(int(s) for s in args.mlp.split(","))

@@ -1,7 +1,9 @@
 """The ``nndyn`` command line: one subcommand per family; it only parses and calls the API.
 
-Each family module provides ``add_<name>_parser(subparsers)`` (which sets ``func`` to its run
-function) and is listed in :data:`FAMILIES`.
+The package holds one module per verb (``nndyn_fast.cli.<verb>``); each provides
+``add_<name>_parser(subparsers)``, which sets ``func`` to its run function, and is listed in
+:data:`FAMILIES`. Options shared by the verbs that write run files are in
+:mod:`nndyn_fast.cli.common`.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ import importlib
 import signal
 import sys
 
-from . import __version__
-from .storage import RunFileError
-from .sweep import SweepPointError
-from .threads import set_threads
+from nndyn_fast import __version__
+from nndyn_fast.storage import RunFileError
+from nndyn_fast.sweep import SweepPointError
+from nndyn_fast.threads import set_threads
 
 # (module, function adding the subcommand's parser): one entry per command family.
 FAMILIES = [
-    ("nndyn_fast.cli_kuramoto", "add_kuramoto_parser"),
-    ("nndyn_fast.cli_kuramoto", "add_plot_parser"),
-    ("nndyn_fast.cli_ode", "add_ode_parser"),
-    ("nndyn_fast.cli_eos", "add_eos_parser"),
-    ("nndyn_fast.cli_dde", "add_dde_parser"),
-    ("nndyn_fast.cli_lyapunov", "add_sgd_lyapunov_parser"),
-    ("nndyn_fast.cli_sweep", "add_sweep_parser"),
+    ("nndyn_fast.cli.kuramoto", "add_kuramoto_parser"),
+    ("nndyn_fast.cli.plot", "add_plot_parser"),
+    ("nndyn_fast.cli.ode", "add_ode_parser"),
+    ("nndyn_fast.cli.eos", "add_eos_parser"),
+    ("nndyn_fast.cli.dde", "add_dde_parser"),
+    ("nndyn_fast.cli.sgd_lyapunov", "add_sgd_lyapunov_parser"),
+    ("nndyn_fast.cli.sweep", "add_sweep_parser"),
     # further families register here
 ]
 

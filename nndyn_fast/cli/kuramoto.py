@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import (
+from nndyn_fast._validate import (
     check_memory,
     check_option,
     check_out_path,
@@ -19,9 +19,11 @@ from ._validate import (
     check_size,
     load_npy,
 )
-from .graphs import Graphon, load_matrix, w_random_graph
-from .meanfield import FiringRate, Kuramoto, simulate
-from .storage import open_run
+from nndyn_fast.graphs import Graphon, load_matrix, w_random_graph
+from nndyn_fast.meanfield import FiringRate, Kuramoto, simulate
+from nndyn_fast.storage import open_run
+
+from .common import add_run_file_options
 
 FREQUENCIES = ("lorentzian", "normal", "uniform")
 GRAPHS = ("complete", "erdos-renyi", "ring", "small-world", "power-law", "directed-ring")
@@ -101,12 +103,10 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of frequencies, phases, graphs")
     p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last committed chunk, with the "
-        "options stored in the file",
+    add_run_file_options(
+        p,
+        resume_help="continue the run in --out from its last committed chunk, with the options "
+        "stored in the file",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_kuramoto)
@@ -232,21 +232,4 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         kc = 2.0 * o.width
         theory = np.sqrt(1.0 - kc / o.K) if o.K > kc else 0.0
         print(f"Ott–Antonsen prediction for N → ∞: r = {theory:.4f} (K_c = 2γ = {kc:g})")
-    return 0
-
-
-def add_plot_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="plot a Kuramoto/firing-rate run file to PNG")
-    p.add_argument("run", help="run file written by `nndyn kuramoto`")
-    p.add_argument("--png", default=None, help="output PNG (default: the run file with .png)")
-    p.set_defaults(func=run_plot)
-
-
-def run_plot(o: argparse.Namespace) -> int:
-    from .plots import plot_network_run
-
-    png = Path(o.png) if o.png else Path(o.run).with_suffix(".png")
-    check_out_path("--png", png, overwrite=True)
-    plot_network_run(o.run, png)
-    print(f"wrote {png}")
     return 0

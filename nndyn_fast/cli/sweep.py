@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 
-from ._validate import check_positive, check_size, check_steps
-from .meanfield import kuramoto_order_parameter
-from .sweep import SweepClusterError, SweepPointError, sweep
+from nndyn_fast._validate import check_positive, check_size, check_steps
+from nndyn_fast.meanfield import kuramoto_order_parameter
+from nndyn_fast.sweep import SweepClusterError, SweepPointError, sweep
+
+from .common import add_run_file_options
 
 
 def parse_values(name: str, text: str) -> np.ndarray:
@@ -83,11 +85,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="processes of the local cluster (default: number of CPUs)",
     )
-    k.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    k.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the sweep in --out (same options): compute missing points only",
+    add_run_file_options(
+        k, resume_help="continue the sweep in --out (same options): compute missing points only"
     )
     k.set_defaults(func=run_sweep_kuramoto)
 

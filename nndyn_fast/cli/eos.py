@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._validate import check_out_path
-from .plots import plot_eos
-from .training import eos_experiment, eos_summary
+from nndyn_fast._validate import check_out_path
+from nndyn_fast.plots import plot_eos
+from nndyn_fast.training import eos_experiment, eos_summary
+
+from .common import add_run_file_options
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,12 +40,11 @@ def add_eos_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
     p.add_argument("--out-dir", default=".", help="folder for eos_lr<lr>.h5 run files")
     p.add_argument("--plot", default="eos.png", help="figure file (default eos.png; '' for none)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing run files")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted experiment in --out-dir with the same options: resume "
-        "each run file there (refused if its options differ) and start the missing ones",
+    add_run_file_options(
+        p,
+        overwrite_help="replace existing run files",
+        resume_help="continue an interrupted experiment in --out-dir with the same options: "
+        "resume each run file there (refused if its options differ) and start the missing ones",
     )
     p.set_defaults(func=run_eos)
 
