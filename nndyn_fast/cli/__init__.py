@@ -83,5 +83,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FloatingPointError, SweepPointError) as exc:
         print(f"nndyn {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
