@@ -78,17 +78,19 @@ class Run(TrajectoryWriter):
     """A :class:`~nndyn_fast.storage.TrajectoryWriter` that turns SIGTERM into
     :class:`RunInterrupted` while its ``with`` block runs, and marks the closing status."""
 
+    _installed: bool = False
     _old_handler: Any = None
 
     def __enter__(self) -> Run:
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+            self._installed = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._old_handler is not None:
-            signal.signal(signal.SIGTERM, self._old_handler)
-            self._old_handler = None
+        if self._installed:  # (a handler not set from Python reads as None: the default)
+            signal.signal(signal.SIGTERM, self._old_handler or signal.SIG_DFL)
+            self._installed = False
         super().__exit__(exc_type, exc, tb)
         if isinstance(exc, KeyboardInterrupt):  # the CLI says what was kept
             exc.run_path, exc.run_rows = self.path, self.rows
@@ -188,7 +190,9 @@ def _same(a: Any, b: Any) -> bool:
         return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
-    return type(a) is type(b) and a == b if isinstance(a, (bool, str)) else a == b
+    if isinstance(a, (bool, str)) or isinstance(b, (bool, str)):  # True is not 1 here
+        return type(a) is type(b) and a == b
+    return a == b
 
 
 def _compare(path: str, stored: Mapping[str, Any], params: Mapping[str, Any]) -> None:

@@ -54,6 +54,7 @@ is refused before it starts. Compression is not offered: compressed chunks move 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import fcntl
@@ -61,8 +62,10 @@ import hashlib
 import json
 import os
 import resource
+import signal
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -118,6 +121,33 @@ class RunLockedError(ValueError):
     """Another process is writing this run file."""
 
 
+class _RecordTooLarge(ValueError):
+    """A checkpoint (or summary) does not fit the commit record fixed at creation."""
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back while a commit record and the writer's bookkeeping change
+    together: their handlers (which run in the main thread) are deferred to the block's end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        for s in caught:
+            h = old[s]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(s)
+
+
 def _versions() -> str:
     import numba
 
@@ -142,7 +172,7 @@ def _write_params(group: h5py.Group, params: Mapping[str, Any]) -> None:
         elif isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
             group.attrs[key] = value
         elif isinstance(value, (dict, list, tuple)):
-            group.attrs[key] = json.dumps(value)
+            group.attrs[key] = json.dumps(value, default=_plain)
             group.attrs[key + "__json"] = True
         else:
             group.create_dataset(key, data=np.asarray(value))
@@ -593,21 +623,25 @@ class TrajectoryWriter:
     def commit(self, **checkpoint: Any) -> None:
         """Make the appended rows durable and store ``checkpoint`` (arrays and JSON values).
 
-        The rows are synced to disk before the new commit record is written and synced.
+        The rows are synced to disk before the new commit record is written and synced. SIGINT
+        and SIGTERM are held back meanwhile, so the writer's record of what is committed never
+        falls out of step with the file (they are delivered when the commit is done).
         """
-        try:
-            os.fdatasync(self._fd)
-            self._write_record(
-                "running", "", self._pending, self._pending_crc, checkpoint, self._chunks + 1
-            )
-        except OSError as exc:
-            raise self._io_error(exc) from None
-        self._rows = dict(self._pending)
-        self._crc = dict(self._pending_crc)
-        self._chunks += 1
         # a copy: the run may update its state arrays in place before the next commit, and the
         # closing record must pair the committed rows with the committed state
-        self._checkpoint = copy.deepcopy(dict(checkpoint))
+        saved = copy.deepcopy(dict(checkpoint))
+        with _signals_held():
+            try:
+                os.fdatasync(self._fd)
+                self._write_record(
+                    "running", "", self._pending, self._pending_crc, saved, self._chunks + 1
+                )
+            except OSError as exc:
+                raise self._io_error(exc) from None
+            self._rows = dict(self._pending)
+            self._crc = dict(self._pending_crc)
+            self._chunks += 1
+            self._checkpoint = saved
 
     def summarize(self, **values: Any) -> None:
         """Add JSON-able results (e.g. final exponents) to the record; stored with the next
@@ -627,7 +661,7 @@ class TrajectoryWriter:
         raw = _encode_record(self._seq + 1, meta, checkpoint)
         offset, size = self._slots[slot]
         if len(raw) > size:
-            raise ValueError(
+            raise _RecordTooLarge(
                 f"checkpoint of {len(raw)} bytes exceeds the record size {size} fixed at creation"
             )
         _pwrite(self._fd, raw, offset)
@@ -662,9 +696,16 @@ class TrajectoryWriter:
         try:
             if status not in STATUSES[1:]:
                 raise ValueError(f"status must be one of {list(STATUSES[1:])}, got {status!r}")
-            self._write_record(
-                status, message, self._rows, self._crc, self._checkpoint, self._chunks
-            )
+            with _signals_held():
+                try:
+                    self._write_record(
+                        status, message, self._rows, self._crc, self._checkpoint, self._chunks
+                    )
+                except _RecordTooLarge:  # a summary too large for the record: status first
+                    self._summary = {"summary_dropped": "larger than the commit record"}
+                    self._write_record(
+                        status, message, self._rows, self._crc, self._checkpoint, self._chunks
+                    )
         except OSError:
             pass
         finally:
@@ -751,6 +792,7 @@ class RunFile:
 
     def __init__(self, path: str | Path):
         self._path = str(path)
+        self._held = _is_held(self._path)  # before the record: a run ending now reads complete
         self._h5 = _open_h5(path)
         try:
             series = _series_of(self._h5, self._path)
@@ -778,9 +820,7 @@ class RunFile:
     def status(self) -> str:
         """``complete``, ``failed``, ``interrupted`` (also: killed), or ``running``."""
         s = self._meta["status"]
-        if s == "running" and not _is_held(self._path):
-            return "interrupted"
-        return s
+        return "interrupted" if s == "running" and not self._held else s
 
     @property
     def message(self) -> str:

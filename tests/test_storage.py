@@ -480,3 +480,35 @@ def test_sigkill_at_pwrite_calls_of_the_command_line(tmp_path):
         with open_run(out) as f:
             assert f.status == "complete"
             np.testing.assert_array_equal(f.read("trajectory", "value"), want)
+
+
+def test_commit_holds_signals_and_an_oversized_summary_keeps_the_status(tmp_path):
+    """A SIGTERM raised during a commit is delivered after it (the closing record then pairs
+    the committed rows with the committed state); a summary too large for the record is
+    dropped so the closing status is still written."""
+    from nndyn_fast.runs import RunInterrupted, start_run
+
+    out = tmp_path / "h.h5"
+    kw = {"kind": "demo", "params": {}, "series": {"s": {"x": ()}}, "rows": {"s": 4}}
+    run = start_run(out, **kw, checkpoint={"x": np.zeros(1), "step": 0})
+    real = storage_os_fdatasync = os.fdatasync
+
+    def fdatasync(fd):  # the signal arrives in the middle of the commit
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(fd)
+
+    with pytest.raises(RunInterrupted), run:
+        run.append("s", x=np.ones(1))
+        os.fdatasync = fdatasync
+        try:
+            run.commit(x=np.ones(1), step=1)
+        finally:
+            os.fdatasync = storage_os_fdatasync
+        raise AssertionError("the signal should have been delivered right after the commit")
+    with open_run(out) as f:
+        assert f.status == "interrupted" and f.rows == {"s": 1} and f.checkpoint["step"] == 1
+    run = start_run(out, **kw, checkpoint={}, resume=True)
+    with run:
+        run.summarize(big="x" * (1 << 20))
+    with open_run(out) as f:
+        assert f.status == "complete" and "summary_dropped" in f.summary
