@@ -147,16 +147,16 @@ def check_int(
 
 
 # the most steps a run may take: step counters are int64 in the kernels
-MAX_STEPS = 2**62
+STEP_LIMIT = 2**62
 
 
 def check_steps(name: str, value: Any) -> int:
     """A number of steps derived from the arguments (e.g. ``t_end / dt``), refused unless it is
     finite and at most 2^62; returns ``int(value)``. ``name`` says how it was computed."""
     v = float(value)
-    if not np.isfinite(v) or v > MAX_STEPS:
+    if not np.isfinite(v) or v > STEP_LIMIT:
         raise ValueError(
-            f"{name} gives {v:.6g} steps, more than the {MAX_STEPS:.3g} (2^62) a run can take; "
+            f"{name} gives {v:.6g} steps, more than the {STEP_LIMIT:.3g} (2^62) a run can take; "
             "use a larger step or a shorter run"
         )
     return int(v)
