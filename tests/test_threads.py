@@ -47,15 +47,17 @@ def test_set_threads_rejects_non_integers(bad):
         nf.set_threads(bad)
 
 
-def test_numba_num_threads_is_the_default_and_the_limit():
+def test_numba_num_threads_is_the_default_and_the_limit(tmp_path):
     code = (
         "import nndyn_fast as nf\nprint(nf.get_threads())\n"
         "try:\n    nf.set_threads(2)\nexcept ValueError as e:\n    print('refused', e)\n"
     )
     env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    # run from tmp_path so that the installed package is imported, not the source folder
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "1"

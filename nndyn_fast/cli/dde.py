@@ -92,7 +92,7 @@ def run_dde(args: argparse.Namespace) -> int:
                 f"--history must hold 1 value (used for every component) or --dim = {d} values, "
                 f"got {len(args.history)}"
             )
-    check_out_path("--out", args.out or "dde.h5", overwrite=args.overwrite)
+    check_out_path("--out", args.out or "dde.h5", overwrite=args.overwrite, resume=args.resume)
     if args.model == "mackey-glass":
         model = MackeyGlass()
     elif args.model == "linear":

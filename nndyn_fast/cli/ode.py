@@ -58,7 +58,7 @@ def run_ode(args: argparse.Namespace) -> int:
     # the initial states and the solver's stages and output rows of one chunk
     check_memory(f"--batch {batch} trajectories of dimension {d}", 128.0 * batch * d)
     check_seed("--seed", args.seed)
-    check_out_path("--out", args.out, overwrite=args.overwrite)
+    check_out_path("--out", args.out, overwrite=args.overwrite, resume=args.resume)
     rng = np.random.default_rng(args.seed)
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
               "chunk_frames": args.chunk_frames}  # fmt: skip
