@@ -911,6 +911,16 @@ def sweep(
                             table.flush(run)
                 except RunFileError:
                     raise
+                except SweepClusterError as exc:
+                    if run is None and path is not None:  # the file is made by the first row
+                        raise SweepClusterError(
+                            f"{exc}. No point finished, so no run file was written at {path}: "
+                            "start the sweep again (without resume)"
+                        ) from None
+                    if run is not None:
+                        with contextlib.suppress(RunFileError):
+                            table.flush(run, force=True)
+                    raise
                 except BaseException:  # keep every finished row; the error is what counts
                     if run is not None:
                         with contextlib.suppress(RunFileError):

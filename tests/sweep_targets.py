@@ -81,10 +81,11 @@ class Scaled:
 
 
 def die_from(i, at):
-    """Points below ``at`` return at once; from ``at`` on the worker process dies (after a
-    short pause, so the finished points reach the client first)."""
+    """Points below ``at`` return at once; from ``at`` on the worker process dies, after a
+    pause long enough for the client to fetch the finished points from it first (a result
+    lost with its worker is recomputed on the next, which dies too)."""
     if i >= at:
-        time.sleep(0.3)
+        time.sleep(3.0)
         os._exit(3)
     return {"y": float(i) ** 2}
 

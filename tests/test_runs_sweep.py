@@ -250,6 +250,27 @@ def test_a_cluster_that_loses_every_worker_fails_in_bounded_time(
         np.testing.assert_array_equal(f["points/y"][:][done], done**2.0)
 
 
+def test_a_cluster_that_dies_before_any_point_says_no_file_was_written(
+    lone_scheduler, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(sweep_mod, "NO_WORKERS_SECONDS", 2.0)
+    procs = _start_workers(lone_scheduler.scheduler_address, 1)
+    out = tmp_path / "none.h5"
+    try:
+        with distributed.Client(lone_scheduler.scheduler_address) as client:
+            client.wait_for_workers(1, timeout=60)
+            fn = functools.partial(st.die_from, at=0)
+            with pytest.raises(sweep_mod.SweepClusterError, match="no run file was written"):
+                sweep(fn, {"i": np.arange(3)}, scheduler=client, out=out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert not out.exists()
+    assert not list(tmp_path.glob(".none.h5.*"))  # no partial file left either
+
+
 @pytest.mark.skipif(
     os.environ.get("CI") == "true",
     reason="timing-dependent under a loaded CI run (it hung once there); run it locally",
