@@ -23,8 +23,10 @@ is created:
 
 1. **Creation is atomic.** The whole file (groups, parameters, every dataset at its final size,
    contiguous and allocated at creation, never filled; the first commit record holding the
-   initial checkpoint) is written to a hidden file beside the target, fsync'ed, and renamed over
-   the target. A kill before the rename leaves no file at the target; after it the file is whole.
+   initial checkpoint) is written to a hidden file beside the target, fsync'ed, and linked to
+   the target's name (renamed over it with ``overwrite``; a file another process created there
+   meanwhile is never replaced). A kill before that leaves no file at the target; after it the
+   file is whole.
 2. **After creation only raw bytes are written**, with ``os.pwrite`` at the byte offsets HDF5
    gave the contiguous datasets: HDF5 is not involved in writing a run at all, so nothing it
    keeps can be half-written (and no HDF5 error can turn into a segfault).
@@ -331,6 +333,27 @@ def _partial_name(p: Path) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}.partial")
 
 
+def _publish(tmp: Path, p: Path, replace: bool) -> None:
+    """Give the finished file ``tmp`` its name ``p``. A new run is linked, which fails if a file
+    appeared at ``p`` meanwhile (another process created it), rather than replacing it."""
+    if replace:  # overwrite: the old file's lock is held, no other writer can be there
+        os.replace(tmp, p)
+        return
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise ValueError(
+            f"out: {str(p)!r} was created by another process while this run was being set up; "
+            "choose another path, or pass overwrite=True (--overwrite) to replace it"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        os.replace(tmp, p)  # a file system without hard links: the best it allows
+        return
+    tmp.unlink()
+
+
 def _remove_stale_partials(p: Path) -> None:
     for q in p.parent.glob(f".{p.name}.*.partial"):
         try:
@@ -477,7 +500,7 @@ class TrajectoryWriter:
                     raise ValueError(f"out: cannot create {str(p)!r}: {exc}") from None
                 _lock(fd, str(p))
                 os.fsync(fd)
-                os.replace(tmp, p)
+                _publish(tmp, p, replace=held is not None)
                 _fsync_dir(p.parent)
             except BaseException:
                 os.close(fd)

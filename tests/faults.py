@@ -1,7 +1,7 @@
 """Fault injection for run files: end a writer at its N-th write, as a SIGKILL there would.
 
 Every byte a run writes after its file is created goes through ``storage._pwrite``, and the
-file appears at its path through one ``os.replace``. :func:`crash_at` makes the N-th of those
+file appears at its path through one ``storage._publish`` (a link or a rename). :func:`crash_at` makes the N-th of those
 calls write only a prefix of its bytes (a torn write), drop every later write, and raise
 :class:`Crash`: the file is then left exactly as a process killed at that write leaves it (the
 page cache keeps what was written; nothing after it reaches the file). ``count_writes`` counts
@@ -27,7 +27,7 @@ class Crash(BaseException):
 def crash_at(n: int, torn: float = 0.5) -> Iterator[dict]:
     """Die at write point ``n`` (1-based) after writing a fraction ``torn`` of its bytes."""
     state = {"count": 0, "dead": False}
-    real_pwrite, real_replace = storage._pwrite, os.replace
+    real_pwrite, real_publish = storage._pwrite, storage._publish
 
     def pwrite(fd, data, offset):
         if state["dead"]:
@@ -40,20 +40,20 @@ def crash_at(n: int, torn: float = 0.5) -> Iterator[dict]:
             raise Crash(f"killed at write {n}")
         real_pwrite(fd, data, offset)
 
-    def replace(src, dst):
+    def publish(tmp, p, replace):
         if state["dead"]:
             return
         state["count"] += 1
         if state["count"] == n:
             state["dead"] = True
             raise Crash(f"killed before the file appeared (write {n})")
-        real_replace(src, dst)
+        real_publish(tmp, p, replace)
 
-    storage._pwrite, storage.os.replace = pwrite, replace
+    storage._pwrite, storage._publish = pwrite, publish
     try:
         yield state
     finally:
-        storage._pwrite, storage.os.replace = real_pwrite, real_replace
+        storage._pwrite, storage._publish = real_pwrite, real_publish
 
 
 def count_writes(run: Callable[[], object]) -> int:

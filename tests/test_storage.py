@@ -289,7 +289,7 @@ def test_every_kill_point_of_a_network_run_resumes_bitwise(tmp_path):
             check,
             torn=torn,
         )
-        # a kill before the file appears (its first record, the rename) leaves none at out
+        # a kill before the file appears (its first record, the link) leaves none at out
         assert seen["points"] > 20 and seen["reran"] == 2
 
 
@@ -512,3 +512,24 @@ def test_commit_holds_signals_and_an_oversized_summary_keeps_the_status(tmp_path
         run.summarize(big="x" * (1 << 20))
     with open_run(out) as f:
         assert f.status == "complete" and "summary_dropped" in f.summary
+
+
+def test_a_file_created_meanwhile_by_another_process_is_never_replaced(tmp_path, monkeypatch):
+    """Between the path check and the publication of a new run another process creates the
+    same path: the new run is refused and the other file is left byte for byte."""
+    import nndyn_fast.storage as storage
+
+    out = tmp_path / "race.h5"
+    other = b"another process's run"
+    real = storage._remove_stale_partials
+
+    def racing(p):
+        out.write_bytes(other)  # appears after check_out_path said the path was free
+        real(p)
+
+    monkeypatch.setattr(storage, "_remove_stale_partials", racing)
+    with pytest.raises(ValueError, match="created by another process"):
+        TrajectoryWriter.create(out, kind="demo", params={}, series={"s": {"v": ()}},
+                                rows={"s": 2}, checkpoint={"step": 0})  # fmt: skip
+    assert out.read_bytes() == other
+    assert not list(tmp_path.glob(".race.h5.*"))  # the unpublished file is gone
