@@ -3,9 +3,10 @@
 Every byte a run writes after its file is created goes through ``storage._pwrite``, and the
 file appears at its path through one ``storage._publish`` (a link or a rename).
 :func:`crash_at` makes the N-th of those calls write only a prefix of its bytes (a torn
-write), drop every later write, and raise :class:`Crash`: the file is then left exactly as a process killed at that write leaves it (the
-page cache keeps what was written; nothing after it reaches the file). ``count_writes`` counts
-the write points of a run, so a test can visit every one of them.
+write), drop every later write, and raise :class:`Crash`: the file is then left exactly as a
+process killed at that write leaves it (the page cache keeps what was written; nothing after it
+reaches the file). ``count_writes`` counts the write points of a run, so a test can visit
+every one of them.
 
 A real SIGKILL at each ``pwrite64`` (strace's fault injection) is in test_storage.py.
 """
