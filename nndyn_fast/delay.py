@@ -764,7 +764,19 @@ def ddeint(
         kind="dde",
         params=params,
         inputs=inputs,
-        series={"trajectory": {"time": (), "value": (B, d)}},
+        series={
+            "trajectory": {
+                "time": {"units": "1", "long_name": "time (model units)"},
+                "value": {
+                    "shape": (B, d),
+                    "dims": ("batch", "state"),
+                    "units": "1",
+                    "long_name": "state x(t) of each batch member",
+                },
+            }
+        },
+        description="delay differential equation dx/dt = f(t, x(t), x(t - tau_1), ...): "
+        "frames of the state at the requested times",
         rows={"trajectory": int(tt.size)},
         checkpoint=first,
         resume=resume,

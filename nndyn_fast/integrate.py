@@ -565,7 +565,19 @@ def _odeint_to_file(stream, kern, Z0, tt, hs, batched) -> Solution:
         kind="ode",
         params=params,
         inputs=inputs,
-        series={"trajectory": {"time": (), "value": (B, d)}},
+        series={
+            "trajectory": {
+                "time": {"units": "1", "long_name": "time (model units)"},
+                "value": {
+                    "shape": (B, d),
+                    "dims": ("batch", "state"),
+                    "units": "1",
+                    "long_name": "state x(t) of each batch member",
+                },
+            }
+        },
+        description="ordinary differential equation dx/dt = f(t, x): frames of the state at "
+        "the requested times",
         rows={"trajectory": T},
         checkpoint={"state": Z0, "frame": 0, "h": hs, "stats": np.zeros((B, 3), np.int64)},
         resume=resume,

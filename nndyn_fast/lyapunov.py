@@ -203,6 +203,23 @@ def _tangent_failure(status: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Run files (the lifecycle itself is nndyn_fast.runs.start_run)
 # --------------------------------------------------------------------------------------------
+def _running_series(k: int) -> dict:
+    """The ``running`` series of a Lyapunov run file, with units and names."""
+    exps = {"shape": (k,), "dims": ("exponent",)}
+    return {
+        "running": {
+            "time": {"units": "1", "long_name": "time (model units; steps for maps)"},
+            "step": {"long_name": "step"},
+            "estimate": {
+                **exps,
+                "units": "1/time",
+                "long_name": "running Lyapunov exponent estimates",
+            },
+            "logsum": {**exps, "units": "1", "long_name": "accumulated log stretching factors"},
+        }
+    }
+
+
 def _committed_rows(run: Any, series: str, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The committed rows of ``series`` in the file of the open run ``run``."""
     from .storage import open_run
@@ -432,6 +449,8 @@ def lyapunov_spectrum(
     sys_params, sys_inputs = _system_identity(system)
     spec = {
         "kind": "lyapunov_spectrum",
+        "description": "Lyapunov spectrum by the QR (Benettin) method: running estimates of "
+        "the k largest exponents per record",
         "params": {
             "system": type(system).__name__,
             **sys_params,
@@ -447,7 +466,7 @@ def lyapunov_spectrum(
             "seed": seed,
         },
         "inputs": {"x0": x.copy(), **sys_inputs, **({} if V0 is None else {"V0": V0})},
-        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "series": _running_series(k),
         "rows": {"running": -(-n_steps // chunk)},
     }
     run = None
@@ -674,6 +693,8 @@ def product_lyapunov(
         raise ValueError(f"k must be <= the dimension {d}, got {k}")
     spec = {
         "kind": "product_lyapunov",
+        "description": "Lyapunov exponents of a product of random matrices by the QR method: "
+        "running estimates of the k largest exponents per record",
         "params": {
             **({} if probe is not None else {"factors": _function_name(factors)}),
             "dim": d,
@@ -685,7 +706,7 @@ def product_lyapunov(
             "reorth_every": reorth_every,
         },
         "inputs": {} if probe is None else {"factors": probe},
-        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "series": _running_series(k),
         "rows": {"running": -(-n_steps // chunk)},
     }
     V = _orthonormal_rows(np.random.default_rng([seed, 1]), k, d)

@@ -400,6 +400,42 @@ def _plan_chunk(n: int, save_every: int, chunk_steps: int | None) -> tuple[int, 
     return steps, steps // save_every + 1
 
 
+# what a network run file holds (units and names of every field; see nndyn_fast.storage)
+_NETWORK_DESCRIPTION = {
+    "kuramoto": "Kuramoto network: dtheta_i/dt = omega_i + (K/N) sum_j W_ij sin(theta_j - "
+    "theta_i - alpha); frames of the phases and the order parameter r e^{i psi} at every step",
+    "firing_rate": "firing-rate network: dx_i/dt = -x_i + (K/N) sum_j W_ij sigma(x_j) + I_i; "
+    "frames of the states and the mean rate and mean state at every step",
+}
+
+
+def _network_series(model: str, n: int) -> dict:
+    value = (
+        {"units": "rad", "long_name": "phase theta_i"}
+        if model == "kuramoto"
+        else {"units": "1", "long_name": "activity x_i"}
+    )
+    return {
+        "trajectory": {
+            "time": {"units": "1", "long_name": "time (model units)"},
+            "step": {"dtype": np.int64, "long_name": "integration step"},
+            "value": {"shape": (n,), "dims": ("node",), **value},
+        },
+        "observables": {
+            "time": {"units": "1", "long_name": "time (model units)"},
+            "step": {"dtype": np.int64, "long_name": "integration step"},
+            "value": {
+                "shape": (2,),
+                "dims": ("observable",),
+                "units": "1",
+                "long_name": "order parameter: r (modulus, 1) and psi (phase, rad)"
+                if model == "kuramoto"
+                else "mean rate and mean state",
+            },
+        },
+    }
+
+
 def simulate(
     model: Kuramoto | FiringRate,
     state0: Any,
@@ -541,10 +577,9 @@ def simulate(
             kind=params["model"],
             params=params,
             inputs={"state0": x0},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
-            },
+            series=_network_series(params["model"], n),
+            coords={"observables": {"observable": (list(model.observables), "1", "observable")}},
+            description=_NETWORK_DESCRIPTION[params["model"]],
             rows={"trajectory": total // save_every + 1, "observables": total + 1},
             checkpoint={"state": state, "step": 0},
             resume=resume,
@@ -674,10 +709,9 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
             kind=params["model"],
             params=params,
             inputs={"state0": x0, **tols},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
-            },
+            series=_network_series(params["model"], n),
+            coords={"observables": {"observable": (list(model.observables), "1", "observable")}},
+            description=_NETWORK_DESCRIPTION[params["model"]],
             rows={"trajectory": total // save_every + 1, "observables": total + 1},
             checkpoint={"state": state, "step": 0, "ctl": ctl, "stats": stats},
             resume=resume,

@@ -459,7 +459,20 @@ def _sgd_exponents(
         "kind": "sgd_lyapunov",
         "params": params,
         "inputs": {"G": op.source},
-        "series": {"blocks": {"step": (), "logsum": (R, k)}},
+        "series": {
+            "blocks": {
+                "step": {"long_name": "SGD step at the end of the block"},
+                "logsum": {
+                    "shape": (R, k),
+                    "dims": ("replica", "exponent"),
+                    "units": "1",
+                    "long_name": "accumulated log stretching factors of the linearised SGD map",
+                },
+            }
+        },
+        "description": "Lyapunov exponents of SGD linearised at an interpolation minimum "
+        "(theta <- theta - lr H_B theta, H_B the minibatch Hessian): log stretching per block "
+        "and replica",
         "rows": {"blocks": -(-steps // chunk)},
     }
     run = None
@@ -801,6 +814,14 @@ class StabilityDiagram:
         return stable.max(axis=1)
 
 
+_DIAGRAM_NAMES = {
+    "lam": "top Lyapunov exponent lambda of linearised SGD (per step)",
+    "lam_low": "lower end of the confidence interval of lambda",
+    "lam_high": "upper end of the confidence interval of lambda",
+    "ms": "mean-square growth rate (per step)",
+}
+
+
 def sgd_stability_diagram(
     G: Any,
     lrs: Sequence[float],
@@ -898,7 +919,24 @@ def sgd_stability_diagram(
                 "mean_square": mean_square,
             },
             inputs={"G": op.source},
-            series={"diagram": {"batch_size": (), **{name: (lrs_a.size,) for name in cols}}},
+            series={
+                "diagram": {
+                    "batch_size": {"long_name": "batch size B"},
+                    **{
+                        name: {
+                            "shape": (lrs_a.size,),
+                            "dims": ("lr",),
+                            "units": "1",
+                            "long_name": _DIAGRAM_NAMES[name],
+                        }
+                        for name in cols
+                    },
+                }
+            },
+            coords={"diagram": {"lr": (lrs_a, "1", "learning rate lr")}},
+            description="SGD stability diagram: the top Lyapunov exponent of linearised SGD "
+            "(with its confidence interval, and the mean-square rate) per batch size and "
+            "learning rate; negative is stable",
             rows={"diagram": int(bs.size)},
             checkpoint={"next_row": 0},
             resume=resume,

@@ -407,9 +407,16 @@ class _Table:
         self.batch = max(1, COMMIT_BYTES // row_bytes)
 
     def series(self) -> dict[str, dict[str, Any]]:
-        spec: dict[str, Any] = {"index": ((), np.int64)}
-        spec.update({n: ((), self.grid.columns[n].dtype) for n in self.grid.names})
-        spec.update({k: (s, np.float64) for k, s in self.schema.items()})
+        spec: dict[str, Any] = {
+            "index": {"dtype": np.int64, "long_name": "grid point index (row i is point i)"}
+        }
+        spec.update(
+            {
+                n: {"dtype": self.grid.columns[n].dtype, "long_name": f"grid value of {n}"}
+                for n in self.grid.names
+            }
+        )
+        spec.update({k: {"shape": s, "long_name": f"result {k}"} for k, s in self.schema.items()})
         return {"points": spec}
 
     def checkpoint(self) -> dict[str, Any]:
@@ -876,6 +883,9 @@ def sweep(
             inputs=inputs,
             series=table.series() if not resume else {},  # a resume keeps the file's layout
             rows={"points": g.size},
+            description=f"parameter sweep: fn(**point) at each of {g.size} points of the grid "
+            f"{list(g.names)}; row i is point i, the commit's done mask says which rows hold "
+            "results",
             checkpoint=table.checkpoint(),
             resume=resume,
             overwrite=overwrite,

@@ -927,9 +927,23 @@ def gradient_descent(
             },
             inputs={"theta0": theta0, "X": X, "Y": Y},
             series={
-                "trajectory": {"step": ((), np.int64), "loss": (), "grad_norm": ()},
-                "sharpness": {"step": ((), np.int64), "value": (k,)},
+                "trajectory": {
+                    "step": {"dtype": np.int64, "long_name": "gradient descent step"},
+                    "loss": {"units": "1", "long_name": f"training loss ({mlp.loss})"},
+                    "grad_norm": {"units": "1", "long_name": "gradient norm |grad L|"},
+                },
+                "sharpness": {
+                    "step": {"dtype": np.int64, "long_name": "gradient descent step"},
+                    "value": {
+                        "shape": (k,),
+                        "dims": ("eigenvalue",),
+                        "units": "1",
+                        "long_name": "top Hessian eigenvalues (sharpness)",
+                    },
+                },
             },
+            description="gradient descent theta <- theta - lr grad L(theta) on an MLP: loss "
+            "and gradient norm per step, top Hessian eigenvalues (compare with 2/lr)",
             rows={"trajectory": steps, "sharpness": n_sharp},
             checkpoint=ck0,
             resume=resume,
