@@ -921,7 +921,7 @@ def sgd_stability_diagram(
             inputs={"G": op.source},
             series={
                 "diagram": {
-                    "batch_size": {"long_name": "batch size B"},
+                    "batch_size": {"dtype": np.int64, "long_name": "batch size B"},
                     **{
                         name: {
                             "shape": (lrs_a.size,),
@@ -964,7 +964,7 @@ def sgd_stability_diagram(
             if run is not None:
                 run.append(
                     "diagram",
-                    batch_size=np.array([float(B)]),
+                    batch_size=np.array([B]),
                     **{name: arr[i][None] for name, arr in cols.items()},
                 )
                 run.commit(next_row=i + 1)

@@ -1002,6 +1002,21 @@ class RunFile:
         stop = n if stop is None else min(stop, n)
         return self._h5[series][field][start:stop]
 
+    def to_xarray(self, series: str | None = None) -> Any:
+        """The committed rows of ``series`` as an ``xarray.Dataset`` with named dimensions,
+        coordinates, units and the run's attributes (see :func:`nndyn_fast.frames.to_xarray`;
+        needs the ``[io]`` extra)."""
+        from .frames import to_xarray
+
+        return to_xarray(self, series)
+
+    def to_pandas(self, series: str | None = None) -> Any:
+        """The committed rows of ``series`` as a ``pandas.DataFrame`` indexed by its row field
+        (see :func:`nndyn_fast.frames.to_pandas`; needs the ``[io]`` extra)."""
+        from .frames import to_pandas
+
+        return to_pandas(self, series)
+
     def verify(self) -> None:
         """Check every committed row against the record's CRC-32; ValueError if one differs."""
         for s, cols in self._fields.items():

@@ -5,6 +5,7 @@ dimensions), and the readers ``to_xarray``/``to_pandas`` give exactly the commit
 import json
 
 import h5py
+import numpy as np
 import pytest
 from run_kinds import KINDS
 
@@ -51,3 +52,69 @@ def test_xarray_opens_every_series_with_named_dimensions(run_files, kind):
             assert not [d for d in ds.dims if str(d).startswith("phony_dim")], ds.dims
             for v in ds.data_vars.values():
                 assert "units" in v.attrs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_to_xarray_and_to_pandas_hold_the_committed_rows(run_files, kind):
+    pytest.importorskip("xarray")
+    pytest.importorskip("pandas")
+    with open_run(run_files[kind]) as f:
+        rows = f.rows
+        if kind == "sweep":
+            done = np.asarray(f.checkpoint["done"])
+            assert done.all()  # a finished sweep: every row in grid order
+            expect = {(s, k): f[s][k][done] for s in rows for k in json.loads(f[s].attrs["fields"])}
+        else:
+            expect = {(s, k): f.read(s, k) for s in rows for k in json.loads(f[s].attrs["fields"])}
+        tree, frames = f.to_xarray(), f.to_pandas()
+    for s in rows:
+        ds = tree if len(rows) == 1 else tree[s].to_dataset()
+        df = frames if len(rows) == 1 else frames[s]
+        assert ds.attrs["kind"] == kind and ds.attrs["status"] == "complete"
+        for (s2, k), want in expect.items():
+            if s2 != s:
+                continue
+            np.testing.assert_array_equal(ds[k].values, want)
+            assert ds[k].attrs["units"] and ds[k].attrs["long_name"]
+            got = df.index.values if k == df.index.name else df.filter(regex=rf"^{k}(\[|$)")
+            np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
+
+
+def test_sweep_to_pandas_equals_the_in_memory_table(tmp_path):
+    pytest.importorskip("pandas")
+    from sweep_targets import affine_noise
+
+    from nndyn_fast import sweep
+
+    grid = {"a": [0.0, 1.0, 2.0], "b": [1, 2]}
+    res = sweep(affine_noise, grid, scheduler="serial", out=tmp_path / "s.h5")
+    with open_run(res.path) as f:
+        df = f.to_pandas()
+        ds = f.to_xarray()
+    np.testing.assert_array_equal(df.index.values, np.arange(len(res)))
+    for name in res.names:
+        np.testing.assert_array_equal(df[name].values, res.grid[name])
+    for key, values in res.results.items():
+        cols = df.filter(regex=rf"^{key}(\[|$)").values
+        np.testing.assert_array_equal(cols.reshape(values.shape), values)
+        np.testing.assert_array_equal(ds[key].values, values)
+
+
+def test_readers_name_the_missing_extra(run_files, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_xarray(name, *args, **kw):
+        if name in ("xarray", "pandas"):
+            raise ImportError(name)
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_xarray)
+    monkeypatch.delitem(__import__("sys").modules, "xarray", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "pandas", raising=False)
+    with open_run(run_files["ode"]) as f:
+        with pytest.raises(ImportError, match=r"nndyn_fast\[io\]"):
+            f.to_xarray()
+        with pytest.raises(ImportError, match=r"nndyn_fast\[io\]"):
+            f.to_pandas()
