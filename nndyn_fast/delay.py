@@ -548,6 +548,7 @@ def ddeint(
     resume: bool = False,
     chunk_frames: int | None = None,
     max_steps: int = 1_000_000,
+    progress: bool = False,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
 
@@ -587,6 +588,8 @@ def ddeint(
         an uninterrupted one. A resume must be given the same field, history, delays, inputs
         and options: each is compared with the file (a user function by its name and a digest
         of its code) and a difference is refused, naming it.
+    progress : report progress on stderr per committed chunk (with ``out``; see
+        :mod:`nndyn_fast.progress`).
     chunk_frames : output rows per chunk for ``out`` (default about 1 MiB per chunk); the last
         time of each chunk is stepped onto, so it is part of the run's parameters. Each commit
         also writes the checkpoint, whose size is that of the steps in the delay window
@@ -722,9 +725,11 @@ def ddeint(
         y = yout if hist.batched else yout[:, 0, :]
         return Solution(tt, y, stats(), "success")
 
+    from .progress import progress_bar
     from .runs import start_run
     from .storage import chunk_rows
 
+    bar = progress_bar(progress, tt.size, desc="dde", unit="frame")
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
     params, inputs = _run_params(f, fn is not None, history, hist, args)
     params.update(
@@ -808,6 +813,8 @@ def ddeint(
                     run.commit(**run.checkpoint)
                 _raise_on_status(ist, ring, kept=(start + good, run.path))
             run.commit(**checkpoint(start + tc.size))
+            bar.update(start + tc.size)
+        bar.close()
         st = stats()
         run.summarize(n_accepted=st["n_accepted"], n_rejected=st["n_rejected"], n_fev=st["n_fev"])
         path = run.path

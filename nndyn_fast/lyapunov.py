@@ -52,6 +52,7 @@ from ._validate import (
 )
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
+from .progress import progress_bar
 from .runs import restore_rng, rng_state, start_run
 from .threads import for_work
 
@@ -331,6 +332,7 @@ def lyapunov_spectrum(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> LyapunovSpectrum:
     """Lyapunov spectrum of a map or a flow by the QR (Benettin) method.
 
@@ -364,6 +366,7 @@ def lyapunov_spectrum(
         uninterrupted run); refused (ValueError naming the difference) when an option, x0,
         V0 or the system differs: a built-in system's parameters, a user system's ``args``
         (arrays by digest) and its functions' names (their code is not compared).
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -499,10 +502,12 @@ def lyapunov_spectrum(
             done = int(ck["step"])
             kept = _committed_rows(run, "running", ("time", "logsum"))
             rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
+        bar = progress_bar(progress, n_steps, desc="lyapunov")
         while done < n_steps:
             n = min(chunk, n_steps - done)
             advance(n, t_start + done * dt, logsum)
             done += n
+            bar.update(done)
             t = done * dt
             rec_t.append(t)
             rec_sum.append(logsum.copy())
@@ -622,6 +627,7 @@ def product_lyapunov(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> LyapunovSpectrum:
     """Lyapunov exponents of the product M_T ... M_1 by the QR method.
 
@@ -645,6 +651,7 @@ def product_lyapunov(
     resume : continue the run in ``out`` from its last committed chunk (bitwise equal to an
         uninterrupted run); refused (ValueError naming the difference) when an option or the
         factor array differs. A callable is identified by its module and name only.
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -728,6 +735,7 @@ def product_lyapunov(
             rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
             if done < n_steps:
                 M = draw(done, min(chunk, n_steps - done))
+        bar = progress_bar(progress, n_steps, desc="lyapunov")
         while done < n_steps:
             nd, st = _k.qr_matrix_products(M, V, reorth_every, logsum)
             if st != _k.OK:
@@ -737,6 +745,7 @@ def product_lyapunov(
                     time=float(done + nd),
                 )
             done += M.shape[0]
+            bar.update(done)
             rec_t.append(float(done))
             rec_sum.append(logsum.copy())
             if run is not None:

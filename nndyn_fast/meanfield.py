@@ -14,8 +14,6 @@ parameter r and phase ψ of r e^{iψ} = (1/N) Σ_j e^{iθ_j}; firing rate: mean 
 from __future__ import annotations
 
 import hashlib
-import sys
-import time as _time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from .integrate import IntegrationError, _tolerance
 from .kernels import kuramoto as kk
 from .kernels.activations import ACTIVATIONS
 from .kernels.control import ERR_FLOOR
+from .progress import Progress
 from .runs import start_run
 from .storage import chunk_rows
 
@@ -595,7 +594,7 @@ def simulate(
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     steps_idx = frame_steps = np.zeros(0, np.int64)
-    bar = _Progress(total, enabled=progress)
+    bar = Progress(total, desc=params["model"], enabled=progress)
     bar.update(step)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:  # a new run, or one killed before this
@@ -730,7 +729,7 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     ks = frame_ks = np.zeros(0, np.int64)
-    bar = _Progress(total, enabled=progress)
+    bar = Progress(total, desc=params["model"], enabled=progress)
     bar.update(done)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:
@@ -824,35 +823,6 @@ def _observables(model: Kuramoto | FiringRate, state: np.ndarray) -> np.ndarray:
     obs = np.empty((1, 2))
     kk._record(model.model_code, model.act_code, state, obs, 0)
     return obs
-
-
-class _Progress:
-    """A one-line progress bar on stderr, shown once a run has taken more than 2 s."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = max(total, 1), enabled
-        self.t0 = _time.monotonic()
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = _time.monotonic() - self.t0
-        if elapsed < 2.0 and not self.shown:
-            return
-        frac = done / self.total
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(
-            f"\r[{bar:<30}] {100 * frac:5.1f}%  step {done}/{self.total}  eta {eta:6.1f}s"
-        )
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def kuramoto_order_parameter(

@@ -52,6 +52,7 @@ from .lyapunov import (
     _standard_error,
     _tangent_failure,
 )
+from .progress import progress_bar
 from .runs import restore_rng, rng_state, start_run
 from .threads import for_work
 
@@ -302,6 +303,7 @@ def sgd_lyapunov(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> SGDLyapunov:
     """Top Lyapunov exponents of SGD linearised at an interpolation minimum.
 
@@ -338,6 +340,7 @@ def sgd_lyapunov(
     resume : continue the run in ``out`` from its last committed chunk; the result and the
         stored series are bitwise those of an uninterrupted run. Refused (ValueError naming the
         difference) when G or any option differs from the stored run.
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -380,6 +383,7 @@ def sgd_lyapunov(
         out=out,
         overwrite=overwrite,
         resume=resume,
+        progress=progress,
     )
 
 
@@ -410,6 +414,7 @@ def _sgd_exponents(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> SGDLyapunov:
     """:func:`sgd_lyapunov` on a built operator with checked options (also for the diagram)."""
     R = replicas
@@ -505,10 +510,12 @@ def _sgd_exponents(
             done = int(ck["step"])
             kept = _committed_rows(run, "blocks", ("step", "logsum"))
             sums, ends = list(kept["logsum"]), list(kept["step"])
+        bar = progress_bar(progress, steps, desc="SGD Lyapunov")
         while done < steps:
             n = min(chunk, steps - done)
             advance(rng, perm, V, n, logsum, transient + done)
             done += n
+            bar.update(done)
             sums.append(logsum.copy())
             ends.append(float(done))
             if run is not None:
@@ -838,6 +845,7 @@ def sgd_stability_diagram(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> StabilityDiagram:
     """Top Lyapunov exponent of linearised SGD over a grid of (lr, B), beside the GD threshold.
 
@@ -861,6 +869,7 @@ def sgd_stability_diagram(
     resume : continue the diagram in ``out`` after its last committed row (each point has its
         own seed, so the result is bitwise that of an uninterrupted run); refused (ValueError
         naming the difference) when G, a grid or an option differs from the stored run.
+    progress : report progress on stderr once per batch size (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -950,7 +959,9 @@ def sgd_stability_diagram(
             kept = _committed_rows(run, "diagram", tuple(cols))
             for name, arr in cols.items():
                 arr[:first] = kept[name]
+        bar = progress_bar(progress, bs.size * lrs_a.size, desc="SGD diagram", unit="point")
         for i in range(first, bs.size):
+            bar.update((i + 1) * lrs_a.size - lrs_a.size)
             B = int(bs[i])
             for j, lr in enumerate(lrs_a):
                 res = _sgd_exponents(
@@ -968,6 +979,7 @@ def sgd_stability_diagram(
                     **{name: arr[i][None] for name, arr in cols.items()},
                 )
                 run.commit(next_row=i + 1)
+        bar.update(bs.size * lrs_a.size)
     return StabilityDiagram(
         lrs=lrs_a,
         batch_sizes=bs,

@@ -63,6 +63,7 @@ from ._validate import (
     check_int,
     check_out_path,
 )
+from .progress import progress_bar
 from .runs import Run, start_run
 from .storage import RunFileError, open_run
 
@@ -772,6 +773,7 @@ def sweep(
     resume: bool = False,
     n_workers: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> SweepResult:
     """Evaluate ``fn(**point)`` at every grid point, in parallel, streaming results to HDF5.
 
@@ -824,6 +826,8 @@ def sweep(
         Worker processes of the local cluster (default ``os.cpu_count()``).
     seed : int
         Root of the per-point seeds (>= 0).
+    progress : bool
+        Report the finished points on stderr as they arrive (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -874,6 +878,7 @@ def sweep(
     params, inputs = _run_params(fn, g, seed, passes_seed) if path is not None else ({}, {})
     table = _Table(g)
     run: Run | None = None
+    bar = progress_bar(progress, g.size, desc="sweep", unit="point")
 
     def open_file(resume: bool) -> Run:
         return start_run(
@@ -912,9 +917,12 @@ def sweep(
                 else:
                     stream = _dask_results(client, fn, g, seeds, pending)
                 stream = stack.enter_context(contextlib.closing(stream))
+                stack.enter_context(bar)
+                bar.update(g.size - len(pending))
                 try:
                     for i, raw in stream:
                         table.add(i, raw)
+                        bar.update(g.size - len(pending) + table.computed)
                         if path is not None:
                             if run is None:  # the first result fixes the file's layout
                                 run = stack.enter_context(open_file(resume=False))

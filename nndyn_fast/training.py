@@ -804,6 +804,8 @@ def gradient_descent(
     out: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
+    desc: str = "gradient descent",
 ) -> GDRun:
     """Run θ_{k+1} = θ_k − η ∇L_B(θ_k), recording loss, gradient norm and sharpness.
 
@@ -849,6 +851,10 @@ def gradient_descent(
         Run file to stream to.
     overwrite, resume : bool
         Replace an existing ``out`` / continue the run stored in ``out``.
+    progress : bool
+        Report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
+    desc : str
+        The progress report's label.
 
     Returns
     -------
@@ -976,8 +982,12 @@ def gradient_descent(
             ck["rng"] = rng_state(rng)
         run.commit(**ck)
 
-    with run if run is not None else nullcontext():
+    from .progress import progress_bar
+
+    bar = progress_bar(progress, steps, desc=desc)
+    with run if run is not None else nullcontext(), bar:
         while step < steps:
+            bar.update(step)
             m = min(chunk_steps, steps - step)
             if sharpness_every > 0:
                 if step % sharpness_every == 0:
@@ -1078,6 +1088,7 @@ def eos_experiment(
     out_dir: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> dict[float, GDRun]:
     """Full-batch GD of a tanh MLP on :func:`eos_dataset` for several learning rates.
 
@@ -1098,6 +1109,7 @@ def eos_experiment(
     resume : continue the experiment in ``out_dir``: each run file there is resumed (after
         :func:`gradient_descent` checks it is the same run; a complete one is only read), and
         the runs without a file (not started when the experiment stopped) are started.
+    progress : report each run's progress on stderr (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -1156,6 +1168,8 @@ def eos_experiment(
             out=out,
             overwrite=overwrite,
             resume=resume and out is not None and out.exists(),
+            progress=progress,
+            desc=f"lr = {lr:g}",
         )
     return runs
 

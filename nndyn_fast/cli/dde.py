@@ -16,7 +16,7 @@ from nndyn_fast._validate import (
     check_size,
 )
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -112,7 +112,7 @@ def run_dde(args: argparse.Namespace) -> int:
     sol = ddeint(
         model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
-        chunk_frames=args.chunk_frames, max_steps=args.max_steps,
+        chunk_frames=args.chunk_frames, max_steps=args.max_steps, progress=progress_enabled(args),
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):

@@ -18,7 +18,7 @@ from nndyn_fast.integrate import METHODS, odeint
 from nndyn_fast.neural import NeuralODE
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def add_ode_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def run_ode(args: argparse.Namespace) -> int:
     check_out_path("--out", args.out, overwrite=args.overwrite, resume=args.resume)
     rng = np.random.default_rng(args.seed)
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
-              "chunk_frames": args.chunk_frames}  # fmt: skip
+              "chunk_frames": args.chunk_frames, "progress": progress_enabled(args)}  # fmt: skip
     if args.demo == "embedding":
         from nndyn_fast.expressivity import PSI, shear_field
 

@@ -26,7 +26,7 @@ from nndyn_fast._validate import (
 from nndyn_fast.plots import plot_stability_diagram
 from nndyn_fast.sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -124,6 +124,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
         mean_square=not args.no_mean_square,
         out=args.out,
         overwrite=args.overwrite,
+        progress=progress_enabled(args),
         resume=args.resume,
     )
     print(
