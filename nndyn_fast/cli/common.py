@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_run_file_options", "progress_enabled"]
+__all__ = [
+    "DefaultsHelpFormatter",
+    "add_run_file_options",
+    "progress_enabled",
+    "use_defaults_formatter",
+]
 
 
 def add_run_file_options(
@@ -39,3 +44,22 @@ def progress_enabled(o: argparse.Namespace) -> bool:
     """``--progress`` / ``--no-progress``, else whether stderr is a terminal."""
     chosen = getattr(o, "progress", None)
     return sys.stderr.isatty() if chosen is None else bool(chosen)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the text already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def use_defaults_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and all its subcommands' parsers :class:`DefaultsHelpFormatter`."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_defaults_formatter(sub)
