@@ -75,7 +75,7 @@ _MAX_STEPS = 2**62
 # models
 # ---------------------------------------------------------------------------------------------
 def activation_lipschitz(activation: str) -> float:
-    """sup |sigma'| of an activation: 1 (identity, tanh, relu, softplus), 1/4 (sigmoid),
+    """sup abs(sigma') of an activation: 1 (identity, tanh, relu, softplus), 1/4 (sigmoid),
     Phi(sqrt 2) + sqrt 2 phi(sqrt 2) ~ 1.1289 (gelu)."""
     check_option("activation", activation, ACTIVATIONS)
     if activation == "sigmoid":
@@ -102,6 +102,8 @@ class NeuralDDE:
         :class:`~nndyn_fast.NeuralODE`.
     T : end time of the default layer grid (default 1).
 
+    Notes
+    -----
     The delays themselves are given to :func:`ddeint`; ``n_delays`` must match ``B``.
     """
 
@@ -231,10 +233,10 @@ def lipschitz_bound(model: NeuralDDE | LinearDDE) -> float:
 
         K = L_sigma ||W||_2 (||A||_2 + sum_k ||B_k||_2),
 
-    with L_sigma = sup |sigma'| (:func:`activation_lipschitz`), and for the linear field
-    K = ||A||_2 + sum_k ||B_k||_2. This K bounds |f(x, y) - f(x', y')| both by
-    K max(|x - x'|, |y_k - y_k'|) and by K (|x - x'| + sum_k |y_k - y_k'|), so it serves the
-    memory-capacity statements in either convention. For x' = -a x(t - tau) it equals |a|, and
+    with L_sigma = sup abs(sigma') (:func:`activation_lipschitz`), and for the linear field
+    K = ||A||_2 + sum_k ||B_k||_2. This K bounds ‖f(x, y) - f(x', y')‖ both by
+    K max(‖x - x'‖, ‖y_k - y_k'‖) and by K (‖x - x'‖ + sum_k ‖y_k - y_k'‖), so it serves the
+    memory-capacity statements in either convention. For x' = -a x(t - tau) it equals abs(a), and
     K tau e < 1 is then the non-oscillation condition a tau < 1/e.
 
     Raises
@@ -558,12 +560,14 @@ def ddeint(
         Numba ``@njit`` function ``f(t, x, xd, args, out)`` (in place) or ``f(t, x, xd, args)``
         returning dx; ``x`` (d,), ``xd`` (m, d) holds x(t - tau_k) in row k.
     history : the initial function on [t0 - max(tau), t0], one of
+
         - a constant vector (d,) or a batch of them (B, d);
         - samples ``(times, values)`` or ``(times, values, slopes)``: ``times`` (n,) increasing,
           ending at t0 = t[0] and starting at or before t0 - max(tau); ``values`` (n, d) or a
           batch (B, n, d); slopes default to second-order finite differences;
         - a Numba function ``phi(t) -> (d,)``, or ``phi(t, p) -> (d,)`` with one parameter row
           ``p`` per batch member from ``history_args`` (B, p).
+
         The batch members are integrated in parallel, each with its own adaptive steps;
         with ``"rk4"``, a built-in ``f``, all delays > ``dt`` and 8 or more members (and no
         ``out``), blocks of members run in lockstep (same result, bitwise, several times faster).

@@ -257,7 +257,7 @@ class LyapunovSpectrum:
     ----------
     exponents : (k,) estimates, in 1/time (flows) or per iteration (maps, products).
     stderr : (k,) standard error by batch means over ``n_blocks`` consecutive blocks.
-    drift : (k,) |estimate at the end - estimate at half time|, a convergence diagnostic.
+    drift : (k,) abs(estimate at the end - estimate at half time), a convergence diagnostic.
     time, running : (n_records,), (n_records, k) running estimates after each chunk.
     x, V : final state (d,) and orthonormal tangent rows (k, d).
     steps, t_total : measured steps (after the transient) and their duration.
@@ -345,7 +345,8 @@ def lyapunov_spectrum(
     system : ``Henon()``, ``Lorenz63()`` (or ``"henon"``, ``"lorenz63"``), ``MapSystem`` or
         ``FlowSystem`` holding the user's ``@njit`` functions.
     x0 : (d,) initial state.
-    k : number of exponents (top k), 1 <= k <= d; default d (full spectrum).
+    k : int, optional
+        Number of exponents (top k), 1 <= k <= d; default d (full spectrum).
     steps : number of measured iterations (maps) or RK4 steps (flows); or give ``t_end``.
     t_end : measured duration for flows (``steps = round(t_end / dt)``).
     dt : RK4 step for flows (time units); must be None for maps.
@@ -355,7 +356,8 @@ def lyapunov_spectrum(
     n_records : number of running estimates kept (the kernel chunk is steps / n_records).
     n_blocks : blocks for the batch-means standard error.
     seed : seed of the random orthonormal initial tangent vectors.
-    V0 : optional (k, d) initial tangent vectors (rows, linearly independent); they are
+    V0 : array (k, d), optional
+        Optional (k, d) initial tangent vectors (rows, linearly independent); they are
         orthonormalised. Default: random orthonormal rows from ``seed``.
     out : optional HDF5 run file: series ``running`` (time, step, estimate (k,), logsum (k,))
         committed per chunk with a checkpoint (x, V, logsum, step; the first one after the
@@ -638,7 +640,8 @@ def product_lyapunov(
     factors : either an array (T, d, d) of factors (M_1 first), or a callable
         ``factors(rng, m) -> (m, d, d)`` drawing m i.i.d. factors from a numpy Generator; the
         callable is called once per chunk and needs ``steps``.
-    k : number of exponents (default d).
+    k : int, optional
+        Number of exponents (default d).
     steps : number of factors when ``factors`` is a callable.
     seed : integer >= 0, seed of the generator handed to the callable and of the initial
         tangent vectors.
@@ -775,7 +778,8 @@ class NetworkLyapunov:
 
     Attributes
     ----------
-    exponents : (k,) exponents per layer, (1/L) sum_l log|R_jj| averaged over inputs (and
+    exponents : array (k,)
+        (k,) exponents per layer, (1/L) sum_l log|R_jj| averaged over inputs (and
         networks).
     per_input : (n, k) the same for each input (finite-depth exponents over input space).
     per_layer : (L, k) mean log|R_jj| at each layer (layer-resolved growth).
@@ -869,7 +873,8 @@ def network_lyapunov(
         ``init``).
     X : (n, n_in) inputs.
     theta : (P,) parameters; default ``mlp.init(seed)``.
-    k : number of exponents, default min(n_in, smallest width) (beyond the smallest width
+    k : int, optional
+        Number of exponents, default min(n_in, smallest width) (beyond the smallest width
         the Jacobian has rank deficiency and the exponents are -inf).
 
     Returns
@@ -935,7 +940,8 @@ def random_network_lyapunov(
     ----------
     width, depth : N and L.
     sigma_w, sigma_b : weight and bias scales.
-    k : number of exponents (<= width).
+    k : int
+        Number of exponents (<= width).
     n_inputs : inputs per network, entries N(0, q0).
     networks : independent networks (the standard error is over networks).
     skip_layers : leading layers left out of the average (transient of the activity).

@@ -476,7 +476,7 @@ def simulate(
     save_every : int
         Save the state every this many steps (observables are kept every step); adaptive
         methods: every this many save times, i.e. every ``save_every * dt``.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Stream to this HDF5 run file (see :mod:`nndyn_fast.storage`): series ``trajectory``
         (time, step, value (N,)) and ``observables`` (time, step, value (2,)), committed per
         chunk with a checkpoint, so a killed run keeps every committed chunk. ``step`` is the

@@ -124,7 +124,8 @@ def start_run(
     series, rows, checkpoint : the series' fields (with their units and long names), their
         capacities and the initial checkpoint (see
         :meth:`nndyn_fast.storage.TrajectoryWriter.create`).
-    inputs : the run's input arrays (weights, data, initial state, ...); their digests are
+    inputs : dict, optional
+        The run's input arrays (weights, data, initial state, ...); their digests are
         stored and compared on resume, and arrays up to 16 MiB are stored themselves.
     resume, overwrite : continue the run in ``out``, or replace ``out``.
     coords, description : coordinate values of named row axes, and what the run is (see

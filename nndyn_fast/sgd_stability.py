@@ -192,8 +192,10 @@ def gd_threshold_at_minimum(G: Any, *, rows_per_sample: int = 1) -> float:
 
     Parameters
     ----------
-    G : (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
-    rows_per_sample : q, the rows of G that belong to one sample.
+    G : array
+        (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
+    rows_per_sample : int
+        Q, the rows of G that belong to one sample.
 
     Returns
     -------
@@ -211,7 +213,8 @@ class SGDLyapunov:
 
     Attributes
     ----------
-    exponents : (k,) top-k Lyapunov exponents per SGD step (mean over replicas).
+    exponents : array (k,)
+        (k,) top-k Lyapunov exponents per SGD step (mean over replicas).
     ci_low, ci_high : (k,) confidence interval at ``level`` (Student t over independent
         replicas, or over batch-means blocks of a single replica).
     stderr : (k,) standard error behind the interval.
@@ -317,11 +320,13 @@ def sgd_lyapunov(
 
     Parameters
     ----------
-    G : (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
+    G : array
+        (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
     lr : learning rate eta > 0.
     batch_size : B, 1 <= B <= n.
     steps : measured SGD steps per replica (after ``transient`` discarded steps).
-    k : number of exponents, 1 <= k <= r (span) or d (full).
+    k : int
+        Number of exponents, 1 <= k <= r (span) or d (full).
     seed : seed for ``np.random.default_rng`` (int or sequence of ints); batch indices are
         drawn per chunk in Python and passed to the kernel, so results are reproducible.
     transient : discarded SGD steps before measuring.
@@ -329,7 +334,8 @@ def sgd_lyapunov(
     replicas : independent chains run in parallel; R >= 2 gives the interval from the spread
         of replicas, R = 1 from ``n_blocks`` batch-means blocks.
     space : ``"span"`` (the span of the g_i) or ``"full"`` (R^d).
-    rows_per_sample : q, the rows of G that belong to one sample (outputs of a network).
+    rows_per_sample : int
+        Q, the rows of G that belong to one sample (outputs of a network).
     reorth_every : steps between QR re-orthonormalisations of the tangent vectors.
     n_blocks : batch-means blocks (and chunks of the run file).
     level : confidence level of the interval.

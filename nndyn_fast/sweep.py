@@ -807,7 +807,7 @@ def sweep(
         (workers need ``nndyn_fast`` and ``fn``'s module installed); an address where no Dask
         scheduler answers within ``CONNECT_SECONDS`` (10 s) is a ValueError. A
         ``distributed.Client``: used as is and left open.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Stream results into this run file (layout in :mod:`nndyn_fast.sweep`), created by
         :func:`nndyn_fast.runs.start_run` when the first result arrives: row i holds point i.
         Finished rows are written in place and committed together, with the mask of finished

@@ -529,7 +529,7 @@ def hessian_spectrum_density(
         Points where φ_σ is evaluated; default 1000 points spanning the nodes ± 6σ.
     sigma : float, optional
         Broadening width (> 0), in units of the eigenvalues; default 1% of the node range
-        (of max(|node|, 1) when all nodes coincide).
+        (of max(abs(node), 1) when all nodes coincide).
 
     Returns
     -------
@@ -629,7 +629,7 @@ def gd_stability(
     """Linear stability of gradient descent θ ← θ − η∇L at a minimum with Hessian H.
 
     The linearisation is δ ← (I − ηH) δ; the minimum is linearly stable when the spectral
-    radius ρ = max |1 − ηλ| over the eigenvalues λ of H on the relevant subspace is < 1.
+    radius ρ = max abs(1 − ηλ) over the eigenvalues λ of H on the relevant subspace is < 1.
     For an isolated minimum that subspace is the whole space (ρ < 1 ⟺ 0 < λ and η < 2/λ_max).
     On a manifold of minima (over-parameterised, interpolating), the tangent directions carry
     λ = 0 and ρ_full = 1 there; stability is decided on the normal space N = range(H). At an
@@ -646,7 +646,7 @@ def gd_stability(
     jacobian : array (m, P), optional
         Gauss–Newton factor J (e.g. :func:`per_sample_gradients`): N = row space of J, rank
         from the singular values above ``rank_tol``·σ_max. Without it a dense H gives N as the
-        span of its eigenvectors with |λ| > ``rank_tol``·max|λ|, and a matrix-free H only the
+        span of its eigenvectors with abs(λ) > ``rank_tol``·max abs(λ), and a matrix-free H only the
         full-space radius.
     rank_tol : float
         Relative threshold separating zero from nonzero singular/eigen values.
@@ -847,7 +847,7 @@ def gradient_descent(
         Most steps per kernel call and per committed chunk (a chunk also ends at each
         sharpness measurement). The results do not depend on it, so a run may be resumed with
         another value.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Run file to stream to.
     overwrite, resume : bool
         Replace an existing ``out`` / continue the run stored in ``out``.
