@@ -646,6 +646,7 @@ def ddeint(
     hmax = (tf - t0) if hmax is None else check_positive("hmax", hmax)
     max_steps = check_int("max_steps", max_steps, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     if chunk_frames is not None:
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     if mname == "rk4":

@@ -269,6 +269,7 @@ def odeint(
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     variational = check_bool("variational", variational)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     if dt is not None and not adaptive:
         check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 

@@ -391,6 +391,7 @@ def lyapunov_spectrum(
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     seed = check_int("seed", seed, minimum=0)  # stored in the run file's parameters
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     is_flow = system.kind == "flow"
     if is_flow:

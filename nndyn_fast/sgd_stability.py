@@ -375,6 +375,7 @@ def sgd_lyapunov(
     )
     seed = _seed_param(seed)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
@@ -911,6 +912,7 @@ def sgd_stability_diagram(
         for lr in lrs_a:
             _check_mean_square_lr(op, float(lr))
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")

@@ -865,6 +865,7 @@ def sweep(
     if n_workers is not None:
         n_workers = check_int("n_workers", n_workers, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if overwrite and resume:
         raise ValueError("pass either overwrite=True or resume=True, not both")

@@ -891,6 +891,7 @@ def gradient_descent(
     sharpness_tol = check_positive("sharpness_tol", sharpness_tol)
     chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
@@ -1134,6 +1135,7 @@ def eos_experiment(
     width = check_int("width", width, minimum=1)
     depth = check_int("depth", depth, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and overwrite:
         raise ValueError("give overwrite or resume, not both")
