@@ -594,7 +594,7 @@ def simulate(
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     steps_idx = frame_steps = np.zeros(0, np.int64)
-    bar = Progress(total, desc=params["model"], enabled=progress)
+    bar = Progress(total, desc=type(model).__name__, enabled=progress)
     bar.update(step)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:  # a new run, or one killed before this
@@ -729,7 +729,7 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     ks = frame_ks = np.zeros(0, np.int64)
-    bar = Progress(total, desc=params["model"], enabled=progress)
+    bar = Progress(total, desc=type(model).__name__, enabled=progress)
     bar.update(done)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:
