@@ -75,7 +75,7 @@ _MAX_STEPS = 2**62
 # models
 # ---------------------------------------------------------------------------------------------
 def activation_lipschitz(activation: str) -> float:
-    """sup |sigma'| of an activation: 1 (identity, tanh, relu, softplus), 1/4 (sigmoid),
+    """sup abs(sigma') of an activation: 1 (identity, tanh, relu, softplus), 1/4 (sigmoid),
     Phi(sqrt 2) + sqrt 2 phi(sqrt 2) ~ 1.1289 (gelu)."""
     check_option("activation", activation, ACTIVATIONS)
     if activation == "sigmoid":
@@ -102,6 +102,8 @@ class NeuralDDE:
         :class:`~nndyn_fast.NeuralODE`.
     T : end time of the default layer grid (default 1).
 
+    Notes
+    -----
     The delays themselves are given to :func:`ddeint`; ``n_delays`` must match ``B``.
     """
 
@@ -231,10 +233,10 @@ def lipschitz_bound(model: NeuralDDE | LinearDDE) -> float:
 
         K = L_sigma ||W||_2 (||A||_2 + sum_k ||B_k||_2),
 
-    with L_sigma = sup |sigma'| (:func:`activation_lipschitz`), and for the linear field
-    K = ||A||_2 + sum_k ||B_k||_2. This K bounds |f(x, y) - f(x', y')| both by
-    K max(|x - x'|, |y_k - y_k'|) and by K (|x - x'| + sum_k |y_k - y_k'|), so it serves the
-    memory-capacity statements in either convention. For x' = -a x(t - tau) it equals |a|, and
+    with L_sigma = sup abs(sigma') (:func:`activation_lipschitz`), and for the linear field
+    K = ||A||_2 + sum_k ||B_k||_2. This K bounds ‖f(x, y) - f(x', y')‖ both by
+    K max(‖x - x'‖, ‖y_k - y_k'‖) and by K (‖x - x'‖ + sum_k ‖y_k - y_k'‖), so it serves the
+    memory-capacity statements in either convention. For x' = -a x(t - tau) it equals abs(a), and
     K tau e < 1 is then the non-oscillation condition a tau < 1/e.
 
     Raises
@@ -548,6 +550,7 @@ def ddeint(
     resume: bool = False,
     chunk_frames: int | None = None,
     max_steps: int = 1_000_000,
+    progress: bool = False,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
 
@@ -557,12 +560,14 @@ def ddeint(
         Numba ``@njit`` function ``f(t, x, xd, args, out)`` (in place) or ``f(t, x, xd, args)``
         returning dx; ``x`` (d,), ``xd`` (m, d) holds x(t - tau_k) in row k.
     history : the initial function on [t0 - max(tau), t0], one of
+
         - a constant vector (d,) or a batch of them (B, d);
         - samples ``(times, values)`` or ``(times, values, slopes)``: ``times`` (n,) increasing,
           ending at t0 = t[0] and starting at or before t0 - max(tau); ``values`` (n, d) or a
           batch (B, n, d); slopes default to second-order finite differences;
         - a Numba function ``phi(t) -> (d,)``, or ``phi(t, p) -> (d,)`` with one parameter row
           ``p`` per batch member from ``history_args`` (B, p).
+
         The batch members are integrated in parallel, each with its own adaptive steps;
         with ``"rk4"``, a built-in ``f``, all delays > ``dt`` and 8 or more members (and no
         ``out``), blocks of members run in lockstep (same result, bitwise, several times faster).
@@ -587,6 +592,8 @@ def ddeint(
         an uninterrupted one. A resume must be given the same field, history, delays, inputs
         and options: each is compared with the file (a user function by its name and a digest
         of its code) and a difference is refused, naming it.
+    progress : report progress on stderr per committed chunk (with ``out``; see
+        :mod:`nndyn_fast.progress`).
     chunk_frames : output rows per chunk for ``out`` (default about 1 MiB per chunk); the last
         time of each chunk is stepped onto, so it is part of the run's parameters. Each commit
         also writes the checkpoint, whose size is that of the steps in the delay window
@@ -639,6 +646,7 @@ def ddeint(
     hmax = (tf - t0) if hmax is None else check_positive("hmax", hmax)
     max_steps = check_int("max_steps", max_steps, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     if chunk_frames is not None:
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     if mname == "rk4":
@@ -722,9 +730,11 @@ def ddeint(
         y = yout if hist.batched else yout[:, 0, :]
         return Solution(tt, y, stats(), "success")
 
+    from .progress import progress_bar
     from .runs import start_run
     from .storage import chunk_rows
 
+    bar = progress_bar(progress, tt.size, desc="dde", unit="frame")
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
     params, inputs = _run_params(f, fn is not None, history, hist, args)
     params.update(
@@ -764,7 +774,19 @@ def ddeint(
         kind="dde",
         params=params,
         inputs=inputs,
-        series={"trajectory": {"time": (), "value": (B, d)}},
+        series={
+            "trajectory": {
+                "time": {"units": "1", "long_name": "time (model units)"},
+                "value": {
+                    "shape": (B, d),
+                    "dims": ("batch", "state"),
+                    "units": "1",
+                    "long_name": "state x(t) of each batch member",
+                },
+            }
+        },
+        description="delay differential equation dx/dt = f(t, x(t), x(t - tau_1), ...): "
+        "frames of the state at the requested times",
         rows={"trajectory": int(tt.size)},
         checkpoint=first,
         resume=resume,
@@ -796,6 +818,8 @@ def ddeint(
                     run.commit(**run.checkpoint)
                 _raise_on_status(ist, ring, kept=(start + good, run.path))
             run.commit(**checkpoint(start + tc.size))
+            bar.update(start + tc.size)
+        bar.close()
         st = stats()
         run.summarize(n_accepted=st["n_accepted"], n_rejected=st["n_rejected"], n_fev=st["n_fev"])
         path = run.path

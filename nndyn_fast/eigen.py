@@ -145,9 +145,9 @@ def _ritz(alpha: np.ndarray, beta: np.ndarray, k: int, largest: bool):
 def _lanczos(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray, largest: bool):
     """Lanczos with full reorthogonalisation for the k largest (or smallest) eigenpairs.
 
-    A pair (θ, y) is accepted when its error estimate min(r, r²/gap) ≤ tol·|θ|, r = β_m |s_m|
+    A pair (θ, y) is accepted when its error estimate min(r, r²/gap) ≤ tol·abs(θ), r = β_m abs(s_m)
     the residual norm ||Hy − θy|| of the Ritz pair and gap the distance to the nearest other
-    Ritz value (the a-posteriori bound |θ − λ| ≤ r²/gap). An invariant subspace (β ≈ 0) ends
+    Ritz value (the a-posteriori bound abs(θ − λ) ≤ r²/gap). An invariant subspace (β ≈ 0) ends
     the iteration with exact pairs. Returns ``(values (k,), vectors (P, k), n_matvec,
     converged)``.
     """
@@ -180,8 +180,8 @@ def _power(matvec, P: int, k: int, tol: float, maxiter: int, v0: np.ndarray):
     """Power iteration with deflation for the k largest eigenpairs.
 
     Each pair iterates v ← (H + σI) v / ||·|| orthogonal to the pairs already found, until the
-    Rayleigh quotient changes by less than tol·|λ|. σ = 0 first; if the dominant eigenvalue of
-    the deflated operator is negative the pair is recomputed with σ = |λ| so that the largest
+    Rayleigh quotient changes by less than tol·abs(λ). σ = 0 first; if the dominant eigenvalue of
+    the deflated operator is negative the pair is recomputed with σ = abs(λ) so that the largest
     algebraic eigenvalue dominates. Returns ``(values (k,), vectors (P, k), n_matvec,
     converged)``.
     """
@@ -261,13 +261,13 @@ def top_eigenpairs(
 
     with full reorthogonalisation give T_m = Q_mᵀ H Q_m = tridiag(β, α, β); its eigenpairs
     T_m s = θ s give the Ritz pairs (θ, Q_m s). A pair is accepted once
-    min(r, r²/gap) ≤ tol·|θ|, where r = ||H y − θ y|| = β_m |s_m| and gap is the distance to
-    the next Ritz value (|θ − λ| ≤ r²/gap, Kato–Temple); the iteration also ends on an
+    min(r, r²/gap) ≤ tol·abs(θ), where r = ||H y − θ y|| = β_m abs(s_m) and gap is the distance to
+    the next Ritz value (abs(θ − λ) ≤ r²/gap, Kato–Temple); the iteration also ends on an
     invariant subspace (β_m ≈ 0, exact pairs) or after ``maxiter`` products.
 
     ``"power"``: v ← H v / ||H v|| orthogonal to the pairs already found, until the Rayleigh
-    quotient λ = vᵀ H v changes by less than tol·|λ|; a pair whose dominant eigenvalue is
-    negative is recomputed on H + |λ| I so that the largest algebraic eigenvalue is found.
+    quotient λ = vᵀ H v changes by less than tol·abs(λ); a pair whose dominant eigenvalue is
+    negative is recomputed on H + abs(λ) I so that the largest algebraic eigenvalue is found.
 
     Parameters
     ----------
@@ -343,7 +343,8 @@ class SpectrumDensity:
     grid : array (G,), the points x where the density is evaluated.
     density : array (G,), the broadened spectral density φ_σ(x) (integrates to 1 over ℝ).
     nodes : array (n_probes, m), Gauss quadrature nodes (Ritz values) of each probe.
-    weights : array (n_probes, m), their weights (each row sums to 1; entries past a probe's
+    weights : array (n_probes, m)
+        Array (n_probes, m), their weights (each row sums to 1; entries past a probe's
         Krylov dimension are padding with node 0 and weight 0).
     sigma : the Gaussian broadening width σ.
     n_hvp : number of operator products used.
@@ -383,7 +384,7 @@ def _slq(
 
     Probe z gives T_m = S diag(θ_j) Sᵀ and the Gauss nodes θ_j with weights τ_j = S_{1j}²;
     the density is φ_σ(x) = (1/n_probes) Σ_probes Σ_j τ_j exp(−(x − θ_j)²/(2σ²)) / (σ√(2π)).
-    ``sigma`` None: 1% of the node range (of max(|node|, 1) when all nodes coincide); ``grid``
+    ``sigma`` None: 1% of the node range (of max(abs(node), 1) when all nodes coincide); ``grid``
     None: 1000 points spanning the nodes ± 6σ.
     """
     n_probes = probes.shape[0]

@@ -82,10 +82,16 @@ class ShearEmbedding:
 
     Parameters
     ----------
-    psi : one of :data:`PSI` (``square`` u², ``negate`` −u, ``sine`` sin(πu), ``cube`` u³ − u),
+    psi : str
+        One of :data:`PSI` (``square`` u², ``negate`` −u, ``sine`` sin(πu), ``cube`` u³ − u),
         applied to ``u_(j mod d)`` for output ``j``.
-    d : input dimension; q : output dimension (``m = d + q`` dimensions in all).
+    d : int
+        Input dimension.
+    q : int
+        Output dimension (``m = d + q`` dimensions in all).
 
+    Notes
+    -----
     ``__call__(X)`` lifts ``X`` (B, d) to ``(X, 0)``, integrates to ``T = 1`` with ``odeint``
     and reads out ``v`` (B, q); it equals ``Ψ(X)`` to solver accuracy.
     """

@@ -189,6 +189,7 @@ def odeint(
     chunk_frames: int | None = None,
     max_steps: int = 1_000_000,
     variational: bool = False,
+    progress: bool = False,
     jac: Any = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t[0]) = x0`` and return ``x`` at every ``t``.
@@ -223,6 +224,8 @@ def odeint(
         frames). The last time of each chunk is stepped onto, so ``dopri5`` results depend on
         it (to the tolerance); it is part of the run's parameters.
     max_steps : step budget per trajectory (``dopri5``; with ``out``, per chunk).
+    progress : report progress on stderr per committed chunk (with ``out``; see
+        :mod:`nndyn_fast.progress`).
     variational : also integrate the variational equation ``dV/dt = Df(x) V``, ``V(t0) = I``
         and return the flow Jacobians ``dx(t)/dx0`` in ``Solution.jac``. Built-in models use
         their analytic Jacobian; a user field needs ``jac``.
@@ -266,6 +269,7 @@ def odeint(
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     variational = check_bool("variational", variational)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     if dt is not None and not adaptive:
         check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 
@@ -310,7 +314,7 @@ def odeint(
     if out is not None:
         params, inputs = _run_params(f, fn_ip or fn_s, jac_fn, args, kern, method, batched)
         inputs.update(x0=X, t=tt, **tols)
-        stream = (out, resume, overwrite, chunk_frames, params, inputs)
+        stream = (out, resume, overwrite, chunk_frames, params, inputs, progress)
         return _odeint_to_file(stream, kern, Z0, tt, hs, batched)
     Y, status, nframes, t_reached, stats = _run(kern, Z0, tt, hs)
     sol = _solution(tt, Y, stats, d, nvar, batched, status)
@@ -551,10 +555,12 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
 
 
 def _odeint_to_file(stream, kern, Z0, tt, hs, batched) -> Solution:
+    from .progress import progress_bar
     from .runs import start_run
     from .storage import chunk_rows
 
-    out, resume, overwrite, chunk, params, inputs = stream
+    out, resume, overwrite, chunk, params, inputs, progress = stream
+    bar = progress_bar(progress, tt.shape[0] - 1, desc="ode", unit="frame")
     B, n = Z0.shape
     d = kern["d"]
     T = tt.shape[0]
@@ -565,7 +571,19 @@ def _odeint_to_file(stream, kern, Z0, tt, hs, batched) -> Solution:
         kind="ode",
         params=params,
         inputs=inputs,
-        series={"trajectory": {"time": (), "value": (B, d)}},
+        series={
+            "trajectory": {
+                "time": {"units": "1", "long_name": "time (model units)"},
+                "value": {
+                    "shape": (B, d),
+                    "dims": ("batch", "state"),
+                    "units": "1",
+                    "long_name": "state x(t) of each batch member",
+                },
+            }
+        },
+        description="ordinary differential equation dx/dt = f(t, x): frames of the state at "
+        "the requested times",
         rows={"trajectory": T},
         checkpoint={"state": Z0, "frame": 0, "h": hs, "stats": np.zeros((B, 3), np.int64)},
         resume=resume,
@@ -603,6 +621,8 @@ def _odeint_to_file(stream, kern, Z0, tt, hs, batched) -> Solution:
             z = np.ascontiguousarray(Y[-1])
             run.commit(state=z, frame=k1, h=hs.copy(), stats=totals)
             k0 = k1
+            bar.update(k1)
+        bar.close()
         st = _stats(totals)
         run.summarize(n_accepted=st["n_accepted"], n_rejected=st["n_rejected"], n_fev=st["n_fev"])
         path = run.path

@@ -52,6 +52,7 @@ from ._validate import (
 )
 from .errors import NonFiniteStateError
 from .kernels import lyapunov as _k
+from .progress import progress_bar
 from .runs import restore_rng, rng_state, start_run
 from .threads import for_work
 
@@ -203,6 +204,23 @@ def _tangent_failure(status: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Run files (the lifecycle itself is nndyn_fast.runs.start_run)
 # --------------------------------------------------------------------------------------------
+def _running_series(k: int) -> dict:
+    """The ``running`` series of a Lyapunov run file, with units and names."""
+    exps = {"shape": (k,), "dims": ("exponent",)}
+    return {
+        "running": {
+            "time": {"units": "1", "long_name": "time (model units; steps for maps)"},
+            "step": {"long_name": "step"},
+            "estimate": {
+                **exps,
+                "units": "1/time",
+                "long_name": "running Lyapunov exponent estimates",
+            },
+            "logsum": {**exps, "units": "1", "long_name": "accumulated log stretching factors"},
+        }
+    }
+
+
 def _committed_rows(run: Any, series: str, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The committed rows of ``series`` in the file of the open run ``run``."""
     from .storage import open_run
@@ -239,7 +257,7 @@ class LyapunovSpectrum:
     ----------
     exponents : (k,) estimates, in 1/time (flows) or per iteration (maps, products).
     stderr : (k,) standard error by batch means over ``n_blocks`` consecutive blocks.
-    drift : (k,) |estimate at the end - estimate at half time|, a convergence diagnostic.
+    drift : (k,) abs(estimate at the end - estimate at half time), a convergence diagnostic.
     time, running : (n_records,), (n_records, k) running estimates after each chunk.
     x, V : final state (d,) and orthonormal tangent rows (k, d).
     steps, t_total : measured steps (after the transient) and their duration.
@@ -314,6 +332,7 @@ def lyapunov_spectrum(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> LyapunovSpectrum:
     """Lyapunov spectrum of a map or a flow by the QR (Benettin) method.
 
@@ -326,7 +345,8 @@ def lyapunov_spectrum(
     system : ``Henon()``, ``Lorenz63()`` (or ``"henon"``, ``"lorenz63"``), ``MapSystem`` or
         ``FlowSystem`` holding the user's ``@njit`` functions.
     x0 : (d,) initial state.
-    k : number of exponents (top k), 1 <= k <= d; default d (full spectrum).
+    k : int, optional
+        Number of exponents (top k), 1 <= k <= d; default d (full spectrum).
     steps : number of measured iterations (maps) or RK4 steps (flows); or give ``t_end``.
     t_end : measured duration for flows (``steps = round(t_end / dt)``).
     dt : RK4 step for flows (time units); must be None for maps.
@@ -336,7 +356,8 @@ def lyapunov_spectrum(
     n_records : number of running estimates kept (the kernel chunk is steps / n_records).
     n_blocks : blocks for the batch-means standard error.
     seed : seed of the random orthonormal initial tangent vectors.
-    V0 : optional (k, d) initial tangent vectors (rows, linearly independent); they are
+    V0 : array (k, d), optional
+        Optional (k, d) initial tangent vectors (rows, linearly independent); they are
         orthonormalised. Default: random orthonormal rows from ``seed``.
     out : optional HDF5 run file: series ``running`` (time, step, estimate (k,), logsum (k,))
         committed per chunk with a checkpoint (x, V, logsum, step; the first one after the
@@ -347,6 +368,7 @@ def lyapunov_spectrum(
         uninterrupted run); refused (ValueError naming the difference) when an option, x0,
         V0 or the system differs: a built-in system's parameters, a user system's ``args``
         (arrays by digest) and its functions' names (their code is not compared).
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -369,6 +391,7 @@ def lyapunov_spectrum(
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     seed = check_int("seed", seed, minimum=0)  # stored in the run file's parameters
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     is_flow = system.kind == "flow"
     if is_flow:
@@ -432,6 +455,8 @@ def lyapunov_spectrum(
     sys_params, sys_inputs = _system_identity(system)
     spec = {
         "kind": "lyapunov_spectrum",
+        "description": "Lyapunov spectrum by the QR (Benettin) method: running estimates of "
+        "the k largest exponents per record",
         "params": {
             "system": type(system).__name__,
             **sys_params,
@@ -447,7 +472,7 @@ def lyapunov_spectrum(
             "seed": seed,
         },
         "inputs": {"x0": x.copy(), **sys_inputs, **({} if V0 is None else {"V0": V0})},
-        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "series": _running_series(k),
         "rows": {"running": -(-n_steps // chunk)},
     }
     run = None
@@ -480,10 +505,12 @@ def lyapunov_spectrum(
             done = int(ck["step"])
             kept = _committed_rows(run, "running", ("time", "logsum"))
             rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
+        bar = progress_bar(progress, n_steps, desc="lyapunov")
         while done < n_steps:
             n = min(chunk, n_steps - done)
             advance(n, t_start + done * dt, logsum)
             done += n
+            bar.update(done)
             t = done * dt
             rec_t.append(t)
             rec_sum.append(logsum.copy())
@@ -603,6 +630,7 @@ def product_lyapunov(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> LyapunovSpectrum:
     """Lyapunov exponents of the product M_T ... M_1 by the QR method.
 
@@ -613,7 +641,8 @@ def product_lyapunov(
     factors : either an array (T, d, d) of factors (M_1 first), or a callable
         ``factors(rng, m) -> (m, d, d)`` drawing m i.i.d. factors from a numpy Generator; the
         callable is called once per chunk and needs ``steps``.
-    k : number of exponents (default d).
+    k : int, optional
+        Number of exponents (default d).
     steps : number of factors when ``factors`` is a callable.
     seed : integer >= 0, seed of the generator handed to the callable and of the initial
         tangent vectors.
@@ -626,6 +655,7 @@ def product_lyapunov(
     resume : continue the run in ``out`` from its last committed chunk (bitwise equal to an
         uninterrupted run); refused (ValueError naming the difference) when an option or the
         factor array differs. A callable is identified by its module and name only.
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -674,6 +704,8 @@ def product_lyapunov(
         raise ValueError(f"k must be <= the dimension {d}, got {k}")
     spec = {
         "kind": "product_lyapunov",
+        "description": "Lyapunov exponents of a product of random matrices by the QR method: "
+        "running estimates of the k largest exponents per record",
         "params": {
             **({} if probe is not None else {"factors": _function_name(factors)}),
             "dim": d,
@@ -685,7 +717,7 @@ def product_lyapunov(
             "reorth_every": reorth_every,
         },
         "inputs": {} if probe is None else {"factors": probe},
-        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (k,)}},
+        "series": _running_series(k),
         "rows": {"running": -(-n_steps // chunk)},
     }
     V = _orthonormal_rows(np.random.default_rng([seed, 1]), k, d)
@@ -707,6 +739,7 @@ def product_lyapunov(
             rec_t, rec_sum = list(kept["time"]), list(kept["logsum"])
             if done < n_steps:
                 M = draw(done, min(chunk, n_steps - done))
+        bar = progress_bar(progress, n_steps, desc="lyapunov")
         while done < n_steps:
             nd, st = _k.qr_matrix_products(M, V, reorth_every, logsum)
             if st != _k.OK:
@@ -716,6 +749,7 @@ def product_lyapunov(
                     time=float(done + nd),
                 )
             done += M.shape[0]
+            bar.update(done)
             rec_t.append(float(done))
             rec_sum.append(logsum.copy())
             if run is not None:
@@ -745,7 +779,8 @@ class NetworkLyapunov:
 
     Attributes
     ----------
-    exponents : (k,) exponents per layer, (1/L) sum_l log|R_jj| averaged over inputs (and
+    exponents : array (k,)
+        (k,) exponents per layer, (1/L) sum_l log|R_jj| averaged over inputs (and
         networks).
     per_input : (n, k) the same for each input (finite-depth exponents over input space).
     per_layer : (L, k) mean log|R_jj| at each layer (layer-resolved growth).
@@ -839,7 +874,8 @@ def network_lyapunov(
         ``init``).
     X : (n, n_in) inputs.
     theta : (P,) parameters; default ``mlp.init(seed)``.
-    k : number of exponents, default min(n_in, smallest width) (beyond the smallest width
+    k : int, optional
+        Number of exponents, default min(n_in, smallest width) (beyond the smallest width
         the Jacobian has rank deficiency and the exponents are -inf).
 
     Returns
@@ -905,7 +941,8 @@ def random_network_lyapunov(
     ----------
     width, depth : N and L.
     sigma_w, sigma_b : weight and bias scales.
-    k : number of exponents (<= width).
+    k : int
+        Number of exponents (<= width).
     n_inputs : inputs per network, entries N(0, q0).
     networks : independent networks (the standard error is over networks).
     skip_layers : leading layers left out of the average (transient of the activity).

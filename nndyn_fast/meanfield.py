@@ -14,8 +14,6 @@ parameter r and phase ψ of r e^{iψ} = (1/N) Σ_j e^{iθ_j}; firing rate: mean 
 from __future__ import annotations
 
 import hashlib
-import sys
-import time as _time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from .integrate import IntegrationError, _tolerance
 from .kernels import kuramoto as kk
 from .kernels.activations import ACTIVATIONS
 from .kernels.control import ERR_FLOOR
+from .progress import Progress
 from .runs import start_run
 from .storage import chunk_rows
 
@@ -400,6 +399,42 @@ def _plan_chunk(n: int, save_every: int, chunk_steps: int | None) -> tuple[int, 
     return steps, steps // save_every + 1
 
 
+# what a network run file holds (units and names of every field; see nndyn_fast.storage)
+_NETWORK_DESCRIPTION = {
+    "kuramoto": "Kuramoto network: dtheta_i/dt = omega_i + (K/N) sum_j W_ij sin(theta_j - "
+    "theta_i - alpha); frames of the phases and the order parameter r e^{i psi} at every step",
+    "firing_rate": "firing-rate network: dx_i/dt = -x_i + (K/N) sum_j W_ij sigma(x_j) + I_i; "
+    "frames of the states and the mean rate and mean state at every step",
+}
+
+
+def _network_series(model: str, n: int) -> dict:
+    value = (
+        {"units": "rad", "long_name": "phase theta_i"}
+        if model == "kuramoto"
+        else {"units": "1", "long_name": "activity x_i"}
+    )
+    return {
+        "trajectory": {
+            "time": {"units": "1", "long_name": "time (model units)"},
+            "step": {"dtype": np.int64, "long_name": "integration step"},
+            "value": {"shape": (n,), "dims": ("node",), **value},
+        },
+        "observables": {
+            "time": {"units": "1", "long_name": "time (model units)"},
+            "step": {"dtype": np.int64, "long_name": "integration step"},
+            "value": {
+                "shape": (2,),
+                "dims": ("observable",),
+                "units": "1",
+                "long_name": "order parameter: r (modulus, 1) and psi (phase, rad)"
+                if model == "kuramoto"
+                else "mean rate and mean state",
+            },
+        },
+    }
+
+
 def simulate(
     model: Kuramoto | FiringRate,
     state0: Any,
@@ -441,7 +476,7 @@ def simulate(
     save_every : int
         Save the state every this many steps (observables are kept every step); adaptive
         methods: every this many save times, i.e. every ``save_every * dt``.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Stream to this HDF5 run file (see :mod:`nndyn_fast.storage`): series ``trajectory``
         (time, step, value (N,)) and ``observables`` (time, step, value (2,)), committed per
         chunk with a checkpoint, so a killed run keeps every committed chunk. ``step`` is the
@@ -541,10 +576,9 @@ def simulate(
             kind=params["model"],
             params=params,
             inputs={"state0": x0},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
-            },
+            series=_network_series(params["model"], n),
+            coords={"observables": {"observable": (list(model.observables), "1", "observable")}},
+            description=_NETWORK_DESCRIPTION[params["model"]],
             rows={"trajectory": total // save_every + 1, "observables": total + 1},
             checkpoint={"state": state, "step": 0},
             resume=resume,
@@ -560,7 +594,7 @@ def simulate(
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     steps_idx = frame_steps = np.zeros(0, np.int64)
-    bar = _Progress(total, enabled=progress)
+    bar = Progress(total, desc=type(model).__name__, enabled=progress)
     bar.update(step)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:  # a new run, or one killed before this
@@ -674,10 +708,9 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
             kind=params["model"],
             params=params,
             inputs={"state0": x0, **tols},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (n,)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
-            },
+            series=_network_series(params["model"], n),
+            coords={"observables": {"observable": (list(model.observables), "1", "observable")}},
+            description=_NETWORK_DESCRIPTION[params["model"]],
             rows={"trajectory": total // save_every + 1, "observables": total + 1},
             checkpoint={"state": state, "step": 0, "ctl": ctl, "stats": stats},
             resume=resume,
@@ -696,7 +729,7 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
     keep_t, keep_obs = [np.zeros(1)], [_observables(model, x0)]
     keep_ft, keep_frames = [np.zeros(1)], [x0[None].copy()]
     ks = frame_ks = np.zeros(0, np.int64)
-    bar = _Progress(total, enabled=progress)
+    bar = Progress(total, desc=type(model).__name__, enabled=progress)
     bar.update(done)
     with writer if writer is not None else nullcontext():
         if writer is not None and writer.chunks == 0:
@@ -790,35 +823,6 @@ def _observables(model: Kuramoto | FiringRate, state: np.ndarray) -> np.ndarray:
     obs = np.empty((1, 2))
     kk._record(model.model_code, model.act_code, state, obs, 0)
     return obs
-
-
-class _Progress:
-    """A one-line progress bar on stderr, shown once a run has taken more than 2 s."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = max(total, 1), enabled
-        self.t0 = _time.monotonic()
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = _time.monotonic() - self.t0
-        if elapsed < 2.0 and not self.shown:
-            return
-        frac = done / self.total
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(
-            f"\r[{bar:<30}] {100 * frac:5.1f}%  step {done}/{self.total}  eta {eta:6.1f}s"
-        )
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def kuramoto_order_parameter(

@@ -18,10 +18,17 @@ import numpy as np
 from .eigen import gd_threshold
 
 __all__ = [
+    "RUN_PLOTS",
+    "plot_diagram_run",
     "plot_eos",
+    "plot_gd_run",
+    "plot_lyapunov_run",
     "plot_memory_capacity",
     "plot_network_run",
+    "plot_run",
     "plot_stability_diagram",
+    "plot_sweep_run",
+    "plot_trajectory_run",
 ]
 
 
@@ -247,4 +254,283 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     ax2.set_ylabel(r"$\theta_i$ mod $2\pi$" if phase else "$x_i$")
     ax2.legend(fontsize=8, markerscale=6)
     _save(fig, path)
+    return fig
+
+
+# -- run files of every kind ------------------------------------------------------------------
+def _open(run: Any):
+    """``(RunFile, opened_here)`` for a path or an open run file."""
+    from .storage import RunFile, open_run
+
+    return (run, False) if isinstance(run, RunFile) else (open_run(run), True)
+
+
+def _label(f: Any, series: str, field: str, fallback: str) -> str:
+    """An axis label from a field's ``long_name`` and ``units`` (``"1"``: none shown)."""
+    attrs = f[series][field].attrs
+    name = attrs.get("long_name", fallback)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    units = attrs.get("units", "1")
+    units = units.decode() if isinstance(units, bytes) else str(units)
+    return name if units in ("1", "") else f"{name} [{units}]"
+
+
+def _rows(f: Any, series: str) -> int:
+    n = f.rows[series]
+    if n == 0:
+        raise ValueError(f"{f._path!r} holds no committed row of {series!r} yet")
+    return n
+
+
+def plot_trajectory_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """An ``ode`` or ``dde`` run file: every state component x_j(t) of the first batch
+    members against t (at most 4 members, one colour per component), and for a delay run the
+    delay embedding x(t − τ) against x(t) of the first component (the attractor of a chaotic
+    Mackey–Glass run). ``ax``: one Axes (ode) or two (dde)."""
+    f, mine = _open(run)
+    try:
+        if f.kind not in ("ode", "dde"):
+            raise ValueError(f"plot_trajectory_run draws ode and dde runs, not {f.kind!r}")
+        _check_path(path)
+        n = _rows(f, "trajectory")
+        t = f.read("trajectory", "time")
+        y = f.read("trajectory", "value")
+        params, kind = f.params, f.kind
+        ylabel = _label(f, "trajectory", "value", "state")
+    finally:
+        if mine:
+            f.close()
+    delays = np.atleast_1d(params.get("delays", params.get("tau", []))).astype(float)
+    embed = kind == "dde" and delays.size > 0 and n > 2
+    fig, axes = _axes(ax, (1, 2) if embed else (1, 1), (10.0, 4.0) if embed else (6.4, 4.2))
+    ax1 = axes[0]
+    B, d = y.shape[1], y.shape[2]
+    for b in range(min(B, 4)):
+        for j in range(min(d, 8)):
+            ax1.plot(
+                t,
+                y[:, b, j],
+                color=f"C{j}",
+                lw=1,
+                alpha=1.0 if b == 0 else 0.45,
+                label=rf"$x_{{{j + 1}}}(t)$" if b == 0 else None,
+            )
+    ax1.set_xlabel(r"time $t$")
+    ax1.set_ylabel(ylabel)
+    ax1.legend(fontsize=8, title=f"{min(B, 4)} of {B} trajectories" if B > 1 else None)
+    if embed:
+        tau = float(delays[0])
+        ax2 = axes[1]
+        late = t >= t[0] + tau
+        lagged = np.interp(t[late] - tau, t, y[:, 0, 0])
+        ax2.plot(y[late, 0, 0], lagged, lw=0.8, label=rf"delay embedding, $\tau = {tau:g}$")
+        ax2.set_xlabel(r"$x(t)$")
+        ax2.set_ylabel(r"$x(t - \tau)$")
+        ax2.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_gd_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A ``gradient_descent`` run file (``nndyn eos`` writes one per learning rate): the loss
+    and the sharpness against the step with the stability threshold 2/η drawn
+    (:func:`plot_eos` of the one run). ``ax``: two Axes."""
+    from .training import GDRun
+
+    f, mine = _open(run)
+    try:
+        if f.kind != "gradient_descent":
+            raise ValueError(f"plot_gd_run draws gradient_descent runs, not {f.kind!r}")
+        lr = float(f.params["lr"])
+        gd = GDRun(
+            f.read("trajectory", "step"),
+            f.read("trajectory", "loss"),
+            f.read("trajectory", "grad_norm"),
+            f.read("sharpness", "step"),
+            f.read("sharpness", "value"),
+            lr,
+            np.zeros(0),
+            f._path,
+        )
+        if gd.step.size == 0:
+            raise ValueError(f"{f._path!r} holds no committed step yet")
+    finally:
+        if mine:
+            f.close()
+    return plot_eos({lr: gd}, path, ax=ax)
+
+
+def plot_lyapunov_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A Lyapunov run file (``lyapunov_spectrum``, ``product_lyapunov``, ``sgd_lyapunov``):
+    the running estimates λ_j(t) = (1/t) Σ log|R_jj| against time, the final estimates as
+    dotted lines and the zero line that separates expanding from contracting directions.
+    SGD runs show each replica's top exponent. ``ax``: one Axes."""
+    f, mine = _open(run)
+    try:
+        kind = f.kind
+        if kind in ("lyapunov_spectrum", "product_lyapunov"):
+            _rows(f, "running")
+            t = f.read("running", "time")
+            est = f.read("running", "estimate")
+            xlabel = "step" if kind == "product_lyapunov" else _label(f, "running", "time", "t")
+            names = [rf"$\lambda_{{{j + 1}}}$" for j in range(est.shape[1])]
+            ylabel = r"running estimate $\lambda_j(t)$ per " + (
+                "step" if kind == "product_lyapunov" else "unit time"
+            )
+        elif kind == "sgd_lyapunov":
+            _rows(f, "blocks")
+            t = f.read("blocks", "step").astype(float)
+            est = f.read("blocks", "logsum")[:, :, 0] / t[:, None]  # top exponent per replica
+            xlabel = "SGD step"
+            ylabel = r"running estimate of the top exponent $\lambda$ per step"
+            names = [rf"replica {r + 1}" for r in range(est.shape[1])]
+        else:
+            raise ValueError(f"plot_lyapunov_run draws Lyapunov runs, not {kind!r}")
+        summary = f.summary
+        _check_path(path)
+    finally:
+        if mine:
+            f.close()
+    fig, (ax,) = _axes(ax, (1, 1), (6.4, 4.2))
+    for j in range(est.shape[1]):
+        ax.plot(t, est[:, j], color=f"C{j}", lw=1.2, label=names[j])
+    for j, lam in enumerate(summary.get("exponents", [])[: est.shape[1]]):
+        ax.axhline(lam, color=f"C{j}", ls=":", lw=0.8)
+    ax.axhline(0.0, color="k", lw=0.8, label=r"$\lambda = 0$ (neutral)")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+    return fig
+
+
+def plot_diagram_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """An ``sgd_stability_diagram`` run file (``nndyn sgd-lyapunov``) as
+    :func:`plot_stability_diagram` (the committed batch sizes)."""
+    from .sgd_stability import StabilityDiagram
+
+    f, mine = _open(run)
+    try:
+        if f.kind != "sgd_stability_diagram":
+            raise ValueError(f"plot_diagram_run draws sgd_stability_diagram runs, not {f.kind!r}")
+        n = _rows(f, "diagram")
+        s = f.summary
+        d = StabilityDiagram(
+            np.asarray(f.params["lrs"]),
+            f.read("diagram", "batch_size")[:n],
+            *(f.read("diagram", c) for c in ("lam", "lam_low", "lam_high", "ms")),
+            float(s["lam_max"]),
+            float(s["gd_threshold"]),
+        )
+    finally:
+        if mine:
+            f.close()
+    return plot_stability_diagram(d, path, ax=ax)
+
+
+def plot_sweep_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A ``sweep`` run file: each scalar result against the first grid parameter (one line
+    per value of the others). For :func:`nndyn_fast.meanfield.kuramoto_order_parameter`
+    (``nndyn sweep kuramoto``) the Ott–Antonsen curve r(K) = sqrt(1 − 2γ/K) is drawn with
+    the critical coupling K_c = 2γ. ``ax``: one Axes."""
+    import json
+
+    f, mine = _open(run)
+    try:
+        if f.kind != "sweep":
+            raise ValueError(f"plot_sweep_run draws sweep runs, not {f.kind!r}")
+        done = np.asarray(f.checkpoint.get("done", ()), dtype=bool)
+        if not done.any():
+            raise ValueError(f"{f._path!r} holds no finished point yet")
+        params = f.params
+        names = list(json.loads(params["grid_names"]) if isinstance(params["grid_names"], str)
+                     else params["grid_names"])  # fmt: skip
+        fields = json.loads(f["points"].attrs["fields"])
+        cols = {k: f["points"][k][()][done] for k in fields}
+        fn = str(params.get("fn", ""))
+        _check_path(path)
+    finally:
+        if mine:
+            f.close()
+    x_name = names[0]
+    results = [k for k in fields if k not in names and k != "index" and cols[k].ndim == 1]
+    fig, (ax,) = _axes(ax, (1, 1), (6.4, 4.2))
+    x = cols[x_name].astype(float)
+    others = [n for n in names[1:] if np.unique(cols[n]).size > 1]
+    groups = np.unique(np.stack([cols[n] for n in others], 1), axis=0) if others else [None]
+    for gi, g in enumerate(groups):
+        sel = (
+            np.ones(x.size, bool)
+            if g is None
+            else np.all(np.stack([cols[n] for n in others], 1) == g, axis=1)
+        )
+        order = np.argsort(x[sel])
+        tag = "" if g is None else ", ".join(f"{n} = {v:g}" for n, v in zip(others, g, strict=True))
+        for ri, key in enumerate(results[:1] if fn.endswith("kuramoto_order_parameter")
+                                 else results):  # fmt: skip
+            y = cols[key][sel][order]
+            err = cols.get(f"{key}_std")
+            label = f"{key} (simulation){', ' + tag if tag else ''}"
+            if err is not None and fn.endswith("kuramoto_order_parameter"):
+                ax.errorbar(x[sel][order], y, err[sel][order], fmt="o-", ms=4, capsize=2,
+                            color=f"C{gi + ri}", label=label)  # fmt: skip
+            else:
+                ax.plot(x[sel][order], y, "o-", ms=4, color=f"C{gi + ri}", label=label)
+    if fn.endswith("kuramoto_order_parameter") and {"K", "gamma"} <= set(cols):
+        gamma = float(np.median(cols["gamma"]))
+        K = np.linspace(min(x.min(), 2 * gamma) * 0.9, x.max() * 1.05, 400)
+        r = np.sqrt(np.clip(1.0 - 2.0 * gamma / K, 0.0, None))
+        ax.plot(K, r, "k--", lw=1.2, label=r"Ott–Antonsen $r = \sqrt{1 - 2\gamma/K}$")
+        ax.axvline(2 * gamma, color="0.5", ls=":", lw=1, label=rf"$K_c = 2\gamma = {2 * gamma:g}$")
+        ax.set_xlabel(r"coupling strength $K$")
+        ax.set_ylabel(r"stationary order parameter $r$")
+    else:
+        ax.set_xlabel(x_name)
+        ax.set_ylabel(", ".join(results) if results else "result")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+# kind of a run file -> the function that draws it (``nndyn plot`` dispatches here); each takes
+# ``(run, path=None, ax=None)`` with ``run`` a path or an open RunFile and returns the figure.
+# A module that writes a new kind of run file adds its entry.
+RUN_PLOTS: dict[str, Any] = {
+    "kuramoto": plot_network_run,
+    "firing_rate": plot_network_run,
+    "ode": plot_trajectory_run,
+    "dde": plot_trajectory_run,
+    "gradient_descent": plot_gd_run,
+    "lyapunov_spectrum": plot_lyapunov_run,
+    "product_lyapunov": plot_lyapunov_run,
+    "sgd_lyapunov": plot_lyapunov_run,
+    "sgd_stability_diagram": plot_diagram_run,
+    "sweep": plot_sweep_run,
+}
+
+
+def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 150):
+    """Draw any run file the package writes with the function :data:`RUN_PLOTS` holds for its
+    kind, and save it to ``path`` (PDF, PNG, SVG, ... from the suffix) at ``dpi``.
+
+    Raises
+    ------
+    ValueError
+        Not a run file of this package, a kind without a plot (the message lists the kinds
+        that have one), an unwritable ``path``, or a run with no committed rows.
+    """
+    from .storage import open_run
+
+    _check_path(path)
+    with open_run(run) as f:
+        draw = RUN_PLOTS.get(f.kind)
+        if draw is None:
+            raise ValueError(
+                f"{str(run)!r} holds a {f.kind!r} run, which has no plot; nndyn plot draws "
+                f"{sorted(RUN_PLOTS)}"
+            )
+        fig = draw(f)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
     return fig

@@ -111,6 +111,8 @@ def start_run(
     inputs: Mapping[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    coords: Mapping[str, Mapping[str, Any]] | None = None,
+    description: str = "",
 ) -> Run:
     """Create the run file ``out``, or reopen it to resume after checking it is the same run.
 
@@ -119,11 +121,15 @@ def start_run(
     out : the run file.
     kind : what produces the run (``"kuramoto"``, ``"gradient_descent"``, ...).
     params : every option of the run (stored in ``/params``); array values count as inputs.
-    series, rows, checkpoint : the series' fields, their capacities and the initial checkpoint
-        (see :meth:`nndyn_fast.storage.TrajectoryWriter.create`).
-    inputs : the run's input arrays (weights, data, initial state, ...); their digests are
+    series, rows, checkpoint : the series' fields (with their units and long names), their
+        capacities and the initial checkpoint (see
+        :meth:`nndyn_fast.storage.TrajectoryWriter.create`).
+    inputs : dict, optional
+        The run's input arrays (weights, data, initial state, ...); their digests are
         stored and compared on resume, and arrays up to 16 MiB are stored themselves.
     resume, overwrite : continue the run in ``out``, or replace ``out``.
+    coords, description : coordinate values of named row axes, and what the run is (see
+        :meth:`~nndyn_fast.storage.TrajectoryWriter.create`; a resume keeps the file's).
 
     Raises
     ------
@@ -152,6 +158,8 @@ def start_run(
             rows=rows,
             checkpoint=checkpoint,
             overwrite=overwrite,
+            coords=coords,
+            description=description,
         )
     run = Run.resume(out)
     try:

@@ -52,6 +52,7 @@ from .lyapunov import (
     _standard_error,
     _tangent_failure,
 )
+from .progress import progress_bar
 from .runs import restore_rng, rng_state, start_run
 from .threads import for_work
 
@@ -191,8 +192,10 @@ def gd_threshold_at_minimum(G: Any, *, rows_per_sample: int = 1) -> float:
 
     Parameters
     ----------
-    G : (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
-    rows_per_sample : q, the rows of G that belong to one sample.
+    G : array
+        (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
+    rows_per_sample : int
+        Q, the rows of G that belong to one sample.
 
     Returns
     -------
@@ -210,7 +213,8 @@ class SGDLyapunov:
 
     Attributes
     ----------
-    exponents : (k,) top-k Lyapunov exponents per SGD step (mean over replicas).
+    exponents : array (k,)
+        (k,) top-k Lyapunov exponents per SGD step (mean over replicas).
     ci_low, ci_high : (k,) confidence interval at ``level`` (Student t over independent
         replicas, or over batch-means blocks of a single replica).
     stderr : (k,) standard error behind the interval.
@@ -302,6 +306,7 @@ def sgd_lyapunov(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> SGDLyapunov:
     """Top Lyapunov exponents of SGD linearised at an interpolation minimum.
 
@@ -315,11 +320,13 @@ def sgd_lyapunov(
 
     Parameters
     ----------
-    G : (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
+    G : array
+        (n q, d) per-sample gradients (rows), or (n, d, d) symmetric per-sample Hessians.
     lr : learning rate eta > 0.
     batch_size : B, 1 <= B <= n.
     steps : measured SGD steps per replica (after ``transient`` discarded steps).
-    k : number of exponents, 1 <= k <= r (span) or d (full).
+    k : int
+        Number of exponents, 1 <= k <= r (span) or d (full).
     seed : seed for ``np.random.default_rng`` (int or sequence of ints); batch indices are
         drawn per chunk in Python and passed to the kernel, so results are reproducible.
     transient : discarded SGD steps before measuring.
@@ -327,7 +334,8 @@ def sgd_lyapunov(
     replicas : independent chains run in parallel; R >= 2 gives the interval from the spread
         of replicas, R = 1 from ``n_blocks`` batch-means blocks.
     space : ``"span"`` (the span of the g_i) or ``"full"`` (R^d).
-    rows_per_sample : q, the rows of G that belong to one sample (outputs of a network).
+    rows_per_sample : int
+        Q, the rows of G that belong to one sample (outputs of a network).
     reorth_every : steps between QR re-orthonormalisations of the tangent vectors.
     n_blocks : batch-means blocks (and chunks of the run file).
     level : confidence level of the interval.
@@ -338,6 +346,7 @@ def sgd_lyapunov(
     resume : continue the run in ``out`` from its last committed chunk; the result and the
         stored series are bitwise those of an uninterrupted run. Refused (ValueError naming the
         difference) when G or any option differs from the stored run.
+    progress : report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -366,6 +375,7 @@ def sgd_lyapunov(
     )
     seed = _seed_param(seed)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
@@ -380,6 +390,7 @@ def sgd_lyapunov(
         out=out,
         overwrite=overwrite,
         resume=resume,
+        progress=progress,
     )
 
 
@@ -410,6 +421,7 @@ def _sgd_exponents(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> SGDLyapunov:
     """:func:`sgd_lyapunov` on a built operator with checked options (also for the diagram)."""
     R = replicas
@@ -459,7 +471,20 @@ def _sgd_exponents(
         "kind": "sgd_lyapunov",
         "params": params,
         "inputs": {"G": op.source},
-        "series": {"blocks": {"step": (), "logsum": (R, k)}},
+        "series": {
+            "blocks": {
+                "step": {"long_name": "SGD step at the end of the block"},
+                "logsum": {
+                    "shape": (R, k),
+                    "dims": ("replica", "exponent"),
+                    "units": "1",
+                    "long_name": "accumulated log stretching factors of the linearised SGD map",
+                },
+            }
+        },
+        "description": "Lyapunov exponents of SGD linearised at an interpolation minimum "
+        "(theta <- theta - lr H_B theta, H_B the minibatch Hessian): log stretching per block "
+        "and replica",
         "rows": {"blocks": -(-steps // chunk)},
     }
     run = None
@@ -492,10 +517,12 @@ def _sgd_exponents(
             done = int(ck["step"])
             kept = _committed_rows(run, "blocks", ("step", "logsum"))
             sums, ends = list(kept["logsum"]), list(kept["step"])
+        bar = progress_bar(progress, steps, desc="SGD Lyapunov")
         while done < steps:
             n = min(chunk, steps - done)
             advance(rng, perm, V, n, logsum, transient + done)
             done += n
+            bar.update(done)
             sums.append(logsum.copy())
             ends.append(float(done))
             if run is not None:
@@ -801,6 +828,14 @@ class StabilityDiagram:
         return stable.max(axis=1)
 
 
+_DIAGRAM_NAMES = {
+    "lam": "top Lyapunov exponent lambda of linearised SGD (per step)",
+    "lam_low": "lower end of the confidence interval of lambda",
+    "lam_high": "upper end of the confidence interval of lambda",
+    "ms": "mean-square growth rate (per step)",
+}
+
+
 def sgd_stability_diagram(
     G: Any,
     lrs: Sequence[float],
@@ -817,6 +852,7 @@ def sgd_stability_diagram(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> StabilityDiagram:
     """Top Lyapunov exponent of linearised SGD over a grid of (lr, B), beside the GD threshold.
 
@@ -840,6 +876,7 @@ def sgd_stability_diagram(
     resume : continue the diagram in ``out`` after its last committed row (each point has its
         own seed, so the result is bitwise that of an uninterrupted run); refused (ValueError
         naming the difference) when G, a grid or an option differs from the stored run.
+    progress : report progress on stderr once per batch size (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -875,6 +912,7 @@ def sgd_stability_diagram(
         for lr in lrs_a:
             _check_mean_square_lr(op, float(lr))
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
@@ -898,7 +936,24 @@ def sgd_stability_diagram(
                 "mean_square": mean_square,
             },
             inputs={"G": op.source},
-            series={"diagram": {"batch_size": (), **{name: (lrs_a.size,) for name in cols}}},
+            series={
+                "diagram": {
+                    "batch_size": {"dtype": np.int64, "long_name": "batch size B"},
+                    **{
+                        name: {
+                            "shape": (lrs_a.size,),
+                            "dims": ("lr",),
+                            "units": "1",
+                            "long_name": _DIAGRAM_NAMES[name],
+                        }
+                        for name in cols
+                    },
+                }
+            },
+            coords={"diagram": {"lr": (lrs_a, "1", "learning rate lr")}},
+            description="SGD stability diagram: the top Lyapunov exponent of linearised SGD "
+            "(with its confidence interval, and the mean-square rate) per batch size and "
+            "learning rate; negative is stable",
             rows={"diagram": int(bs.size)},
             checkpoint={"next_row": 0},
             resume=resume,
@@ -912,7 +967,9 @@ def sgd_stability_diagram(
             kept = _committed_rows(run, "diagram", tuple(cols))
             for name, arr in cols.items():
                 arr[:first] = kept[name]
+        bar = progress_bar(progress, bs.size * lrs_a.size, desc="SGD diagram", unit="point")
         for i in range(first, bs.size):
+            bar.update((i + 1) * lrs_a.size - lrs_a.size)
             B = int(bs[i])
             for j, lr in enumerate(lrs_a):
                 res = _sgd_exponents(
@@ -926,10 +983,11 @@ def sgd_stability_diagram(
             if run is not None:
                 run.append(
                     "diagram",
-                    batch_size=np.array([float(B)]),
+                    batch_size=np.array([B]),
                     **{name: arr[i][None] for name, arr in cols.items()},
                 )
                 run.commit(next_row=i + 1)
+        bar.update(bs.size * lrs_a.size)
     return StabilityDiagram(
         lrs=lrs_a,
         batch_sizes=bs,

@@ -81,6 +81,7 @@ import numpy as np
 from ._validate import check_out_path
 
 __all__ = [
+    "FieldSpec",
     "SCHEMA",
     "SCHEMA_VERSION",
     "RunFile",
@@ -97,7 +98,9 @@ STATUSES = ("running", "complete", "failed", "interrupted")
 _MAGIC = b"NNDYNREC"
 _HEAD = struct.Struct("<8sQQ16s")  # magic, sequence number, body length, BLAKE2b-128 of the body
 CHUNK_BYTES = 1 << 20  # rows committed together: about 1 MiB
-_SLACK = 64 * 1024  # room in a record for JSON that grows as the run goes (summary, rng state)
+# room in a record for JSON that grows as the run goes (summary, rng state), beyond twice the
+# initial record (whose checkpoint arrays already scale with the run's state)
+_SLACK = 8 * 1024
 
 
 def chunk_rows(row_shape: tuple[int, ...], dtype: Any, target_bytes: int = CHUNK_BYTES) -> int:
@@ -177,7 +180,11 @@ def _write_params(group: h5py.Group, params: Mapping[str, Any]) -> None:
             group.attrs[key] = json.dumps(value, default=_plain)
             group.attrs[key + "__json"] = True
         else:
-            group.create_dataset(key, data=np.asarray(value))
+            arr = np.asarray(value)
+            ds = group.create_dataset(key, data=arr)
+            _describe(ds, "1", f"parameter {key}")
+            for i, size in enumerate(arr.shape):
+                ds.dims[i].attach_scale(_dimension(group, f"{key}__dim{i}", size))
 
 
 def _read_params(group: h5py.Group) -> dict[str, Any]:
@@ -190,7 +197,8 @@ def _read_params(group: h5py.Group) -> dict[str, Any]:
         else:
             out[key] = None if isinstance(value, str) and value == "None" else _plain(value)
     for key, ds in group.items():
-        out[key] = ds[()]
+        if not h5py.h5ds.is_scale(ds.id):  # (the parameter arrays' bare dimensions)
+            out[key] = ds[()]
     return out
 
 
@@ -264,10 +272,131 @@ class _Field:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def _as_spec(spec: Any) -> tuple[tuple[int, ...], np.dtype]:
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a series: the shape of a row, its dtype, and what it holds.
+
+    ``units`` follow the CF/UDUNITS conventions (``"1"`` for dimensionless); ``dims`` names the
+    row's axes (after the row axis) and defaults to ``<field>_dim<i>``; ``coord`` makes a 1-D
+    field the dimension scale of the series' row axis (by default the first of ``time``,
+    ``step``, ``index``, ``batch_size`` the series has).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    units: str = "1"
+    long_name: str = ""
+    dims: tuple[str, ...] | None = None
+    coord: bool | None = None
+
+
+_ROW_COORDS = ("time", "step", "index", "batch_size")  # the row axis' scale, first found
+_DEFAULT_META = {
+    "time": ("time", "1"),
+    "step": ("step number", "1"),
+    "index": ("grid point index", "1"),
+}
+_PURE_DIM = "This is a netCDF dimension but not a netCDF variable."
+
+
+def _as_spec(spec: Any, name: str = "") -> FieldSpec:
+    """A field spec given as ``shape``, ``(shape, dtype)`` or a dict of :class:`FieldSpec`'s
+    fields (``{"shape": (), "dtype": np.int64, "units": "s", "long_name": ...}``)."""
+    if isinstance(spec, FieldSpec):
+        return spec
+    long_name, units = _DEFAULT_META.get(name, (name, "1"))
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"shape", "dtype", "units", "long_name", "dims", "coord"}
+        if unknown:
+            raise ValueError(f"field {name!r}: unknown spec keys {sorted(unknown)}")
+        shape = tuple(int(s) for s in spec.get("shape", ()))
+        dims = spec.get("dims")
+        if dims is not None and len(dims) != len(shape):
+            raise ValueError(f"field {name!r}: dims {dims!r} do not match the row shape {shape}")
+        return FieldSpec(
+            shape,
+            np.dtype(spec.get("dtype", np.float64)),
+            str(spec.get("units", units)),
+            str(spec.get("long_name", long_name)),
+            None if dims is None else tuple(str(d) for d in dims),
+            spec.get("coord"),
+        )
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple):
-        return tuple(int(s) for s in spec[0]), np.dtype(spec[1])
-    return tuple(int(s) for s in spec), np.dtype(np.float64)
+        shape, dtype = tuple(int(s) for s in spec[0]), np.dtype(spec[1])
+    else:
+        shape, dtype = tuple(int(s) for s in spec), np.dtype(np.float64)
+    return FieldSpec(shape, dtype, units, long_name)
+
+
+def _row_coord(cols: Mapping[str, FieldSpec]) -> str | None:
+    """The field that is the dimension scale of a series' rows (None: a bare dimension)."""
+    chosen = [f for f, c in cols.items() if c.coord]
+    if chosen:
+        return chosen[0]
+    for f in _ROW_COORDS:
+        if f in cols and cols[f].shape == () and cols[f].coord is not False:
+            return f
+    return None
+
+
+def _describe(ds: h5py.Dataset, units: str, long_name: str) -> None:
+    ds.attrs["units"] = units
+    ds.attrs["long_name"] = long_name
+
+
+def _dimension(g: h5py.Group, name: str, size: int, coord: Any = None) -> h5py.Dataset:
+    """A dimension scale ``name`` of ``size`` in ``g``: a coordinate variable holding
+    ``coord = (values, units, long_name)``, or a netCDF-style bare dimension (no storage)."""
+    if name in g:
+        ds = g[name]
+        if ds.shape != (size,):
+            raise ValueError(f"{g.name}: dimension {name!r} has sizes {ds.shape[0]} and {size}")
+        return ds
+    if coord is None:
+        ds = g.create_dataset(name, shape=(size,), dtype="f4")  # late allocation: no storage
+        ds.make_scale(f"{_PURE_DIM}{size:10d}")
+        return ds
+    values, units, long_name = coord
+    values = np.asarray(values)
+    if values.dtype.kind in "US":
+        values = values.astype(h5py.string_dtype())
+    if values.shape != (size,):
+        raise ValueError(f"{g.name}: coordinate {name!r} has shape {values.shape}, not {(size,)}")
+    ds = g.create_dataset(name, data=values)
+    _describe(ds, units, long_name)
+    ds.make_scale(name)
+    return ds
+
+
+def _write_series(
+    g: h5py.Group,
+    cols: Mapping[str, FieldSpec],
+    n: int,
+    coords: Mapping[str, Any],
+    description: str = "",
+) -> None:
+    """The fields of one series, preallocated to ``n`` rows, with units, names and the
+    dimension scales of every axis (all HDF5 metadata, written at creation only)."""
+    g.attrs["fields"] = json.dumps(list(cols))
+    if description:
+        g.attrs["description"] = description
+    made = {}
+    for f, c in cols.items():
+        made[f] = ds = _fixed_dataset(g, f, (n, *c.shape), c.dtype)
+        _describe(ds, c.units, c.long_name or f)
+    row = _row_coord(cols)
+    if row is not None:
+        made[row].make_scale(row)
+        row_scale = made[row]
+    else:
+        row_scale = _dimension(g, "row", n)
+    for f, c in cols.items():
+        ds = made[f]
+        if f != row:
+            ds.dims[0].attach_scale(row_scale)
+        names = c.dims or tuple(f"{f}_dim{i}" for i in range(1, len(c.shape) + 1))
+        for i, (name, size) in enumerate(zip(names, c.shape, strict=True), start=1):
+            ds.dims[i].attach_scale(_dimension(g, name, size, coords.get(name)))
 
 
 def _fixed_dataset(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> h5py.Dataset:
@@ -412,6 +541,8 @@ class TrajectoryWriter:
         checkpoint: Mapping[str, Any],
         overwrite: bool = False,
         attrs: Mapping[str, Any] | None = None,
+        coords: Mapping[str, Mapping[str, Any]] | None = None,
+        description: str = "",
     ) -> TrajectoryWriter:
         """Create a run file with room for ``rows[s]`` rows of each series.
 
@@ -422,12 +553,20 @@ class TrajectoryWriter:
         kind : what produced the run (e.g. ``"kuramoto"``); a root attribute.
         params : scalars/strings/JSON-able lists and dicts become attrs of ``/params``, arrays
             datasets.
-        series : ``{series: {field: shape or (shape, dtype)}}``, ``shape`` the shape of one row
-            (``()`` for scalars); dtype defaults to float64.
+        series : ``{series: {field: spec}}``, ``spec`` the shape of one row (``()`` for
+            scalars), ``(shape, dtype)``, or a dict with keys ``shape``, ``dtype``, ``units``,
+            ``long_name``, ``dims``, ``coord`` (see :class:`FieldSpec`); dtype defaults to
+            float64, units to ``"1"``. Every field gets ``units`` and ``long_name`` attributes
+            and HDF5 dimension scales for its axes (the row axis: its ``time``/``step``/...
+            field), so that netCDF readers (``xarray`` with ``engine="h5netcdf"``) see named
+            dimensions.
         rows : the number of rows each series will hold at most (its datasets' size).
         checkpoint : the state at step 0, stored as the first commit record; later checkpoints
             must hold arrays of the same shapes (their size sets the records' size).
         attrs : extra root attributes (written once).
+        coords : ``{series: {dim: (values, units, long_name)}}``, coordinate values of a
+            row axis named in a field's ``dims`` (such as the learning rates of a diagram).
+        description : what the run is (a root attribute; default: the kind).
 
         Raises
         ------
@@ -437,13 +576,13 @@ class TrajectoryWriter:
             Another process writes the existing file at ``path``.
         """
         p = check_out_path("out", path, overwrite=overwrite)
-        specs = {s: {f: _as_spec(v) for f, v in cols.items()} for s, cols in series.items()}
+        specs = {s: {f: _as_spec(v, f) for f, v in cols.items()} for s, cols in series.items()}
         if set(rows) != set(specs):
             raise ValueError(f"rows must name every series {sorted(specs)}, got {sorted(rows)}")
         need = sum(
-            int(rows[s]) * int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            int(rows[s]) * int(np.prod(c.shape, dtype=np.int64)) * c.dtype.itemsize
             for s, cols in specs.items()
-            for shape, dt in cols.values()
+            for c in cols.values()
         )
         first = _encode_record(
             0,
@@ -478,17 +617,24 @@ class TrajectoryWriter:
                     h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                     h5.attrs["command"] = " ".join(sys.argv)
                     h5.attrs["versions"] = _versions()
+                    h5.attrs["description"] = description or f"nndyn_fast {kind} run"
                     for k, v in (attrs or {}).items():
                         h5.attrs[k] = v
                     _write_params(h5.create_group("params"), params)
                     c = h5.create_group("commit")  # first: small offsets, before the data
+                    c.attrs["description"] = (
+                        "two commit records (binary: status, committed rows, checkpoint); "
+                        "read them with nndyn_fast.open_run"
+                    )
+                    byte = _dimension(c, "record_byte", slot_bytes)
                     for name in ("A", "B"):
-                        _fixed_dataset(c, name, (slot_bytes,), np.dtype(np.uint8))
+                        ds = _fixed_dataset(c, name, (slot_bytes,), np.dtype(np.uint8))
+                        _describe(ds, "1", f"commit record {name}")
+                        ds.dims[0].attach_scale(byte)
                     for s, cols in specs.items():
-                        g = h5.create_group(s)
-                        g.attrs["fields"] = json.dumps(list(cols))
-                        for f, (shape, dt) in cols.items():
-                            _fixed_dataset(g, f, (int(rows[s]), *shape), dt)
+                        _write_series(
+                            h5.create_group(s), cols, int(rows[s]), (coords or {}).get(s, {})
+                        )
                     offset_a = c["A"].id.get_offset()
                 fd = os.open(tmp, os.O_RDWR)
             except (OSError, ValueError) as exc:
@@ -878,6 +1024,21 @@ class RunFile:
         n = self._meta["rows"][series]
         stop = n if stop is None else min(stop, n)
         return self._h5[series][field][start:stop]
+
+    def to_xarray(self, series: str | None = None) -> Any:
+        """The committed rows of ``series`` as an ``xarray.Dataset`` with named dimensions,
+        coordinates, units and the run's attributes (see :func:`nndyn_fast.frames.to_xarray`;
+        needs the ``[io]`` extra)."""
+        from .frames import to_xarray
+
+        return to_xarray(self, series)
+
+    def to_pandas(self, series: str | None = None) -> Any:
+        """The committed rows of ``series`` as a ``pandas.DataFrame`` indexed by its row field
+        (see :func:`nndyn_fast.frames.to_pandas`; needs the ``[io]`` extra)."""
+        from .frames import to_pandas
+
+        return to_pandas(self, series)
 
     def verify(self) -> None:
         """Check every committed row against the record's CRC-32; ValueError if one differs."""

@@ -63,6 +63,7 @@ from ._validate import (
     check_int,
     check_out_path,
 )
+from .progress import progress_bar
 from .runs import Run, start_run
 from .storage import RunFileError, open_run
 
@@ -407,9 +408,16 @@ class _Table:
         self.batch = max(1, COMMIT_BYTES // row_bytes)
 
     def series(self) -> dict[str, dict[str, Any]]:
-        spec: dict[str, Any] = {"index": ((), np.int64)}
-        spec.update({n: ((), self.grid.columns[n].dtype) for n in self.grid.names})
-        spec.update({k: (s, np.float64) for k, s in self.schema.items()})
+        spec: dict[str, Any] = {
+            "index": {"dtype": np.int64, "long_name": "grid point index (row i is point i)"}
+        }
+        spec.update(
+            {
+                n: {"dtype": self.grid.columns[n].dtype, "long_name": f"grid value of {n}"}
+                for n in self.grid.names
+            }
+        )
+        spec.update({k: {"shape": s, "long_name": f"result {k}"} for k, s in self.schema.items()})
         return {"points": spec}
 
     def checkpoint(self) -> dict[str, Any]:
@@ -765,6 +773,7 @@ def sweep(
     resume: bool = False,
     n_workers: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> SweepResult:
     """Evaluate ``fn(**point)`` at every grid point, in parallel, streaming results to HDF5.
 
@@ -798,7 +807,7 @@ def sweep(
         (workers need ``nndyn_fast`` and ``fn``'s module installed); an address where no Dask
         scheduler answers within ``CONNECT_SECONDS`` (10 s) is a ValueError. A
         ``distributed.Client``: used as is and left open.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Stream results into this run file (layout in :mod:`nndyn_fast.sweep`), created by
         :func:`nndyn_fast.runs.start_run` when the first result arrives: row i holds point i.
         Finished rows are written in place and committed together, with the mask of finished
@@ -817,6 +826,8 @@ def sweep(
         Worker processes of the local cluster (default ``os.cpu_count()``).
     seed : int
         Root of the per-point seeds (>= 0).
+    progress : bool
+        Report the finished points on stderr as they arrive (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -854,6 +865,7 @@ def sweep(
     if n_workers is not None:
         n_workers = check_int("n_workers", n_workers, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if overwrite and resume:
         raise ValueError("pass either overwrite=True or resume=True, not both")
@@ -867,6 +879,7 @@ def sweep(
     params, inputs = _run_params(fn, g, seed, passes_seed) if path is not None else ({}, {})
     table = _Table(g)
     run: Run | None = None
+    bar = progress_bar(progress, g.size, desc="sweep", unit="point")
 
     def open_file(resume: bool) -> Run:
         return start_run(
@@ -876,6 +889,9 @@ def sweep(
             inputs=inputs,
             series=table.series() if not resume else {},  # a resume keeps the file's layout
             rows={"points": g.size},
+            description=f"parameter sweep: fn(**point) at each of {g.size} points of the grid "
+            f"{list(g.names)}; row i is point i, the commit's done mask says which rows hold "
+            "results",
             checkpoint=table.checkpoint(),
             resume=resume,
             overwrite=overwrite,
@@ -902,9 +918,12 @@ def sweep(
                 else:
                     stream = _dask_results(client, fn, g, seeds, pending)
                 stream = stack.enter_context(contextlib.closing(stream))
+                stack.enter_context(bar)
+                bar.update(g.size - len(pending))
                 try:
                     for i, raw in stream:
                         table.add(i, raw)
+                        bar.update(g.size - len(pending) + table.computed)
                         if path is not None:
                             if run is None:  # the first result fixes the file's layout
                                 run = stack.enter_context(open_file(resume=False))

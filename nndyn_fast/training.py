@@ -529,7 +529,7 @@ def hessian_spectrum_density(
         Points where φ_σ is evaluated; default 1000 points spanning the nodes ± 6σ.
     sigma : float, optional
         Broadening width (> 0), in units of the eigenvalues; default 1% of the node range
-        (of max(|node|, 1) when all nodes coincide).
+        (of max(abs(node), 1) when all nodes coincide).
 
     Returns
     -------
@@ -629,7 +629,7 @@ def gd_stability(
     """Linear stability of gradient descent θ ← θ − η∇L at a minimum with Hessian H.
 
     The linearisation is δ ← (I − ηH) δ; the minimum is linearly stable when the spectral
-    radius ρ = max |1 − ηλ| over the eigenvalues λ of H on the relevant subspace is < 1.
+    radius ρ = max abs(1 − ηλ) over the eigenvalues λ of H on the relevant subspace is < 1.
     For an isolated minimum that subspace is the whole space (ρ < 1 ⟺ 0 < λ and η < 2/λ_max).
     On a manifold of minima (over-parameterised, interpolating), the tangent directions carry
     λ = 0 and ρ_full = 1 there; stability is decided on the normal space N = range(H). At an
@@ -646,7 +646,7 @@ def gd_stability(
     jacobian : array (m, P), optional
         Gauss–Newton factor J (e.g. :func:`per_sample_gradients`): N = row space of J, rank
         from the singular values above ``rank_tol``·σ_max. Without it a dense H gives N as the
-        span of its eigenvectors with |λ| > ``rank_tol``·max|λ|, and a matrix-free H only the
+        span of its eigenvectors with abs(λ) > ``rank_tol``·max abs(λ), and a matrix-free H only the
         full-space radius.
     rank_tol : float
         Relative threshold separating zero from nonzero singular/eigen values.
@@ -804,6 +804,8 @@ def gradient_descent(
     out: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
+    desc: str = "gradient descent",
 ) -> GDRun:
     """Run θ_{k+1} = θ_k − η ∇L_B(θ_k), recording loss, gradient norm and sharpness.
 
@@ -845,10 +847,14 @@ def gradient_descent(
         Most steps per kernel call and per committed chunk (a chunk also ends at each
         sharpness measurement). The results do not depend on it, so a run may be resumed with
         another value.
-    out : path, optional
+    out : str or pathlib.Path, optional
         Run file to stream to.
     overwrite, resume : bool
         Replace an existing ``out`` / continue the run stored in ``out``.
+    progress : bool
+        Report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
+    desc : str
+        The progress report's label.
 
     Returns
     -------
@@ -885,6 +891,7 @@ def gradient_descent(
     sharpness_tol = check_positive("sharpness_tol", sharpness_tol)
     chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
@@ -927,9 +934,23 @@ def gradient_descent(
             },
             inputs={"theta0": theta0, "X": X, "Y": Y},
             series={
-                "trajectory": {"step": ((), np.int64), "loss": (), "grad_norm": ()},
-                "sharpness": {"step": ((), np.int64), "value": (k,)},
+                "trajectory": {
+                    "step": {"dtype": np.int64, "long_name": "gradient descent step"},
+                    "loss": {"units": "1", "long_name": f"training loss ({mlp.loss})"},
+                    "grad_norm": {"units": "1", "long_name": "gradient norm |grad L|"},
+                },
+                "sharpness": {
+                    "step": {"dtype": np.int64, "long_name": "gradient descent step"},
+                    "value": {
+                        "shape": (k,),
+                        "dims": ("eigenvalue",),
+                        "units": "1",
+                        "long_name": "top Hessian eigenvalues (sharpness)",
+                    },
+                },
             },
+            description="gradient descent theta <- theta - lr grad L(theta) on an MLP: loss "
+            "and gradient norm per step, top Hessian eigenvalues (compare with 2/lr)",
             rows={"trajectory": steps, "sharpness": n_sharp},
             checkpoint=ck0,
             resume=resume,
@@ -962,8 +983,12 @@ def gradient_descent(
             ck["rng"] = rng_state(rng)
         run.commit(**ck)
 
-    with run if run is not None else nullcontext():
+    from .progress import progress_bar
+
+    bar = progress_bar(progress, steps, desc=desc)
+    with run if run is not None else nullcontext(), bar:
         while step < steps:
+            bar.update(step)
             m = min(chunk_steps, steps - step)
             if sharpness_every > 0:
                 if step % sharpness_every == 0:
@@ -1064,6 +1089,7 @@ def eos_experiment(
     out_dir: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> dict[float, GDRun]:
     """Full-batch GD of a tanh MLP on :func:`eos_dataset` for several learning rates.
 
@@ -1084,6 +1110,7 @@ def eos_experiment(
     resume : continue the experiment in ``out_dir``: each run file there is resumed (after
         :func:`gradient_descent` checks it is the same run; a complete one is only read), and
         the runs without a file (not started when the experiment stopped) are started.
+    progress : report each run's progress on stderr (see :mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -1108,6 +1135,7 @@ def eos_experiment(
     width = check_int("width", width, minimum=1)
     depth = check_int("depth", depth, minimum=1)
     overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     resume = check_bool("resume", resume)
     if resume and overwrite:
         raise ValueError("give overwrite or resume, not both")
@@ -1142,6 +1170,8 @@ def eos_experiment(
             out=out,
             overwrite=overwrite,
             resume=resume and out is not None and out.exists(),
+            progress=progress,
+            desc=f"lr = {lr:g}",
         )
     return runs
 

@@ -79,3 +79,53 @@ def test_eos_draws_two_over_eta_and_accepts_axes(backend):
     assert any("2/\\eta = 4" in lb for lb in _labels(axes[1]))
     with pytest.raises(ValueError, match="2 Axes"):
         plots.plot_eos({0.5: run}, ax=axes[0])
+
+
+# the theory artist each kind's figure must hold (by its label)
+THEORY = {
+    "kuramoto": "Ott",
+    "firing_rate": None,
+    "ode": None,
+    "dde": "delay embedding",
+    "gradient_descent": "2/\\eta",
+    "lyapunov_spectrum": "lambda = 0",
+    "product_lyapunov": "lambda = 0",
+    "sgd_lyapunov": "lambda = 0",
+    "sgd_stability_diagram": "GD threshold",
+    "sweep": "Ott",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(THEORY))
+def test_nndyn_plot_draws_every_kind_with_its_theory(run_files, kind, tmp_path, backend):
+    png = tmp_path / f"{kind}.png"
+    assert main(["plot", str(run_files[kind]), "--out", str(png), "--dpi", "60"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plots.plot_run(run_files[kind])
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        assert ax.get_xlabel() or ax.get_shared_x_axes().get_siblings(ax) != [ax], kind
+        assert ax.get_ylabel(), kind
+    if THEORY[kind]:
+        labels = [lb for ax in fig.axes for lb in _labels(ax)]
+        assert any(THEORY[kind] in lb for lb in labels), labels
+
+
+def test_nndyn_plot_formats_and_unknown_kinds(run_files, tmp_path, capsys):
+    src = run_files["ode"]
+    for suffix in (".pdf", ".svg"):
+        assert main(["plot", str(src), "--out", str(tmp_path / f"f{suffix}")]) == 0
+        assert (tmp_path / f"f{suffix}").stat().st_size > 0
+    assert main(["plot", str(src), "--out", str(tmp_path / "f.txt")]) == 2
+    assert "--out must end in" in capsys.readouterr().err
+    from nndyn_fast.storage import TrajectoryWriter
+
+    odd = tmp_path / "odd.h5"
+    with TrajectoryWriter.create(odd, kind="mystery", params={}, series={"s": {"time": ()}},
+                                 rows={"s": 1}, checkpoint={}):  # fmt: skip
+        pass
+    assert main(["plot", str(odd), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "'mystery'" in err and "'sweep'" in err and "'ode'" in err
+    assert set(plots.RUN_PLOTS) >= set(THEORY)

@@ -18,6 +18,8 @@ from nndyn_fast.storage import RunFileError
 from nndyn_fast.sweep import SweepPointError
 from nndyn_fast.threads import set_threads
 
+from .common import use_defaults_formatter
+
 # (module, function adding the subcommand's parser): one entry per command family.
 FAMILIES = [
     ("nndyn_fast.cli.kuramoto", "add_kuramoto_parser"),
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module, adder in FAMILIES:
         getattr(importlib.import_module(module), adder)(sub)
+    use_defaults_formatter(parser)  # every option's help shows its default
     return parser
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-__all__ = ["add_run_file_options"]
+__all__ = [
+    "DefaultsHelpFormatter",
+    "add_run_file_options",
+    "progress_enabled",
+    "use_defaults_formatter",
+]
 
 
 def add_run_file_options(
@@ -15,9 +21,16 @@ def add_run_file_options(
     overwrite_help: str = "replace an existing --out",
     chunk_frames: bool = False,
 ) -> None:
-    """``--overwrite`` and ``--resume`` (and ``--chunk-frames`` where a verb streams frames)."""
-    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    p.add_argument("--resume", action="store_true", help=resume_help)
+    """``--overwrite``, ``--resume`` and ``--progress/--no-progress`` (and ``--chunk-frames``
+    where a verb streams frames)."""
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help + " (default: off)")
+    p.add_argument("--resume", action="store_true", help=resume_help + " (default: off)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="report progress on stderr once per chunk (default: when stderr is a terminal)",
+    )
     if chunk_frames:
         p.add_argument(
             "--chunk-frames",
@@ -25,3 +38,28 @@ def add_run_file_options(
             default=None,
             help="frames per committed chunk (default: about 1 MiB)",
         )
+
+
+def progress_enabled(o: argparse.Namespace) -> bool:
+    """``--progress`` / ``--no-progress``, else whether stderr is a terminal."""
+    chosen = getattr(o, "progress", None)
+    return sys.stderr.isatty() if chosen is None else bool(chosen)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the text already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def use_defaults_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and all its subcommands' parsers :class:`DefaultsHelpFormatter`."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_defaults_formatter(sub)

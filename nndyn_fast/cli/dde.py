@@ -16,7 +16,7 @@ from nndyn_fast._validate import (
     check_size,
 )
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,21 +26,37 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         description="Integrate x' = f(x(t), x(t - tau)) with ddeint and stream it to HDF5, or "
         "run the memory-capacity demonstration ('nndyn dde memory').",
     )
-    p.add_argument("action", nargs="?", default="run", choices=["run", "memory"])
-    p.add_argument("--model", default="mackey-glass", choices=["mackey-glass", "linear", "neural"])
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "memory"],
+        help="integrate one DDE to --out, or the memory-capacity demonstration",
+    )
+    p.add_argument(
+        "--model",
+        default="mackey-glass",
+        choices=["mackey-glass", "linear", "neural"],
+        help="Mackey-Glass, linear x' = a x + b x(t - tau), or a random neural DDE",
+    )
     p.add_argument("--tau", type=float, default=17.0, help="delay (default 17)")
     p.add_argument("--a", type=float, default=0.0, help="linear: x' = a x + b x(t - tau)")
-    p.add_argument("--b", type=float, default=-1.0)
+    p.add_argument("--b", type=float, default=-1.0, help="linear: coefficient of x(t - tau)")
     p.add_argument("--hidden", type=int, default=8, help="neural: hidden width H")
     p.add_argument("--dim", type=int, default=1, help="neural: state dimension d")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="neural: seed of the weights")
     p.add_argument("--history", type=float, nargs="+", default=[1.2], help="constant history")
-    p.add_argument("--t-end", type=float, default=1000.0)
+    p.add_argument("--t-end", type=float, default=1000.0, help="end time")
     p.add_argument("--frames", type=int, default=10001, help="output times")
-    p.add_argument("--method", default="dopri5", choices=["dopri5", "rk4"])
-    p.add_argument("--dt", type=float, default=None)
-    p.add_argument("--rtol", type=float, default=1e-8)
-    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument(
+        "--method",
+        default="dopri5",
+        choices=["dopri5", "rk4"],
+        help="adaptive dopri5 or fixed-step rk4 (needs --dt)",
+    )
+    p.add_argument("--dt", type=float, default=None, help="rk4: time step")
+    p.add_argument("--rtol", type=float, default=1e-8, help="dopri5 relative tolerance")
+    p.add_argument("--atol", type=float, default=1e-10, help="dopri5 absolute tolerance")
     p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
     add_run_file_options(p, chunk_frames=True)
     p.add_argument(
@@ -50,7 +66,13 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="dopri5 step budget of the whole run; a run that needs more stops with an error "
         "(default 100000)",
     )
-    p.add_argument("--kappas", type=float, nargs="+", default=[0.1, 0.3, 0.6, 1.0, 2.0, 4.0])
+    p.add_argument(
+        "--kappas",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.3, 0.6, 1.0, 2.0, 4.0],
+        help="memory: delay-coupling products K tau to fit",
+    )
     p.add_argument("--starts", type=int, default=3, help="memory: random starts per fit")
     p.set_defaults(func=run_dde)
     return p
@@ -112,7 +134,7 @@ def run_dde(args: argparse.Namespace) -> int:
     sol = ddeint(
         model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
-        chunk_frames=args.chunk_frames, max_steps=args.max_steps,
+        chunk_frames=args.chunk_frames, max_steps=args.max_steps, progress=progress_enabled(args),
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):

@@ -9,7 +9,7 @@ from nndyn_fast._validate import check_out_path
 from nndyn_fast.plots import plot_eos
 from nndyn_fast.training import eos_experiment, eos_summary
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +67,7 @@ def run_eos(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out_dir,
         overwrite=args.overwrite,
+        progress=progress_enabled(args),
         resume=args.resume,
     )
     print(eos_summary(runs))

@@ -23,7 +23,7 @@ from nndyn_fast.graphs import Graphon, load_matrix, w_random_graph
 from nndyn_fast.meanfield import FiringRate, Kuramoto, simulate
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 FREQUENCIES = ("lorentzian", "normal", "uniform")
 GRAPHS = ("complete", "erdos-renyi", "ring", "small-world", "power-law", "directed-ring")
@@ -213,7 +213,7 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         out=o.out,
         overwrite=o.overwrite,
         resume=o.resume,
-        progress=not o.quiet,
+        progress=not o.quiet and progress_enabled(o),
         extra_params={"cli_options": json.dumps(options)},
     )
     with open_run(result.path) as run:

@@ -18,7 +18,7 @@ from nndyn_fast.integrate import METHODS, odeint
 from nndyn_fast.neural import NeuralODE
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def add_ode_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,21 +30,36 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
         "--demo embedding the shear field (u, v)' = (0, u²) is integrated from (x, 0) to "
         "t = 1 and v(1) = x² is checked.",
     )
-    p.add_argument("--demo", default="random", choices=["random", "embedding"])
+    p.add_argument(
+        "--demo",
+        default="random",
+        choices=["random", "embedding"],
+        help="random neural ODE, or the shear-field embedding check v(1) = x^2",
+    )
     p.add_argument("--d", type=int, default=8, help="state dimension (default 8)")
     p.add_argument("--hidden", type=int, default=16, help="hidden width (default 16)")
     p.add_argument("--layers", type=int, default=1, help="piecewise-constant layers (default 1)")
-    p.add_argument("--form", default="outer", choices=["outer", "inner"])
+    p.add_argument(
+        "--form",
+        default="outer",
+        choices=["outer", "inner"],
+        help="W sigma(A x + b) (outer) or sigma(W x + b) (inner)",
+    )
     p.add_argument("--activation", default="tanh", help="activation (default tanh)")
     p.add_argument("--scale", type=float, default=1.5, help="weight scale (default 1.5)")
     p.add_argument("--batch", type=int, default=64, help="number of trajectories (default 64)")
     p.add_argument("--t-end", type=float, default=1.0, help="end time (default 1)")
     p.add_argument("--frames", type=int, default=101, help="output frames (default 101)")
-    p.add_argument("--method", default="dopri5", choices=list(METHODS))
+    p.add_argument(
+        "--method",
+        default="dopri5",
+        choices=list(METHODS),
+        help="adaptive dopri5, or a fixed-step method (needs --dt)",
+    )
     p.add_argument("--dt", type=float, default=None, help="step (fixed-step methods)")
-    p.add_argument("--rtol", type=float, default=1e-6)
-    p.add_argument("--atol", type=float, default=1e-9)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtol", type=float, default=1e-6, help="dopri5 relative tolerance")
+    p.add_argument("--atol", type=float, default=1e-9, help="dopri5 absolute tolerance")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and initial states")
     p.add_argument("--out", default="ode.h5", help="output HDF5 file (default ode.h5)")
     add_run_file_options(p, chunk_frames=True)
     p.set_defaults(func=run_ode)
@@ -61,7 +76,7 @@ def run_ode(args: argparse.Namespace) -> int:
     check_out_path("--out", args.out, overwrite=args.overwrite, resume=args.resume)
     rng = np.random.default_rng(args.seed)
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
-              "chunk_frames": args.chunk_frames}  # fmt: skip
+              "chunk_frames": args.chunk_frames, "progress": progress_enabled(args)}  # fmt: skip
     if args.demo == "embedding":
         from nndyn_fast.expressivity import PSI, shear_field
 

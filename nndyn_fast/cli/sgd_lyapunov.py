@@ -26,7 +26,7 @@ from nndyn_fast._validate import (
 from nndyn_fast.plots import plot_stability_diagram
 from nndyn_fast.sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -61,9 +61,14 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20000, help="SGD steps per replica")
     p.add_argument("--transient", type=int, default=1000, help="discarded steps")
     p.add_argument("--replicas", type=int, default=4, help="independent chains per point")
-    p.add_argument("--sampling", default="with", choices=["with", "without"])
+    p.add_argument(
+        "--sampling",
+        default="with",
+        choices=["with", "without"],
+        help="minibatches drawn with or without replacement",
+    )
     p.add_argument("--no-mean-square", action="store_true", help="skip the mean-square exponent")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of G and of the minibatches")
     p.add_argument("--out", default="sgd_lyapunov.h5", help="output HDF5 file")
     add_run_file_options(
         p, resume_help="continue the diagram in --out after its last committed batch size"
@@ -124,6 +129,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
         mean_square=not args.no_mean_square,
         out=args.out,
         overwrite=args.overwrite,
+        progress=progress_enabled(args),
         resume=args.resume,
     )
     print(

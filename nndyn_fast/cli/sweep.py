@@ -12,7 +12,7 @@ from nndyn_fast._validate import check_positive, check_size, check_steps
 from nndyn_fast.meanfield import kuramoto_order_parameter
 from nndyn_fast.sweep import SweepClusterError, SweepPointError, sweep
 
-from .common import add_run_file_options
+from .common import add_run_file_options, progress_enabled
 
 
 def parse_values(name: str, text: str) -> np.ndarray:
@@ -106,6 +106,7 @@ def run_sweep_kuramoto(o: argparse.Namespace) -> int:
             scheduler=_scheduler(o.scheduler),
             out=o.out,
             overwrite=o.overwrite,
+            progress=progress_enabled(o),
             resume=o.resume,
             n_workers=o.workers,
             seed=o.seed,

@@ -1,0 +1,77 @@
+"""Tiny run files of every kind the package writes (for the file-format and plot tests).
+
+``make(kind, folder)`` writes one small run of ``kind`` with the public API or the command line
+and returns its path; ``KINDS`` lists them. Each takes well under a second once compiled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nndyn_fast.cli import main
+
+KINDS = [
+    "kuramoto",
+    "firing_rate",
+    "ode",
+    "dde",
+    "gradient_descent",
+    "lyapunov_spectrum",
+    "product_lyapunov",
+    "sgd_lyapunov",
+    "sgd_stability_diagram",
+    "sweep",
+]
+
+
+def _cli(args: list[str]) -> None:
+    assert main(args) == 0, args
+
+
+def make(kind: str, folder: Path) -> Path:
+    out = Path(folder) / f"{kind}.h5"
+    o = ["--out", str(out)]
+    if kind == "kuramoto":
+        _cli(["kuramoto", "--N", "64", "--K", "3", "--t-end", "2", "--quiet", *o])
+    elif kind == "firing_rate":
+        _cli(["kuramoto", "--model", "rate", "--N", "32", "--t-end", "1", "--quiet", *o])
+    elif kind == "ode":
+        _cli(["ode", "--d", "3", "--hidden", "4", "--batch", "2", "--frames", "11", *o])
+    elif kind == "dde":
+        _cli(["dde", "--t-end", "20", "--frames", "21", *o])
+    elif kind == "gradient_descent":
+        _cli(
+            ["eos", "--lrs", "0.2", "--steps", "30", "--sharpness-every", "10", "--n", "16",
+             "--d", "3", "--width", "4", "--depth", "1", "--out-dir", str(folder), "--plot", ""]
+        )  # fmt: skip
+        out = Path(folder) / "eos_lr0.2.h5"
+    elif kind == "lyapunov_spectrum":
+        from nndyn_fast.lyapunov import Henon, lyapunov_spectrum
+
+        lyapunov_spectrum(Henon(), np.array([0.1, 0.1]), steps=2000, n_records=20, out=out)
+    elif kind == "product_lyapunov":
+        from nndyn_fast.lyapunov import product_lyapunov
+
+        M = np.random.default_rng(0).normal(size=(400, 3, 3))
+        product_lyapunov(M, chunk=100, out=out)
+    elif kind == "sgd_lyapunov":
+        from nndyn_fast.sgd_stability import sgd_lyapunov
+
+        G = np.random.default_rng(0).normal(size=(8, 3))
+        sgd_lyapunov(G, 0.1, 2, steps=2000, transient=100, out=out)
+    elif kind == "sgd_stability_diagram":
+        _cli(
+            ["sgd-lyapunov", "--n", "8", "--d", "3", "--lr-factors", "0.5", "1", "2",
+             "--batch-sizes", "1", "2", "4", "--steps", "500", "--transient", "50",
+             "--replicas", "2", *o]
+        )  # fmt: skip
+    elif kind == "sweep":
+        _cli(
+            ["sweep", "kuramoto", "--K", "0.5:3:4", "--N", "50", "--t-end", "4", "--dt", "0.1",
+             "--scheduler", "serial", *o]
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return out
