@@ -281,6 +281,8 @@ def coupling_spectrum(
             vals, vecs, name = _dense(op, k, which, vectors)
         else:
             vals, vecs, name = _krylov(op, k, which, vectors, tol, maxiter, seed)
+            if vals is None:  # T v0 = 0 (see _arpack): the dense solver
+                vals, vecs, name = _dense(op, k, which, vectors)
     if vecs is not None:
         vecs = _normalise(op, vecs)
     return CouplingSpectrum(vals, vecs, op.symmetric, name, N, op.count)
@@ -332,19 +334,19 @@ def _krylov(op: _Operator, k: int, which: str, vectors: bool, tol, maxiter, seed
         runs = [mode] if mode is not None else [("LA", k), ("SA", k)]
         found = []
         for w, kk_ in runs:
-            found.append(
-                eigsh(
-                    L, k=kk_, which=w, tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=vectors
-                )  # fmt: skip
-            )
+            kw = dict(k=kk_, which=w, tol=tol, maxiter=maxiter, v0=v0)
+            found.append(_arpack(eigsh, L, kw, vectors))
         name = "lanczos"
     else:
         runs = {"largest": ["LR"], "smallest": ["SR"], "both": ["LR", "SR"]}[which]
-        found = [
-            eigs(L, k=k, which=w, tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=vectors)
-            for w in runs
-        ]
+        found = []
+        for w in runs:
+            kw = dict(k=k, which=w, tol=tol, maxiter=maxiter, v0=v0)
+            got = _arpack(eigs, L, kw, vectors)
+            found.append(None if got is None else _pair_members(got))
         name = "arnoldi"
+    if any(f is None for f in found):
+        return None, None, name
     if vectors:
         vals = np.concatenate([f[0] for f in found])
         vecs = np.concatenate([f[1] for f in found], axis=1)
@@ -354,6 +356,34 @@ def _krylov(op: _Operator, k: int, which: str, vectors: bool, tol, maxiter, seed
         vals = vals.astype(complex)
     vals, vecs = _select(vals, vecs, k, which)
     return vals, vecs, name
+
+
+def _arpack(solver: Any, L: Any, kw: dict, vectors: bool) -> Any:
+    """One ARPACK run; None where the first product is zero (ARPACK's error -9: T v0 = 0, an
+    invariant subspace at once, e.g. W = 0), which the caller solves densely."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
+
+    try:
+        return solver(L, return_eigenvectors=vectors, **kw)
+    except ArpackNoConvergence:
+        raise
+    except ArpackError as exc:
+        if "error -9:" in str(exc):
+            return None
+        raise
+
+
+def _pair_members(found: Any) -> Any:
+    """A real operator's complex eigenvalues come in conjugate pairs (with conjugate vectors):
+    where ARPACK's k values cut a pair, report the member with positive imaginary part."""
+    vals = np.array(found[0] if isinstance(found, tuple) else found, dtype=complex)
+    vecs = np.array(found[1]) if isinstance(found, tuple) else None
+    for j, lam in enumerate(vals):
+        if lam.imag < 0 and not np.any(np.isclose(vals, np.conj(lam), rtol=1e-8, atol=0.0)):
+            vals[j] = np.conj(lam)
+            if vecs is not None:
+                vecs[:, j] = np.conj(vecs[:, j])
+    return (vals, vecs) if vecs is not None else vals
 
 
 def _normalise(op: _Operator, vecs: np.ndarray) -> np.ndarray:
