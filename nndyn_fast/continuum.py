@@ -86,7 +86,7 @@ class LimitRun:
     steps: int = 0
 
 
-def etdrk4_coefficients(L: np.ndarray, h: float, contour: int = 32) -> tuple[np.ndarray, ...]:
+def etdrk4_coefficients(L: np.ndarray, h: float, contour: int = 64) -> tuple[np.ndarray, ...]:
     """``(E, E2, Q, f1, f2, f3)`` of ETDRK4 for the diagonal linear part L (complex) and step h.
 
     E = e^{hL}, E2 = e^{hL/2}, Q = h φ(hL/2)/2-type weights and the Cox–Matthews f1, f2, f3,
@@ -94,7 +94,8 @@ def etdrk4_coefficients(L: np.ndarray, h: float, contour: int = 32) -> tuple[np.
     (Kassam–Trefethen), which avoids the cancellation of the closed forms at small |hL|.
     """
     L = np.asarray(L, dtype=np.complex128)
-    roots = np.exp(1j * np.pi * (np.arange(1, contour + 1) - 0.5) / contour)
+    # the whole circle: L may be complex (a rotation i n ω_0), so no conjugate symmetry
+    roots = np.exp(2j * np.pi * (np.arange(1, contour + 1) - 0.5) / contour)
     LR = h * L[:, None] + roots[None, :]
     E = np.exp(h * L)
     E2 = np.exp(h * L / 2)
