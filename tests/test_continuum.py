@@ -203,3 +203,18 @@ def test_bad_input_is_refused(kw, match):
     kw = {"coupling": Graphon.ring(0.2), "K": 1.0, "t_end": 1.0, "dt": 0.1, **kw}
     with pytest.raises(ValueError, match=match):
         meanfield_limit(kw.pop("coupling"), **kw)
+
+
+def test_plots_of_the_limit(tmp_path):
+    from nndyn_fast.cli import main
+    from nndyn_fast.plots import plot_finite_size_gap, plot_limit_run
+
+    gap = finite_size_gap(Graphon.constant(1.0), [50, 200], K=3.0, gamma=0.5, t_end=4,
+                          dt=0.1, x_grid=10)  # fmt: skip
+    fig = plot_finite_size_gap(gap, path=tmp_path / "gap.png")
+    assert len(fig.axes) == 2 and (tmp_path / "gap.png").stat().st_size > 0
+    for eq, kw in (("oa", dict(gamma=0.5, x_grid=20)), ("fp", dict(noise=1.0, modes=8))):
+        out = tmp_path / f"{eq}.h5"
+        meanfield_limit(Graphon.constant(1.0), K=3.0, t_end=1, dt=0.1, out=out, **kw)
+        assert len(plot_limit_run(out).axes) == 2
+        assert main(["plot", str(out)]) == 0 and out.with_suffix(".png").exists()

@@ -164,3 +164,13 @@ def test_critical_coupling_formulas():
 def test_bad_input_is_refused(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_spectrum_plots():
+    from nndyn_fast.plots import plot_coupling_spectrum
+
+    s = coupling_spectrum(Graphon.ring(R), k=5, n=300)
+    fig = plot_coupling_spectrum(s, reference=_ring_closed_form(R))
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) >= 2
+    d = coupling_spectrum(Graphon.directed_ring(0.3), k=3, n=300)
+    assert len(plot_coupling_spectrum(d).axes[0].lines) >= 2

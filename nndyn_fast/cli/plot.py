@@ -18,10 +18,22 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plot(o: argparse.Namespace) -> int:
-    from nndyn_fast.plots import plot_network_run
+    from nndyn_fast.plots import plot_limit_run, plot_network_run
 
     png = Path(o.png) if o.png else Path(o.run).with_suffix(".png")
     check_out_path("--png", png, overwrite=True)
-    plot_network_run(o.run, png)
+    draw = plot_limit_run if _kind(o.run) == "meanfield_limit" else plot_network_run
+    draw(o.run, png)
     print(f"wrote {png}")
     return 0
+
+
+def _kind(run: str) -> str | None:
+    """The kind of a readable run file (None otherwise: the plot function says what is wrong)."""
+    from nndyn_fast.storage import open_run
+
+    try:
+        with open_run(run) as f:
+            return f.kind
+    except (OSError, ValueError):
+        return None
