@@ -8,7 +8,8 @@ Default sizes are small so that ``pytest bench --benchmark-disable`` runs in sec
   ``eigsh`` on the dense matrix W/N, both at N = 8000 (full; 1500 by default). The set-up of the
   matrix-free form (the graphon's windows) is timed apart in ``spectrum-setup``.
 - spectrum-memory (full only): ``coupling_spectrum`` at N = 10^5 and dense ``eigsh`` at
-  N = 8000, each in a fresh process; peak RSS (VmHWM) in ``extra_info['peak_rss_MiB']``.
+  N = 8000, each in a fresh process, beside the floor (imports and a spectrum at N = 2000);
+  peak RSS (VmHWM) in ``extra_info['peak_rss_MiB']``.
 - limit-vs-particles: all-to-all Kuramoto with Lorentzian frequencies (γ = 0.5, K = 4,
   r_∞ = sqrt(1 − 2γ/K)): the Ott–Antonsen limit on 1000 quadrature points beside the particle
   run at N = 10^5 (full; 5000 by default), same t_end and step; both r in ``extra_info`` and
@@ -64,6 +65,11 @@ def test_spectrum_setup_ours(benchmark):
 
 
 MEMORY = {
+    # the interpreter with the package, numba and scipy loaded and one tiny spectrum: the floor
+    "import_floor_reference": (
+        "from nndyn_fast.graphs import Graphon\nfrom nndyn_fast.spectra import coupling_spectrum\n"
+        f"s = coupling_spectrum(Graphon.ring({R}), k=6, n=2000)\n"
+    ),
     "ours_matrix_free_N1e5": (
         "from nndyn_fast.graphs import Graphon\nfrom nndyn_fast.spectra import coupling_spectrum\n"
         f"s = coupling_spectrum(Graphon.ring({R}), k=6, n={N_LARGE})\n"
