@@ -1,8 +1,10 @@
 """The continuum limit against closed forms, linear stability and particle runs; streaming."""
 
+import contextlib
+
 import numpy as np
 import pytest
-from faults import every_kill_point
+from faults import Crash, count_writes, crash_at, every_kill_point
 from scipy.optimize import brentq
 from scipy.special import ive
 
@@ -126,32 +128,26 @@ def _rows(path):
         return {f"{s}/{name}": f.read(s, name) for s in f.rows for name in f[s]}
 
 
-@pytest.mark.parametrize("equation", ["ott_antonsen", "fokker_planck"])
-def test_every_kill_point_resumes_bitwise(tmp_path, equation):
-    if equation == "ott_antonsen":
-        meas = DigraphMeasure(Graphon.small_world(0.23, 0.1), 12)
-        kw = dict(K=2.0, gamma=0.3, z0=0.7 * np.exp(1j * np.arange(12)), save_every=3)
-        coupling = meas
-        kw.update(t_end=0.6, dt=0.05, chunk_steps=4)
-    else:  # fewer commits: the same code path streams both equations
-        coupling = Graphon.constant(1.0)
-        kw = dict(K=2.0, noise=0.8, modes=8, save_every=4, t_end=0.4, dt=0.05, chunk_steps=4)
+def test_every_kill_point_resumes_bitwise(tmp_path):
+    meas = DigraphMeasure(Graphon.small_world(0.23, 0.1), 12)
+    kw = dict(K=2.0, gamma=0.3, z0=0.7 * np.exp(1j * np.arange(12)), save_every=3, t_end=0.6,
+              dt=0.05, chunk_steps=4)  # fmt: skip
     ref_path = tmp_path / "ref.h5"
-    ref = meanfield_limit(coupling, out=ref_path, **kw)
+    ref = meanfield_limit(meas, out=ref_path, **kw)
     want = _rows(ref_path)
     with open_run(ref_path) as f:
         assert f.chunks >= 3 and f.status == "complete"
     # the file holds the whole run: the in-memory run of the same parameters
-    mem = meanfield_limit(coupling, **kw)
+    mem = meanfield_limit(meas, **kw)
     np.testing.assert_array_equal(want["observables/value"][:, 0], mem.r)
     out = tmp_path / "k.h5"
     got = {}
 
     def run():
-        got["res"] = meanfield_limit(coupling, out=out, **kw)
+        got["res"] = meanfield_limit(meas, out=out, **kw)
 
     def resume():
-        got["res"] = meanfield_limit(coupling, out=out, resume=True, **kw)
+        got["res"] = meanfield_limit(meas, out=out, resume=True, **kw)
 
     def check():
         with open_run(out) as f:
@@ -163,9 +159,26 @@ def test_every_kill_point_resumes_bitwise(tmp_path, equation):
         np.testing.assert_array_equal(got["res"].state, ref.state)
 
     seen = every_kill_point(out, run, resume, check)
-    assert seen["resumed"] > 4
+    assert seen["resumed"] > 8
     with pytest.raises(ValueError, match="K"):
-        meanfield_limit(coupling, out=ref_path, resume=True, **{**kw, "K": 2.5})
+        meanfield_limit(meas, out=ref_path, resume=True, **{**kw, "K": 2.5})
+
+
+def test_fokker_planck_run_killed_midway_resumes_bitwise(tmp_path):
+    # the same streaming code as the Ott-Antonsen run above (every kill point there); here one
+    # kill in the middle of the run, torn write
+    kw = dict(K=2.0, noise=0.8, modes=8, save_every=4, t_end=0.6, dt=0.05, chunk_steps=4)
+    ref_path, out = tmp_path / "ref.h5", tmp_path / "k.h5"
+    ref = meanfield_limit(Graphon.constant(1.0), out=ref_path, **kw)
+    total = count_writes(lambda: meanfield_limit(Graphon.constant(1.0), out=out, **kw))
+    out.unlink()
+    with contextlib.suppress(Crash), crash_at(total // 2):
+        meanfield_limit(Graphon.constant(1.0), out=out, **kw)
+    res = meanfield_limit(Graphon.constant(1.0), out=out, resume=True, **kw)
+    want, rows = _rows(ref_path), _rows(out)
+    for key in want:
+        np.testing.assert_array_equal(rows[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(res.state, ref.state)
 
 
 def test_blow_up_names_the_step_and_keeps_the_good_rows(tmp_path):
