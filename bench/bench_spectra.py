@@ -7,6 +7,7 @@ Default sizes are small so that ``pytest bench --benchmark-disable`` runs in sec
   matrix-free Lanczos (``coupling_spectrum``, the O(N) structured product) beside scipy
   ``eigsh`` on the dense matrix W/N, both at N = 8000 (full; 1500 by default). The set-up of the
   matrix-free form (the graphon's windows) is timed apart in ``spectrum-setup``.
+- spectrum-graphon-large (full only): the same at N = 10^5, set-up included.
 - spectrum-memory (full only): ``coupling_spectrum`` at N = 10^5 and dense ``eigsh`` at
   N = 8000, each in a fresh process, beside the floor (imports and a spectrum at N = 2000);
   peak RSS (VmHWM) in ``extra_info['peak_rss_MiB']``.
@@ -62,6 +63,18 @@ def test_spectrum_graphon_dense_eigsh_reference(benchmark, ring_coupling):
 def test_spectrum_setup_ours(benchmark):
     # the matrix-free form's set-up: positions and the window of every row (O(N·window) scan)
     benchmark.pedantic(lambda: Coupling(DigraphMeasure(Graphon.ring(R), N_SPEC), N_SPEC), rounds=1)
+
+
+@pytest.mark.skipif(not FULL, reason="large runs only with NNDYN_BENCH_FULL=1")
+@pytest.mark.benchmark(group="spectrum-graphon-large")
+def test_spectrum_graphon_large_ours(benchmark):
+    # N = 10^5, set-up (positions, windows) included; dense W would take 80 GB
+    coupling_spectrum(Graphon.ring(R), k=6, n=2000)  # compile
+    s = benchmark.pedantic(
+        coupling_spectrum, args=(Graphon.ring(R),), kwargs={"k": 6, "n": N_LARGE}, rounds=1
+    )
+    benchmark.extra_info["n_matvec"] = s.n_matvec
+    assert abs(s.eigenvalues[0] - 2 * R) < 3.0 / N_LARGE  # quadrature
 
 
 MEMORY = {
