@@ -231,3 +231,35 @@ def test_plots_of_the_limit(tmp_path):
         assert len(plot_limit_run(out).axes) == 2
     # the command line draws a limit run file by its kind
     assert main(["plot", str(out)]) == 0 and out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: finite_size_gap("ring", [10], K=1.0, gamma=0.5, t_end=1), TypeError, "Graphon"),
+        (
+            lambda: finite_size_gap(lambda n: np.ones((n, n)), [10], K=1.0, gamma=0.5, t_end=1),
+            ValueError,
+            "needs limit",
+        ),  # fmt: skip
+        (
+            lambda: finite_size_gap(Graphon.ring(0.2), [], K=1.0, gamma=0.5, t_end=1),
+            ValueError,
+            "at least one",
+        ),  # fmt: skip
+        (
+            lambda: finite_size_gap(Graphon.ring(0.2), [0], K=1.0, gamma=0.5, t_end=1),
+            ValueError,
+            "Ns",
+        ),  # fmt: skip
+        (
+            lambda: finite_size_gap(Graphon.ring(0.2), [10], K=1.0, gamma=0.5, t_end=1, t_from=2),
+            ValueError,
+            "t_from",
+        ),  # fmt: skip
+        (lambda: lorentzian_quantile_frequencies(10, -1.0), ValueError, "gamma"),
+    ],
+)
+def test_finite_size_gap_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
