@@ -7,6 +7,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The continuum limit of Kuramoto networks (graphon Ott-Antonsen, Fokker-Planck); coupling
+# spectra and critical couplings are in .spectra below
+from .continuum import FiniteSizeGap, LimitRun, finite_size_gap, meanfield_limit
+
 # Delay differential equations and neural DDEs: ddeint, models, memory capacity
 from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
@@ -51,7 +55,14 @@ from .meanfield import (
     twisted_state,
 )
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
-from .plots import plot_eos, plot_memory_capacity, plot_network_run, plot_stability_diagram
+from .plots import (
+    plot_coupling_spectrum,
+    plot_eos,
+    plot_finite_size_gap,
+    plot_memory_capacity,
+    plot_network_run,
+    plot_stability_diagram,
+)
 
 # SGD linearised at an interpolation minimum: exponents, mean-square growth, stability diagram
 from .sgd_stability import (
@@ -63,6 +74,7 @@ from .sgd_stability import (
     sgd_lyapunov_mlp,
     sgd_stability_diagram,
 )
+from .spectra import CouplingSpectrum, coupling_spectrum, critical_coupling
 from .storage import RunFile, TrajectoryWriter, open_run
 
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
@@ -125,6 +137,16 @@ __all__ = [
     "simulate",
     "twisted_state",
     "w_random_graph",
+    # coupling spectra and the continuum limit
+    "CouplingSpectrum",
+    "FiniteSizeGap",
+    "LimitRun",
+    "coupling_spectrum",
+    "critical_coupling",
+    "finite_size_gap",
+    "meanfield_limit",
+    "plot_coupling_spectrum",
+    "plot_finite_size_gap",
     # neural ODEs
     "AugmentedNeuralODE",
     "FeedForward",

@@ -40,6 +40,7 @@ from ._validate import (
     load_npy,
 )
 from .kernels import kuramoto as kk
+from .kernels import windows as kw
 
 __all__ = ["Graphon", "DigraphMeasure", "w_random_graph", "erdos_renyi", "load_matrix"]
 
@@ -210,7 +211,11 @@ class DigraphMeasure:
             u = self.x ** (-p[0])
             return u, u.copy(), 0.0, start, length
         if name in ("small_world", "directed_ring"):
-            kk.graphon_windows(self.x, self.w.code, self.w.kernel_params(), start, length)
+            # bisection (O(N log N)) gives the scan's windows exactly unless the positions
+            # hold both 0 and 1 (see kernels.windows); the scan is O(N · window)
+            both_ends = self.x[0] == 0.0 and self.x[-1] == 1.0
+            find = kk.graphon_windows if both_ends else kw.graphon_windows_bisect
+            find(self.x, self.w.code, self.w.kernel_params(), start, length)
             if name == "small_world":
                 return np.full(n, p[1]), np.ones(n), 1.0 - 2.0 * p[1], start, length
             return np.zeros(n), np.zeros(n), 1.0, start, length

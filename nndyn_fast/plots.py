@@ -19,9 +19,12 @@ from .eigen import gd_threshold
 
 __all__ = [
     "RUN_PLOTS",
+    "plot_coupling_spectrum",
     "plot_diagram_run",
     "plot_eos",
+    "plot_finite_size_gap",
     "plot_gd_run",
+    "plot_limit_run",
     "plot_lyapunov_run",
     "plot_memory_capacity",
     "plot_network_run",
@@ -488,7 +491,116 @@ def plot_sweep_run(run: Any, path: str | Path | None = None, ax: Any = None):
     else:
         ax.set_xlabel(x_name)
         ax.set_ylabel(", ".join(results) if results else "result")
+
+
+def plot_coupling_spectrum(
+    spectrum: Any,
+    reference: Any = None,
+    path: str | Path | None = None,
+    ax: Any = None,
+):
+    """Eigenvalues of a coupling operator (:func:`nndyn_fast.spectra.coupling_spectrum`).
+
+    Symmetric operators: λ_j against their rank j, with ``reference`` (e.g. a graphon's
+    closed-form eigenvalues, array) drawn beside them. Directed operators: the eigenvalues in
+    the complex plane. The leading λ_max, which sets the critical coupling, is marked.
+    """
+    _check_path(path)
+    vals = np.asarray(spectrum.eigenvalues)
+    fig, (ax,) = _axes(ax, (1, 1), (6.0, 4.2))
+    if np.iscomplexobj(vals) and np.any(np.imag(vals) != 0):
+        ax.plot(vals.real, vals.imag, "o", ms=5, label=f"{spectrum.method}, N = {spectrum.n}")
+        if reference is not None:
+            ref = np.asarray(reference, dtype=complex)
+            ax.plot(ref.real, ref.imag, "kx", ms=6, label="reference")
+        ax.axvline(spectrum.lambda_max, color="k", ls="--", lw=0.8, label=r"max Re $\lambda$")
+        ax.set_xlabel(r"Re $\lambda$")
+        ax.set_ylabel(r"Im $\lambda$")
+    else:
+        j = np.arange(1, vals.size + 1)
+        ax.plot(j, np.real(vals), "o", ms=5, label=f"{spectrum.method}, N = {spectrum.n}")
+        if reference is not None:
+            ref = np.real(np.asarray(reference))[: vals.size]
+            ax.plot(np.arange(1, ref.size + 1), ref, "kx", ms=6, label="reference")
+        ax.axhline(spectrum.lambda_max, color="k", ls="--", lw=0.8, label=r"$\lambda_{max}$")
+        ax.set_xlabel("rank $j$")
+        ax.set_ylabel(r"eigenvalue $\lambda_j$ of $W/N$")
     ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_finite_size_gap(gap: Any, path: str | Path | None = None, ax: Any = None):
+    """The continuum limit beside finite N (:func:`nndyn_fast.continuum.finite_size_gap`).
+
+    Left: the limit's r_∞(t) with the particle runs' time averages r_N. Right: |r_N − r_∞|
+    against N on log axes, with the N^{-1/2} scale of random sampling. ``ax``: two Axes.
+    """
+    _check_path(path)
+    fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
+    lim = gap.limit
+    ax1.plot(lim.t, lim.r, "k", lw=1.2, label=r"limit $r_\infty(t)$")
+    for n, r in zip(gap.Ns, gap.r_N, strict=True):
+        ax1.axhline(r, lw=0.8, ls="--", label=f"N = {n}: " + r"$\bar r_N$" + f" = {r:.4f}")
+    ax1.set_xlabel("t")
+    ax1.set_ylabel("order parameter $r$")
+    ax1.legend(fontsize=8)
+    Ns = np.asarray(gap.Ns, dtype=float)
+    ax2.loglog(Ns, np.maximum(gap.gap, 1e-16), "o-", label=r"$|r_N - r_\infty|$")
+    ax2.loglog(Ns, Ns**-0.5, "k:", lw=1, label=r"$N^{-1/2}$")
+    ax2.set_xlabel("N")
+    ax2.set_ylabel("gap")
+    ax2.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A continuum-limit run file (:func:`nndyn_fast.continuum.meanfield_limit`).
+
+    Left: r(t). Right: the last saved state: |z(x)| and arg z(x) over the graphon variable
+    (Ott–Antonsen) or the density ρ(θ) = (1/2π)(1 + 2 Re Σ_n z_n e^{−inθ}) (Fokker–Planck).
+    ``ax``: two Axes.
+    """
+    from .storage import RunFile, open_run
+
+    _check_path(path)
+    f = run if isinstance(run, RunFile) else open_run(run)
+    try:
+        if f.kind != "meanfield_limit":
+            raise ValueError(
+                f"{f._path!r} holds a {f.kind!r} run; plot_limit_run draws meanfield_limit runs"
+            )
+        params = f.params
+        t = f.read("observables", "time")
+        obs = f.read("observables", "value")
+        n_frames = f.rows["trajectory"]
+        last = f.read("trajectory", "value", n_frames - 1)[0]
+        t_last = float(f.read("trajectory", "time", n_frames - 1)[0])
+    finally:
+        if f is not run:
+            f.close()
+    fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
+    eq = params.get("equation")
+    ax1.plot(t, obs[:, 0], lw=1.2, label=f"{eq}, K = {float(params['K']):g}")
+    ax1.set_xlabel("t")
+    ax1.set_ylabel("order parameter $r$")
+    z = last[0] + 1j * last[1]
+    if eq == "fokker_planck":
+        theta = np.linspace(0, 2 * np.pi, 400)
+        nn = np.arange(1, z.size + 1)
+        rho = (1 + 2 * np.real(np.exp(-1j * np.outer(theta, nn)) @ z)) / (2 * np.pi)
+        ax2.plot(theta, rho, lw=1.2, label=f"t = {t_last:g}")
+        ax2.set_xlabel(r"$\theta$")
+        ax2.set_ylabel(r"density $\rho(\theta)$")
+    else:
+        x = np.arange(1, z.size + 1) / z.size
+        ax2.plot(x, np.abs(z), lw=1.2, label=f"|z(x)| at t = {t_last:g}")
+        ax2.plot(x, np.angle(z) / np.pi, lw=0.8, ls="--", label=r"arg z(x) / $\pi$")
+        ax2.set_xlabel("graphon variable x")
+        ax2.set_ylabel("local order parameter")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
     _save(fig, path)
     return fig
 
@@ -507,6 +619,7 @@ RUN_PLOTS: dict[str, Any] = {
     "sgd_lyapunov": plot_lyapunov_run,
     "sgd_stability_diagram": plot_diagram_run,
     "sweep": plot_sweep_run,
+    "meanfield_limit": plot_limit_run,
 }
 
 
