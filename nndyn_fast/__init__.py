@@ -23,6 +23,7 @@ from .expressivity import (
     liouville_determinant,
     mlp_as_augmented_ode,
 )
+from .gradients import FlowGrad, flow_map_vjp  # loss_and_grad: nndyn_fast.gradients
 from .graphs import DigraphMeasure, Graphon, erdos_renyi, load_matrix, w_random_graph
 from .integrate import IntegrationError, Solution, odeint
 
@@ -127,6 +128,8 @@ __all__ = [
     "w_random_graph",
     # neural ODEs
     "AugmentedNeuralODE",
+    "FlowGrad",
+    "flow_map_vjp",
     "FeedForward",
     "IntegrationError",
     "NeuralODE",
