@@ -90,3 +90,16 @@ def test_square_needs_augmentation():
     assert r.sup_plain >= 0.5 - 1e-12
     assert r.sup_augmented <= 1e-2
     assert isinstance(r.augmented, AugmentedNeuralODE)
+
+
+def test_ode_fit_command_writes_the_loss_curve(tmp_path, capsys):
+    from nndyn_fast.cli import main
+
+    out = tmp_path / "fit.h5"
+    args = ["ode", "fit", "--aug", "1", "--points", "7", "--hidden", "3", "--steps", "5",
+            "--solver-steps", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    with open_run(out) as f:
+        loss = f.read("loss", "loss")
+    assert loss[-1] < loss[0] and f.status == "complete"
