@@ -22,6 +22,7 @@ from ._validate import as_array, check_positive
 from .delay import NeuralDDE
 from .kernels import dde_adjoint as _kd
 from .kernels.activations import ACTIVATIONS
+from .threads import for_work
 
 __all__ = ["DDEGrad", "dde_flow_vjp", "dde_loss_and_grad"]
 
@@ -80,8 +81,12 @@ def _sweep(model, X, T, C, delays, dt):
     Fl = np.empty((nw, n + 1, d))
     g = {"W": np.zeros_like(W), "A": np.zeros_like(A), "B": np.zeros_like(B), "b": np.zeros_like(b)}
     ZT, FT, dX = np.empty_like(X), np.empty_like(X), np.empty_like(X)
-    _kd.dde_rk4_vjp(kmodel, X, C, N, h, ls, jump, nw, Y, Fr, Fl, g["W"], g["A"], g["B"], g["b"],
-                    ZT, FT, dX)  # fmt: skip
+    # serial seconds (about 2e-9 per multiply-add, forward and reverse): a parallel region
+    # only with enough work per thread
+    seconds = 2e-9 * Bn * n * 10 * d * H * (2 + m) * (3 if C.shape[0] else 1)
+    with for_work(seconds):
+        _kd.dde_rk4_vjp(kmodel, X, C, N, h, ls, jump, nw, Y, Fr, Fl, g["W"], g["A"], g["B"],
+                        g["b"], ZT, FT, dX)  # fmt: skip
     if not np.all(np.isfinite(ZT)):
         raise FloatingPointError("the RK4 method of steps reached a non-finite state before T")
     return g, ZT, FT, dX

@@ -69,3 +69,25 @@ def test_dde_loss_and_bad_input():
         dde_flow_vjp(model, X, T, np.ones(3), delays=TAUS, dt=DT)
     with pytest.raises(ValueError, match="delays"):
         dde_flow_vjp(model, X, T, X, delays=[0.3], dt=DT)
+
+
+def test_memory_capacity_fit_below_and_above_the_threshold():
+    from nndyn_fast.memory_capacity import memory_capacity_experiment
+
+    # K tau = 0.2 < 1/e: the fitted 1-D time-T map is monotone (the theorem), so x^2 stays
+    # badly fitted; K tau = 2 allows an interior extremum and a much better fit
+    r = memory_capacity_experiment([0.2, 2.0], dims=(1,), starts=1, steps=60, n_points=11)
+    lo, hi = r["fits"][0]
+    assert lo["monotone"] and lo["K_tau"] <= 0.2 + 1e-12
+    assert not hi["monotone"]
+    assert hi["rmse"] < 0.5 * lo["rmse"]
+
+
+def test_dde_memory_command_with_exact_gradients(capsys):
+    from nndyn_fast.cli import main
+
+    args = ["dde", "memory", "--fitter", "grad", "--dims", "1", "--kappas", "0.2", "--starts",
+            "1"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "dim 1, K tau = 0.2 (below the threshold)" in text and "monotone" in text
