@@ -82,10 +82,14 @@ def run_ode_fit(args: argparse.Namespace) -> int:
     q = check_int("--aug", args.aug, minimum=0)
     hidden = check_int("--hidden", args.hidden, minimum=1)
     check_seed("--seed", args.seed)
+    check_int("--steps", args.steps, minimum=1)
+    check_int("--solver-steps", args.solver_steps, minimum=1)
+    check_positive("--lr", args.lr)
     if (args.x is None) != (args.y is None):
         raise ValueError("give both --x and --y, or neither (the x^2 task)")
     if args.x is None:
-        X = np.linspace(-1.0, 1.0, check_int("--points", args.points, minimum=2))[:, None]
+        pts = check_size("--points", args.points, minimum=2, item_bytes=256.0)
+        X = np.linspace(-1.0, 1.0, pts)[:, None]
         Y = X**2
     else:
         X, Y = load_npy("--x", args.x), load_npy("--y", args.y)
