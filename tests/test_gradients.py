@@ -164,24 +164,40 @@ def test_linear_field_fixed_step_gradient_equals_central_differences():
     np.testing.assert_allclose(g.params["A"][0], num, atol=1e-8, rtol=0)
 
 
-def test_batch_and_thread_count_do_not_change_the_gradient():
-    import numba
+def test_batch_and_thread_count_do_not_change_the_gradient(monkeypatch):
+    import importlib
+
+    import nndyn_fast as nf
+
+    TH = importlib.import_module("nndyn_fast.threads")
+    from nndyn_fast.dde_gradients import dde_flow_vjp
+    from nndyn_fast.delay import NeuralDDE
 
     m = NeuralODE.random(4, 6, seed=9)
     rng = np.random.default_rng(10)
     X = rng.standard_normal((40, 4))
     C = rng.standard_normal((40, 4))
-    g = G.flow_map_vjp(m, X, None, C, steps=7)
+    dde = NeuralDDE(m.W[0], m.A[0], m.A[0], m.b[0], T=1.0)
+
+    def run():
+        out = []
+        for method in ("rk4", "dopri5"):
+            g = G.flow_map_vjp(m, X, None, C, method=method, **({"steps": 7} if method ==
+                               "rk4" else {}))  # fmt: skip
+            out += [g.X, *g.params.values()]
+        g = dde_flow_vjp(dde, X, 1.0, C, delays=0.2, dt=0.1)
+        return [*out, g.X, *g.params.values()]
+
     one = G.flow_map_vjp(m, X[5:6], None, C[5:6], steps=7)
-    np.testing.assert_array_equal(g.X[5], one.X[0])  # rows are independent
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        g1 = G.flow_map_vjp(m, X, None, C, steps=7)
-    finally:
-        numba.set_num_threads(before)
-    for k in g.params:
-        np.testing.assert_array_equal(g.params[k], g1.params[k])
+    with nf.threads(1):
+        serial = run()
+    with monkeypatch.context() as mp:
+        mp.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)  # every region on all threads
+        with nf.threads(None):
+            parallel = run()
+    np.testing.assert_array_equal(serial[0][5], one.X[0])  # rows are independent
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _peak(model, X, C, steps, checkpoint=None):
