@@ -243,7 +243,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         )
     grads = {} if base.form == "inner" else {"W": gW}
     grads.update(A=gA, b=gb)
-    return grads, ZT, dZ0, dTr, res, ns
+    return grads, ZT, dZ0, dTr, res, np.broadcast_to(ns, (B,)).copy()
 
 
 def flow_map_vjp(
