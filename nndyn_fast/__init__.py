@@ -27,6 +27,7 @@ from .expressivity import (
     liouville_determinant,
     mlp_as_augmented_ode,
 )
+from .gradients import FlowGrad, flow_map_vjp  # loss_and_grad: nndyn_fast.gradients
 from .graphs import DigraphMeasure, Graphon, erdos_renyi, load_matrix, w_random_graph
 from .integrate import IntegrationError, Solution, odeint
 
@@ -149,6 +150,8 @@ __all__ = [
     "plot_finite_size_gap",
     # neural ODEs
     "AugmentedNeuralODE",
+    "FlowGrad",
+    "flow_map_vjp",
     "FeedForward",
     "IntegrationError",
     "NeuralODE",

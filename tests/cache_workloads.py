@@ -71,7 +71,16 @@ def simulate() -> None:
     nf.simulate(model, rng.uniform(0.0, 2 * np.pi, n), 0.5, 0.01)
 
 
-FAMILIES = {f.__name__: f for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate)}
+def gradients() -> None:
+    model = nf.NeuralODE.random(3, 4, layers=2, seed=0)
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    for method in ("rk4", "dopri5"):
+        nf.flow_map_vjp(model, X, None, np.ones((20, 3)), method=method)
+
+
+FAMILIES = {
+    f.__name__: f for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate, gradients)
+}
 
 
 def package_dispatchers() -> list:

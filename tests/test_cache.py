@@ -164,7 +164,7 @@ def warm():
     return _families(None, *_FAMILIES)
 
 
-_FAMILIES = ["ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate"]
+_FAMILIES = ["ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate", "gradients"]
 
 
 @pytest.mark.slow

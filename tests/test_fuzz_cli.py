@@ -176,6 +176,21 @@ COMMANDS = {
             opt("--overwrite", [None, FLAG], []),
         ),
     ),
+    "ode fit": (
+        ["ode", "fit"],
+        spec(
+            opt("--aug", ["1", "0"], ["-1", "2.5", "abc"]),
+            opt("--points", ["5"], ["1", "-1", "2.5", "abc", "100000000000"]),
+            opt("--hidden", ["2"], INT_BAD),
+            opt("--optimizer", ["lbfgs", "adam"], ["sgd"]),
+            opt("--steps", ["2"], STEPS_BAD),
+            opt("--solver", ["rk4", "euler"], ["rk9"]),
+            opt("--solver-steps", ["2"], STEPS_BAD),
+            opt("--lr", ["0.01"], POS_BAD),
+            opt("--seed", ["0"], SEED_BAD),
+            opt("--out", ["{tmp}/f.h5"], OUT_BAD),
+        ),
+    ),
     "eos": (
         ["eos"],
         spec(

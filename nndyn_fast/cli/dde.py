@@ -74,6 +74,14 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="memory: delay-coupling products K tau to fit",
     )
     p.add_argument("--starts", type=int, default=3, help="memory: random starts per fit")
+    p.add_argument(
+        "--fitter",
+        default="lsq",
+        choices=["lsq", "grad"],
+        help="memory: 'lsq' (scipy least squares, the figure) or 'grad' (L-BFGS on exact "
+        "neural-DDE gradients for each --dims, a table of fit error against K tau)",
+    )
+    p.add_argument("--dims", type=int, nargs="+", default=[1, 2], help="memory --fitter grad")
     p.set_defaults(func=run_dde)
     return p
 
@@ -87,6 +95,28 @@ def run_dde(args: argparse.Namespace) -> int:
         for k in args.kappas:
             check_positive("--kappas", k)
         check_int("--starts", args.starts, minimum=1)
+        if args.fitter == "grad":
+            from nndyn_fast.memory_capacity import memory_capacity_experiment
+
+            for v in args.dims:
+                if v not in (1, 2):
+                    raise ValueError(f"--dims must be 1 or 2, got {v}")
+            res = memory_capacity_experiment(args.kappas, dims=args.dims, starts=args.starts,
+                                             seed=args.seed)  # fmt: skip
+            print(f"neural DDE fits of |x|^2 (exact gradients); theory: K tau e = 1 at "
+                  f"K tau = {res['theory_threshold']:.5f}")  # fmt: skip
+            for i, dm in enumerate(res["dims"]):
+                for j, k in enumerate(res["kappa"]):
+                    f = res["fits"][i][j]
+                    mono = (
+                        ""
+                        if f["monotone"] is None
+                        else (", monotone" if f["monotone"] else ", interior extremum")
+                    )
+                    side = "below" if k * np.e < 1 else "above"
+                    print(f"  dim {dm}, K tau = {k:g} ({side} the threshold): rmse "
+                          f"{f['rmse']:.3e}{mono}")  # fmt: skip
+            return 0
         res = memory_demo(
             args.out or "dde_memory.png",
             kappas=args.kappas,

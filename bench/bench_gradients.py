@@ -1,0 +1,79 @@
+"""Benchmarks of the flow-map gradients (the discrete adjoint), each beside its baselines.
+
+Full sizes (``NNDYN_BENCH_FULL=1``): f(x) = W tanh(A x + b), d = H = 64, batch 1024, t in
+[0, 1]; the gradient of ½ mean ||Φ(x) - y||² with RK4 and 100 steps (sqrt checkpointing:
+one extra forward sweep) beside the forward pass alone (``flow_map``, the package's RK4) and
+beside a numpy reverse sweep of the same steps (every stage stored, whole-batch BLAS products,
+tests/reference_gradients.py); the Dormand-Prince gradient (rtol 1e-6, the accepted steps held)
+beside the package's dopri5 forward pass.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from reference_gradients import rk_vjp
+
+from nndyn_fast.gradients import loss_and_grad
+from nndyn_fast.kernels import rk as _rk
+from nndyn_fast.neural import NeuralODE, flow_map
+
+FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
+D, B, STEPS = (64, 1024, 100) if FULL else (8, 32, 10)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    model = NeuralODE.random(D, D, seed=0)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((B, D))
+    Y = rng.standard_normal((B, D))
+    loss_and_grad(model, X[:2], Y[:2], steps=2)  # compile / load the cache
+    loss_and_grad(model, X[:2], Y[:2], method="dopri5", rtol=1e-3)
+    flow_map(model, X[:2], method="rk4", dt=0.5)
+    flow_map(model, X[:2], rtol=1e-3)
+    return model, X, Y
+
+
+@pytest.mark.benchmark(group="grad-rk4-d64-batch1024")
+def test_grad_rk4_ours(benchmark, problem):
+    model, X, Y = problem
+    loss, g = benchmark(lambda: loss_and_grad(model, X, Y, steps=STEPS))
+    r = flow_map(model, X, method="rk4", dt=1.0 / STEPS) - Y
+    assert abs(loss - 0.5 * np.sum(r * r) / B) < 1e-12 * max(1.0, loss)
+
+
+@pytest.mark.benchmark(group="grad-rk4-d64-batch1024")
+def test_grad_rk4_forward_pass(benchmark, problem):
+    model, X, _ = problem
+    benchmark(lambda: flow_map(model, X, method="rk4", dt=1.0 / STEPS))
+
+
+@pytest.mark.benchmark(group="grad-rk4-d64-batch1024")
+def test_grad_rk4_numpy(benchmark, problem):
+    model, X, Y = problem
+    hs = np.full(STEPS, 1.0 / STEPS)
+    ls = np.zeros(STEPS, np.int64)
+
+    def run():
+        ZT = flow_map(model, X, method="rk4", dt=1.0 / STEPS)
+        C = (ZT - Y) / B
+        return rk_vjp(model.W, model.A, model.b, "tanh", X, C, hs, ls, _rk.RK4_A, _rk.RK4_B)
+
+    gW, gA, *_ = benchmark(run)
+    _, g = loss_and_grad(model, X, Y, steps=STEPS)
+    # the same sums in another order: rounding a few ulps times the sweep's length
+    assert np.abs(gA - g.params["A"]).max() < 1e-10
+
+
+@pytest.mark.benchmark(group="grad-dopri5-d64-batch1024")
+def test_grad_dopri5_ours(benchmark, problem):
+    model, X, Y = problem
+    _, g = benchmark(lambda: loss_and_grad(model, X, Y, method="dopri5", rtol=1e-6, atol=1e-8))
+    benchmark.extra_info["mean_steps"] = float(np.mean(g.n_steps))
+
+
+@pytest.mark.benchmark(group="grad-dopri5-d64-batch1024")
+def test_grad_dopri5_forward_pass(benchmark, problem):
+    model, X, _ = problem
+    benchmark(lambda: flow_map(model, X, method="dopri5", rtol=1e-6, atol=1e-8))
