@@ -119,7 +119,7 @@ def builtin_jac(model, ip, P, tl, x, xd, z, J):
                     J[1 + k, i, j] += w * P[base + j * H + r]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _field(fn, jac, args, model, ip, P, tl, t, x, xd, z, out, J):
     if fn is None:
         builtin_rhs(model, ip, P, tl, x, xd, z, out, 0)
@@ -129,7 +129,7 @@ def _field(fn, jac, args, model, ip, P, tl, t, x, xd, z, out, J):
         jac(t, x, xd, args, J)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _delayed(Xr, n, R, lag, mid_off, mid_w, mid, xd):
     """Delayed grid values into ``xd`` (m, d): node ``n + lag_j`` per delay (``lag`` offsets),
     or at ``mid`` the Lagrange interpolant of nodes ``n + mid_off[j] .. + 3``."""

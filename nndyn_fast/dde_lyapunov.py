@@ -221,14 +221,12 @@ def _check_jac(jac: Any, hist: Any, X: np.ndarray, Nj: np.ndarray, t0: float, ar
 
 def _orthonormal_segments(rng: np.random.Generator, B: int, k: int, R: int, d: int, w_rows):
     """Random tangent segments (B, k, R, d), orthonormal in the weighted inner product
-    (``w_rows`` (R,) the weight of each ring row)."""
+    (``w_rows`` (R,) the weight of each ring row); the same for every member, so that a member
+    of a batch gives what it gives alone."""
     s = np.sqrt(w_rows)[:, None]
-    V = np.empty((B, k, R, d))
-    for b in range(B):
-        G = rng.standard_normal((k, R, d))
-        q, _ = np.linalg.qr((G * s).reshape(k, -1).T)
-        V[b] = q.T.reshape(k, R, d) / s
-    return V
+    G = rng.standard_normal((k, R, d))
+    q, _ = np.linalg.qr((G * s).reshape(k, -1).T)
+    return np.ascontiguousarray(np.broadcast_to(q.T.reshape(k, R, d) / s, (B, k, R, d)))
 
 
 def dde_lyapunov(
