@@ -8,6 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # Delay differential equations and neural DDEs: ddeint, models, memory capacity
+from .dde_lyapunov import DDELyapunovSpectrum, dde_lyapunov
 from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
 # Symmetric eigen-solvers (Lanczos, power iteration) on matrix-free operators
@@ -51,7 +52,14 @@ from .meanfield import (
     twisted_state,
 )
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
-from .plots import plot_eos, plot_memory_capacity, plot_network_run, plot_stability_diagram
+from .plots import (
+    plot_dde_lyapunov,
+    plot_eos,
+    plot_memory_capacity,
+    plot_memory_exponents,
+    plot_network_run,
+    plot_stability_diagram,
+)
 
 # SGD linearised at an interpolation minimum: exponents, mean-square growth, stability diagram
 from .sgd_stability import (
@@ -165,6 +173,8 @@ __all__ = [
     "NeuralDDE",
     "ddeint",
     "lipschitz_bound",
+    "DDELyapunovSpectrum",
+    "dde_lyapunov",
     # training dynamics
     "MLP",
     "Eigenpairs",
@@ -187,6 +197,8 @@ __all__ = [
     "per_sample_gradients",
     "plot_eos",
     "plot_memory_capacity",
+    "plot_memory_exponents",
+    "plot_dde_lyapunov",
     "plot_network_run",
     "sharpness",
     "top_eigenpairs",

@@ -18,8 +18,10 @@ import numpy as np
 from .eigen import gd_threshold
 
 __all__ = [
+    "plot_dde_lyapunov",
     "plot_eos",
     "plot_memory_capacity",
+    "plot_memory_exponents",
     "plot_network_run",
     "plot_stability_diagram",
 ]
@@ -246,5 +248,61 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     ax2.plot(x, y, ".", ms=1.5, label=f"phases at t = {t_last:g}")
     ax2.set_ylabel(r"$\theta_i$ mod $2\pi$" if phase else "$x_i$")
     ax2.legend(fontsize=8, markerscale=6)
+    _save(fig, path)
+    return fig
+
+
+def plot_dde_lyapunov(result: Any, path: str | Path | None = None, ax: Any = None):
+    """Running estimates of a delay equation's Lyapunov exponents
+    (:func:`nndyn_fast.dde_lyapunov.dde_lyapunov`) against the measured time, the final values
+    with their standard errors in the legend and zero marked. ``result`` is the returned
+    :class:`~nndyn_fast.dde_lyapunov.DDELyapunovSpectrum` or the path of its run file."""
+    if isinstance(result, (str, Path)):
+        from .storage import open_run
+
+        with open_run(result) as f:
+            t = np.asarray(f.read("running", "time"))
+            run = np.asarray(f.read("running", "estimate"))
+            lam = np.asarray(f.summary.get("exponents", run[-1]))
+            se = np.asarray(f.summary.get("stderr", np.full(run.shape[1], np.nan)))
+    elif all(hasattr(result, a) for a in ("time", "running", "exponents", "stderr")):
+        t, run, lam, se = result.time, result.running, result.exponents, result.stderr
+    else:
+        raise TypeError("result must be a DDELyapunovSpectrum or the path of its run file")
+    _check_path(path)
+    fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
+    for j in range(run.shape[1]):
+        ax1.plot(t, run[:, j], label=rf"$\lambda_{j + 1}$ = {lam[j]:.4g} $\pm$ {se[j]:.1g}")
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.xaxis.set_minor_formatter("")  # (log minor labels crowd the major ones)
+    ax1.set_xlabel("time after the transient")
+    ax1.set_ylabel("running estimate (1/time)")
+    ax1.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_memory_exponents(
+    result: Mapping[str, Any], path: str | Path | None = None, ax: Any = None
+):
+    """Top exponents of the neural-DDE family of
+    :func:`nndyn_fast.memory_capacity.memory_exponents` against K tau e, with the threshold
+    K tau e = 1 and the linearisation's prediction Re W_0(-c tau)/tau."""
+    if not isinstance(result, Mapping) or "gap" not in result:
+        raise TypeError("result must be the dict returned by memory_exponents")
+    _check_path(path)
+    fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
+    x = result["K_tau_e"]
+    lam = result["exponents"]
+    for j in range(lam.shape[1]):
+        ax1.plot(x, lam[:, j], "o-", label=rf"$\lambda_{j + 1}$")
+    ax1.plot(x, result["linear_prediction"], "k:", label=r"Re $W_0(-c\tau)/\tau$")
+    ax1.axvline(result["theory_threshold"], color="k", ls="--", label=r"$K\tau e = 1$")
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.set_xlabel(r"$K\tau e$")
+    ax1.set_ylabel("Lyapunov exponent (1/time)")
+    ax1.legend(fontsize=8)
     _save(fig, path)
     return fig

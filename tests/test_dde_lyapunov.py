@@ -342,3 +342,59 @@ def test_user_field_needs_its_jacobian():
         dde_lyapunov(mg_field, [1.0], jac=bad_shape, **kw)
     with pytest.raises(TypeError, match="jac"):
         dde_lyapunov(mg_field, [1.0], jac=lambda t, x, xd, p, J: None, **kw)
+
+
+def test_memory_exponents_against_the_threshold():
+    """Neural DDEs x' = W tanh(B x(t - tau)) with K tau e below 1: lambda_1 is the real root
+    Re W_0(-c tau)/tau of the linearisation at the equilibrium and the gap to lambda_2 is open;
+    with c tau e > 1 the top pair is complex (gap closed, its mean the root's real part)."""
+    from nndyn_fast.memory_capacity import memory_exponents
+
+    r = memory_exponents([0.2, 0.3, 1.0], t_end=400.0)
+    assert np.all(r["K_tau_e"][:2] < 1) and r["c_tau"][2] * np.e > 1
+    # real roots: QR converges at O(exp(-gap t)), discretisation O(dt^4) ~ 1e-5
+    np.testing.assert_allclose(r["exponents"][:2, 0], r["linear_prediction"][:2], atol=1e-3)
+    assert np.all(r["gap"][:2] > 1.0)
+    # a complex pair: each estimate oscillates by O(1/T) ~ 1e-2 around the real part at T = 400,
+    # their mean (half the pair's area growth) converges like the sum of the two
+    assert abs(r["gap"][2]) < 0.02
+    assert abs(r["exponents"][2, :2].mean() - r["linear_prediction"][2]) < 1e-3
+
+
+# -- CLI and figures -------------------------------------------------------------------------
+def test_cli_lyapunov_writes_the_run_and_the_figure(tmp_path, capsys):
+    """``nndyn dde lyapunov`` for x' = -x(t - 1): its exponents are Lambert W roots."""
+    from nndyn_fast.cli import main
+
+    out, fig = tmp_path / "l.h5", tmp_path / "l.png"
+    args = ["dde", "lyapunov", "--model", "linear", "--a", "0", "--b", "-1", "--tau", "1",
+            "--history", "0", "--k", "2", "--t-end", "1000", "--transient", "20", "--dt",
+            "0.025", "--out", str(out), "--plot", str(fig)]  # fmt: skip
+    assert main(args) == 0
+    assert fig.stat().st_size > 0
+    with open_run(out) as f:
+        lam = np.array(f.summary["exponents"])
+    # a complex pair: O(1/T) oscillation of each estimate ~ 1e-3 at T = 1000
+    np.testing.assert_allclose(lam, lambert_exponents(1.0, 1.0, 2), atol=3e-3)
+    assert "lambda_1" in capsys.readouterr().out
+    assert main([*args[:-4], "--dt", "0.3", "--out", str(tmp_path / "x.h5")]) == 2
+
+
+def test_plots_take_axes_and_draw_zero(tmp_path):
+    from matplotlib.figure import Figure
+
+    from nndyn_fast.plots import plot_dde_lyapunov, plot_memory_exponents
+
+    res = dde_lyapunov(MackeyGlass(), [0.9], delays=1.7, k=2, t_end=20.0, dt=0.1, n_records=4)
+    ax = Figure().subplots()
+    fig = plot_dde_lyapunov(res, ax=ax)
+    assert fig is ax.figure and len(ax.get_lines()) == 3  # two estimates and the zero line
+    table = {
+        "K_tau_e": np.array([0.5, 2.0]), "exponents": np.array([[-0.1, -2.0], [-0.4, -0.4]]),
+        "linear_prediction": np.array([-0.1, -0.4]), "gap": np.array([1.9, 0.0]),
+        "theory_threshold": 1.0,
+    }  # fmt: skip
+    fig = plot_memory_exponents(table, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 0
+    with pytest.raises(TypeError, match="DDELyapunovSpectrum"):
+        plot_dde_lyapunov(42)
