@@ -131,6 +131,7 @@ def _lagrange_weights(u: float) -> np.ndarray:
 def _grid(taus: np.ndarray, dt: float) -> tuple[np.ndarray, int]:
     """Delays in steps N_j (checked to be whole) and N = max N_j."""
     ratio = taus / dt
+    check_steps("max(delays) / dt", float(ratio.max()))
     Nj = np.rint(ratio)
     bad = np.abs(ratio - Nj) > _DIVIDE_RTOL * np.maximum(ratio, 1.0)
     if np.any(bad) or np.any(Nj < 1):
@@ -226,7 +227,7 @@ def _orthonormal_segments(rng: np.random.Generator, B: int, k: int, R: int, d: i
     s = np.sqrt(w_rows)[:, None]
     G = rng.standard_normal((k, R, d))
     q, _ = np.linalg.qr((G * s).reshape(k, -1).T)
-    return np.ascontiguousarray(np.broadcast_to(q.T.reshape(k, R, d) / s, (B, k, R, d)))
+    return np.broadcast_to(q.T.reshape(k, R, d) / s, (B, k, R, d)).copy()
 
 
 def dde_lyapunov(
