@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .continuum import FiniteSizeGap, LimitRun, finite_size_gap, meanfield_limit
 
 # Delay differential equations and neural DDEs: ddeint, models, memory capacity
+from .dde_lyapunov import DDELyapunovSpectrum, dde_lyapunov
 from .delay import LinearDDE, MackeyGlass, NeuralDDE, ddeint, lipschitz_bound
 
 # Symmetric eigen-solvers (Lanczos, power iteration) on matrix-free operators
@@ -58,9 +59,11 @@ from .meanfield import (
 from .neural import AugmentedNeuralODE, NeuralODE, flow_jacobian, flow_map
 from .plots import (
     plot_coupling_spectrum,
+    plot_dde_lyapunov,
     plot_eos,
     plot_finite_size_gap,
     plot_memory_capacity,
+    plot_memory_exponents,
     plot_network_run,
     plot_stability_diagram,
 )
@@ -190,6 +193,8 @@ __all__ = [
     "NeuralDDE",
     "ddeint",
     "lipschitz_bound",
+    "DDELyapunovSpectrum",
+    "dde_lyapunov",
     # training dynamics
     "MLP",
     "Eigenpairs",
@@ -212,6 +217,8 @@ __all__ = [
     "per_sample_gradients",
     "plot_eos",
     "plot_memory_capacity",
+    "plot_memory_exponents",
+    "plot_dde_lyapunov",
     "plot_network_run",
     "sharpness",
     "top_eigenpairs",

@@ -168,6 +168,24 @@ class NeuralDDE:
         """The normalised stacks ``W`` (L, d, H), ``A`` (L, H, d), ``B`` (L, m, H, d), ``b``."""
         return self._W, self._A, self._B, self._b
 
+    def jacobian(self, t: float, x: Any, xd: Any) -> np.ndarray:
+        """Jacobians (m + 1, d, d) at ``x`` (d,), ``xd`` (m, d) and time ``t``:
+        J[0] = W diag(sigma'(z)) A, J[1 + k] = W diag(sigma'(z)) B_k with
+        z = A x + sum_k B_k xd_k + b (the layer active at ``t``)."""
+        from .kernels.activations import dact
+
+        W, A, B, b = self.layer_weights()
+        x = np.asarray(x, dtype=np.float64).reshape(self.dim)
+        xd = np.asarray(xd, dtype=np.float64).reshape(self.n_delays, self.dim)
+        lay = 0
+        while lay < self.n_layers - 1 and self._t_layers[lay + 1] <= t:
+            lay += 1
+        z = A[lay] @ x + np.einsum("khd,kd->h", B[lay], xd) + b[lay]
+        code = ACTIVATIONS[self.activation]
+        ds = np.array([dact(code, float(v)) for v in z])
+        Wd = W[lay] * ds
+        return np.concatenate([(Wd @ A[lay])[None], np.einsum("ih,khd->kid", Wd, B[lay])])
+
 
 @dataclass(frozen=True)
 class LinearDDE:
@@ -205,6 +223,10 @@ class LinearDDE:
     def n_delays(self) -> int:
         return self._B.shape[0]
 
+    def jacobian(self, t: float, x: Any, xd: Any) -> np.ndarray:
+        """Jacobians (m + 1, d, d): ``[A, B_1, ..., B_m]`` (constant)."""
+        return np.concatenate([self._A[None], self._B])
+
 
 @dataclass(frozen=True)
 class MackeyGlass:
@@ -224,6 +246,17 @@ class MackeyGlass:
 
     n_delays = 1
     dim = None  # any dimension, applied componentwise
+
+    def jacobian(self, t: float, x: Any, xd: Any) -> np.ndarray:
+        """Jacobians (2, d, d), diagonal: -gamma I w.r.t. x(t) and
+        beta (1 + (1 - n) v^n) / (1 + v^n)^2 w.r.t. v = x(t - tau)."""
+        x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        v = np.asarray(xd, dtype=np.float64).reshape(1, x.size)[0]
+        vn = v**self.n
+        J = np.zeros((2, x.size, x.size))
+        J[0] = -self.gamma * np.eye(x.size)
+        J[1] = np.diag(self.beta * (1.0 + (1.0 - self.n) * vn) / (1.0 + vn) ** 2)
+        return J
 
 
 def lipschitz_bound(model: NeuralDDE | LinearDDE) -> float:

@@ -12,6 +12,8 @@ arXiv:2505.07244). Two demonstrations:
 (b) :func:`fit_square`: fit a one-dimensional :class:`~nndyn_fast.delay.NeuralDDE` under the
     constraint K tau <= kappa to x -> x^2 on [-1, 1] (scipy least squares) and report whether the
     fitted time-T map is monotone; :func:`memory_sweep` repeats it over kappa.
+(c) :func:`memory_exponents`: the top Lyapunov exponents of a family of neural DDEs with growing
+    K tau (how fast solutions forget their history), against the threshold K tau e = 1.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "memory_demo",
     "fit_extremum_grad",
     "memory_capacity_experiment",
+    "memory_exponents",
 ]
 
 THEORY_THRESHOLD = 1.0 / math.e  # K tau e = 1
@@ -347,4 +350,75 @@ def memory_capacity_experiment(kappas: Any, *, dims: Any = (1, 2), **fit_kwargs:
         "K_tau": np.array([[f["K_tau"] for f in row] for row in fits]),
         "fits": fits,
         "theory_threshold": THEORY_THRESHOLD,
+def memory_exponents(
+    kappas: Any,
+    *,
+    tau: float = 1.0,
+    H: int = 4,
+    seed: int = 0,
+    t_end: float = 400.0,
+    dt: float | None = None,
+    k: int = 2,
+) -> dict:
+    """Top Lyapunov exponents of a family of 1-D neural DDEs with growing K tau.
+
+    The family x' = W tanh(B x(t - tau)), W = -|w|, B = |beta| (H hidden units, random from
+    ``seed``), scaled so that its Lipschitz constant gives K tau = kappa: delayed negative
+    feedback whose linearisation at the equilibrium 0 is x' = -c x(t - tau) with
+    c = sum_r |W_r B_r| <= K. Below the theory's threshold K tau e < 1 the solutions forget their
+    history exponentially onto the non-oscillating special solutions: the top two exponents are
+    real and distinct, lambda_1 = Re W_0(-c tau)/tau > lambda_2 (the attraction rate); the gap
+    lambda_1 - lambda_2 closes (a complex pair, oscillation) once c tau e >= 1, which needs
+    K tau e >= 1. Past c tau = pi/2 the equilibrium gives way to a periodic orbit
+    (lambda_1 = 0, the flow direction). Computed by
+    :func:`~nndyn_fast.dde_lyapunov.dde_lyapunov` from the constant history 0.5.
+
+    Parameters
+    ----------
+    kappas : (n,) values of K tau > 0.
+    tau : the delay.
+    H : hidden units.
+    t_end, dt : measured duration and step (default tau / 20) of each run.
+    k : exponents per model (>= 2 for the gap).
+
+    Returns
+    -------
+    dict with ``kappa`` (n,), ``K_tau_e`` (n,), ``c_tau`` (n,) (the linearisation's c tau),
+    ``exponents`` (n, k), ``stderr`` (n, k), ``gap`` (n,) = lambda_1 - lambda_2,
+    ``linear_prediction`` (n,) = Re W_0(-c tau)/tau and ``theory_threshold`` (K tau e = 1).
+    """
+    from scipy.special import lambertw
+
+    from .dde_lyapunov import dde_lyapunov
+
+    ks = as_array("kappas", kappas, ndim=1)
+    if not np.all(ks > 0):
+        raise ValueError(f"kappas must all be > 0, got {ks.tolist()}")
+    tau = check_positive("tau", tau)
+    H = check_int("H", H, minimum=1)
+    k = check_int("k", k, minimum=2)
+    dt = tau / 20 if dt is None else check_positive("dt", dt)
+    rng = np.random.default_rng(seed)
+    w = -np.abs(rng.normal(size=(1, H)))
+    beta = np.abs(rng.normal(size=(H, 1)))
+    K1 = np.linalg.norm(w) * np.linalg.norm(beta)  # lipschitz_bound of the unscaled model
+    rows = []
+    for kappa in ks:
+        W = w * (kappa / (K1 * tau))
+        model = NeuralDDE(W, np.zeros((H, 1)), beta, np.zeros(H))
+        res = dde_lyapunov(model, [0.5], delays=tau, k=k, t_end=t_end, dt=dt,
+                           transient=20.0 * tau)  # fmt: skip
+        c = float(np.abs(W[0] * beta[:, 0]).sum())
+        rows.append((lipschitz_bound(model) * tau, c * tau, res.exponents, res.stderr))
+    lam = np.array([r[2] for r in rows])
+    c_tau = np.array([r[1] for r in rows])
+    return {
+        "kappa": ks,
+        "K_tau_e": np.array([r[0] for r in rows]) * math.e,
+        "c_tau": c_tau,
+        "exponents": lam,
+        "stderr": np.array([r[3] for r in rows]),
+        "gap": lam[:, 0] - lam[:, 1],
+        "linear_prediction": np.array([lambertw(-ct, 0).real / tau for ct in c_tau]),
+        "theory_threshold": 1.0,
     }

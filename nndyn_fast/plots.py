@@ -20,6 +20,7 @@ from .eigen import gd_threshold
 __all__ = [
     "RUN_PLOTS",
     "plot_coupling_spectrum",
+    "plot_dde_lyapunov",
     "plot_diagram_run",
     "plot_eos",
     "plot_finite_size_gap",
@@ -27,6 +28,7 @@ __all__ = [
     "plot_limit_run",
     "plot_lyapunov_run",
     "plot_memory_capacity",
+    "plot_memory_exponents",
     "plot_network_run",
     "plot_run",
     "plot_stability_diagram",
@@ -620,6 +622,7 @@ RUN_PLOTS: dict[str, Any] = {
     "sgd_stability_diagram": plot_diagram_run,
     "sweep": plot_sweep_run,
     "meanfield_limit": plot_limit_run,
+    "dde_lyapunov": plot_dde_lyapunov,
 }
 
 
@@ -646,4 +649,64 @@ def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 15
         fig = draw(f)
     if path is not None:
         fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def plot_dde_lyapunov(result: Any, path: str | Path | None = None, ax: Any = None):
+    """Running estimates of a delay equation's Lyapunov exponents
+    (:func:`nndyn_fast.dde_lyapunov.dde_lyapunov`) against the measured time, the final values
+    with their standard errors in the legend and zero marked. ``result`` is the returned
+    :class:`~nndyn_fast.dde_lyapunov.DDELyapunovSpectrum`, its run file or that file's path."""
+    from .storage import RunFile
+
+    if isinstance(result, (str, Path, RunFile)):
+        f, mine = _open(result)
+        try:
+            t = np.asarray(f.read("running", "time"))
+            run = np.asarray(f.read("running", "estimate"))
+            lam = np.asarray(f.summary.get("exponents", run[-1]))
+            se = np.asarray(f.summary.get("stderr", np.full(run.shape[1], np.nan)))
+        finally:
+            if mine:
+                f.close()
+    elif all(hasattr(result, a) for a in ("time", "running", "exponents", "stderr")):
+        t, run, lam, se = result.time, result.running, result.exponents, result.stderr
+    else:
+        raise TypeError("result must be a DDELyapunovSpectrum or the path of its run file")
+    _check_path(path)
+    fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
+    for j in range(run.shape[1]):
+        ax1.plot(t, run[:, j], label=rf"$\lambda_{j + 1}$ = {lam[j]:.4g} $\pm$ {se[j]:.1g}")
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.xaxis.set_minor_formatter("")  # (log minor labels crowd the major ones)
+    ax1.set_xlabel("time after the transient")
+    ax1.set_ylabel("running estimate (1/time)")
+    ax1.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_memory_exponents(
+    result: Mapping[str, Any], path: str | Path | None = None, ax: Any = None
+):
+    """Top exponents of the neural-DDE family of
+    :func:`nndyn_fast.memory_capacity.memory_exponents` against K tau e, with the threshold
+    K tau e = 1 and the linearisation's prediction Re W_0(-c tau)/tau."""
+    if not isinstance(result, Mapping) or "gap" not in result:
+        raise TypeError("result must be the dict returned by memory_exponents")
+    _check_path(path)
+    fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
+    x = result["K_tau_e"]
+    lam = result["exponents"]
+    for j in range(lam.shape[1]):
+        ax1.plot(x, lam[:, j], "o-", label=rf"$\lambda_{j + 1}$")
+    ax1.plot(x, result["linear_prediction"], "k:", label=r"Re $W_0(-c\tau)/\tau$")
+    ax1.axvline(result["theory_threshold"], color="k", ls="--", label=r"$K\tau e = 1$")
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.set_xlabel(r"$K\tau e$")
+    ax1.set_ylabel("Lyapunov exponent (1/time)")
+    ax1.legend(fontsize=8)
+    _save(fig, path)
     return fig

@@ -44,6 +44,8 @@ def dde() -> None:
     nf.ddeint(nf.MackeyGlass(), 1.2, t, delays=17.0)
     nf.ddeint(nf.MackeyGlass(), 1.2, t, delays=17.0, method="rk4", dt=0.1)  # the same kernel
     nf.ddeint(nf.MackeyGlass(), np.full((3, 1), 1.2), t, delays=17.0)  # a batch, in parallel
+    nf.dde_lyapunov(nf.MackeyGlass(), [1.2], delays=1.7, k=2, t_end=2.0, dt=0.1)
+    nf.dde_lyapunov(nf.MackeyGlass(), [[1.2], [0.9]], delays=1.7, k=2, t_end=2.0, dt=0.1)
 
 
 def training() -> None:

@@ -458,6 +458,23 @@ CASES = {
             "chunk_frames": (one(None), huge()),
         },
     ),
+    "dde_lyapunov": (
+        nd.dde_lyapunov,
+        {
+            "f": (one(MG, LDDE), junk(NDDE, lambda t, x, y, a: x)),
+            "history": (one(1.0, [0.5], np.ones((2, 1))), BAD_ARRAYS),
+            "delays": (one(0.5, 1.0), huge(1e308, [0.5, -1.0], 0.55)),
+            "k": (one(1, 2), huge(100)),
+            "t_end": (one(1.0, 0.5), junk()),  # (a huge but allowed t_end would just run)
+            "dt": (one(0.1, 0.05), junk(1e-300, 0.3)),
+            "transient": (one(0.0, 0.2), junk()),
+            "reorth_every": (one(None, 3), huge()),
+            "n_records": (one(200, 2), huge()),
+            "n_blocks": (one(20, 2), huge()),
+            "seed": (one(0, 3), junk()),
+            "overwrite": (BOOL, BAD_BOOL),
+        },
+    ),
     # training
     "MLP": (
         nd.MLP,
@@ -855,6 +872,9 @@ STREAMING = {
     "sweep": lambda out: nd.sweep(lambda x: {"y": x}, {"x": [1.0]}, scheduler="serial", out=out),
     "odeint": lambda out: nd.odeint(NODE, np.ones(2), [0.0, 0.1], out=out),
     "ddeint": lambda out: nd.ddeint(MG, 1.0, [0.0, 0.1], delays=1.0, out=out),
+    "dde_lyapunov": lambda out: nd.dde_lyapunov(
+        MG, 1.0, delays=0.5, k=1, t_end=0.5, dt=0.1, out=out
+    ),
     "eos_experiment": lambda out: nd.eos_experiment(
         (0.1,), n=5, d=3, width=2, depth=1, steps=2, sharpness_every=0, out_dir=out
     ),

@@ -227,6 +227,20 @@ COMMANDS = {
             opt("--out", ["{tmp}/d.h5"], OUT_BAD),
         ),
     ),
+    "dde lyapunov": (
+        ["dde", "lyapunov"],
+        spec(
+            opt("--model", ["linear", "mackey-glass", "neural"], ["chaotic"]),
+            opt("--tau", ["1", "0.5"], [*POS_BAD, "1e308"]),
+            opt("--history", [["1"], ["0.5"]], [["nan"], ["abc"]]),
+            opt("--t-end", ["1"], [*POS_BAD, "1e308"]),
+            opt("--dt", ["0.1", None], [*POS_BAD, "1e-300", "0.3"]),
+            opt("--k", ["1", "2"], INT_BAD),
+            opt("--transient", ["0", "0.5"], ["-1", *NUM_BAD, "1e308"]),
+            opt("--plot", [None], FIG_BAD),  # (drawing costs a second: refusals only)
+            opt("--out", ["{tmp}/l.h5"], OUT_BAD),
+        ),
+    ),
     "dde memory": (  # the demonstration itself takes seconds: only refusals are fuzzed
         ["dde", "memory"],
         spec(

@@ -1,5 +1,6 @@
-"""``nndyn dde``: integrate a built-in delay equation to a run file; ``nndyn dde memory``: the
-memory-capacity (K tau) demonstrations. Only parses arguments and calls the public API."""
+"""``nndyn dde``: integrate a built-in delay equation to a run file; ``nndyn dde lyapunov``: its
+Lyapunov spectrum (streamed, resumable); ``nndyn dde memory``: the memory-capacity (K tau)
+demonstrations. Only parses arguments and calls the public API."""
 
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ from .common import add_run_file_options, progress_enabled
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "dde",
-        help="delay differential equations (Mackey-Glass, linear, neural DDE); 'memory' demo",
-        description="Integrate x' = f(x(t), x(t - tau)) with ddeint and stream it to HDF5, or "
-        "run the memory-capacity demonstration ('nndyn dde memory').",
+        help="delay differential equations (Mackey-Glass, linear, neural DDE); 'lyapunov' "
+        "spectrum; 'memory' demo",
+        description="Integrate x' = f(x(t), x(t - tau)) with ddeint and stream it to HDF5, "
+        "compute its top-k Lyapunov exponents ('nndyn dde lyapunov'), or run the "
+        "memory-capacity demonstration ('nndyn dde memory').",
     )
     p.add_argument(
         "action",
         nargs="?",
         default="run",
-        choices=["run", "memory"],
-        help="integrate one DDE to --out, or the memory-capacity demonstration",
+        choices=["run", "lyapunov", "memory"],
+        help="integrate one DDE to --out, its top-k Lyapunov exponents, or the memory-capacity "
+        "demonstration",
     )
     p.add_argument(
         "--model",
@@ -65,6 +69,13 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         default=100_000,
         help="dopri5 step budget of the whole run; a run that needs more stops with an error "
         "(default 100000)",
+    )
+    p.add_argument("--k", type=int, default=4, help="lyapunov: number of exponents (default 4)")
+    p.add_argument(
+        "--transient", type=float, default=0.0, help="lyapunov: discarded duration (default 0)"
+    )
+    p.add_argument(
+        "--plot", default=None, help="lyapunov: also draw the running estimates to this figure"
     )
     p.add_argument(
         "--kappas",
@@ -145,6 +156,8 @@ def run_dde(args: argparse.Namespace) -> int:
                 f"got {len(args.history)}"
             )
     check_out_path("--out", args.out or "dde.h5", overwrite=args.overwrite, resume=args.resume)
+    if args.action == "lyapunov" and args.plot is not None:
+        check_out_path("--plot", args.plot, overwrite=True)
     if args.model == "mackey-glass":
         model = MackeyGlass()
     elif args.model == "linear":
@@ -159,6 +172,8 @@ def run_dde(args: argparse.Namespace) -> int:
     hist = np.array(args.history, dtype=float)
     if args.model == "neural" and hist.size != args.dim:
         hist = np.full(args.dim, hist[0])
+    if args.action == "lyapunov":
+        return _lyapunov(args, model, hist)
     t = np.linspace(0.0, args.t_end, args.frames)
     out = args.out or "dde.h5"
     sol = ddeint(
@@ -171,4 +186,25 @@ def run_dde(args: argparse.Namespace) -> int:
         extra = f", K tau = {lipschitz_bound(model) * args.tau:.4g}"
     print(f"wrote {sol.path}: {args.frames} frames to t = {args.t_end}, "
           f"{sol.stats['n_accepted']} steps{extra}")  # fmt: skip
+    return 0
+
+
+def _lyapunov(args: argparse.Namespace, model, hist: np.ndarray) -> int:
+    from nndyn_fast.dde_lyapunov import dde_lyapunov
+
+    dt = args.tau / 50 if args.dt is None else args.dt
+    res = dde_lyapunov(
+        model, hist, delays=args.tau, k=args.k, t_end=args.t_end, dt=dt,
+        transient=args.transient, seed=args.seed, out=args.out or "dde.h5",
+        overwrite=args.overwrite, resume=args.resume,
+    )  # fmt: skip
+    print(f"wrote {args.out or 'dde.h5'}: top {args.k} exponents to t = {args.t_end} "
+          f"(dt = {dt:g}, discretised dimension {res.dimension})")  # fmt: skip
+    for j, (lam, se) in enumerate(zip(res.exponents, res.stderr, strict=True)):
+        print(f"  lambda_{j + 1} = {lam:+.6f} +- {se:.1e}")
+    if args.plot is not None:
+        from nndyn_fast.plots import plot_dde_lyapunov
+
+        plot_dde_lyapunov(res, args.plot)
+        print(f"wrote {args.plot}")
     return 0
