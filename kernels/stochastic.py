@@ -24,9 +24,11 @@ Schemes (additive noise, ΔW = σ ΔB):
 - stochastic Heun: y = x + dt f(x) + ΔW, x ← x + (dt/2)(f(x) + f(y)) + ΔW (strong order 1,
   weak order 2 for additive noise).
 
-Parallelism: with R = 1 (``par_rows``) the interaction sums are the row-parallel kernels of
-:mod:`~nndyn_fast.kernels.kuramoto`; otherwise realisations run in parallel, each with serial
-sums. Each output is written by one thread, so results do not depend on the thread count.
+Parallelism: with one realisation (``par_rows``) the interaction sums are the row-parallel
+kernels of :mod:`~nndyn_fast.kernels.kuramoto`; otherwise :func:`noisy_advance` takes a block of
+realisations with serial sums and releases the GIL, and the caller runs blocks on threads (a
+``prange`` over realisations would compile every callee for the parallel target: minutes).
+Each output is written by one thread, so results do not depend on the thread count.
 
 References
 ----------
@@ -38,7 +40,7 @@ Differential Equations", Springer 1992, sections 10.2 and 15.1.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .activations import act
 from .control import NONFINITE, OK
@@ -203,7 +205,8 @@ def noisy_drift(
 ):
     """The drift f(x) of the PHASE (harmonics ``harm``) or RATE model into ``out``."""
     n = x.shape[0]
-    if model == PHASE:
+    two = model == PHASE
+    if two:
         ca = math.cos(alpha)
         sn = math.sin(alpha)
         for i in range(n):
@@ -217,9 +220,9 @@ def noisy_drift(
                 a[i] = math.sin(q * x[i])
                 b[i] = math.cos(q * x[i])
             if par_rows:
-                coupling_sums(kind, cp, wfun, a, b, True, sa, sb)
+                coupling_sums(kind, cp, wfun, a, b, two, sa, sb)
             else:
-                coupling_sums_serial(kind, cp, wfun, a, b, True, sa, sb, pa, pb)
+                coupling_sums_serial(kind, cp, wfun, a, b, two, sa, sb, pa, pb)
             for i in range(n):
                 inter = ca * (sa[i] * b[i] - sb[i] * a[i]) - sn * (sb[i] * b[i] + sa[i] * a[i])
                 out[i] += bm * inter
@@ -229,9 +232,9 @@ def noisy_drift(
         for i in range(n):
             a[i] = act(act_code, x[i])
         if par_rows:
-            coupling_sums(kind, cp, wfun, a, b, False, sa, sb)
+            coupling_sums(kind, cp, wfun, a, b, two, sa, sb)
         else:
-            coupling_sums_serial(kind, cp, wfun, a, b, False, sa, sb, pa, pb)
+            coupling_sums_serial(kind, cp, wfun, a, b, two, sa, sb, pa, pb)
         for i in range(n):
             out[i] = -x[i] + KN * sa[i] + drive[i]
 
@@ -310,59 +313,34 @@ def _advance_one(
     return n_steps
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def noisy_advance(
-    model,
-    act_code,
-    X,
-    drive,
-    KN,
-    alpha,
-    harm,
-    sigma,
-    dt,
-    method,
-    n_steps,
-    save_every,
-    step0,
-    k0,
-    k1,
-    sub,
-    kind,
-    cp,
-    wfun,
-    par_rows,
-    done,
-    frames,
-    obs,
-):
-    """Advance the R realisations ``X`` (R, N) in place by ``n_steps`` steps of ``EM``/``HEUN``.
+    model, act_code, X, drive, KN, alpha, harm, sigma, dt, method, n_steps, save_every, step0,
+    k0, k1, sub, kind, cp, wfun, r0, r1, par_rows, done, frames, obs,
+):  # fmt: skip
+    """Advance realisations r0 <= r < r1 of ``X`` (R, N) in place by ``n_steps`` steps of
+    ``EM``/``HEUN``.
 
     Steps are numbered globally from ``step0`` (the noise counter); after each step k of a
     realisation r its observables go to ``obs[k, r]`` and, when the global step is a multiple of
     ``save_every``, its state to ``frames[row, r]``. ``sub`` > 1 sums that many fine
-    increments per step (module docstring). ``par_rows``: realisations one after another with
-    row-parallel sums (use with R = 1); otherwise realisations in parallel. ``done[r]`` gets the
-    steps realisation r completed: fewer than ``n_steps`` when its next state was non-finite
-    (its row of ``X`` is then the last finite state). Returns ``OK`` or ``NONFINITE``.
+    increments per step (module docstring). ``par_rows``: the row-parallel sums of
+    :func:`~nndyn_fast.kernels.kuramoto.coupling_sums` (for one realisation at large N);
+    otherwise serial sums, and the kernel releases the GIL so that the caller runs blocks of
+    realisations on threads of its own (a realisation is computed alike in any block). ``done[r]``
+    gets the steps realisation r completed: fewer than ``n_steps`` when its next state was
+    non-finite (its row of ``X`` is then the last finite state). Returns ``OK`` or
+    ``NONFINITE``.
     """
-    R = X.shape[0]
     n1 = X.shape[1] + 1
-    if par_rows:
-        for r in range(R):
-            done[r] = _advance_one(
-                r, model, act_code, X, drive, KN, alpha, harm, sigma, dt, method, n_steps,
-                save_every, step0, k0, k1, sub, kind, cp, wfun, True, cp[13], cp[14], frames, obs,
-            )  # fmt: skip
-    else:
-        for r in prange(R):
-            pa = np.empty(n1)
-            pb = np.empty(n1)
-            done[r] = _advance_one(
-                r, model, act_code, X, drive, KN, alpha, harm, sigma, dt, method, n_steps,
-                save_every, step0, k0, k1, sub, kind, cp, wfun, False, pa, pb, frames, obs,
-            )  # fmt: skip
-    for r in range(R):
+    pa = np.empty(n1)
+    pb = np.empty(n1)
+    status = OK
+    for r in range(r0, r1):
+        done[r] = _advance_one(
+            r, model, act_code, X, drive, KN, alpha, harm, sigma, dt, method, n_steps,
+            save_every, step0, k0, k1, sub, kind, cp, wfun, par_rows, pa, pb, frames, obs,
+        )  # fmt: skip
         if done[r] < n_steps:
-            return NONFINITE
-    return OK
+            status = NONFINITE
+    return status
