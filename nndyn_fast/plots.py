@@ -182,8 +182,9 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     Left: the order parameter r(t) (or the mean rate), with the Ott–Antonsen value
     r_∞ = sqrt(1 − 2γ/K) drawn when the run is all-to-all with Lorentzian frequencies of width
     γ (recorded by ``nndyn kuramoto``). Right: the last saved phases θ_i mod 2π against the
-    natural frequencies ω_i (locked oscillators line up, drifting ones scatter). ``ax``: two
-    Axes.
+    natural frequencies ω_i (locked oscillators line up, drifting ones scatter). Noisy runs
+    with realisations: the mean of r over them with a ±1 std band, and the phases of the
+    first. ``ax``: two Axes.
     """
     import json
 
@@ -211,6 +212,11 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     phase = params.get("model") == "kuramoto"
     fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
     label = f"N = {params.get('N')}, K = {params.get('K'):g}" if "K" in params else None
+    if obs.ndim == 3:  # noisy runs with R realisations: their mean, a band of ±1 std
+        label = f"{label}, σ = {params.get('noise'):g}, mean of {obs.shape[1]}"
+        mean, std = obs[:, :, 0].mean(axis=1), obs[:, :, 0].std(axis=1)
+        ax1.fill_between(t, mean - std, mean + std, alpha=0.3, lw=0, label="±1 std")
+        obs, last = mean[:, None], last[0]  # phases of the first realisation
     ax1.plot(t, obs[:, 0], lw=1, label=label)
     ax1.set_xlabel("t")
     ax1.set_ylabel("order parameter $r$" if phase else "mean rate")
@@ -220,6 +226,7 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
         and options.get("freq") == "lorentzian"
         and options.get("graph") == "complete"
         and float(params.get("alpha", 0.0)) == 0.0
+        and params.get("noise") is None
     ):
         gamma, K = float(options["width"]), float(params["K"])
         r_inf = np.sqrt(1.0 - 2.0 * gamma / K) if K > 2.0 * gamma else 0.0

@@ -224,8 +224,8 @@ def _noisy_run(path, resume=False):
     N = 8
     m = Kuramoto(rng.normal(size=N), rng.random((N, N)), 1.0)
     return simulate(
-        m, rng.uniform(0, TWO_PI, N), 3.0, 0.1, noise=0.5, seed=9, realisations=3,
-        save_every=2, chunk_steps=7, out=path, resume=resume,
+        m, rng.uniform(0, TWO_PI, N), 2.0, 0.1, noise=0.5, seed=9, realisations=3,
+        save_every=2, chunk_steps=8, out=path, resume=resume,
     )  # fmt: skip
 
 
@@ -314,3 +314,24 @@ def test_bad_noise_options_are_refused_before_any_kernel(kw, match, monkeypatch)
     m = Kuramoto(np.zeros(4), np.ones((4, 4)), 1.0)
     with pytest.raises(ValueError, match=match):
         simulate(m, np.zeros(4), 1.0, 0.1, **kw)
+
+
+def test_cli_noisy_run_and_its_plot(tmp_path, capsys):
+    from nndyn_fast import plots
+    from nndyn_fast.cli import main
+
+    out = tmp_path / "n.h5"
+    args = ["kuramoto", "--N", "40", "--K", "3", "--freq", "normal", "--width", "0.01"]
+    args += ["--noise", "1", "--realisations", "3", "--t-end", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    with open_run(out) as f:
+        assert f.params["method"] == "heun" and f.params["noise"] == 1.0
+        assert f.read("observables", "value").shape == (41, 3, 2)
+    fig = plots.plot_network_run(out, tmp_path / "n.png")
+    assert (tmp_path / "n.png").stat().st_size > 0
+    assert len(fig.axes) == 2
+    # the noise changes the run: a different seed, different phases
+    out2 = tmp_path / "n2.h5"
+    assert main([*args[:-3], "--seed", "1", "--out", str(out2), "--quiet"]) == 0
+    with open_run(out) as f, open_run(out2) as g:
+        assert not np.array_equal(f.read("trajectory", "value"), g.read("trajectory", "value"))
