@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from .activations import act
-from .control import NONFINITE, OK
+from .control import FASTMATH, NONFINITE, OK
 from .kuramoto import CSR, DENSE, PHASE, STRUCTURED, coupling_sums, graphon_value
 
 EM, HEUN = 4, 5  # stochastic methods (codes after the deterministic ones)
@@ -126,7 +126,7 @@ def _window_sum(prefix, start, length, n):
     return prefix[n] - prefix[start] + prefix[end - n]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def coupling_sums_serial(kind, cp, wfun, a, b, two, sa, sb, pa, pb):
     """S = W a and (if ``two``) C = W b on one thread (the forms of ``coupling_sums``; ``pa``,
     ``pb`` (N + 1,) are this caller's prefix-sum scratch for the structured form)."""
@@ -240,7 +240,7 @@ def noisy_drift(
 
 
 @njit(cache=True)
-def _record_row(model, act_code, x, obs, k, r):
+def record_row(model, act_code, x, obs, k, r):
     """Observables of realisation r after step k: PHASE → (r, ψ); RATE → (mean σ(x), mean x)."""
     n = x.shape[0]
     s = 0.0
@@ -305,7 +305,7 @@ def _advance_one(
                 return k
         for i in range(n):
             x[i] = y[i]
-        _record_row(model, act_code, x, obs, k, r)
+        record_row(model, act_code, x, obs, k, r)
         if (s + 1) % save_every == 0:
             row = (s + 1) // save_every - step0 // save_every - 1
             for i in range(n):

@@ -160,9 +160,7 @@ def simulate_noisy(
     def record(X: np.ndarray) -> np.ndarray:
         obs = np.empty((1, R, 2))
         for r in range(R):
-            o = np.empty((1, 2))
-            kk._record(model.model_code, model.act_code, X[r], o, 0)
-            obs[0, r] = o[0]
+            ks.record_row(model.model_code, model.act_code, X[r], obs, 0, r)
         return obs
 
     state = X0.copy()
