@@ -335,3 +335,26 @@ def test_cli_noisy_run_and_its_plot(tmp_path, capsys):
     assert main([*args[:-3], "--seed", "1", "--out", str(out2), "--quiet"]) == 0
     with open_run(out) as f, open_run(out2) as g:
         assert not np.array_equal(f.read("trajectory", "value"), g.read("trajectory", "value"))
+
+
+def test_a_blow_up_stops_every_realisation_at_the_first_bad_step(tmp_path):
+    """dx = (−x + K x̄) dt + σ dB with K = 400 grows like e^{399 t}: a realisation overflows,
+    the run stops with an error naming the step, and the file keeps exactly the rows of the
+    steps every realisation finished (equal to those of a run that stops before)."""
+    from nndyn_fast.errors import NonFiniteStateError
+
+    N, R = 4, 3
+    fr = FiringRate(np.zeros(N), np.ones((N, N)), 400.0 * N, "identity")
+    kw = {"noise": 0.1, "seed": 2, "realisations": R, "chunk_steps": 16}
+    x0 = np.linspace(1.0, 2.0, N)
+    with pytest.raises(NonFiniteStateError, match=r"became non-finite at step (\d+)") as e:
+        simulate(fr, x0, 20.0, 0.05, out=tmp_path / "b.h5", **kw)
+    bad = e.value.step
+    assert 16 < bad < 400  # e^{399 · 0.05 · k} passes 1e308 after about 36 steps
+    with open_run(tmp_path / "b.h5") as f:
+        assert f.status == "failed"
+        kept = f.read("observables", "value")
+        assert kept.shape[0] == bad  # t = 0 and the bad − 1 good steps
+    good = simulate(fr, x0, (bad - 1) * 0.05, 0.05, **kw)
+    np.testing.assert_array_equal(kept, good.obs)
+    assert np.all(np.isfinite(kept))
