@@ -135,8 +135,9 @@ def simulate_noisy(
     X0 = np.ascontiguousarray(np.broadcast_to(x0, (R, n)), dtype=np.float64)
     sigma, (k0, k1), harm = opts["sigma"], opts["key"], opts["harm"]
     code = opts["code"]
-    if params.get("chunk_steps") is None:  # observables of all realisations: about 4 MiB a chunk
-        steps_per_call = max(1, min(steps_per_call, (1 << 18) // R))
+    # at most about 4 MiB of observables a chunk (chunks change no result: the noise of a step
+    # depends on its number alone)
+    steps_per_call = max(1, min(steps_per_call, (1 << 18) // R))
     frame_rows = steps_per_call // save_every + 1
     kept = (
         0 if out is not None else 16.0 * R * (total + 1) + 8.0 * R * n * (total // save_every + 1)
