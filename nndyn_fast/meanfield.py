@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from . import noise as _noise
 from ._validate import (
     as_array,
     check_bool,
@@ -339,7 +340,7 @@ class NetworkRun:
     def __getattr__(self, name: str) -> np.ndarray:
         names = object.__getattribute__(self, "names")
         if name in names:
-            return object.__getattribute__(self, "obs")[:, names.index(name)]
+            return object.__getattribute__(self, "obs")[..., names.index(name)]
         raise AttributeError(name)
 
 
@@ -441,7 +442,7 @@ def simulate(
     t_end: float,
     dt: float,
     *,
-    method: str = "rk4",
+    method: str | None = None,
     save_every: int = 1,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -451,6 +452,10 @@ def simulate(
     extra_params: dict[str, Any] | None = None,
     rtol: Any = None,
     atol: Any = None,
+    noise: Any = None,
+    seed: Any = None,
+    realisations: Any = None,
+    coupling_fn: Any = None,
 ) -> NetworkRun:
     """Integrate a network model from t = 0 to t_end (rounded up to a multiple of dt).
 
@@ -465,7 +470,7 @@ def simulate(
         save time t_k = k dt, k = 0 .. ceil(t_end / dt), the state at every ``save_every``-th
         one, both from the method's continuous extension (the step-size control is not
         affected by them); the last step lands on t_end rounded up to a multiple of dt.
-    method : "rk4" (default), "euler", "dopri5" or "dop853"
+    method : "rk4" (default), "euler", "dopri5" or "dop853"; with noise "heun" (default) or "em"
         Fixed-step classic RK4 or forward Euler; or adaptive Dormand-Prince: ``"dopri5"``
         (order 5 with a 4th-order error estimate; dense output by Hairer's continuous extension
         of order 4) or ``"dop853"`` (order 8, error estimate from the 5th- and 3rd-order
@@ -497,6 +502,24 @@ def simulate(
         1e-6 and 1e-9): each accepted step's error estimate e satisfies
         ``rms(e / (atol + rtol max(|y|, |y_new|))) <= 1``. Part of the run's parameters (a
         resume must give the same ones).
+    noise : float >= 0, optional
+        σ of additive white noise σ dB_i on every node (:mod:`nndyn_fast.noise`): the run is
+        then stochastic, with ``method`` "heun" (stochastic Heun, default) or "em"
+        (Euler–Maruyama), fixed steps dt.
+    seed : int, sequence of ints or SeedSequence, optional
+        Noise seed (default 0): the Philox key of the counter-based normals, so the noise of
+        (realisation, step, node) is fixed by the seed alone (resumes and thread counts give
+        the same bits).
+    realisations : int, optional
+        Number R of independent realisations run together (in parallel). ``state0`` may then
+        be (N,) (the same start for all) or (R, N); ``obs`` is (S + 1, R, 2), ``frames``
+        (F, R, N), ``state`` (R, N). Without it (one realisation) the shapes are those of a
+        deterministic run. The run file always holds the R axis.
+    coupling_fn : sequence of floats or dict, optional
+        Phase model with noise: the odd coupling function D(φ) = Σ_m b_m sin(m φ) as its sine
+        coefficients [b_1, ..., b_M] (default [1]: sin), or ``{"sin": [...], "cos": [...]}``
+        where every cosine coefficient must be 0; the model's α lags every harmonic,
+        sin(m φ − α).
 
     Raises
     ------
@@ -513,10 +536,23 @@ def simulate(
     if not isinstance(model, (Kuramoto, FiringRate)):
         raise ValueError(f"model must be a Kuramoto or FiringRate, got {type(model).__name__}")
     n = model.n
-    x0 = as_array("state0", state0, shape=(n,))
+    noisy = noise is not None
+    if not noisy and (seed is not None or realisations is not None or coupling_fn is not None):
+        raise ValueError(
+            "seed, realisations and coupling_fn are options of noisy runs: pass noise="
+        )
+    if method is None:
+        method = "heun" if noisy else "rk4"
+    if noisy:
+        opts = _noise.check_noise_options(model, method, noise, seed, realisations, coupling_fn)
+        x0 = as_array("state0", state0, ndim=(1, 2))
+        if x0.shape[-1] != n:
+            raise ValueError(f"state0 must have shape ({n},) or (R, {n}), got {x0.shape}")
+    else:
+        x0 = as_array("state0", state0, shape=(n,))
     t_end = check_positive("t_end", t_end)
     dt = check_positive("dt", dt)
-    check_option("method", method, METHODS)
+    check_option("method", method, _noise.NOISY_METHODS if noisy else METHODS)
     save_every = check_int("save_every", save_every, minimum=1)
     if chunk_steps is not None:
         chunk_steps = check_int("chunk_steps", chunk_steps, minimum=1)
@@ -541,7 +577,25 @@ def simulate(
     total = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
     if total < 1:
         raise ValueError(f"t_end = {t_end:g} is less than one step dt = {dt:g}: no step to take")
-    steps_per_call, frame_rows = _plan_chunk(n, save_every, chunk_steps)
+    width = n * ((opts["R"] or 1) if noisy else 1)  # noisy runs save R states per frame
+    steps_per_call, frame_rows = _plan_chunk(width, save_every, chunk_steps)
+    if noisy:
+        params = {
+            **model.params(),
+            "dt": dt,
+            "t_end": t_end,
+            "steps": total,
+            "method": method,
+            "save_every": save_every,
+            "fingerprint": model._c.fingerprint(),
+            **(extra_params or {}),
+        }
+        stream = {"out": out, "overwrite": overwrite, "resume": resume, "progress": progress}
+        return _noise.simulate_noisy(
+            model, x0, dt, total, method, opts, save_every=save_every,
+            steps_per_call=steps_per_call, params=params, run_cls=NetworkRun,
+            progress_cls=Progress, threads_for=_threads_for, **stream,
+        )  # fmt: skip
     # the chunk buffers, and without out every step's observables and every saved frame
     kept = 0 if out is not None else 24.0 * (total + 1) + 8.0 * (n + 1) * (total // save_every + 1)
     check_memory(

@@ -350,6 +350,9 @@ def memory_capacity_experiment(kappas: Any, *, dims: Any = (1, 2), **fit_kwargs:
         "K_tau": np.array([[f["K_tau"] for f in row] for row in fits]),
         "fits": fits,
         "theory_threshold": THEORY_THRESHOLD,
+    }
+
+
 def memory_exponents(
     kappas: Any,
     *,

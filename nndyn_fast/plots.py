@@ -194,8 +194,9 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     Left: the order parameter r(t) (or the mean rate), with the Ott–Antonsen value
     r_∞ = sqrt(1 − 2γ/K) drawn when the run is all-to-all with Lorentzian frequencies of width
     γ (recorded by ``nndyn kuramoto``). Right: the last saved phases θ_i mod 2π against the
-    natural frequencies ω_i (locked oscillators line up, drifting ones scatter). ``ax``: two
-    Axes.
+    natural frequencies ω_i (locked oscillators line up, drifting ones scatter). Noisy runs
+    with realisations: the mean of r over them with a ±1 std band, and the phases of the
+    first. ``ax``: two Axes.
     """
     import json
 
@@ -223,6 +224,11 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
     phase = params.get("model") == "kuramoto"
     fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
     label = f"N = {params.get('N')}, K = {params.get('K'):g}" if "K" in params else None
+    if obs.ndim == 3:  # noisy runs with R realisations: their mean, a band of ±1 std
+        label = f"{label}, σ = {params.get('noise'):g}, mean of {obs.shape[1]}"
+        mean, std = obs[:, :, 0].mean(axis=1), obs[:, :, 0].std(axis=1)
+        ax1.fill_between(t, mean - std, mean + std, alpha=0.3, lw=0, label="±1 std")
+        obs, last = mean[:, None], last[0]  # phases of the first realisation
     ax1.plot(t, obs[:, 0], lw=1, label=label)
     ax1.set_xlabel("t")
     ax1.set_ylabel("order parameter $r$" if phase else "mean rate")
@@ -232,6 +238,7 @@ def plot_network_run(run: Any, path: str | Path | None = None, ax: Any = None):
         and options.get("freq") == "lorentzian"
         and options.get("graph") == "complete"
         and float(params.get("alpha", 0.0)) == 0.0
+        and params.get("noise") is None
     ):
         gamma, K = float(options["width"]), float(params["K"])
         r_inf = np.sqrt(1.0 - 2.0 * gamma / K) if K > 2.0 * gamma else 0.0
@@ -607,51 +614,6 @@ def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
     return fig
 
 
-# kind of a run file -> the function that draws it (``nndyn plot`` dispatches here); each takes
-# ``(run, path=None, ax=None)`` with ``run`` a path or an open RunFile and returns the figure.
-# A module that writes a new kind of run file adds its entry.
-RUN_PLOTS: dict[str, Any] = {
-    "kuramoto": plot_network_run,
-    "firing_rate": plot_network_run,
-    "ode": plot_trajectory_run,
-    "dde": plot_trajectory_run,
-    "gradient_descent": plot_gd_run,
-    "lyapunov_spectrum": plot_lyapunov_run,
-    "product_lyapunov": plot_lyapunov_run,
-    "sgd_lyapunov": plot_lyapunov_run,
-    "sgd_stability_diagram": plot_diagram_run,
-    "sweep": plot_sweep_run,
-    "meanfield_limit": plot_limit_run,
-    "dde_lyapunov": plot_dde_lyapunov,
-}
-
-
-def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 150):
-    """Draw any run file the package writes with the function :data:`RUN_PLOTS` holds for its
-    kind, and save it to ``path`` (PDF, PNG, SVG, ... from the suffix) at ``dpi``.
-
-    Raises
-    ------
-    ValueError
-        Not a run file of this package, a kind without a plot (the message lists the kinds
-        that have one), an unwritable ``path``, or a run with no committed rows.
-    """
-    from .storage import open_run
-
-    _check_path(path)
-    with open_run(run) as f:
-        draw = RUN_PLOTS.get(f.kind)
-        if draw is None:
-            raise ValueError(
-                f"{str(run)!r} holds a {f.kind!r} run, which has no plot; nndyn plot draws "
-                f"{sorted(RUN_PLOTS)}"
-            )
-        fig = draw(f)
-    if path is not None:
-        fig.savefig(path, dpi=dpi)
-    return fig
-
-
 def plot_dde_lyapunov(result: Any, path: str | Path | None = None, ax: Any = None):
     """Running estimates of a delay equation's Lyapunov exponents
     (:func:`nndyn_fast.dde_lyapunov.dde_lyapunov`) against the measured time, the final values
@@ -709,4 +671,49 @@ def plot_memory_exponents(
     ax1.set_ylabel("Lyapunov exponent (1/time)")
     ax1.legend(fontsize=8)
     _save(fig, path)
+    return fig
+
+
+# kind of a run file -> the function that draws it (``nndyn plot`` dispatches here); each takes
+# ``(run, path=None, ax=None)`` with ``run`` a path or an open RunFile and returns the figure.
+# A module that writes a new kind of run file adds its entry.
+RUN_PLOTS: dict[str, Any] = {
+    "kuramoto": plot_network_run,
+    "firing_rate": plot_network_run,
+    "ode": plot_trajectory_run,
+    "dde": plot_trajectory_run,
+    "gradient_descent": plot_gd_run,
+    "lyapunov_spectrum": plot_lyapunov_run,
+    "product_lyapunov": plot_lyapunov_run,
+    "sgd_lyapunov": plot_lyapunov_run,
+    "sgd_stability_diagram": plot_diagram_run,
+    "sweep": plot_sweep_run,
+    "meanfield_limit": plot_limit_run,
+    "dde_lyapunov": plot_dde_lyapunov,
+}
+
+
+def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 150):
+    """Draw any run file the package writes with the function :data:`RUN_PLOTS` holds for its
+    kind, and save it to ``path`` (PDF, PNG, SVG, ... from the suffix) at ``dpi``.
+
+    Raises
+    ------
+    ValueError
+        Not a run file of this package, a kind without a plot (the message lists the kinds
+        that have one), an unwritable ``path``, or a run with no committed rows.
+    """
+    from .storage import open_run
+
+    _check_path(path)
+    with open_run(run) as f:
+        draw = RUN_PLOTS.get(f.kind)
+        if draw is None:
+            raise ValueError(
+                f"{str(run)!r} holds a {f.kind!r} run, which has no plot; nndyn plot draws "
+                f"{sorted(RUN_PLOTS)}"
+            )
+        fig = draw(f)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
     return fig
