@@ -500,6 +500,9 @@ def plot_sweep_run(run: Any, path: str | Path | None = None, ax: Any = None):
     else:
         ax.set_xlabel(x_name)
         ax.set_ylabel(", ".join(results) if results else "result")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
 
 
 def plot_coupling_spectrum(
