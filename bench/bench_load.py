@@ -48,6 +48,8 @@ from reference_training import naive_hvp, unflatten  # noqa: E402
 
 import nndyn_fast as nf  # noqa: E402
 
+TH = sys.modules["nndyn_fast.threads"]
+
 FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
 ROUNDS = 3 if FULL else 1
 LOADS = ["idle", "busy"]
@@ -104,12 +106,31 @@ def kuramoto():
     return W, rng.normal(size=N_K), rng.uniform(0, 2 * np.pi, N_K)
 
 
+# ours: the automatic thread choice (threads.for_work: one thread at N = 4000, a region of
+# W's read being 4.5 ms); "2threads": forced onto two threads, rows split in one block per
+# thread; "2threads-chunked": two threads taking chunks of 16 units (128 rows) as they free
+# up (meanfield.CHUNK_UNITS)
+K_VARIANTS = ["auto", "1thread", "2threads", "2threads-chunked"]
+MF = sys.modules["nndyn_fast.meanfield"]
+
+
 @pytest.mark.parametrize("load", LOADS, indirect=True)
+@pytest.mark.parametrize("variant", K_VARIANTS)
 @pytest.mark.benchmark(group="load-kuramoto")
-def test_kuramoto_ours(benchmark, kuramoto, load):
+def test_kuramoto_ours(benchmark, kuramoto, load, variant, monkeypatch):
     W, omega, theta = kuramoto
     model = nf.Kuramoto(omega, W, 2.0)
-    _timed(benchmark, load, "kuramoto", lambda: nf.simulate(model, theta, STEPS_K * DT_K, DT_K))
+    if variant.startswith("2threads"):
+        if TH.max_threads() < 2:
+            pytest.skip("needs two threads")
+        monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)
+    if variant == "2threads-chunked":
+        monkeypatch.setattr(MF, "CHUNK_UNITS", 16)
+    with nf.threads(1 if variant == "1thread" else None):
+        _timed(
+            benchmark, load, f"kuramoto-{variant}",
+            lambda: nf.simulate(model, theta, STEPS_K * DT_K, DT_K),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("load", LOADS, indirect=True)
@@ -121,7 +142,7 @@ def test_kuramoto_numpy(benchmark, kuramoto, load):
         s, c = np.sin(th), np.cos(th)
         return omega + 2.0 / N_K * (c * (W @ s) - s * (W @ c))
 
-    _timed(benchmark, load, "kuramoto-numpy", lambda: naive_rk4(f, theta, DT_K, STEPS_K), 1)
+    _timed(benchmark, load, "kuramoto-numpy", lambda: naive_rk4(f, theta, DT_K, STEPS_K))
 
 
 # -- neural-ODE batch -------------------------------------------------------------------------
@@ -307,7 +328,6 @@ def test_mackey_glass_numpy(benchmark, mg_reference, load):
 # per step, on the automatic choice of threads, forced onto every thread, and on one thread,
 # idle and beside a busy process.
 N_REGION = (64, 1024, 8192) if FULL else (64, 1024)
-TH = sys.modules["nndyn_fast.threads"]
 
 
 @pytest.fixture(scope="module")
