@@ -198,27 +198,27 @@ def test_permutation_equivariance_and_phase_shift_invariance(seed, shift):
     np.testing.assert_allclose(shifted, base, atol=1e-12)
 
 
-def _scheduling_calls(dispatcher):
+def _scheduling_calls(dispatcher, sig=None):
     """Parallel regions in a kernel's compiled code: calls of numba's parfor scheduler (each
-    prange loop is one call site, callees' loops included), per compiled signature."""
+    prange loop is one call site, callees' loops included). Compiled afresh from the Python
+    source for ``sig`` or the kernel's first signature (cached code has no IR to inspect)."""
     import re
 
-    irs = dispatcher.inspect_llvm().values()  # one per compiled signature
-    return {len(re.findall(r"call [^\n]*@do_scheduling_\w+", ir)) for ir in irs}
+    sig = dispatcher.signatures[0] if sig is None else sig
+    fresh = numba.njit(parallel=True)(dispatcher.py_func)
+    fresh.compile(sig)
+    return len(re.findall(r"call [^\n]*@do_scheduling_\w+", fresh.inspect_llvm(sig)))
 
 
 def test_a_dense_rk4_step_opens_one_parallel_region_per_evaluation():
-    # the step loop holds one prange (sums, field, stage update and sin/cos per row; four
-    # launches per RK4 step); activate adds the one that computes sin/cos on entry
+    # the step loop holds one prange (sums, field, stage update and sin/cos per block of rows:
+    # four launches per RK4 step, about 17 before the fusion); activate, called once on entry,
+    # holds the other one
     from nndyn_fast.kernels import kuramoto as kk
 
     n = 16
     omega, theta, rng = _setup(n)
-    model = Kuramoto(omega, rng.random((n, n)), 1.0)
-    simulate(model, theta, 0.1, 0.05)  # the kernels for this signature (compiled or cached)
-    simulate(model, theta, 0.1, 0.05, method="dopri5")
-    if not kk.network_advance.inspect_llvm():
-        pytest.skip("compiled code loaded from the cache has no IR to inspect")
-    assert _scheduling_calls(kk.activate) == {1}
-    assert _scheduling_calls(kk.network_advance) == {2}
-    assert _scheduling_calls(kk.adaptive_stage) == {1}  # one per evaluation of a DOPRI5 step
+    simulate(Kuramoto(omega, rng.random((n, n)), 1.0), theta, 0.1, 0.05)  # a dense signature
+    vec = numba.types.float64[::1]
+    assert _scheduling_calls(kk.activate, (numba.int64,) * 3 + (vec,) * 3) == 1
+    assert _scheduling_calls(kk.network_advance) == 2
