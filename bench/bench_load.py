@@ -8,7 +8,10 @@ load) come from one run. Default sizes are small (``--benchmark-disable`` smoke 
 ``NNDYN_BENCH_FULL=1`` gives the full workloads:
 
 - ``load-kuramoto``: dense Kuramoto, N = 4000, 100 RK4 steps (default N = 300, 20 steps);
-  numpy RK4 with two matrix-vector products per evaluation.
+  numpy RK4 with two matrix-vector products per evaluation. Ours on the automatic thread
+  choice (``auto``), on one thread, and forced onto two threads with rows in one block per
+  thread or in chunks of 128 rows handed out as threads free up (``2threads-chunked``).
+  ``NNDYN_BENCH_ROUNDS`` sets the timed rounds (default 3 in full mode).
 - ``load-neural-ode``: tanh(W x + b), d = 64, batch 1024, 100 RK4 steps (default d = 8,
   batch 16, 10 steps); numpy RK4 with one matrix product per stage.
 - ``load-sharpness``: top Hessian eigenvalue of a 20-64-64-1 tanh MLP on 1000 points by
@@ -51,7 +54,7 @@ import nndyn_fast as nf  # noqa: E402
 TH = sys.modules["nndyn_fast.threads"]
 
 FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
-ROUNDS = 3 if FULL else 1
+ROUNDS = int(os.environ.get("NNDYN_BENCH_ROUNDS", 3 if FULL else 1))  # timed rounds
 LOADS = ["idle", "busy"]
 _IDLE: dict[str, float] = {}
 
