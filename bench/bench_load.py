@@ -109,10 +109,10 @@ def kuramoto():
     return W, rng.normal(size=N_K), rng.uniform(0, 2 * np.pi, N_K)
 
 
-# ours: the automatic thread choice (threads.for_work: one thread at N = 4000, a region of
-# W's read being 4.5 ms); "2threads": forced onto two threads, rows split in one block per
-# thread; "2threads-chunked": two threads taking chunks of 16 units (128 rows) as they free
-# up (meanfield.CHUNK_UNITS)
+# ours: the automatic thread choice (threads.for_work with meanfield.CHUNK_MIN_SECONDS: two
+# threads at N = 4000, a region (one read of W) being 4.5 ms of work, rows in chunks of 16
+# units = 128 rows handed out as threads free up); "2threads": forced onto two threads, rows
+# in one block per thread; "2threads-chunked": forced onto two threads, in chunks
 K_VARIANTS = ["auto", "1thread", "2threads", "2threads-chunked"]
 MF = sys.modules["nndyn_fast.meanfield"]
 
@@ -127,8 +127,8 @@ def test_kuramoto_ours(benchmark, kuramoto, load, variant, monkeypatch):
         if TH.max_threads() < 2:
             pytest.skip("needs two threads")
         monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)
-    if variant == "2threads-chunked":
-        monkeypatch.setattr(MF, "CHUNK_UNITS", 16)
+    if variant == "2threads":
+        monkeypatch.setattr(MF, "CHUNK_UNITS", 0)  # one block of rows per thread
     with nf.threads(1 if variant == "1thread" else None):
         _timed(
             benchmark, load, f"kuramoto-{variant}",

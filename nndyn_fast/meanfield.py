@@ -73,8 +73,8 @@ _EMPTY_I = np.zeros(0, np.int64)
 # float64 W 0.28 ns per entry (read at about 28 GB/s), float32 0.11-0.15 ns, CSR 1.6 ns per
 # stored entry, pairwise graphon 0.41 ns (3.3 ns per pair), structured 36 ns (call overhead
 # included; O(N) work never pays for threads). Every evaluation of a step is one parallel
-# region of this size (kernels.kuramoto), so threads.for_work decides from it: a dense
-# float64 W needs N >= 15 000 before a second thread gets its 30 ms of work per region.
+# region of this size (kernels.kuramoto), so threads.for_work decides from it (with
+# CHUNK_MIN_SECONDS per thread: a dense float64 W gets two threads from N = 3800).
 _SECONDS_PER_WORK = {kk.DENSE: 2.8e-10, kk.CSR: 1.6e-9, kk.PAIRWISE: 4.1e-10, kk.STRUCTURED: 1e-8}
 _SECONDS_PER_WORK_DENSE_F32 = 1.5e-10
 
@@ -188,17 +188,24 @@ class Coupling:
         return h.hexdigest()
 
 
-# Units of rows (kernels.kuramoto.n_units) per chunk of a parallel evaluation: 0 splits the
-# rows into one block per thread (numba's default); k > 0 hands out chunks of k units to
-# threads as they become free, so a thread slowed by another process takes fewer rows.
-CHUNK_UNITS = 0
+# Units of rows (kernels.kuramoto.n_units: eight rows of a dense W, else one) per chunk of a
+# parallel evaluation, handed out to threads as they become free, so a thread slowed by
+# another process takes fewer rows and the region waits for at most about one chunk (0: one
+# block per thread, numba's default). With chunks a region needs far less work per thread
+# than threads.MIN_SECONDS_PER_THREAD: CHUNK_MIN_SECONDS. Measured (bench/bench_load.py, dense
+# N = 4000, 100 RK4 steps, machine shared with other jobs, load average 8-10 on 2 cores,
+# medians of 2): two threads in chunks 18.4 s "idle" / 19.4 s beside a busy process, two
+# threads in blocks 16.9 / 21.7 s, one thread 34.6 / 23.2 s, numpy RK4 18.1 / 26.3 s.
+CHUNK_UNITS = 16
+CHUNK_MIN_SECONDS = 0.002
 
 
 @contextmanager
 def _threads(c: Coupling) -> Iterator[int]:
     """The thread choice of threads.for_work for evaluations of the coupling ``c``."""
-    with for_work(c.seconds) as n:
-        if CHUNK_UNITS > 0 and n > 1:
+    chunked = CHUNK_UNITS > 0
+    with for_work(c.seconds, min_seconds=CHUNK_MIN_SECONDS if chunked else None) as n:
+        if chunked and n > 1:
             with numba.parallel_chunksize(CHUNK_UNITS):
                 yield n
         else:
