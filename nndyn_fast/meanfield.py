@@ -195,7 +195,8 @@ class Coupling:
 # than threads.MIN_SECONDS_PER_THREAD: CHUNK_MIN_SECONDS. Measured (bench/bench_load.py, dense
 # N = 4000, 100 RK4 steps, machine shared with other jobs, load average 8-10 on 2 cores,
 # medians of 2): two threads in chunks 18.4 s "idle" / 19.4 s beside a busy process, two
-# threads in blocks 16.9 / 21.7 s, one thread 34.6 / 23.2 s, numpy RK4 18.1 / 26.3 s.
+# threads in blocks 16.9 / 21.7 s, one thread 34.6 / 23.2 s, numpy RK4 18.1 / 26.3 s; at load
+# average 5, chunks 5.8 / 11.3 s against numpy 11.1 / 20.3 s.
 CHUNK_UNITS = 16
 CHUNK_MIN_SECONDS = 0.002
 
