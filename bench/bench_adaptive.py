@@ -14,10 +14,12 @@ float64): the error is measured against a reference with the same float32 weight
 ``extra_info``: error, tolerance, evaluations (nfev), accepted steps. One save time (t_end)
 unless the name says otherwise: scipy computes no dense output either; ``saves1000`` saves
 every t_end / 1000 (DOP853's continuous extension costs three evaluations on each step that
-covers a save time). ``1thread``: numba on one thread (see the test's comment).
+covers a save time). ``2threads`` / ``1thread``: numba on two threads / one (the automatic
+choice is one at N = 4000; see the test's comment).
 """
 
 import os
+import sys
 
 import numba
 import numpy as np
@@ -87,15 +89,17 @@ def _info(benchmark, tol, err, nfev, steps):
     )
 
 
-VARIANTS = ["f64", "f32", "f64-saves1000", "f64-1thread", "f32-1thread"]
+VARIANTS = ["f64", "f32", "f64-saves1000", "f64-2threads", "f32-2threads", "f64-1thread"]
+TH = sys.modules["nndyn_fast.threads"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANTS)
 @pytest.mark.benchmark(group="adaptive-run")
-def test_adaptive_run_ours(benchmark, problem, variant):
-    # "1thread": numba on one thread. On a shared machine (another process keeping a core
-    # busy) a two-thread parallel region waits for the descheduled thread; results are
-    # bitwise the same for any thread count, so this only changes the time
+def test_adaptive_run_ours(benchmark, problem, variant, monkeypatch):
+    # threads.for_work runs N = 4000 on one thread (a region, one read of W, is 4.5 ms of
+    # work); "2threads" forces two threads, "1thread" one (for any N). On a shared machine
+    # (another process keeping a core busy) a two-thread parallel region waits for the
+    # descheduled thread; results are bitwise the same for any thread count
     W, omega, theta, models, refs, tols = problem
     dtype = "float32" if variant.startswith("f32") else "float64"
     saves = 1000 if variant.endswith("saves1000") else 1
@@ -107,6 +111,9 @@ def test_adaptive_run_ours(benchmark, problem, variant):
     try:
         if variant.endswith("1thread"):
             numba.set_num_threads(1)
+        if variant.endswith("2threads"):
+            monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)
+            numba.set_num_threads(min(2, TH.max_threads()))
         _ours(model, theta, tol, saves)  # compile (cached) and warm
         out = benchmark.pedantic(_ours, args=(model, theta, tol, saves), rounds=3)
     finally:

@@ -8,7 +8,10 @@ load) come from one run. Default sizes are small (``--benchmark-disable`` smoke 
 ``NNDYN_BENCH_FULL=1`` gives the full workloads:
 
 - ``load-kuramoto``: dense Kuramoto, N = 4000, 100 RK4 steps (default N = 300, 20 steps);
-  numpy RK4 with two matrix-vector products per evaluation.
+  numpy RK4 with two matrix-vector products per evaluation. Ours on the automatic thread
+  choice (``auto``), on one thread, and forced onto two threads with rows in one block per
+  thread or in chunks of 128 rows handed out as threads free up (``2threads-chunked``).
+  ``NNDYN_BENCH_ROUNDS`` sets the timed rounds (default 3 in full mode).
 - ``load-neural-ode``: tanh(W x + b), d = 64, batch 1024, 100 RK4 steps (default d = 8,
   batch 16, 10 steps); numpy RK4 with one matrix product per stage.
 - ``load-sharpness``: top Hessian eigenvalue of a 20-64-64-1 tanh MLP on 1000 points by
@@ -48,8 +51,10 @@ from reference_training import naive_hvp, unflatten  # noqa: E402
 
 import nndyn_fast as nf  # noqa: E402
 
+TH = sys.modules["nndyn_fast.threads"]
+
 FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
-ROUNDS = 3 if FULL else 1
+ROUNDS = int(os.environ.get("NNDYN_BENCH_ROUNDS", 3 if FULL else 1))  # timed rounds
 LOADS = ["idle", "busy"]
 _IDLE: dict[str, float] = {}
 
@@ -104,12 +109,31 @@ def kuramoto():
     return W, rng.normal(size=N_K), rng.uniform(0, 2 * np.pi, N_K)
 
 
+# ours: the automatic thread choice (threads.for_work with meanfield.CHUNK_MIN_SECONDS: two
+# threads at N = 4000, a region (one read of W) being 4.5 ms of work, rows in chunks of 16
+# units = 128 rows handed out as threads free up); "2threads": forced onto two threads, rows
+# in one block per thread; "2threads-chunked": forced onto two threads, in chunks
+K_VARIANTS = ["auto", "1thread", "2threads", "2threads-chunked"]
+MF = sys.modules["nndyn_fast.meanfield"]
+
+
 @pytest.mark.parametrize("load", LOADS, indirect=True)
+@pytest.mark.parametrize("variant", K_VARIANTS)
 @pytest.mark.benchmark(group="load-kuramoto")
-def test_kuramoto_ours(benchmark, kuramoto, load):
+def test_kuramoto_ours(benchmark, kuramoto, load, variant, monkeypatch):
     W, omega, theta = kuramoto
     model = nf.Kuramoto(omega, W, 2.0)
-    _timed(benchmark, load, "kuramoto", lambda: nf.simulate(model, theta, STEPS_K * DT_K, DT_K))
+    if variant.startswith("2threads"):
+        if TH.max_threads() < 2:
+            pytest.skip("needs two threads")
+        monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)
+    if variant == "2threads":
+        monkeypatch.setattr(MF, "CHUNK_UNITS", 0)  # one block of rows per thread
+    with nf.threads(1 if variant == "1thread" else None):
+        _timed(
+            benchmark, load, f"kuramoto-{variant}",
+            lambda: nf.simulate(model, theta, STEPS_K * DT_K, DT_K),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("load", LOADS, indirect=True)
@@ -121,7 +145,7 @@ def test_kuramoto_numpy(benchmark, kuramoto, load):
         s, c = np.sin(th), np.cos(th)
         return omega + 2.0 / N_K * (c * (W @ s) - s * (W @ c))
 
-    _timed(benchmark, load, "kuramoto-numpy", lambda: naive_rk4(f, theta, DT_K, STEPS_K), 1)
+    _timed(benchmark, load, "kuramoto-numpy", lambda: naive_rk4(f, theta, DT_K, STEPS_K))
 
 
 # -- neural-ODE batch -------------------------------------------------------------------------
@@ -307,7 +331,6 @@ def test_mackey_glass_numpy(benchmark, mg_reference, load):
 # per step, on the automatic choice of threads, forced onto every thread, and on one thread,
 # idle and beside a busy process.
 N_REGION = (64, 1024, 8192) if FULL else (64, 1024)
-TH = sys.modules["nndyn_fast.threads"]
 
 
 @pytest.fixture(scope="module")

@@ -62,8 +62,10 @@ G_CONSTANT, G_SMALL_WORLD, G_POWER_LAW, G_DIRECTED_RING = 0, 1, 2, 3
 # Each row is reduced by one thread, so results do not depend on the thread count.
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _dense_rows8(W, i, a, b, two, sa, sb):
+    # (a separate function with its own fast-math flags, not inlined into its callers' numba
+    # IR: the fused step kernels below, which use no fast math, sum exactly as coupling_dense)
     # rows i .. i + 7 in one pass: a[j], b[j] are loaded once for eight rows of W, and sixteen
     # independent sums keep enough loads in flight to stream W at the read bandwidth. The sums
     # are scalars written out on purpose: an (8, 8) accumulator array indexed in loops
@@ -114,20 +116,25 @@ def coupling_dense(W, a, b, two, sa, sb):
     one by one. Each row is reduced by one thread: results do not depend on the thread count.
     """
     n = W.shape[0]
-    m = W.shape[1]
     for p in prange(n // 8):
         _dense_rows8(W, 8 * p, a, b, two, sa, sb)
     for i in range(n - n % 8, n):
-        s = 0.0
-        c = 0.0
-        for j in range(m):
-            w = np.float64(W[i, j])
-            s += w * a[j]
-            if two:
-                c += w * b[j]
-        sa[i] = s
+        _dense_row1(W, i, a, b, two, sa, sb)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dense_row1(W, i, a, b, two, sa, sb):
+    # one row (the last n mod 8), with the flags of _dense_rows8
+    s = 0.0
+    c = 0.0
+    for j in range(W.shape[1]):
+        w = np.float64(W[i, j])
+        s += w * a[j]
         if two:
-            sb[i] = c
+            c += w * b[j]
+    sa[i] = s
+    if two:
+        sb[i] = c
 
 
 @njit(cache=True, parallel=True)
@@ -307,28 +314,167 @@ def coupling_sums(kind, cp, wfun, a, b, two, sa, sb):
         coupling_pairwise(cp[4], cp[5], cp[11], cp[10], wfun, a, b, two, sa, sb)
 
 
+# --- fused evaluations: one parallel region per evaluation ------------------------------------
+# A stage of a Runge-Kutta step needs every a_j = sin x_j (b_j = cos x_j) before any row's
+# sums, and nothing else global. So each evaluation is one parallel loop over units of rows
+# (eight rows of a dense W, else one row): the unit's sums, then, for each of its rows, the
+# vector field, the stage update (the next stage's state of that row) and that state's sin/cos
+# for the next evaluation, written to a second buffer (the pairs a/b alternate). Per row the
+# arithmetic is that of coupling_sums and network_rhs, so results are bitwise theirs and do not
+# depend on the thread count or on how units are shared out (numba.parallel_chunksize).
+
+
+@njit(cache=True, inline="always")
+def n_units(kind, n):
+    """Units of rows of a fused evaluation: groups of eight rows plus the n mod 8 last rows
+    for a dense W, else rows."""
+    if kind == DENSE:
+        return n // 8 + n % 8
+    return n
+
+
+@njit(cache=True, inline="always")
+def _unit_rows(kind, n, p):
+    p = np.int64(p)  # (a prange index may be unsigned: int64 + uint64 is float64)
+    if kind == DENSE:
+        g = n // 8
+        if p < g:
+            return 8 * p, 8 * p + 8
+        i = 8 * g + (p - g)
+        return i, i + 1
+    return p, p + 1
+
+
+@njit(cache=True)
+def _structured_totals(cp, a, b, two):
+    """Σ_j v_j μ_j a_j (and b) and the window prefix sums (into cp[13], cp[14]) of the
+    structured form, in the order coupling_structured takes them."""
+    v = cp[7]
+    mu = cp[5]
+    n = a.shape[0]
+    ta = 0.0
+    tb = 0.0
+    for j in range(n):
+        ta += v[j] * mu[j] * a[j]
+        if two:
+            tb += v[j] * mu[j] * b[j]
+    if cp[12] != 0.0:
+        _prefix(mu, a, cp[13])
+        if two:
+            _prefix(mu, b, cp[14])
+    return ta, tb
+
+
+@njit(cache=True)
+def unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb):
+    """S_i (and C_i) of the rows of unit ``p`` into ``sa``, ``sb``; returns the rows (i0, i1).
+
+    ``ta``, ``tb``: :func:`_structured_totals` of (a, b) for the structured form (else
+    unused). Each row's sum is exactly that of :func:`coupling_sums`.
+    """
+    n = a.shape[0]
+    i0, i1 = _unit_rows(kind, n, p)
+    if kind == DENSE:
+        if i1 - i0 == 8:
+            _dense_rows8(cp[0], i0, a, b, two, sa, sb)
+        else:
+            _dense_row1(cp[0], i0, a, b, two, sa, sb)
+    elif kind == CSR:
+        indptr, indices, data = cp[1], cp[2], cp[3]
+        s = 0.0
+        c = 0.0
+        for k in range(indptr[i0], indptr[i0 + 1]):
+            w = np.float64(data[k])
+            j = indices[k]
+            s += w * a[j]
+            if two:
+                c += w * b[j]
+        sa[i0] = s
+        if two:
+            sb[i0] = c
+    elif kind == STRUCTURED:
+        u, c_win, start, length = cp[6], cp[12], cp[8], cp[9]
+        s = u[i0] * ta
+        c = u[i0] * tb
+        if c_win != 0.0 and length[i0] > 0:
+            s += c_win * _window_sum(cp[13], start[i0], length[i0], n)
+            if two:
+                c += c_win * _window_sum(cp[14], start[i0], length[i0], n)
+        sa[i0] = s
+        if two:
+            sb[i0] = c
+    else:
+        x, mu, code, params = cp[4], cp[5], cp[11], cp[10]
+        s = 0.0
+        c = 0.0
+        xi = x[i0]
+        for j in range(n):
+            if wfun is None:
+                w = graphon_value(code, params, xi, x[j]) * mu[j]
+            else:
+                w = wfun(xi, x[j]) * mu[j]
+            s += w * a[j]
+            if two:
+                c += w * b[j]
+        sa[i0] = s
+        if two:
+            sb[i0] = c
+    return i0, i1
+
+
+@njit(cache=True, inline="always")
+def _field(two, state, drive, KN, ca, sn, a, b, sa, sb, i):
+    # row i of the vector field from its sums (as network_rhs)
+    if two:
+        # Σ_j W_ij sin(θ_j − θ_i − α) from S_i, C_i and the row's own sin/cos
+        inter = ca * (sa[i] * b[i] - sb[i] * a[i]) - sn * (sb[i] * b[i] + sa[i] * a[i])
+        return drive[i] + KN * inter
+    return -state[i] + KN * sa[i] + drive[i]
+
+
+@njit(cache=True, inline="always")
+def _activate(model, act_code, x, a, b, i):
+    if model == PHASE:
+        a[i] = math.sin(x[i])
+        b[i] = math.cos(x[i])
+    else:
+        a[i] = act(act_code, x[i])
+
+
+@njit(cache=True, parallel=True)
+def activate(model, act_code, kind, x, a, b):
+    """a = sin x, b = cos x (PHASE) or a = σ(x) (RATE): on one thread where the coupling
+    costs O(N^2) per evaluation (dense, pairwise), else in parallel."""
+    if kind == DENSE or kind == PAIRWISE:
+        for i in range(x.shape[0]):
+            _activate(model, act_code, x, a, b, i)
+    else:
+        for i in prange(x.shape[0]):
+            _activate(model, act_code, x, a, b, i)
+
+
+@njit(cache=True)
+def _totals(kind, cp, a, b, two):
+    if kind == STRUCTURED:
+        return _structured_totals(cp, a, b, two)
+    return 0.0, 0.0
+
+
 @njit(cache=True, parallel=True)
 def network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, out):
-    """Right-hand side of the PHASE or RATE model into ``out`` (a, b, sa, sb are scratch)."""
-    n = state.shape[0]
+    """Right-hand side of the PHASE or RATE model into ``out`` (a, b, sa, sb are scratch).
+
+    One parallel region (the sums and the field row by row) after :func:`activate`.
+    """
     two = model == PHASE
-    for i in prange(n):
-        if two:
-            a[i] = math.sin(state[i])
-            b[i] = math.cos(state[i])
-        else:
-            a[i] = act(act_code, state[i])
-    coupling_sums(kind, cp, wfun, a, b, two, sa, sb)
-    if two:
-        ca = math.cos(alpha)
-        sn = math.sin(alpha)
-        for i in prange(n):
-            # Σ_j W_ij sin(θ_j − θ_i − α) from S_i, C_i and the row's own sin/cos
-            inter = ca * (sa[i] * b[i] - sb[i] * a[i]) - sn * (sb[i] * b[i] + sa[i] * a[i])
-            out[i] = drive[i] + KN * inter
-    else:
-        for i in prange(n):
-            out[i] = -state[i] + KN * sa[i] + drive[i]
+    activate(model, act_code, kind, state, a, b)
+    ta, tb = _totals(kind, cp, a, b, two)
+    ca = math.cos(alpha)
+    sn = math.sin(alpha)
+    for p in prange(n_units(kind, state.shape[0])):
+        i0, i1 = unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb)
+        for i in range(i0, i1):
+            out[i] = _field(two, state, drive, KN, ca, sn, a, b, sa, sb, i)
 
 
 @njit(cache=True)
@@ -385,49 +531,63 @@ def network_advance(
     global step is a multiple of ``save_every`` the state is copied to the next row of
     ``frames``. Returns ``(n_done, n_frames, status)``; on a non-finite state the step is
     undone (``state`` holds the last finite one) and status is ``NONFINITE``.
+
+    One parallel region per evaluation (four per RK4 step, one per Euler step): each unit of
+    rows takes its sums, its rows of k_s, their next stage state and its sin/cos.
     """
     n = state.shape[0]
-    a = np.empty(n)
-    b = np.empty(n)
+    two = model == PHASE
+    X = np.empty((2, n))  # stage states, alternating (row cur: the state being evaluated)
+    A = np.empty((2, n))  # their sin (or σ)
+    B = np.empty((2, n))  # their cos
     sa = np.empty(n)
     sb = np.empty(n)
-    k1 = np.empty(n)
-    k2 = np.empty(n)
-    k3 = np.empty(n)
-    k4 = np.empty(n)
-    tmp = np.empty(n)
+    Ks = np.empty((4, n))
+    ca = math.cos(alpha)
+    sn = math.sin(alpha)
+    h = 0.5 * dt
+    sixth = dt / 6.0
+    n_stages = 1 if method == EULER else 4
+    nu = n_units(kind, n)
+    for i in range(n):
+        X[0, i] = state[i]
+    activate(model, act_code, kind, state, A[0], B[0])
+    cur = 0
     n_frames = 0
     for k in range(n_steps):
-        network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k1)
-        if method == EULER:
-            for i in prange(n):
-                tmp[i] = state[i] + dt * k1[i]
-        else:
-            h = 0.5 * dt
-            for i in prange(n):
-                tmp[i] = state[i] + h * k1[i]
-            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k2)
-            for i in prange(n):
-                tmp[i] = state[i] + h * k2[i]
-            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k3)
-            for i in prange(n):
-                tmp[i] = state[i] + dt * k3[i]
-            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, k4)
-            sixth = dt / 6.0
-            for i in prange(n):
-                tmp[i] = state[i] + sixth * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+        for s in range(n_stages):
+            xc, ac, bc = X[cur], A[cur], B[cur]
+            xn, an, bn = X[1 - cur], A[1 - cur], B[1 - cur]
+            ta, tb = _totals(kind, cp, ac, bc, two)
+            for p in prange(nu):
+                i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb)
+                for i in range(i0, i1):
+                    f = _field(two, xc, drive, KN, ca, sn, ac, bc, sa, sb, i)
+                    if method == EULER or s == 2:
+                        x = state[i] + dt * f
+                    elif s < 2:
+                        Ks[s, i] = f
+                        x = state[i] + h * f
+                    else:
+                        x = state[i] + sixth * (Ks[0, i] + 2.0 * Ks[1, i] + 2.0 * Ks[2, i] + f)
+                    if s == 2:
+                        Ks[2, i] = f
+                    xn[i] = x
+                    _activate(model, act_code, xn, an, bn, i)
+            cur = 1 - cur
+        xc = X[cur]  # the new state, its sin/cos in A[cur], B[cur] for the next step
         finite = True
         for i in range(n):
-            if not math.isfinite(tmp[i]):
+            if not math.isfinite(xc[i]):
                 finite = False
                 break
         if not finite:
             return k, n_frames, NONFINITE
-        for i in prange(n):
-            state[i] = tmp[i]
+        for i in range(n):
+            state[i] = xc[i]
         _record(model, act_code, state, obs, k)
         if (step0 + k + 1) % save_every == 0:
-            for i in prange(n):
+            for i in range(n):
                 frames[n_frames, i] = state[i]
             n_frames += 1
     return n_steps, n_frames, OK
@@ -640,54 +800,74 @@ ADAPTIVE_TABLES = {
 }
 
 
-@njit(cache=True, parallel=True)
-def _stage_state(y, h, TA, s, K, out):
-    """out = y + h sum_{j<s} A[s, j] k_j (each component summed in stage order)."""
-    for i in prange(y.shape[0]):
-        x = y[i]
-        for j in range(s):
-            c = h * TA[s, j]
-            if c != 0.0:
-                x += c * K[j, i]
-        out[i] = x
+@njit(cache=True, inline="always")
+def _stage_point(y, h, TA, s, K, i):
+    """Row i of the stage state y + h sum_{j<s} A[s, j] k_j (summed in stage order)."""
+    x = y[i]
+    for j in range(s):
+        c = h * TA[s, j]
+        if c != 0.0:
+            x += c * K[j, i]
+    return x
 
 
 @njit(cache=True, parallel=True)
-def _weighted_sum(w, S, K, scale, out):
-    """out = scale * sum_{s<S} w[s] k_s."""
-    for i in prange(K.shape[1]):
-        acc = 0.0
-        for s in range(S):
-            acc += w[s] * K[s, i]
-        out[i] = scale * acc
+def adaptive_stage(
+    model, act_code, kind, cp, wfun, drive, KN, ca, sn, y, h, TA, K, s, nxt,
+    xc, ac, bc, xn, an, bn, sa, sb, err_mode, TE, TE3, e, e3, dense, ynew, last, TD, RC,
+):  # fmt: skip
+    """One evaluation of an adaptive step in one parallel region over units of rows.
 
-
-@njit(cache=True, parallel=True)
-def _dense_coefficients(y, ynew, h, K, last, TD, RC):
-    """Rows of the continuous extension on a step y -> ynew of size h (Hairer's rcont/cont):
-    y, ydiff, h k_1 - ydiff, ydiff - h f(ynew) - (h k_1 - ydiff), then h sum_s D[r, s] k_s."""
+    k_s = f(xc) (``ac``, ``bc``: the activations of ``xc``) into ``K[s]``; then per row:
+    when ``nxt > 0`` the stage state ``nxt`` (y + h sum_{j<nxt} A[nxt, j] k_j) into ``xn``
+    and its activations into ``an``, ``bn``; ``err_mode`` 1: e = h sum_s E_s k_s (DOPRI5),
+    2: e = sum_s E_s k_s and e3 = sum_s E3_s k_s (DOP853), over the first ``len(TE)``
+    stages; ``dense``: the rows of the continuous extension on the step y -> ``ynew``
+    (Hairer's rcont: y, ydiff, h k_1 - ydiff, ydiff - h f(ynew) - (h k_1 - ydiff), then
+    h sum_s D[r, s] k_s, with f(ynew) = ``K[last]``) into ``RC``.
+    """
+    two = model == PHASE
+    ta, tb = _totals(kind, cp, ac, bc, two)
+    n_err = TE.shape[0]
     m = TD.shape[0]
     S = TD.shape[1]
-    for i in prange(y.shape[0]):
-        yd = ynew[i] - y[i]
-        bspl = h * K[0, i] - yd
-        RC[0, i] = y[i]
-        RC[1, i] = yd
-        RC[2, i] = bspl
-        RC[3, i] = yd - h * K[last, i] - bspl
-        for r in range(m):
-            acc = 0.0
-            for s in range(S):
-                acc += TD[r, s] * K[s, i]
-            RC[4 + r, i] = h * acc
+    for p in prange(n_units(kind, y.shape[0])):
+        i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb)
+        for i in range(i0, i1):
+            K[s, i] = _field(two, xc, drive, KN, ca, sn, ac, bc, sa, sb, i)
+            if nxt > 0:
+                xn[i] = _stage_point(y, h, TA, nxt, K, i)
+                _activate(model, act_code, xn, an, bn, i)
+            if err_mode > 0:
+                acc = 0.0
+                for q in range(n_err):
+                    acc += TE[q] * K[q, i]
+                e[i] = (h if err_mode == 1 else 1.0) * acc
+                if err_mode == 2:
+                    acc = 0.0
+                    for q in range(n_err):
+                        acc += TE3[q] * K[q, i]
+                    e3[i] = acc
+            if dense:
+                yd = ynew[i] - y[i]
+                bspl = h * K[0, i] - yd
+                RC[0, i] = y[i]
+                RC[1, i] = yd
+                RC[2, i] = bspl
+                RC[3, i] = yd - h * K[last, i] - bspl
+                for r in range(m):
+                    acc = 0.0
+                    for q in range(S):
+                        acc += TD[r, q] * K[q, i]
+                    RC[4 + r, i] = h * acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _dense_value(RC, m, th, out):
     """The continuous extension at theta = th: RC[0] + th (RC[1] + (1 - th) (RC[2] + th (...)))
-    with the factors th and 1 - th alternating over the ``m`` rows."""
+    with the factors th and 1 - th alternating over the ``m`` rows (one thread: O(N))."""
     th1 = 1.0 - th
-    for i in prange(RC.shape[1]):
+    for i in range(RC.shape[1]):
         p = RC[m - 1, i]
         for q in range(m - 2, 0, -1):
             p = RC[q, i] + (th1 if q % 2 == 1 else th) * p
@@ -702,7 +882,7 @@ def _all_finite(x):
     return True
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def network_adaptive(
     model,
     act_code,
@@ -760,7 +940,6 @@ def network_adaptive(
     S = TA.shape[0]
     last_stage = 6 if method == DOPRI5 else 12
     order = 5 if method == DOPRI5 else 8
-    n_err = TE.shape[0]  # stages entering the error estimate
     m_dense = 4 + TD.shape[0]
     a = np.empty(n)
     b = np.empty(n)
@@ -769,6 +948,13 @@ def network_adaptive(
     K = np.empty((S, n))
     tmp = np.empty(n)
     ynew = np.empty(n)
+    X = np.empty((2, n))  # stage states, alternating, and their activations
+    A = np.empty((2, n))
+    B = np.empty((2, n))
+    ay = np.empty(n)  # the activations of ynew
+    by = np.empty(n)
+    ca = math.cos(alpha)
+    sn = math.sin(alpha)
     e = np.empty(n)
     e3 = np.empty(n)
     yk = np.empty(n)
@@ -826,20 +1012,42 @@ def network_adaptive(
                 need = cnt
             break
         attempts += 1
+        # one parallel region per evaluation (adaptive_stage); the first stage's state on one
+        # pass here (O(N), its activations in parallel only for O(N)-cost couplings)
+        want_dense = cnt > 0 and k_out * dt < tnew
+        for i in range(n):
+            X[0, i] = _stage_point(state, hh, TA, 1, K, i)
+        activate(model, act_code, kind, X[0], A[0], B[0])
+        cur = 0
+        err_mode = 1 if method == DOPRI5 else 2
         for s in range(1, last_stage):
-            _stage_state(state, hh, TA, s, K, tmp)
-            network_rhs(model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[s])
-        _stage_state(state, hh, TA, last_stage, K, ynew)  # the propagated solution
+            if s + 1 == last_stage:  # the propagated solution and, for DOP853, the error
+                mode = err_mode if method == DOP853 else 0
+                adaptive_stage(
+                    model, act_code, kind, cp, wfun, drive, KN, ca, sn, state, hh, TA, K, s,
+                    s + 1, X[cur], A[cur], B[cur], ynew, ay, by, sa, sb,
+                    mode, TE, TE3, e, e3, False, ynew,
+                    last_stage, TD, RC,
+                )  # fmt: skip
+            else:
+                adaptive_stage(
+                    model, act_code, kind, cp, wfun, drive, KN, ca, sn, state, hh, TA, K, s,
+                    s + 1, X[cur], A[cur], B[cur], X[1 - cur], A[1 - cur], B[1 - cur], sa, sb,
+                    0, TE, TE3, e, e3, False, ynew, last_stage, TD, RC,
+                )  # fmt: skip
+            cur = 1 - cur
         stats[2] += last_stage - 1
         if method == DOPRI5:
-            # first same as last: f(ynew) is the 7th stage (its error weight is not zero)
-            network_rhs(model, act_code, ynew, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[6])
+            # first same as last: f(ynew) is the 7th stage (its error weight is not zero); the
+            # error and (if a save time falls inside the step) the dense output in its region
+            adaptive_stage(
+                model, act_code, kind, cp, wfun, drive, KN, ca, sn, state, hh, TA, K, 6, 0,
+                ynew, ay, by, tmp, a, b, sa, sb, 1, TE, TE3, e, e3, want_dense, ynew,
+                last_stage, TD, RC,
+            )  # fmt: skip
             stats[2] += 1
-            _weighted_sum(TE, n_err, K, hh, e)
             err = wrms_norm(e, state, ynew, rtol, atol)
         else:
-            _weighted_sum(TE, n_err, K, 1.0, e)
-            _weighted_sum(TE3, n_err, K, 1.0, e3)
             q5 = wrms_norm(e, state, ynew, rtol, atol)
             q3 = wrms_norm(e3, state, ynew, rtol, atol)
             err = 0.0 if q5 == 0.0 else hh * q5 * (q5 / math.hypot(q5, 0.1 * q3))
@@ -854,20 +1062,28 @@ def network_adaptive(
         rejected = not accept
         if accept:
             if method == DOP853:
-                network_rhs(
-                    model, act_code, ynew, drive, KN, alpha, kind, cp, wfun, a, b, sa, sb, K[12]
-                )
+                # f(ynew), then (a save time inside the step) three more stages, the last with
+                # the continuous extension
+                nxt = 13 if want_dense else 0
+                adaptive_stage(
+                    model, act_code, kind, cp, wfun, drive, KN, ca, sn, state, hh, TA, K, 12,
+                    nxt, ynew, ay, by, X[0], A[0], B[0], sa, sb, 0, TE,
+                    TE3, e, e3, False, ynew, last_stage, TD, RC,
+                )  # fmt: skip
                 stats[2] += 1
-            if cnt > 0:
-                if k_out * dt < tnew:  # a save time inside the step: the continuous extension
-                    for s in range(last_stage + 1, S):  # DOP853: three more stages
-                        _stage_state(state, hh, TA, s, K, tmp)
-                        network_rhs(
-                            model, act_code, tmp, drive, KN, alpha, kind, cp, wfun, a, b, sa,
-                            sb, K[s],
+                if want_dense:
+                    for s in range(last_stage + 1, S):
+                        c = (s - last_stage - 1) % 2
+                        nxt = s + 1 if s + 1 < S else 0
+                        fin = s + 1 == S
+                        adaptive_stage(
+                            model, act_code, kind, cp, wfun, drive, KN, ca, sn, state, hh, TA,
+                            K, s, nxt, X[c], A[c], B[c], X[1 - c],
+                            A[1 - c], B[1 - c], sa, sb, 0, TE, TE3, e, e3, fin, ynew,
+                            last_stage, TD, RC,
                         )  # fmt: skip
                         stats[2] += 1
-                    _dense_coefficients(state, ynew, hh, K, last_stage, TD, RC)
+            if cnt > 0:
                 n_out0 = n_out
                 n_fr0 = n_fr
                 for q in range(cnt):
@@ -892,7 +1108,7 @@ def network_adaptive(
                     n_fr = n_fr0
                     break
                 k_out += cnt
-            for i in prange(n):
+            for i in range(n):
                 state[i] = ynew[i]
                 K[0, i] = K[last_stage, i]
             t = tnew

@@ -52,7 +52,7 @@ from .errors import NonFiniteStateError
 from .graphs import DigraphMeasure, Graphon
 from .kernels import continuum as kc
 from .kernels import kuramoto as kk
-from .meanfield import Coupling, Kuramoto, _threads_for, simulate
+from .meanfield import Coupling, Kuramoto, _threads, simulate
 from .runs import start_run
 from .storage import chunk_rows
 
@@ -252,7 +252,7 @@ def meanfield_limit(
         mu = c.cp[5] if c.kind in (kk.STRUCTURED, kk.PAIRWISE) else np.ones(c.n)
 
         def advance(state, k, step, frames, obs):
-            with _threads_for(c.work):
+            with _threads(c):
                 return kc.oa_advance(state, gamma, omega0, K, dt, k, save_every, step, c.kind,
                                      c.cp, c.wfun, mu, frames, obs)  # fmt: skip
 

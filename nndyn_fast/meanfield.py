@@ -47,6 +47,7 @@ from .kernels.control import ERR_FLOOR
 from .progress import Progress
 from .runs import start_run
 from .storage import chunk_rows
+from .threads import for_work
 
 __all__ = [
     "Coupling",
@@ -66,6 +67,16 @@ METHODS = {**FIXED_METHODS, **ADAPTIVE_METHODS}
 DTYPES = {"float64": np.float64, "float32": np.float32}
 _EMPTY = np.zeros(0)
 _EMPTY_I = np.zeros(0, np.int64)
+
+
+# Serial seconds per unit of Coupling.work (one thread, N = 2000, rhs() best of 7): dense
+# float64 W 0.28 ns per entry (read at about 28 GB/s), float32 0.11-0.15 ns, CSR 1.6 ns per
+# stored entry, pairwise graphon 0.41 ns (3.3 ns per pair), structured 36 ns (call overhead
+# included; O(N) work never pays for threads). Every evaluation of a step is one parallel
+# region of this size (kernels.kuramoto), so threads.for_work decides from it (with
+# CHUNK_MIN_SECONDS per thread: a dense float64 W gets two threads from N = 3800).
+_SECONDS_PER_WORK = {kk.DENSE: 2.8e-10, kk.CSR: 1.6e-9, kk.PAIRWISE: 4.1e-10, kk.STRUCTURED: 1e-8}
+_SECONDS_PER_WORK_DENSE_F32 = 1.5e-10
 
 
 class Coupling:
@@ -158,6 +169,15 @@ class Coupling:
             return 8 * self.n * self.n  # a graphon evaluation costs several flops
         return 4 * self.n
 
+    @property
+    def seconds(self) -> float:
+        """Serial seconds of one interaction evaluation (the size of each parallel region of
+        a step, for the thread choice of :func:`nndyn_fast.threads.for_work`)."""
+        rate = _SECONDS_PER_WORK[self.kind]
+        if self.kind == kk.DENSE and self.dtype == "float32":
+            rate = _SECONDS_PER_WORK_DENSE_F32
+        return self.work * rate
+
     def fingerprint(self) -> str:
         """A digest of the weights, used to check that a resumed run continues the same model."""
         h = hashlib.blake2b(digest_size=16)
@@ -168,20 +188,29 @@ class Coupling:
         return h.hexdigest()
 
 
-# Below this many multiply-adds per evaluation, starting threads costs more than it saves
-# (measured: O(N) graphon sums at N = 10^5 run faster on one thread). Results are identical
-# for any thread count, so this only changes speed.
-PARALLEL_MIN_WORK = 250_000
+# Units of rows (kernels.kuramoto.n_units: eight rows of a dense W, else one) per chunk of a
+# parallel evaluation, handed out to threads as they become free, so a thread slowed by
+# another process takes fewer rows and the region waits for at most about one chunk (0: one
+# block per thread, numba's default). With chunks a region needs far less work per thread
+# than threads.MIN_SECONDS_PER_THREAD: CHUNK_MIN_SECONDS. Measured (bench/bench_load.py, dense
+# N = 4000, 100 RK4 steps, machine shared with other jobs, load average 8-10 on 2 cores,
+# medians of 2): two threads in chunks 18.4 s "idle" / 19.4 s beside a busy process, two
+# threads in blocks 16.9 / 21.7 s, one thread 34.6 / 23.2 s, numpy RK4 18.1 / 26.3 s; at load
+# average 5, chunks 5.8 / 11.3 s against numpy 11.1 / 20.3 s.
+CHUNK_UNITS = 16
+CHUNK_MIN_SECONDS = 0.002
 
 
 @contextmanager
-def _threads_for(work: int) -> Iterator[None]:
-    before = numba.get_num_threads()
-    numba.set_num_threads(before if work >= PARALLEL_MIN_WORK else 1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+def _threads(c: Coupling) -> Iterator[int]:
+    """The thread choice of threads.for_work for evaluations of the coupling ``c``."""
+    chunked = CHUNK_UNITS > 0
+    with for_work(c.seconds, min_seconds=CHUNK_MIN_SECONDS if chunked else None) as n:
+        if chunked and n > 1:
+            with numba.parallel_chunksize(CHUNK_UNITS):
+                yield n
+        else:
+            yield n
 
 
 def _coupling(W: Any, n: int, dtype: str) -> Coupling:
@@ -352,7 +381,7 @@ def rhs(model: Kuramoto | FiringRate, state: Any) -> np.ndarray:
     n = model.n
     a, b, sa, sb, out = (np.empty(n) for _ in range(5))
     c = model._c
-    with _threads_for(c.work):
+    with _threads(c):
         kk.network_rhs(
             model.model_code,
             model.act_code,
@@ -594,7 +623,7 @@ def simulate(
         return _noise.simulate_noisy(
             model, x0, dt, total, method, opts, save_every=save_every,
             steps_per_call=steps_per_call, params=params, run_cls=NetworkRun,
-            progress_cls=Progress, threads_for=_threads_for, **stream,
+            progress_cls=Progress, threads_for=lambda _work: _threads(model._c), **stream,
         )  # fmt: skip
     # the chunk buffers, and without out every step's observables and every saved frame
     kept = 0 if out is not None else 24.0 * (total + 1) + 8.0 * (n + 1) * (total // save_every + 1)
@@ -659,7 +688,7 @@ def simulate(
         try:
             while step < total:
                 k = min(steps_per_call, total - step)
-                with _threads_for(c.work):
+                with _threads(c):
                     done, nf, status = kk.network_advance(
                         model.model_code,
                         model.act_code,
@@ -793,7 +822,7 @@ def _simulate_adaptive(run: tuple, stream: tuple, tols: dict, h_fixed: float = 0
             writer.commit(state=state, step=0, ctl=ctl, stats=counts)
         try:
             while done < total:
-                with _threads_for(c.work):
+                with _threads(c):
                     n_out, nf, status, need = kk.network_adaptive(
                         model.model_code, model.act_code, state, model.drive, model.K / n,
                         model.alpha, c.kind, c.cp, c.wfun, code, TA, TE, TE3, TD, rt, at, dt,

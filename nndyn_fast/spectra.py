@@ -44,7 +44,7 @@ from ._validate import (
 )
 from .graphs import DigraphMeasure, Graphon
 from .kernels import kuramoto as kk
-from .meanfield import Coupling, _threads_for
+from .meanfield import Coupling, _threads
 
 __all__ = ["CouplingSpectrum", "coupling_spectrum", "critical_coupling", "coupling_operator"]
 
@@ -276,7 +276,7 @@ def coupling_spectrum(
         method = "dense" if N < _DENSE_BELOW else "krylov"
     if method == "krylov" and k >= N - 1:
         raise ValueError(f"k must be < N - 1 = {N - 1} for method='krylov', got {k}")
-    with _threads_for(op.c.work):
+    with _threads(op.c):
         if method == "dense":
             vals, vecs, name = _dense(op, k, which, vectors)
         else:

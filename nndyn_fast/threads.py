@@ -116,13 +116,18 @@ def threads(n: int | None) -> Iterator[int]:
         set_threads(before)
 
 
-def region_threads(seconds: float) -> int:
+def region_threads(seconds: float, min_seconds: float | None = None) -> int:
     """Threads for a parallel region of ``seconds`` of serial work: as many as get
-    ``MIN_SECONDS_PER_THREAD`` each, at least one, at most :func:`get_threads`."""
+    ``MIN_SECONDS_PER_THREAD`` each (or ``min_seconds``, if smaller: regions whose work is
+    handed out in small chunks wait far less for a slowed thread), at least one, at most
+    :func:`get_threads`."""
     top = get_threads()
-    if MIN_SECONDS_PER_THREAD <= 0.0:
+    per = (
+        MIN_SECONDS_PER_THREAD if min_seconds is None else min(min_seconds, MIN_SECONDS_PER_THREAD)
+    )
+    if per <= 0.0:
         return top
-    return max(1, min(top, int(seconds / MIN_SECONDS_PER_THREAD)))
+    return max(1, min(top, int(seconds / per)))
 
 
 _BLAS: Any = None
@@ -142,19 +147,21 @@ def _blas_pools() -> Any:
 
 
 @contextmanager
-def for_work(seconds: float | None, *, blas: float | None = None) -> Iterator[int]:
+def for_work(
+    seconds: float | None, *, blas: float | None = None, min_seconds: float | None = None
+) -> Iterator[int]:
     """Run a block whose parallel regions each take about ``seconds`` of serial work on
     :func:`region_threads` ``(seconds)`` threads, and, when ``blas`` (the serial seconds of
     its largest BLAS call) is given, its BLAS calls on ``region_threads(blas)`` threads.
-    ``seconds`` None leaves the kernels' threads alone. Nested blocks choose within the
-    setting of the outermost one.
+    ``seconds`` None leaves the kernels' threads alone; ``min_seconds`` as in
+    :func:`region_threads`. Nested blocks choose within the setting of the outermost one.
 
     Yields the number of threads of the parallel regions; restores the settings on exit.
     """
     limit = get_threads()
     outer = getattr(_local, "limit", None)
     before = int(numba.get_num_threads())
-    n = before if seconds is None else region_threads(seconds)
+    n = before if seconds is None else region_threads(seconds, min_seconds)
     pools = None if blas is None else _blas_pools()
     _local.limit = limit
     numba.set_num_threads(n)

@@ -1,5 +1,7 @@
 """Network kernels against naive references: every coupling form, both models, RK4 order."""
 
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -26,6 +28,8 @@ GRAPHONS = [
     Graphon.power_law(0.3),
     Graphon.directed_ring(0.25),
 ]
+
+TH = sys.modules["nndyn_fast.threads"]  # (nndyn_fast.threads is the context manager)
 
 
 @numba.njit
@@ -151,7 +155,8 @@ def test_convergence_order(method, order):
     assert abs(slope - order) < 0.3, (errs, slope)
 
 
-def test_results_do_not_depend_on_thread_count():
+def test_results_do_not_depend_on_thread_count(monkeypatch):
+    monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)  # threads on, even at this small N
     n = 300
     omega, theta, rng = _setup(n, 7)
     W = rng.random((n, n))
@@ -191,3 +196,29 @@ def test_permutation_equivariance_and_phase_shift_invariance(seed, shift):
     shifted = rhs(Kuramoto(omega, W, 2.0, 0.7), theta + shift)
     # sin/cos of shifted phases: rounding grows with |shift| ~ 10 → ~1e-14 relative
     np.testing.assert_allclose(shifted, base, atol=1e-12)
+
+
+def _scheduling_calls(dispatcher, sig=None):
+    """Parallel regions in a kernel's compiled code: calls of numba's parfor scheduler (each
+    prange loop is one call site, callees' loops included). Compiled afresh from the Python
+    source for ``sig`` or the kernel's first signature (cached code has no IR to inspect)."""
+    import re
+
+    sig = dispatcher.signatures[0] if sig is None else sig
+    fresh = numba.njit(parallel=True)(dispatcher.py_func)
+    fresh.compile(sig)
+    return len(re.findall(r"call [^\n]*@do_scheduling_\w+", fresh.inspect_llvm(sig)))
+
+
+def test_a_dense_rk4_step_opens_one_parallel_region_per_evaluation():
+    # the step loop holds one prange (sums, field, stage update and sin/cos per block of rows:
+    # four launches per RK4 step, about 17 before the fusion); activate, called once on entry,
+    # holds the other one
+    from nndyn_fast.kernels import kuramoto as kk
+
+    n = 16
+    omega, theta, rng = _setup(n)
+    simulate(Kuramoto(omega, rng.random((n, n)), 1.0), theta, 0.1, 0.05)  # a dense signature
+    vec = numba.types.float64[::1]
+    assert _scheduling_calls(kk.activate, (numba.int64,) * 3 + (vec,) * 3) == 1
+    assert _scheduling_calls(kk.network_advance) == 2

@@ -1,5 +1,7 @@
 """Adaptive network runs (DOPRI5, DOP853): orders, scipy, save times, streaming, resume."""
 
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from nndyn_fast import (
 from nndyn_fast import meanfield as mf
 
 ORDERS = {"dopri5": 5, "dop853": 8}
+
+TH = sys.modules["nndyn_fast.threads"]  # (nndyn_fast.threads is the context manager)
 
 
 @numba.njit
@@ -42,7 +46,6 @@ def _scipy(f, y0, t_end, **kw):
 def _fixed_steps(model, theta, t_end, dt, method, h):
     """The adaptive tableau with every step of size h and no control (the private entry point
     behind simulate, which takes h_fixed)."""
-    from nndyn_fast import meanfield as mf
 
     n = model.n
     total = int(np.ceil(t_end / dt - 1e-9))
@@ -292,7 +295,7 @@ def test_bad_tolerances_are_rejected(kwargs, match):
 def test_serial_and_parallel_runs_are_identical(monkeypatch, method):
     """Each row is summed by one thread in a fixed order and the norms are serial, so the
     runs are bitwise equal for any thread count (threads forced on for this small N)."""
-    monkeypatch.setattr(mf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(TH, "MIN_SECONDS_PER_THREAD", 0.0)
     n = 64
     rng = np.random.default_rng(5)
     omega, theta, W = rng.normal(size=n), rng.uniform(0, 6, n), rng.random((n, n))
