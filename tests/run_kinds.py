@@ -30,10 +30,15 @@ KINDS = [
     "fit",
     "dde_lyapunov",
     "meanfield_limit",
+    "meanfield_limit_fp",
 ]
 
 # variants written under another kind: the ``kind`` attribute their file holds
-KIND_OF = {"noisy_kuramoto": "kuramoto", "noisy_firing_rate": "firing_rate"}
+KIND_OF = {
+    "noisy_kuramoto": "kuramoto",
+    "noisy_firing_rate": "firing_rate",
+    "meanfield_limit_fp": "meanfield_limit",
+}
 
 
 def _cli(args: list[str]) -> None:
@@ -108,6 +113,12 @@ def make(kind: str, folder: Path) -> Path:
         from nndyn_fast.graphs import Graphon
 
         meanfield_limit(Graphon.ring(0.3), K=2.0, gamma=0.3, x_grid=16, t_end=0.5, dt=0.05,
+                        save_every=5, out=out)  # fmt: skip
+    elif kind == "meanfield_limit_fp":  # the Fokker-Planck limit: Fourier modes, not a grid
+        from nndyn_fast.continuum import meanfield_limit
+        from nndyn_fast.graphs import Graphon
+
+        meanfield_limit(Graphon.constant(1.0), K=2.0, noise=0.5, modes=8, t_end=0.5, dt=0.05,
                         save_every=5, out=out)  # fmt: skip
     else:
         raise ValueError(f"unknown kind {kind!r}")

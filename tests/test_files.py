@@ -118,3 +118,14 @@ def test_readers_name_the_missing_extra(run_files, monkeypatch):
             f.to_xarray()
         with pytest.raises(ImportError, match=r"nndyn_fast\[io\]"):
             f.to_pandas()
+
+
+def test_the_fokker_planck_limit_names_its_fourier_modes(run_files):
+    with h5py.File(run_files["meanfield_limit_fp"], "r", locking=False) as h5:
+        g = h5["trajectory"]
+        assert [d.label or d[0].name.rsplit("/", 1)[1] for d in g["value"].dims][1:] == [
+            "part",
+            "mode",
+        ]
+        np.testing.assert_array_equal(g["mode"][()], np.arange(1, 9))
+        assert list(g["part"].asstr()[()]) == ["re", "im"]

@@ -4,6 +4,7 @@ leaves matplotlib's backend as it was."""
 import matplotlib
 import numpy as np
 import pytest
+from run_kinds import KIND_OF
 
 from nndyn_fast import Kuramoto, plots, simulate
 from nndyn_fast.cli import main
@@ -98,6 +99,7 @@ THEORY = {
     "fit": "final loss",
     "dde_lyapunov": "lambda = 0",
     "meanfield_limit": "ott_antonsen",
+    "meanfield_limit_fp": "fokker_planck",
 }
 
 
@@ -133,7 +135,7 @@ def test_nndyn_plot_formats_and_unknown_kinds(run_files, tmp_path, capsys):
     assert main(["plot", str(odd), "--out", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
     assert "'mystery'" in err and "'sweep'" in err and "'ode'" in err
-    assert set(plots.RUN_PLOTS) >= set(THEORY) - {"noisy_kuramoto", "noisy_firing_rate"}
+    assert set(plots.RUN_PLOTS) >= set(THEORY) - set(KIND_OF)
 
 
 def test_fit_and_limit_figures_draw_the_files_rows(run_files, backend):
