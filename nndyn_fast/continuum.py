@@ -11,12 +11,12 @@ sin(θ_j − θ_i)] dt + σ dB_i as the network grows along a graphon (or digrap
 
   on the quadrature grid x_i = i/N (weights 1/N; a DigraphMeasure gives its own positions and
   weights), integrated by RK4 with the matrix-free interaction (O(N) per step for the built-in
-  graphons). The recorded order parameter is Z = ∫ z dμ / ∫ dμ, r = |Z|.
+  graphons). The recorded order parameter is Z = ∫ z dμ / ∫ dμ, r = abs(Z).
 - **Identical oscillators with noise** (D = σ²/2, all-to-all or constant graphon p): the
   Fokker–Planck equation ∂_t ρ = −∂_θ(ρ v) + D ∂_θθ ρ, v = ω_0 + K p r sin(ψ − θ), solved for
   the Fourier moments z_n = ∫ e^{inθ} ρ dθ, n = 1..M (a tridiagonally coupled ODE, see
   :mod:`nndyn_fast.kernels.continuum`), by exponential time differencing (ETDRK4) so the stiff
-  diffusion −D n² is integrated exactly; r = |z_1|.
+  diffusion −D n² is integrated exactly; r = abs(z_1).
 
 Both are streamed like every other run (:func:`nndyn_fast.runs.start_run`: kind
 ``"meanfield_limit"``, series ``observables`` (time, step, value (2,) = (r, ψ)) and
@@ -24,7 +24,7 @@ Both are streamed like every other run (:func:`nndyn_fast.runs.start_run`: kind
 per chunk, bitwise resume).
 
 :func:`finite_size_gap` puts particle runs (:func:`nndyn_fast.meanfield.simulate`,
-deterministic Lorentzian frequencies) beside the limit and measures |r_N − r_∞|.
+deterministic Lorentzian frequencies) beside the limit and measures abs(r_N − r_∞).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def etdrk4_coefficients(L: np.ndarray, h: float, contour: int = 64) -> tuple[np.
 
     E = e^{hL}, E2 = e^{hL/2}, Q = h φ(hL/2)/2-type weights and the Cox–Matthews f1, f2, f3,
     evaluated as means over ``contour`` points on a circle of radius 1 around each hL
-    (Kassam–Trefethen), which avoids the cancellation of the closed forms at small |hL|.
+    (Kassam–Trefethen), which avoids the cancellation of the closed forms at small abs(hL).
     """
     L = np.asarray(L, dtype=np.complex128)
     # the whole circle: L may be complex (a rotation i n ω_0), so no conjugate symmetry
@@ -192,8 +192,8 @@ def meanfield_limit(
         Quadrature points x_i = i/N for a Graphon (default 1000); a DigraphMeasure or a matrix
         brings its own.
     z0 : complex or array (N,), optional
-        Initial local order parameter, |z0| <= 1 (default 0.5 everywhere). Fokker–Planck: the
-        initial density is the wrapped Cauchy with moments z0^n (|z0| < 1).
+        Initial local order parameter, abs(z0) <= 1 (default 0.5 everywhere). Fokker–Planck: the
+        initial density is the wrapped Cauchy with moments z0^n (abs(z0) < 1).
     density0 : array (L,), optional
         Fokker–Planck only: the initial density at θ_j = 2π j / L (normalised here; L >= 2M + 1).
     modes : int
@@ -320,6 +320,58 @@ def _limit_coupling(coupling: Any, x_grid: Any) -> tuple[Coupling, np.ndarray | 
     return Coupling(coupling, shape[0]), None
 
 
+_LIMIT_DESCRIPTION = {
+    "ott_antonsen": "continuum (N -> infinity) limit of a Kuramoto network with Lorentzian "
+    "frequencies: the graphon Ott-Antonsen equation dz(x)/dt = (i omega0 - gamma) z(x) + (K/2) "
+    "[(W z)(x) - z(x)^2 (W conj z)(x)] on a quadrature grid x; frames of z(x) and the order "
+    "parameter r e^{i psi} at every step",
+    "fokker_planck": "continuum (N -> infinity) limit of identical noisy Kuramoto oscillators: "
+    "the Fokker-Planck equation for the Fourier moments z_n of the phase density, by ETDRK4; "
+    "frames of z_1..z_M and the order parameter r e^{i psi} = z_1 at every step",
+}
+
+
+def _limit_series(equation: str, n: int, has_x: bool) -> dict:
+    """The series of a ``meanfield_limit`` run file, with units, names and dimensions."""
+    if equation == "ott_antonsen":
+        axis = "x" if has_x else "node"
+        value = {"dims": ("part", axis), "long_name": "local order parameter z(x): Re, Im"}
+    else:
+        value = {
+            "dims": ("part", "mode"),
+            "long_name": "Fourier moments z_n of the density: Re, Im",
+        }
+    time = {"units": "1", "long_name": "time (model units)"}
+    step = {"dtype": np.int64, "long_name": "integration step"}
+    return {
+        "trajectory": {
+            "time": time,
+            "step": step,
+            "value": {"shape": (2, n), "units": "1", **value},
+        },
+        "observables": {
+            "time": time,
+            "step": step,
+            "value": {
+                "shape": (2,),
+                "dims": ("observable",),
+                "units": "1",
+                "long_name": "order parameter: r (modulus, 1) and psi (phase, rad)",
+            },
+        },
+    }
+
+
+def _limit_coords(equation: str, x: np.ndarray | None, n: int) -> dict:
+    """Coordinate values of the limit run's named axes (the grid x where there is one)."""
+    traj: dict[str, Any] = {"part": (["re", "im"], "1", "real and imaginary part")}
+    if equation == "ott_antonsen" and x is not None and np.shape(x) == (n,):
+        traj["x"] = (np.asarray(x, dtype=np.float64), "1", "graphon position x")
+    elif equation == "fokker_planck":
+        traj["mode"] = (np.arange(1, n + 1), "1", "Fourier mode n")
+    return {"trajectory": traj, "observables": {"observable": (["r", "psi"], "1", "observable")}}
+
+
 def _stream(advance, order, z, x, equation, params, total, save_every, chunk_steps, out, overwrite,
             resume) -> LimitRun:  # fmt: skip
     n = z.shape[0]
@@ -340,10 +392,9 @@ def _stream(advance, order, z, x, equation, params, total, save_every, chunk_ste
             kind="meanfield_limit",
             params=params,
             inputs={"z0": np.stack([z.real, z.imag])},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (2, n)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (2,)},
-            },
+            series=_limit_series(equation, n, x is not None),
+            coords=_limit_coords(equation, x, n),
+            description=_LIMIT_DESCRIPTION[equation],
             rows={
                 "trajectory": total // save_every + 1 + (total % save_every != 0),
                 "observables": total + 1,
@@ -426,7 +477,7 @@ def lorentzian_quantile_frequencies(n: int, gamma: float, omega0: float = 0.0) -
 class FiniteSizeGap:
     """Result of :func:`finite_size_gap`: for each N of ``Ns``, the time-averaged order
     parameter ``r_N`` of the particle run (``r_N_std`` its standard deviation over the window),
-    ``r_inf`` the limit's time average over the same window, ``gap`` = |r_N − r_inf|, and the
+    ``r_inf`` the limit's time average over the same window, ``gap`` = abs(r_N − r_inf), and the
     limit run itself (``limit``)."""
 
     Ns: np.ndarray
@@ -450,7 +501,7 @@ def finite_size_gap(
     x_grid: int = 2000,
     omega0: float = 0.0,
 ) -> FiniteSizeGap:
-    """|r_N − r_∞| of Kuramoto networks with Lorentzian frequencies against the graphon limit.
+    """abs(r_N − r_∞) of Kuramoto networks with Lorentzian frequencies against the graphon limit.
 
     Each N runs dθ_i/dt = ω_i + (K/N) Σ_j W_ij sin(θ_j − θ_i) (RK4, step dt) from θ_i = 0 with
     the deterministic frequencies of :func:`lorentzian_quantile_frequencies`; the limit is

@@ -81,7 +81,7 @@ class DDELyapunovSpectrum:
     stderr : (k,) standard error by batch means over ``n_blocks`` consecutive blocks of the
         member-averaged log growth.
     per_member : (B, k) each initial history's estimates.
-    drift : (k,) |estimate at the end - estimate at half time|, a convergence diagnostic.
+    drift : (k,) abs(estimate at the end - estimate at half time), a convergence diagnostic.
     time, running : (n_records,), (n_records, k) running estimates (member means) after each
         chunk, the time measured from the end of the transient.
     X, V : final grid segments of the solution (B, N + 1, d) and of the orthonormal tangent
@@ -230,6 +230,28 @@ def _orthonormal_segments(rng: np.random.Generator, B: int, k: int, R: int, d: i
     return np.broadcast_to(q.T.reshape(k, R, d) / s, (B, k, R, d)).copy()
 
 
+def _dde_running_series(B: int, k: int) -> dict:
+    """The ``running`` series of a ``dde_lyapunov`` run file, with units and names."""
+    return {
+        "running": {
+            "time": {"units": "1", "long_name": "time after the transient (model units)"},
+            "step": {"long_name": "RK4 steps after the transient"},
+            "estimate": {
+                "shape": (k,),
+                "dims": ("exponent",),
+                "units": "1/time",
+                "long_name": "running Lyapunov exponent estimates (mean over members)",
+            },
+            "logsum": {
+                "shape": (B, k),
+                "dims": ("member", "exponent"),
+                "units": "1",
+                "long_name": "accumulated log stretching factors log R_jj per member",
+            },
+        }
+    }
+
+
 def dde_lyapunov(
     f: Any,
     history: Any,
@@ -270,7 +292,8 @@ def dde_lyapunov(
         (a constant (d,) or batch (B, d), samples ``(times, values[, slopes])``, or a jitted
         ``phi(t)`` / ``phi(t, p)``). A batch runs its members in parallel.
     delays : tau (> 0) or m delays, each a whole multiple of ``dt``.
-    k : number of exponents, 1 <= k <= (max(delays) / dt + 1) d (the discretised dimension).
+    k : int
+        Number of exponents, 1 <= k <= (max(delays) / dt + 1) d (the discretised dimension).
     t_end : measured duration (time units; ``round(t_end / dt)`` steps).
     dt : RK4 step; max(delays) / dt >= 3.
     transient : duration advanced (solution and tangent segments) before measuring.
@@ -418,7 +441,12 @@ def dde_lyapunov(
             "seed": seed,
         },
         "inputs": finputs,
-        "series": {"running": {"time": (), "step": (), "estimate": (k,), "logsum": (B, k)}},
+        "series": _dde_running_series(B, k),
+        "description": (
+            f"Lyapunov spectrum (k = {k} leading exponents) of a delay differential equation "
+            f"({fparams.get('model', 'user field')}, delays {taus.tolist()}) by the QR method on "
+            f"the RK4 segment grid, {B} initial histories; running estimates after each chunk"
+        ),
         "rows": {"running": -(-n_steps // chunk)},
     }
     run = None

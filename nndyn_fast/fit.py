@@ -173,7 +173,18 @@ def fit(
                 "T": float(_base(model).T if T is None else T),
             },
             inputs={"theta0": theta, "X": X, "Y": Y},
-            series={"loss": {"step": ((), np.int64), "loss": (), "grad_norm": ()}},
+            series={
+                "loss": {
+                    "step": {"dtype": np.int64, "long_name": "optimiser iteration"},
+                    "loss": {"units": "1", "long_name": "loss 1/(2B) sum_i ||F(x_i) - y_i||^2"},
+                    "grad_norm": {"units": "1", "long_name": "gradient norm ||grad loss||_2"},
+                }
+            },
+            description=(
+                f"fit of the {type(model).__name__} to {X.shape[0]} samples by {method} with exact "
+                f"(discrete adjoint) gradients through the {solver} flow map; the loss and "
+                "gradient norm at every iteration"
+            ),
             rows={"loss": steps + 1},
             checkpoint=state,
             resume=resume,

@@ -365,10 +365,10 @@ def memory_exponents(
 ) -> dict:
     """Top Lyapunov exponents of a family of 1-D neural DDEs with growing K tau.
 
-    The family x' = W tanh(B x(t - tau)), W = -|w|, B = |beta| (H hidden units, random from
+    The family x' = W tanh(B x(t - tau)), W = -abs(w), B = abs(beta) (H hidden units, random from
     ``seed``), scaled so that its Lipschitz constant gives K tau = kappa: delayed negative
     feedback whose linearisation at the equilibrium 0 is x' = -c x(t - tau) with
-    c = sum_r |W_r B_r| <= K. Below the theory's threshold K tau e < 1 the solutions forget their
+    c = sum_r abs(W_r B_r) <= K. Below the theory's threshold K tau e < 1 the solutions forget their
     history exponentially onto the non-oscillating special solutions: the top two exponents are
     real and distinct, lambda_1 = Re W_0(-c tau)/tau > lambda_2 (the attraction rate); the gap
     lambda_1 - lambda_2 closes (a complex pair, oscillation) once c tau e >= 1, which needs

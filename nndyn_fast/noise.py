@@ -101,6 +101,29 @@ def _advance(args: tuple, R: int, par_rows: bool, bufs: tuple, threads_for: Any,
         return max(f.result() for f in calls)
 
 
+def _noisy_description(model: str, R: int, sigma: float, method: str) -> str:
+    """What a noisy network run is (the root ``description`` of its file)."""
+    from .meanfield import _NETWORK_DESCRIPTION
+
+    return (
+        f"{R} realisations of a noisy {_NETWORK_DESCRIPTION[model]}; with independent white "
+        f"noise sigma dB_i (sigma = {sigma:g}, method {method!r}) in every realisation"
+    )
+
+
+def _noisy_series(model: str, R: int, n: int) -> dict:
+    """The series of a noisy network run file: those of a deterministic one
+    (:func:`nndyn_fast.meanfield._network_series`) with a leading ``realisation`` axis."""
+    from .meanfield import _network_series
+
+    spec = _network_series(model, n)
+    for s in spec.values():
+        v = s["value"]
+        s["value"] = {**v, "shape": (R, *v["shape"]), "dims": ("realisation", *v["dims"]),
+                      "long_name": f"{v['long_name']}, per realisation"}  # fmt: skip
+    return spec
+
+
 def simulate_noisy(
     model: Any,
     x0: np.ndarray,
@@ -173,10 +196,9 @@ def simulate_noisy(
             kind=params["model"],
             params=params,
             inputs={"state0": X0},
-            series={
-                "trajectory": {"time": (), "step": ((), np.int64), "value": (R, n)},
-                "observables": {"time": (), "step": ((), np.int64), "value": (R, 2)},
-            },
+            series=_noisy_series(params["model"], R, n),
+            coords={"observables": {"observable": (list(names), "1", "observable")}},
+            description=_noisy_description(params["model"], R, sigma, method),
             rows={"trajectory": total // save_every + 1, "observables": total + 1},
             checkpoint={"state": state, "step": 0},
             resume=resume,

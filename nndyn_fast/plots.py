@@ -545,7 +545,7 @@ def plot_coupling_spectrum(
 def plot_finite_size_gap(gap: Any, path: str | Path | None = None, ax: Any = None):
     """The continuum limit beside finite N (:func:`nndyn_fast.continuum.finite_size_gap`).
 
-    Left: the limit's r_∞(t) with the particle runs' time averages r_N. Right: |r_N − r_∞|
+    Left: the limit's r_∞(t) with the particle runs' time averages r_N. Right: abs(r_N − r_∞)
     against N on log axes, with the N^{-1/2} scale of random sampling. ``ax``: two Axes.
     """
     _check_path(path)
@@ -570,7 +570,7 @@ def plot_finite_size_gap(gap: Any, path: str | Path | None = None, ax: Any = Non
 def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
     """A continuum-limit run file (:func:`nndyn_fast.continuum.meanfield_limit`).
 
-    Left: r(t). Right: the last saved state: |z(x)| and arg z(x) over the graphon variable
+    Left: r(t). Right: the last saved state: abs(z(x)) and arg z(x) over the graphon variable
     (Ott–Antonsen) or the density ρ(θ) = (1/2π)(1 + 2 Re Σ_n z_n e^{−inθ}) (Fokker–Planck).
     ``ax``: two Axes.
     """
@@ -588,6 +588,7 @@ def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
         obs = f.read("observables", "value")
         n_frames = f.rows["trajectory"]
         last = f.read("trajectory", "value", n_frames - 1)[0]
+        grid = np.asarray(f["trajectory"]["x"]) if "x" in f["trajectory"] else None
         t_last = float(f.read("trajectory", "time", n_frames - 1)[0])
     finally:
         if f is not run:
@@ -606,7 +607,7 @@ def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
         ax2.set_xlabel(r"$\theta$")
         ax2.set_ylabel(r"density $\rho(\theta)$")
     else:
-        x = np.arange(1, z.size + 1) / z.size
+        x = np.arange(1, z.size + 1) / z.size if grid is None else grid
         ax2.plot(x, np.abs(z), lw=1.2, label=f"|z(x)| at t = {t_last:g}")
         ax2.plot(x, np.angle(z) / np.pi, lw=0.8, ls="--", label=r"arg z(x) / $\pi$")
         ax2.set_xlabel("graphon variable x")
@@ -642,7 +643,7 @@ def plot_dde_lyapunov(result: Any, path: str | Path | None = None, ax: Any = Non
     fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
     for j in range(run.shape[1]):
         ax1.plot(t, run[:, j], label=rf"$\lambda_{j + 1}$ = {lam[j]:.4g} $\pm$ {se[j]:.1g}")
-    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.axhline(0.0, color="k", lw=0.8, label=r"$\lambda = 0$ (neutral)")
     ax1.set_xscale("log")
     ax1.xaxis.set_minor_formatter("")  # (log minor labels crowd the major ones)
     ax1.set_xlabel("time after the transient")
@@ -677,6 +678,33 @@ def plot_memory_exponents(
     return fig
 
 
+def plot_fit_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A ``fit`` run file (:func:`nndyn_fast.fit.fit`, ``nndyn ode fit``): the loss
+    ℓ = 1/(2B) Σ_i ||F_θ(x_i) − y_i||² against the optimiser's iteration on a log axis, the
+    final loss marked. ``ax``: one Axes."""
+    f, mine = _open(run)
+    try:
+        if f.kind != "fit":
+            raise ValueError(f"plot_fit_run draws fit runs, not {f.kind!r}")
+        _rows(f, "loss")
+        step = np.asarray(f.read("loss", "step"))
+        loss = np.asarray(f.read("loss", "loss"))
+        params = f.params
+    finally:
+        if mine:
+            f.close()
+    fig, (ax1,) = _axes(ax, (1, 1), (6.4, 4.2))
+    label = f"{params.get('method')} ({params.get('model')}, {params.get('solver')})"
+    ax1.plot(step, loss, ".-", lw=1.2, label=label)
+    ax1.axhline(loss[-1], color="k", lw=0.8, ls=":", label=f"final loss {loss[-1]:.3g}")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel(r"loss $\ell(\theta)$")
+    ax1.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
 # kind of a run file -> the function that draws it (``nndyn plot`` dispatches here); each takes
 # ``(run, path=None, ax=None)`` with ``run`` a path or an open RunFile and returns the figure.
 # A module that writes a new kind of run file adds its entry.
@@ -693,6 +721,7 @@ RUN_PLOTS: dict[str, Any] = {
     "sweep": plot_sweep_run,
     "meanfield_limit": plot_limit_run,
     "dde_lyapunov": plot_dde_lyapunov,
+    "fit": plot_fit_run,
 }
 
 

@@ -66,7 +66,7 @@ class CouplingSpectrum:
         for a directed one; in decreasing order (of the real part), ``"smallest"``: increasing.
     eigenvectors : array (N, k) or None
         Graphs: unit Euclidean norm. Graphons and digraph measures: the eigenfunctions at the
-        nodes, normalised in L²(μ): (1/N) Σ_j μ_j |φ(x_j)|² = 1.
+        nodes, normalised in L²(μ): (1/N) Σ_j μ_j abs(φ(x_j))² = 1.
     symmetric : whether the operator was treated as symmetric (Lanczos) or not (Arnoldi).
     method : "lanczos", "arnoldi" or "dense".
     n : number of nodes N.

@@ -1,7 +1,9 @@
 """Tiny run files of every kind the package writes (for the file-format and plot tests).
 
 ``make(kind, folder)`` writes one small run of ``kind`` with the public API or the command line
-and returns its path; ``KINDS`` lists them. Each takes well under a second once compiled.
+and returns its path; ``KINDS`` lists them (``KIND_OF`` maps the names of the variants that
+share a kind, such as noisy network runs, to the kind their file records). Each takes well under
+a second once compiled.
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ KINDS = [
     "sgd_lyapunov",
     "sgd_stability_diagram",
     "sweep",
+    "noisy_kuramoto",
+    "noisy_firing_rate",
+    "fit",
+    "dde_lyapunov",
+    "meanfield_limit",
+    "meanfield_limit_fp",
 ]
+
+# variants written under another kind: the ``kind`` attribute their file holds
+KIND_OF = {
+    "noisy_kuramoto": "kuramoto",
+    "noisy_firing_rate": "firing_rate",
+    "meanfield_limit_fp": "meanfield_limit",
+}
 
 
 def _cli(args: list[str]) -> None:
@@ -72,6 +87,39 @@ def make(kind: str, folder: Path) -> Path:
             ["sweep", "kuramoto", "--K", "0.5:3:4", "--N", "50", "--t-end", "4", "--dt", "0.1",
              "--scheduler", "serial", *o]
         )  # fmt: skip
+    elif kind == "noisy_kuramoto":
+        _cli(
+            ["kuramoto", "--N", "16", "--K", "2", "--t-end", "1", "--dt", "0.1", "--noise", "0.3",
+             "--realisations", "3", "--quiet", *o]
+        )  # fmt: skip
+    elif kind == "noisy_firing_rate":
+        _cli(
+            ["kuramoto", "--model", "rate", "--N", "8", "--t-end", "1", "--dt", "0.1", "--noise",
+             "0.2", "--realisations", "2", "--quiet", *o]
+        )  # fmt: skip
+    elif kind == "fit":
+        _cli(
+            ["ode", "fit", "--aug", "1", "--points", "5", "--hidden", "3", "--steps", "4",
+             "--solver-steps", "2", *o]
+        )  # fmt: skip
+    elif kind == "dde_lyapunov":
+        from nndyn_fast.dde_lyapunov import dde_lyapunov
+        from nndyn_fast.delay import MackeyGlass
+
+        dde_lyapunov(MackeyGlass(), [[0.9], [1.1]], delays=1.7, k=2, t_end=4.0, dt=0.1,
+                     transient=1.0, n_records=4, n_blocks=2, out=out)  # fmt: skip
+    elif kind == "meanfield_limit":
+        from nndyn_fast.continuum import meanfield_limit
+        from nndyn_fast.graphs import Graphon
+
+        meanfield_limit(Graphon.ring(0.3), K=2.0, gamma=0.3, x_grid=16, t_end=0.5, dt=0.05,
+                        save_every=5, out=out)  # fmt: skip
+    elif kind == "meanfield_limit_fp":  # the Fokker-Planck limit: Fourier modes, not a grid
+        from nndyn_fast.continuum import meanfield_limit
+        from nndyn_fast.graphs import Graphon
+
+        meanfield_limit(Graphon.constant(1.0), K=2.0, noise=0.5, modes=8, t_end=0.5, dt=0.05,
+                        save_every=5, out=out)  # fmt: skip
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return out

@@ -7,7 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from run_kinds import KINDS
+from run_kinds import KIND_OF, KINDS
 
 from nndyn_fast import open_run
 
@@ -23,7 +23,7 @@ def _datasets(h5):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_dataset_has_units_names_and_dimension_scales(run_files, kind):
     with h5py.File(run_files[kind], "r", locking=False) as h5:
-        assert h5.attrs["kind"] == kind
+        assert h5.attrs["kind"] == KIND_OF.get(kind, kind)
         assert len(h5.attrs["description"]) > 10
         for name, ds in _datasets(h5):
             if h5py.h5ds.is_scale(ds.id) and "units" not in ds.attrs:
@@ -70,7 +70,7 @@ def test_to_xarray_and_to_pandas_hold_the_committed_rows(run_files, kind):
     for s in rows:
         ds = tree if len(rows) == 1 else tree[s].to_dataset()
         df = frames if len(rows) == 1 else frames[s]
-        assert ds.attrs["kind"] == kind and ds.attrs["status"] == "complete"
+        assert ds.attrs["kind"] == KIND_OF.get(kind, kind) and ds.attrs["status"] == "complete"
         for (s2, k), want in expect.items():
             if s2 != s:
                 continue
@@ -118,3 +118,14 @@ def test_readers_name_the_missing_extra(run_files, monkeypatch):
             f.to_xarray()
         with pytest.raises(ImportError, match=r"nndyn_fast\[io\]"):
             f.to_pandas()
+
+
+def test_the_fokker_planck_limit_names_its_fourier_modes(run_files):
+    with h5py.File(run_files["meanfield_limit_fp"], "r", locking=False) as h5:
+        g = h5["trajectory"]
+        assert [d.label or d[0].name.rsplit("/", 1)[1] for d in g["value"].dims][1:] == [
+            "part",
+            "mode",
+        ]
+        np.testing.assert_array_equal(g["mode"][()], np.arange(1, 9))
+        assert list(g["part"].asstr()[()]) == ["re", "im"]

@@ -108,3 +108,15 @@ def test_layout_conventions_hold_package_wide():
             if inspect.isfunction(obj):
                 private = [p for p in inspect.signature(obj).parameters if p.startswith("_")]
                 assert not private, f"{info.name}.{name} takes {private}"
+
+
+def test_every_public_module_has_an_api_page_in_the_index():
+    modules = sorted(p.stem for p in (ROOT / "nndyn_fast").glob("*.py") if not p.stem[0] == "_")
+    assert modules, "no public modules found"
+    index = (ROOT / "docs" / "api" / "index.rst").read_text()
+    listed = set(re.findall(r"^\s+(\w+)\s*$", index.split(":maxdepth:", 1)[1], re.M))
+    for name in modules:
+        page = ROOT / "docs" / "api" / f"{name}.rst"
+        assert page.is_file(), f"nndyn_fast/{name}.py has no API page docs/api/{name}.rst"
+        assert f"automodule:: nndyn_fast.{name}" in page.read_text(), page
+        assert name in listed, f"docs/api/{name}.rst is not listed in docs/api/index.rst"

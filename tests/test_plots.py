@@ -4,6 +4,7 @@ leaves matplotlib's backend as it was."""
 import matplotlib
 import numpy as np
 import pytest
+from run_kinds import KIND_OF
 
 from nndyn_fast import Kuramoto, plots, simulate
 from nndyn_fast.cli import main
@@ -93,6 +94,12 @@ THEORY = {
     "sgd_lyapunov": "lambda = 0",
     "sgd_stability_diagram": "GD threshold",
     "sweep": "Ott",
+    "noisy_kuramoto": "mean of 3",
+    "noisy_firing_rate": "mean of 2",
+    "fit": "final loss",
+    "dde_lyapunov": "lambda = 0",
+    "meanfield_limit": "ott_antonsen",
+    "meanfield_limit_fp": "fokker_planck",
 }
 
 
@@ -128,4 +135,22 @@ def test_nndyn_plot_formats_and_unknown_kinds(run_files, tmp_path, capsys):
     assert main(["plot", str(odd), "--out", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
     assert "'mystery'" in err and "'sweep'" in err and "'ode'" in err
-    assert set(plots.RUN_PLOTS) >= set(THEORY)
+    assert set(plots.RUN_PLOTS) >= set(THEORY) - set(KIND_OF)
+
+
+def test_fit_and_limit_figures_draw_the_files_rows(run_files, backend):
+    from nndyn_fast import open_run
+
+    fig = plots.plot_run(run_files["fit"])
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "iteration" in ax.get_xlabel()
+    with open_run(run_files["fit"]) as f:
+        step, loss = f.read("loss", "step"), f.read("loss", "loss")
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), step)
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), loss)
+    # the limit's last state is drawn over the file's graphon grid x_i = i/N (its coordinate)
+    fig = plots.plot_run(run_files["meanfield_limit"])
+    with open_run(run_files["meanfield_limit"]) as f:
+        x = np.asarray(f["trajectory"]["x"])
+    np.testing.assert_array_equal(x, np.arange(1, x.size + 1) / x.size)
+    np.testing.assert_array_equal(fig.axes[1].get_lines()[0].get_xdata(), x)

@@ -78,12 +78,27 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--points", type=int, default=21, help="points of the x^2 task (default 21)")
     f.add_argument("--hidden", type=int, default=8, help="hidden width (default 8)")
     f.add_argument("--aug", type=int, default=0, help="augmented dimensions q (default 0)")
-    f.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
+    f.add_argument(
+        "--optimizer",
+        default="lbfgs",
+        choices=["lbfgs", "adam"],
+        help="L-BFGS-B (scipy; stops early at a vanishing gradient) or Adam (default lbfgs)",
+    )
     f.add_argument("--steps", type=int, default=200, help="optimiser iterations (default 200)")
-    f.add_argument("--solver", default="rk4", choices=["rk4", "rk2", "euler", "dopri5"])
+    f.add_argument(
+        "--solver",
+        default="rk4",
+        choices=["rk4", "rk2", "euler", "dopri5"],
+        help="integrator of the flow map, differentiated exactly (default rk4)",
+    )
     f.add_argument("--solver-steps", type=int, default=10, help="RK steps (default 10)")
     f.add_argument("--lr", type=float, default=1e-2, help="Adam step (default 0.01)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights (default 0)",
+    )
     f.add_argument("--out", default="fit.h5", help="run file (default fit.h5)")
     add_run_file_options(f)
     f.set_defaults(func=run_ode_fit)
