@@ -9,7 +9,9 @@ in two ways:
   function object's identity, which never matches in another process: every process would add
   a dead index entry (the index grows without bound), and pickling an index that holds entries
   of other processes can fail (``ReferenceError: underlying object has vanished``). Those
-  signatures compile once per process instead (measured in the README). Built-in models choose
+  signatures compile once per process instead (measured in the README). The package passes
+  user functions by their first-class function type (a signature, the same in every process;
+  :mod:`nndyn_fast._first_class`), so those kernels are cached. Built-in models choose
   their variants by integer codes and pass ``None`` for the function arguments, so their
   signatures hold no function and are cached.
 - The cache is stale when any file of ``kernels/`` changes, not only the kernel's own file:
@@ -48,8 +50,12 @@ def kernels_stamp() -> str:
 
 
 def holds_function(ty: types.Type) -> bool:
-    """True if the numba type ``ty`` is, or contains, a function or dispatcher type."""
-    if isinstance(ty, (types.WeakType, types.Function, types.FunctionType)):
+    """True if the numba type ``ty`` is, or contains, a function or dispatcher type.
+
+    A first-class function type (``types.FunctionType``, see :mod:`nndyn_fast._first_class`)
+    does not count: it is keyed by its signature alone, the same in every process.
+    """
+    if isinstance(ty, (types.WeakType, types.Function)):
         return True
     if isinstance(ty, types.BaseTuple):
         return any(holds_function(t) for t in ty.types)

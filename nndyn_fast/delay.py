@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
+from ._first_class import call, typed
 from ._validate import (
     as_array,
     check_bool,
@@ -720,6 +722,10 @@ def ddeint(
     fld = (model, ip, P, hist.kind, t0, taus)
     hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
     method_code, dt_k = METHODS[mname], float(dt or 0.0)
+    # user functions go by their signature: one cached kernel serves every field of it
+    f8, v, m2 = numba.types.float64, numba.types.float64[::1], numba.types.float64[:, ::1]
+    fn_t = typed(fn, f8, v, m2, numba.typeof(kargs), v)
+    hfn_t = typed(hist.hfn, f8, v, v)
 
     def advance(tout: np.ndarray, yout: np.ndarray) -> None:
         nonlocal ring
@@ -730,7 +736,7 @@ def ddeint(
         ctl = (method_code, dt_k, rtol, atol, hmax, float(tout[-1]), disc, djump, budget)
         with for_work(_serial_seconds(mname, B, d, m, P.size, tout, dt_k)):
             while True:
-                kern(fn, kargs, hist.hfn, fld, hists, ctl, tout, yout, tuple(ring), ist, fst)
+                call(kern, fn_t, kargs, hfn_t, fld, hists, ctl, tout, yout, tuple(ring), ist, fst)
                 if np.any(ist[:, _kd.I_STATUS] == _kd.RING_FULL):
                     ring = _grow_ring(ring, ist, 2 * ring[0].shape[1])
                     continue
@@ -934,7 +940,8 @@ def _advance_lockstep(
     B = hist.B
     nblk = -(-B // _LOCKSTEP_BLOCK)
     st = np.zeros((nblk, 8), dtype=np.int64)
-    _kd.dde_rk4_lockstep(hist.hfn, fld, hists, ctl, tt, yout, cap, _LOCKSTEP_BLOCK, st)
+    hfn = typed(hist.hfn, numba.types.float64, numba.types.float64[::1], numba.types.float64[::1])
+    call(_kd.dde_rk4_lockstep, hfn, fld, hists, ctl, tt, yout, cap, _LOCKSTEP_BLOCK, st)
     if np.any(st[:, _kd.I_STATUS] != _kd.OK):
         yout[:] = np.nan
         return None

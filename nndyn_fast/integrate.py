@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
+from ._first_class import call, typed
 from ._validate import (
     as_array,
     check_bool,
@@ -383,17 +384,21 @@ def _run_kernel(k, user, Z0, tt, hs, tail, Y, status, nframes, t_reached, stats)
         # evaluated row by row; a block is only the unit of parallel work here
         block = min(_ROW_BLOCK_MAX, -(-B // numba.get_num_threads()))
         blocked = 0
+    # user functions go by their signature: one cached kernel serves every field of it
+    a = numba.typeof(k["args"])
+    f8, v, m = numba.types.float64, numba.types.float64[::1], numba.types.float64[:, ::1]
     run = (
-        k["fn_ip"], k["fn_s"], k["jac_fn"], k["args"], k["model"], blocked, k["d"], k["nvar"],
+        typed(k["fn_ip"], f8, v, a, v), typed(k["fn_s"], f8, v, a), typed(k["jac_fn"], f8, v, a, m),
+        k["args"], k["model"], blocked, k["d"], k["nvar"],
         Z0, tt, k["tstops"], k["dt"], *tail, hs, k["max_steps"], block,
         Y, status, nframes, t_reached, stats,
     )  # fmt: skip
     if user and (B < _SERIAL_USER_BATCH or numba.get_num_threads() == 1):
-        # a few trajectories of a user field, or one thread: the serial driver compiles in
-        # about half the time of the parallel one (user kernels compile once per process)
-        _rk.rk_solve_serial(*run)
+        # a few trajectories of a user field, or one thread: the serial driver (no threads to
+        # start for a small run; it also compiles in about half the time of the parallel one)
+        call(_rk.rk_solve_serial, *run)
     else:
-        _rk.rk_solve(*run)
+        call(_rk.rk_solve, *run)
 
 
 def _stats(stats: np.ndarray) -> dict:

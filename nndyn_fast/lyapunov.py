@@ -37,6 +37,7 @@ import numba
 import numpy as np
 
 from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
+from ._first_class import call, typed
 from ._validate import (
     as_array,
     check_bool,
@@ -432,14 +433,22 @@ def lyapunov_spectrum(
     seed = _seed_param(seed)
     _check_resume(out, resume)
 
+    # user functions go by their signature: one cached kernel serves every system of it
+    f8, v, m2 = numba.types.float64, numba.types.float64[::1], numba.types.float64[:, ::1]
+    a = numba.typeof(args)
+    t_ = (f8,) if is_flow else ()
+    fn_t, jac_t = typed(fn, *t_, v, a, v), typed(jac, *t_, v, a, m2)
+
     def advance(n: int, t0: float, logr: np.ndarray) -> None:
         if is_flow:
-            nd, st = _k.benettin_flow_advance(
-                fn, jac, _k.LORENZ63, bparams, args, x, V, t0, dt, n, reorth_every, logr
+            nd, st = call(
+                _k.benettin_flow_advance,
+                *(fn_t, jac_t, _k.LORENZ63, bparams, args, x, V, t0, dt, n, reorth_every, logr),
             )
         else:
-            nd, st = _k.benettin_map_advance(
-                fn, jac, _k.HENON, bparams, args, x, V, n, reorth_every, logr
+            nd, st = call(
+                _k.benettin_map_advance,
+                *(fn_t, jac_t, _k.HENON, bparams, args, x, V, n, reorth_every, logr),
             )
         if st != _k.OK:
             step = int(round(t0 / dt)) + nd

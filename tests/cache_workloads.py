@@ -80,8 +80,40 @@ def gradients() -> None:
         nf.flow_map_vjp(model, X, None, np.ones((20, 3)), method=method)
 
 
+def user() -> None:
+    # user functions reach the kernels by their signature: a new process compiles only them
+    from numba import njit
+
+    @njit
+    def decay(t, x, args, out):
+        out[0] = -args[0] * x[0]
+
+    @njit
+    def decay_jac(t, x, args, J):
+        J[0, 0] = -args[0]
+
+    @njit
+    def delayed(t, x, xd, args, out):
+        out[0] = -args[0] * xd[0, 0]
+
+    @njit
+    def phi(t, p):
+        return np.array([p[0] + 0.0 * t])
+
+    t = np.linspace(0.0, 2.0, 5)
+    nf.odeint(decay, [1.0], t, args=(1.0,))
+    nf.odeint(decay, [1.0], t, method="rk4", dt=0.25, args=(1.0,))
+    p = np.array([1.0])
+    for method in ("rk4", "dopri5"):
+        nf.ddeint(delayed, phi, t, delays=1.0, method=method, dt=0.125, args=(1.0,), history_args=p)
+        nf.ddeint(delayed, p, t, delays=1.0, method=method, dt=0.125, args=(1.0,))
+    flow = nf.FlowSystem(decay, decay_jac, dim=1, args=(1.0,))
+    nf.lyapunov_spectrum(flow, [1.0], t_end=1.0, dt=0.01)
+
+
 FAMILIES = {
-    f.__name__: f for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate, gradients)
+    f.__name__: f
+    for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate, gradients, user)
 }
 
 

@@ -1,6 +1,7 @@
 """The on-disk compile cache: every built-in family loads in a fresh process, the index does not
-grow from run to run, user functions are compiled in memory only, and the cache is stale when
-any file of kernels/ changes.
+grow from run to run, user functions are compiled in memory only (the kernels they reach by
+their signature are cached: family "user"), and the cache is stale when any file of kernels/
+changes.
 
 The index tests share one NUMBA_CACHE_DIR (a temporary directory), so their first process
 compiles from scratch; the per-family test uses the project's own cache (its first process
@@ -164,7 +165,9 @@ def warm():
     return _families(None, *_FAMILIES)
 
 
-_FAMILIES = ["ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate", "gradients"]
+_FAMILIES = [
+    "ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate", "gradients", "user"
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -177,8 +180,9 @@ def test_a_second_fresh_process_compiles_nothing(warm, family):
 
 @pytest.mark.slow
 def test_user_fields_leave_the_index_unchanged(cache_dir):
-    # a user's function compiles in each process, and its signatures are never written to
-    # the cache (their keys would hold the function's identity, dead in any other process)
+    # a user's function compiles in each process and is never written to the cache (its key
+    # would hold the function's identity, dead in any other process); the kernels it reaches
+    # by its signature are written once, by the first process
     code = (
         "import numpy as np\nfrom numba import njit\nimport nndyn_fast as nf\n"
         "@njit\ndef f(t, x, args, out):\n    out[0] = -x[0]\n"

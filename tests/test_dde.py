@@ -393,7 +393,7 @@ def test_rk4_lockstep_equals_per_member_bitwise(monkeypatch, case):
 
     monkeypatch.setattr(delay, "_LOCKSTEP_BLOCK", 8)  # B = 19: blocks of 8, 8 and 3 members
     rng = np.random.default_rng(21)
-    # case 2 (a history function: compiled for it in each process, ~40 s) is marked slow
+    # case 2 (a history function) is marked slow
     _check_lockstep_case(*_lockstep_cases(rng, 19)[case], 19, (0, 7, 8, 18))
 
 

@@ -491,8 +491,11 @@ def test_a_flow_system_integrates_like_its_field():
     from nndyn_fast import FlowSystem
 
     @njit
-    def lin(t, x, A, out):
-        out[:] = A @ x
+    def lin(t, x, A, out):  # A @ x written out: numba's matmul takes seconds to compile
+        for i in range(x.shape[0]):
+            out[i] = 0.0
+            for j in range(x.shape[0]):
+                out[i] += A[i, j] * x[j]
 
     @njit
     def lin_jac(t, x, A, J):
