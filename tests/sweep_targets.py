@@ -85,7 +85,7 @@ def die_from(i, at):
     pause long enough for the client to fetch the finished points from it first (a result
     lost with its worker is recomputed on the next, which dies too)."""
     if i >= at:
-        time.sleep(3.0)
+        time.sleep(1.0)
         os._exit(3)
     return {"y": float(i) ** 2}
 
