@@ -539,7 +539,7 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
     """Every option and input of an ``odeint`` run, for the run file (compared on resume)."""
     params: dict[str, Any] = {
         "method": method,
-        "dt": float(kern["dt"]),
+        "dt": None if kern["dt"] == 0.0 else float(kern["dt"]),  # None: the solver's own step
         "max_steps": int(kern["max_steps"]),
         "variational": bool(kern["nvar"]),
         "batched": bool(batched),
@@ -550,6 +550,9 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
         W, _, A, _, b, act, form = kern["model"]
         params.update(field=type(f).__name__, activation=int(act), form=int(form))
         inputs.update(W=W, A=A, b=b, t_stops=kern["tstops"])
+        if type(f).__name__ == "NeuralODE":  # the model's definition, enough to rebuild it
+            params.update(activation_name=f.activation, form_name=f.form)
+            inputs.update(t_layers=f.t_layers)
     else:
         params.update(field=fn.py_func.__qualname__, field_code=function_id(fn))
         params["jac"] = None if jac_fn is None else jac_fn.py_func.__qualname__
