@@ -192,6 +192,7 @@ def odeint(
     variational: bool = False,
     progress: bool = False,
     jac: Any = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t[0]) = x0`` and return ``x`` at every ``t``.
 
@@ -231,6 +232,9 @@ def odeint(
         and return the flow Jacobians ``dx(t)/dx0`` in ``Solution.jac``. Built-in models use
         their analytic Jacobian; a user field needs ``jac``.
     jac : Numba ``@njit`` function ``jac(t, x, args, J)`` writing ``Df(x)`` (d, d) into ``J``.
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (with ``out``; compared on resume), such as the seed and sizes a caller drew the model
+        and initial states with.
 
     Returns
     -------
@@ -271,6 +275,8 @@ def odeint(
     variational = check_bool("variational", variational)
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if dt is not None and not adaptive:
         check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 
@@ -314,6 +320,7 @@ def odeint(
     hs = np.full(B, h0 if adaptive else 0.0)
     if out is not None:
         params, inputs = _run_params(f, fn_ip or fn_s, jac_fn, args, kern, method, batched)
+        params.update(extra_params or {})
         inputs.update(x0=X, t=tt, **tols)
         stream = (out, resume, overwrite, chunk_frames, params, inputs, progress)
         return _odeint_to_file(stream, kern, Z0, tt, hs, batched)

@@ -113,6 +113,7 @@ def _ode(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         model, x, t, method=p["method"], dt=p["dt"], rtol=rtol, atol=atol,
         max_steps=int(p["max_steps"]), variational=bool(p["variational"]),
         chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
+        extra_params={k: p[k] for k in ("cli_command", "cli_options") if k in p} or None,
     )  # fmt: skip
 
 
@@ -202,6 +203,29 @@ def _diagram(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     )  # fmt: skip
 
 
+def _limit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .continuum import meanfield_limit
+    from .graphs import Graphon
+
+    (z0,) = _need(p, path, "z0")
+    z = np.asarray(z0[0]) + 1j * np.asarray(z0[1])
+    common = dict(K=p["K"], t_end=p["t_end"], dt=p["dt"], omega0=p["omega0"], z0=z,
+                  save_every=int(p["save_every"]), out=out, overwrite=overwrite)  # fmt: skip
+    if p["equation"] == "fokker_planck":
+        # the moments of a wrapped Cauchy start z_n = z0^n are rebuilt from z0 = z_1
+        if not np.array_equal(z, z[0] ** np.arange(1, z.size + 1, dtype=np.complex128)):
+            raise ValueError(
+                f"cannot rerun {path!r}: its Fokker-Planck run started from a density0 (not "
+                "stored as such); rerun it with meanfield_limit(density0=...)"
+            )
+        common["z0"] = complex(z[0])
+        return meanfield_limit(
+            Graphon.constant(p["p"]), noise=p["noise"], modes=int(p["modes"]), **common
+        )
+    coupling = _coupling({"dtype": "float64", **p}, path, int(p["N"]))
+    return meanfield_limit(coupling, gamma=p["gamma"], **common)
+
+
 def _sweep(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     raise _user(path, "swept function", p.get("fn"), p.get("fn_code", "not stored"))
 
@@ -215,6 +239,7 @@ _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
     "lyapunov_spectrum": _lyapunov,
     "sgd_lyapunov": _sgd,
     "sgd_stability_diagram": _diagram,
+    "meanfield_limit": _limit,
     "sweep": _sweep,
 }
 
@@ -229,7 +254,7 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (noise-free, built-in couplings), ``ode``
     (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
     ``gradient_descent``, ``lyapunov_spectrum`` (built-in systems), ``sgd_lyapunov`` and
-    ``sgd_stability_diagram``.
+    ``sgd_stability_diagram`` and ``meanfield_limit``.
 
     Raises
     ------

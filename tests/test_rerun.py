@@ -24,6 +24,8 @@ KINDS = [
     "lyapunov_spectrum",
     "sgd_lyapunov",
     "sgd_stability_diagram",
+    "meanfield_limit",
+    "meanfield_limit_fp",
 ]
 
 
