@@ -25,6 +25,10 @@ class _Missing(ValueError):
     pass
 
 
+def _array(v: np.ndarray) -> Any:
+    return v[()] if v.ndim == 0 else np.array(v, order="C", copy=True)
+
+
 def _need(p: dict, path: str, *names: str) -> list[Any]:
     """The stored values of ``names``; a clear error naming the first one the file lacks."""
     out = []
@@ -272,7 +276,6 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
             f"cannot rerun {path!r}: reruns of {kind!r} runs are not supported (supported: "
             f"{sorted(k for k in _RERUN if k != 'sweep')})"
         )
-    params = {
-        k: (v[()] if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in params.items()
-    }
+    # stored arrays as fresh, writable C arrays (the types the original call compiled for)
+    params = {k: (_array(v) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
     return _RERUN[kind](params, path, out, overwrite)
