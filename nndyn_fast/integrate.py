@@ -125,7 +125,8 @@ def _tolerance(name: str, value: Any, d: int, *, minimum: float) -> np.ndarray:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     if np.any(arr < minimum):
         raise ValueError(f"{name} must be >= {minimum:g} (float64 resolution), got {value!r}")
-    return np.ascontiguousarray(np.broadcast_to(arr, (d,)), dtype=np.float64)
+    # a writable copy: broadcast_to's read-only view would be another kernel signature
+    return np.array(np.broadcast_to(arr, (d,)), dtype=np.float64)
 
 
 def _check_user_output(name: str, r: Any, d: int) -> None:
