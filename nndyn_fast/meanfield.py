@@ -229,6 +229,15 @@ def _threads(c: Coupling) -> Iterator[int]:
             yield n
 
 
+def _plain_seed(seed: Any) -> Any:
+    """A seed as JSON data (None, an int or a list of ints), or None for a SeedSequence."""
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return None if seed is None else int(seed)
+    if isinstance(seed, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in seed):
+        return [int(v) for v in seed]
+    return None
+
+
 def _coupling(W: Any, n: int, dtype: str) -> Coupling:
     return W if isinstance(W, Coupling) else Coupling(W, n, dtype=dtype)
 
@@ -635,6 +644,8 @@ def simulate(
             "method": method,
             "save_every": save_every,
             "fingerprint": model._c.fingerprint(),
+            # the seed itself where it is plain data (noise_key is its Philox key)
+            "seed": _plain_seed(seed),
             **(extra_params or {}),
         }
         stream = {"out": out, "overwrite": overwrite, "resume": resume, "progress": progress}

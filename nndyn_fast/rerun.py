@@ -80,8 +80,16 @@ def _coupling(p: dict, path: str, n: int) -> Any:
 def _network(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     from .meanfield import FiringRate, Kuramoto, simulate
 
-    if "noise" in p or "sigma" in p or "realisations" in p:
-        raise ValueError(f"cannot rerun {path!r}: reruns of noisy network runs are not supported")
+    noisy = {}
+    if "noise" in p:
+        if "seed" not in p or (p["seed"] is None and "noise_key" in p):
+            raise ValueError(
+                f"cannot rerun {path!r}: its noise seed is not stored (a SeedSequence, or a "
+                "file written by an older version; only the Philox key is kept)"
+            )
+        noisy = dict(noise=p["noise"], seed=p["seed"], realisations=p["realisations"])
+        if p["model"] == "kuramoto":
+            noisy["coupling_fn"] = p["coupling_fn"]
     n = int(p["N"])
     W = _coupling(p, path, n)
     if p["model"] == "kuramoto":
@@ -95,7 +103,7 @@ def _network(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     extra = {k: p[k] for k in ("cli_options",) if k in p}
     return simulate(
         model, x0, p["t_end"], p["dt"], method=p["method"], save_every=int(p["save_every"]),
-        out=out, overwrite=overwrite, extra_params=extra or None, **tols,
+        out=out, overwrite=overwrite, extra_params=extra or None, **tols, **noisy,
     )  # fmt: skip
 
 
@@ -255,8 +263,8 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     needed); the result of the rebuilt call is returned (its rows equal the original's
     bitwise on the same machine and version).
 
-    Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (noise-free, built-in couplings), ``ode``
-    (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
+    Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (built-in couplings, with or without
+    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
     ``gradient_descent``, ``lyapunov_spectrum`` (built-in systems), ``sgd_lyapunov`` and
     ``sgd_stability_diagram`` and ``meanfield_limit``.
 

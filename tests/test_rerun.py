@@ -18,6 +18,8 @@ from nndyn_fast.storage import open_run
 KINDS = [
     "kuramoto",
     "firing_rate",
+    "noisy_kuramoto",
+    "noisy_firing_rate",
     "ode",
     "dde",
     "gradient_descent",
