@@ -70,3 +70,33 @@ def test_rerun_refuses_the_same_file(tmp_path):
     src = make("dde", tmp_path)
     with pytest.raises(ValueError, match="new file"):
         rerun(src, src)
+
+
+@pytest.mark.parametrize("graph", ["erdos_renyi", "ring", "ring_pairwise", "dense"])
+def test_rerun_rebuilds_each_built_in_coupling(graph, tmp_path):
+    from nndyn_fast import Coupling, Graphon, Kuramoto, erdos_renyi, simulate
+
+    n = 24
+    rng = np.random.default_rng(3)
+    W = {
+        "erdos_renyi": lambda: erdos_renyi(n, 0.3, seed=1),
+        "ring": lambda: Graphon.ring(0.2),
+        "ring_pairwise": lambda: Coupling(Graphon.ring(0.2), n, pairwise=True),
+        "dense": lambda: rng.random((n, n)),
+    }[graph]()
+    model = Kuramoto(rng.standard_cauchy(n) * 0.5, W, 2.0)
+    src = tmp_path / "src.h5"
+    simulate(model, rng.uniform(0, 2 * np.pi, n), 0.5, 0.05, save_every=5, out=src)
+    rerun(src, tmp_path / "again.h5")
+    a, b = _series(src), _series(tmp_path / "again.h5")
+    assert a and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_of_a_user_field_says_it_is_not_stored(tmp_path):
+    from nndyn_fast.cli import main
+
+    src = tmp_path / "emb.h5"
+    assert main(["ode", "--demo", "embedding", "--batch", "3", "--frames", "3", "--out",
+                 str(src)]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="field is a user function.*shear_field.*sha256:"):
+        rerun(src, tmp_path / "again.h5")
