@@ -69,6 +69,7 @@ from .plots import (
 )
 
 # SGD linearised at an interpolation minimum: exponents, mean-square growth, stability diagram
+from .rerun import rerun
 from .sgd_stability import (
     SGDLyapunov,
     StabilityDiagram,
@@ -127,6 +128,7 @@ __all__ = [
     "RunFile",
     "TrajectoryWriter",
     "open_run",
+    "rerun",
     # mean field
     "Coupling",
     "DigraphMeasure",

@@ -249,6 +249,7 @@ def meanfield_limit(
         z = _oa_initial(z0, c.n)
         params.update(equation="ott_antonsen", gamma=gamma, N=c.n,
                       coupling=c.description, fingerprint=c.fingerprint())  # fmt: skip
+        params.update(c.definition)  # the coupling's definition (arrays are stored inputs)
         mu = c.cp[5] if c.kind in (kk.STRUCTURED, kk.PAIRWISE) else np.ones(c.n)
 
         def advance(state, k, step, frames, obs):

@@ -777,8 +777,8 @@ def ddeint(
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
     params, inputs = _run_params(f, fn is not None, history, hist, args)
     params.update(
-        method=mname, rtol=rtol, atol=atol, dt=float(dt or 0.0), hmax=hmax, max_steps=max_steps,
-        chunk_frames=rows,
+        method=mname, rtol=rtol, atol=atol, dt=None if not dt else float(dt), hmax=hmax,
+        max_steps=max_steps, chunk_frames=rows,
         batch=B, dim=d, frames=int(tt.size),
     )  # fmt: skip
     inputs.update(t=tt, delays=taus)

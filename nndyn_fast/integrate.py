@@ -125,7 +125,8 @@ def _tolerance(name: str, value: Any, d: int, *, minimum: float) -> np.ndarray:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     if np.any(arr < minimum):
         raise ValueError(f"{name} must be >= {minimum:g} (float64 resolution), got {value!r}")
-    return np.ascontiguousarray(np.broadcast_to(arr, (d,)), dtype=np.float64)
+    # a writable copy: broadcast_to's read-only view would be another kernel signature
+    return np.array(np.broadcast_to(arr, (d,)), dtype=np.float64)
 
 
 def _check_user_output(name: str, r: Any, d: int) -> None:
@@ -192,6 +193,7 @@ def odeint(
     variational: bool = False,
     progress: bool = False,
     jac: Any = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t[0]) = x0`` and return ``x`` at every ``t``.
 
@@ -231,6 +233,9 @@ def odeint(
         and return the flow Jacobians ``dx(t)/dx0`` in ``Solution.jac``. Built-in models use
         their analytic Jacobian; a user field needs ``jac``.
     jac : Numba ``@njit`` function ``jac(t, x, args, J)`` writing ``Df(x)`` (d, d) into ``J``.
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (with ``out``; compared on resume), such as the seed and sizes a caller drew the model
+        and initial states with.
 
     Returns
     -------
@@ -271,6 +276,8 @@ def odeint(
     variational = check_bool("variational", variational)
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if dt is not None and not adaptive:
         check_steps("(t[-1] - t[0]) / dt", (tt[-1] - tt[0]) / h0)
 
@@ -314,6 +321,7 @@ def odeint(
     hs = np.full(B, h0 if adaptive else 0.0)
     if out is not None:
         params, inputs = _run_params(f, fn_ip or fn_s, jac_fn, args, kern, method, batched)
+        params.update(extra_params or {})
         inputs.update(x0=X, t=tt, **tols)
         stream = (out, resume, overwrite, chunk_frames, params, inputs, progress)
         return _odeint_to_file(stream, kern, Z0, tt, hs, batched)
@@ -539,7 +547,7 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
     """Every option and input of an ``odeint`` run, for the run file (compared on resume)."""
     params: dict[str, Any] = {
         "method": method,
-        "dt": float(kern["dt"]),
+        "dt": None if kern["dt"] == 0.0 else float(kern["dt"]),  # None: the solver's own step
         "max_steps": int(kern["max_steps"]),
         "variational": bool(kern["nvar"]),
         "batched": bool(batched),
@@ -550,6 +558,9 @@ def _run_params(f, fn, jac_fn, args, kern, method, batched) -> tuple[dict, dict]
         W, _, A, _, b, act, form = kern["model"]
         params.update(field=type(f).__name__, activation=int(act), form=int(form))
         inputs.update(W=W, A=A, b=b, t_stops=kern["tstops"])
+        if type(f).__name__ == "NeuralODE":  # the model's definition, enough to rebuild it
+            params.update(activation_name=f.activation, form_name=f.form)
+            inputs.update(t_layers=f.t_layers)
     else:
         params.update(field=fn.py_func.__qualname__, field_code=function_id(fn))
         params["jac"] = None if jac_fn is None else jac_fn.py_func.__qualname__

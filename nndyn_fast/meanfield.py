@@ -106,6 +106,9 @@ class Coupling:
         indptr = indices = start = length = _EMPTY_I
         data = _EMPTY.astype(dt)
         params, code, c_win, self.wfun = np.zeros(2), 0, 0.0, None
+        # the coupling's definition for the run file (arrays become stored inputs): enough to
+        # rebuild it (nndyn_fast.rerun), except a user graphon, stored by name only
+        self.definition: dict[str, Any] = {}
         if isinstance(W, Graphon):
             W = DigraphMeasure(W, n)
         if isinstance(W, DigraphMeasure):
@@ -120,6 +123,13 @@ class Coupling:
                 self.kind, self.description = kk.STRUCTURED, f"graphon:{W.w.name}"
                 u, v, c_win, start, length = structure
             self.measure = W
+            self.definition = {
+                "coupling_graphon": W.w.name,
+                "coupling_graphon_params": [float(v) for v in W.w.params],
+                "coupling_pairwise": pairwise,
+                "coupling_x": np.asarray(x),
+                "coupling_mu": np.asarray(mu),
+            }
         elif sp.issparse(W):
             if W.shape != (n, n):
                 raise ValueError(f"sparse coupling must have shape ({n}, {n}), got {W.shape}")
@@ -132,9 +142,15 @@ class Coupling:
             if indices.dtype not in (np.int32, np.int64):
                 indices = indices.astype(np.int64)
             self.kind, self.description = kk.CSR, f"csr:nnz={data.size}"
+            self.definition = {
+                "coupling_indptr": indptr,
+                "coupling_indices": indices,
+                "coupling_data": data,
+            }
         else:
             W_ = as_array("coupling", W, shape=(n, n), dtype=dt)
             self.kind, self.description = kk.DENSE, "dense"
+            self.definition = {"coupling_W": W_}
         # prefix-sum scratch of the structured form
         pa, pb = (np.empty(n + 1), np.empty(n + 1)) if self.kind == kk.STRUCTURED else (x, x)
         if W_.size == 0:
@@ -213,6 +229,15 @@ def _threads(c: Coupling) -> Iterator[int]:
             yield n
 
 
+def _plain_seed(seed: Any) -> Any:
+    """A seed as JSON data (None, an int or a list of ints), or None for a SeedSequence."""
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return None if seed is None else int(seed)
+    if isinstance(seed, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in seed):
+        return [int(v) for v in seed]
+    return None
+
+
 def _coupling(W: Any, n: int, dtype: str) -> Coupling:
     return W if isinstance(W, Coupling) else Coupling(W, n, dtype=dtype)
 
@@ -271,6 +296,7 @@ class Kuramoto:
             "coupling": self._c.description,
             "dtype": self._c.dtype,
             "omega": self.omega,
+            **self._c.definition,
         }
 
 
@@ -330,6 +356,7 @@ class FiringRate:
             "coupling": self._c.description,
             "dtype": self._c.dtype,
             "I": self.I,
+            **self._c.definition,
         }
 
 
@@ -617,6 +644,8 @@ def simulate(
             "method": method,
             "save_every": save_every,
             "fingerprint": model._c.fingerprint(),
+            # the seed itself where it is plain data (noise_key is its Philox key)
+            "seed": _plain_seed(seed),
             **(extra_params or {}),
         }
         stream = {"out": out, "overwrite": overwrite, "resume": resume, "progress": progress}

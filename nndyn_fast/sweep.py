@@ -257,6 +257,33 @@ def _option(value: Any) -> Any:
         return repr(value)
 
 
+def _code_digest(fn: Any) -> str | None:
+    """``sha256:<hex>`` of a function's code (bytecode, names, constants; a jitted function's
+    by :func:`~nndyn_fast.integrate.function_id`), or None for an object without code."""
+    if hasattr(fn, "py_func"):
+        from .integrate import function_id
+
+        with contextlib.suppress(Exception):
+            return function_id(fn)
+        return None
+    c = getattr(fn, "__code__", None)
+    if c is None:
+        return None
+    h = hashlib.sha256()
+
+    def walk(c: Any) -> None:
+        h.update(c.co_code)
+        h.update(repr((c.co_names, c.co_varnames, c.co_argcount)).encode())
+        for k in c.co_consts:
+            if hasattr(k, "co_code"):
+                walk(k)
+            else:
+                h.update(repr(k).encode())
+
+    walk(c)
+    return "sha256:" + h.hexdigest()
+
+
 def _identity(fn: Callable, grid: _Grid, passes_seed: bool) -> dict[str, Any]:
     """``fn``'s module and qualname, the options a ``functools.partial`` binds, the defaults of
     the parameters nothing else sets, and a callable object's own state."""
@@ -270,6 +297,9 @@ def _identity(fn: Callable, grid: _Grid, passes_seed: bool) -> dict[str, Any]:
     else:  # a callable object: its class and its state
         named, state = type(target), target
     out: dict[str, Any] = {"fn": f"{named.__module__}.{named.__qualname__}"}
+    code = _code_digest(named)
+    if code is not None:
+        out["fn_code"] = code
     if state is not None:
         out["fn_self"] = _option(state)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -104,6 +105,10 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_ode_fit)
 
 
+_RUN_OPTIONS = ("demo", "d", "hidden", "layers", "form", "activation", "scale", "batch", "t_end",
+                "frames", "method", "dt", "rtol", "atol", "seed")  # fmt: skip
+
+
 def run_ode_fit(args: argparse.Namespace) -> int:
     from nndyn_fast._validate import load_npy
     from nndyn_fast.fit import fit
@@ -155,6 +160,9 @@ def run_ode(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     stream = {"out": args.out, "overwrite": args.overwrite, "resume": args.resume,
               "chunk_frames": args.chunk_frames, "progress": progress_enabled(args)}  # fmt: skip
+    # the command's own options (the generator's seed and sizes) beside the run's parameters
+    options = {k: getattr(args, k) for k in _RUN_OPTIONS}
+    stream["extra_params"] = {"cli_command": "ode", "cli_options": json.dumps(options)}
     if args.demo == "embedding":
         from nndyn_fast.expressivity import PSI, shear_field
 

@@ -1,0 +1,289 @@
+"""Rerun a run file from its stored parameters alone.
+
+:func:`rerun` reads ``/params`` of a run file written by the package (scalars, and the input
+arrays stored beside their digests), rebuilds the model and the call that wrote it, and runs
+it again into a new file. Kinds whose model is a user's function (a sweep of ``fn``, a user
+field, history or graphon) cannot be rebuilt: only the function's name and code digest are
+stored, and :func:`rerun` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .storage import open_run
+
+__all__ = ["rerun"]
+
+
+class _Missing(ValueError):
+    pass
+
+
+def _array(v: np.ndarray) -> Any:
+    return v[()] if v.ndim == 0 else np.array(v, order="C", copy=True)
+
+
+def _need(p: dict, path: str, *names: str) -> list[Any]:
+    """The stored values of ``names``; a clear error naming the first one the file lacks."""
+    out = []
+    for name in names:
+        if name not in p:
+            raise ValueError(
+                f"cannot rerun {path!r}: it does not store {name!r} (a file written by an "
+                "older version, or an input too large to store; only its digest is kept)"
+            )
+        out.append(p[name])
+    return out
+
+
+def _user(path: str, what: str, name: Any, code: Any) -> ValueError:
+    return ValueError(
+        f"cannot rerun {path!r}: its {what} is a user function ({name!r}, code digest "
+        f"{code!r}); a run file stores a function's name and code digest, not the function "
+        "itself: call the entry point again with it"
+    )
+
+
+def _coupling(p: dict, path: str, n: int) -> Any:
+    import scipy.sparse as sp
+
+    from .graphs import DigraphMeasure, Graphon
+    from .meanfield import Coupling
+
+    if "coupling_graphon" in p:
+        name = p["coupling_graphon"]
+        if name == "user":
+            raise _user(path, "graphon", "user graphon", p.get("fingerprint"))
+        x, mu = _need(p, path, "coupling_x", "coupling_mu")
+        w = Graphon(name, tuple(float(v) for v in p["coupling_graphon_params"]))
+        return Coupling(
+            DigraphMeasure(w, np.asarray(x), np.asarray(mu)),
+            n,
+            dtype=p["dtype"],
+            pairwise=bool(p["coupling_pairwise"]),
+        )
+    if "coupling_indptr" in p:
+        indptr, indices, data = _need(
+            p, path, "coupling_indptr", "coupling_indices", "coupling_data"
+        )
+        return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    (W,) = _need(p, path, "coupling_W")
+    return np.asarray(W)
+
+
+def _network(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .meanfield import FiringRate, Kuramoto, simulate
+
+    noisy = {}
+    if "noise" in p:
+        if "seed" not in p or (p["seed"] is None and "noise_key" in p):
+            raise ValueError(
+                f"cannot rerun {path!r}: its noise seed is not stored (a SeedSequence, or a "
+                "file written by an older version; only the Philox key is kept)"
+            )
+        noisy = dict(noise=p["noise"], seed=p["seed"], realisations=p["realisations"])
+        if p["model"] == "kuramoto":
+            noisy["coupling_fn"] = p["coupling_fn"]
+    n = int(p["N"])
+    W = _coupling(p, path, n)
+    if p["model"] == "kuramoto":
+        (omega,) = _need(p, path, "omega")
+        model = Kuramoto(omega, W, p["K"], alpha=p["alpha"], dtype=p["dtype"])
+    else:
+        (inp,) = _need(p, path, "I")
+        model = FiringRate(inp, W, p["K"], activation=p["activation"], dtype=p["dtype"])
+    (x0,) = _need(p, path, "state0")
+    tols = {k: p[k] for k in ("rtol", "atol") if k in p}
+    extra = {k: p[k] for k in ("cli_options",) if k in p}
+    return simulate(
+        model, x0, p["t_end"], p["dt"], method=p["method"], save_every=int(p["save_every"]),
+        out=out, overwrite=overwrite, extra_params=extra or None, **tols, **noisy,
+    )  # fmt: skip
+
+
+def _ode(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .integrate import odeint
+    from .neural import NeuralODE
+
+    if p["field"] != "NeuralODE":
+        if "field_code" in p:
+            raise _user(path, "field", p["field"], p["field_code"])
+        raise ValueError(f"cannot rerun {path!r}: rebuilding a {p['field']} is not supported")
+    W, A, b, tl, x0, t, rtol, atol = _need(
+        p, path, "W", "A", "b", "t_layers", "x0", "t", "rtol", "atol"
+    )
+    act, form = _need(p, path, "activation_name", "form_name")
+    model = NeuralODE(None if form == "inner" else W, A, b, activation=act, t_layers=tl, form=form)
+    x = x0 if p["batched"] else x0[0]
+    return odeint(
+        model, x, t, method=p["method"], dt=p["dt"], rtol=rtol, atol=atol,
+        max_steps=int(p["max_steps"]), variational=bool(p["variational"]),
+        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
+        extra_params={k: p[k] for k in ("cli_command", "cli_options") if k in p} or None,
+    )  # fmt: skip
+
+
+def _dde(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from . import delay
+
+    if "model_code" in p:
+        raise _user(path, "field", p["model"], p["model_code"])
+    if "history_code" in p:
+        raise _user(path, "history", p["history"], p["history_code"])
+    name = p["model"]
+    if name == "MackeyGlass":
+        f = delay.MackeyGlass(beta=p["beta"], gamma=p["gamma"], n=p["n"])
+    elif name == "LinearDDE":
+        A, B = _need(p, path, "A", "B")
+        f = delay.LinearDDE(A, B)
+    else:
+        raise ValueError(f"cannot rerun {path!r}: rebuilding a {name} is not supported")
+    t, taus = _need(p, path, "t", "delays")
+    if "history_times" in p:
+        ht, hy, hs = _need(p, path, "history_times", "history_values", "history_slopes")
+        history: Any = (ht, hy, hs)
+    else:
+        (h,) = _need(p, path, "history")
+        history = h if p["batched"] else h[0]
+    return delay.ddeint(
+        f, history, t, delays=taus, method=p["method"], dt=p["dt"], rtol=p["rtol"],
+        atol=p["atol"], hmax=p["hmax"], max_steps=int(p["max_steps"]),
+        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _gd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .training import MLP, gradient_descent
+
+    theta0, X, Y = _need(p, path, "theta0", "X", "Y")
+    mlp = MLP(tuple(int(s) for s in p["sizes"]), activation=p["activation"], loss=p["loss"])
+    return gradient_descent(
+        mlp, theta0, X, Y, lr=p["lr"], steps=int(p["steps"]),
+        sharpness_every=int(p["sharpness_every"]), k=int(p["k"]), batch_size=p["batch_size"],
+        seed=p["seed"], sharpness_tol=p["sharpness_tol"], out=out, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _lyapunov(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from . import lyapunov
+
+    cls = getattr(lyapunov, p["system"], None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, lyapunov._BuiltinSystem):
+        raise ValueError(
+            f"cannot rerun {path!r}: its system {p['system']!r} is a user's (its functions are "
+            "stored by name and code digest only)"
+        )
+    system = cls(**{f.name: p[f.name] for f in dataclasses.fields(cls) if f.name in p})
+    (x0,) = _need(p, path, "x0")
+    span = {"steps": int(p["steps"])} if p["t_end"] is None else {"t_end": p["t_end"]}
+    return lyapunov.lyapunov_spectrum(
+        system, x0, k=int(p["k"]), dt=p["dt"], transient=p["transient"],
+        reorth_every=int(p["reorth_every"]), n_records=int(p["n_records"]),
+        n_blocks=int(p["n_blocks"]), seed=p["seed"], V0=p.get("V0"), out=out,
+        overwrite=overwrite, **span,
+    )  # fmt: skip
+
+
+def _sgd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .sgd_stability import sgd_lyapunov
+
+    (G,) = _need(p, path, "G")
+    return sgd_lyapunov(
+        G, p["lr"], int(p["batch_size"]), steps=int(p["steps"]), k=int(p["k"]), seed=p["seed"],
+        transient=int(p["transient"]), sampling=p["sampling"], replicas=int(p["replicas"]),
+        space=p["space"], rows_per_sample=int(p["rows_per_sample"]),
+        reorth_every=int(p["reorth_every"]), n_blocks=int(p["n_blocks"]), level=p["level"],
+        out=out, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _diagram(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .sgd_stability import sgd_stability_diagram
+
+    G, lrs, bs = _need(p, path, "G", "lrs", "batch_sizes")
+    return sgd_stability_diagram(
+        G, lrs, bs, steps=int(p["steps"]), k=int(p["k"]), seed=p["seed"],
+        transient=int(p["transient"]), sampling=p["sampling"], replicas=int(p["replicas"]),
+        rows_per_sample=int(p["rows_per_sample"]), mean_square=bool(p["mean_square"]),
+        out=out, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _limit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .continuum import meanfield_limit
+    from .graphs import Graphon
+
+    (z0,) = _need(p, path, "z0")
+    z = np.asarray(z0[0]) + 1j * np.asarray(z0[1])
+    common = dict(K=p["K"], t_end=p["t_end"], dt=p["dt"], omega0=p["omega0"], z0=z,
+                  save_every=int(p["save_every"]), out=out, overwrite=overwrite)  # fmt: skip
+    if p["equation"] == "fokker_planck":
+        # the moments of a wrapped Cauchy start z_n = z0^n are rebuilt from z0 = z_1
+        if not np.array_equal(z, z[0] ** np.arange(1, z.size + 1, dtype=np.complex128)):
+            raise ValueError(
+                f"cannot rerun {path!r}: its Fokker-Planck run started from a density0 (not "
+                "stored as such); rerun it with meanfield_limit(density0=...)"
+            )
+        common["z0"] = complex(z[0])
+        return meanfield_limit(
+            Graphon.constant(p["p"]), noise=p["noise"], modes=int(p["modes"]), **common
+        )
+    coupling = _coupling({"dtype": "float64", **p}, path, int(p["N"]))
+    return meanfield_limit(coupling, gamma=p["gamma"], **common)
+
+
+def _sweep(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    raise _user(path, "swept function", p.get("fn"), p.get("fn_code", "not stored"))
+
+
+_RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
+    "kuramoto": _network,
+    "firing_rate": _network,
+    "ode": _ode,
+    "dde": _dde,
+    "gradient_descent": _gd,
+    "lyapunov_spectrum": _lyapunov,
+    "sgd_lyapunov": _sgd,
+    "sgd_stability_diagram": _diagram,
+    "meanfield_limit": _limit,
+    "sweep": _sweep,
+}
+
+
+def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
+    """Run again the computation stored in the run file ``path``, into the new file ``out``.
+
+    Every model, option and input is read from ``path``'s ``/params`` (nothing else is
+    needed); the result of the rebuilt call is returned (its rows equal the original's
+    bitwise on the same machine and version).
+
+    Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (built-in couplings, with or without
+    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
+    ``gradient_descent``, ``lyapunov_spectrum`` (built-in systems), ``sgd_lyapunov`` and
+    ``sgd_stability_diagram`` and ``meanfield_limit``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` holds another kind, or a run whose model is a user function (only its name and
+        code digest are stored), or lacks a stored input; ``out`` is ``path``.
+    """
+    path = str(path)
+    if Path(out).resolve() == Path(path).resolve():
+        raise ValueError(f"out must be a new file, not the run file itself ({path!r})")
+    with open_run(path) as f:
+        kind, params = f.kind, dict(f.params)
+    if kind not in _RERUN:
+        raise ValueError(
+            f"cannot rerun {path!r}: reruns of {kind!r} runs are not supported (supported: "
+            f"{sorted(k for k in _RERUN if k != 'sweep')})"
+        )
+    # stored arrays as fresh, writable C arrays (the types the original call compiled for)
+    params = {k: (_array(v) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+    return _RERUN[kind](params, path, out, overwrite)
