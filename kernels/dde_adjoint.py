@@ -1,21 +1,33 @@
-"""Discrete adjoint of fixed-step RK4 for the neural delay field (method of steps).
+"""Discrete adjoint of the method of steps for the neural delay field (RK4 and Dormand-Prince).
 
-Field ``f_l(x, D) = W_l σ(A_l x + sum_k B_lk D_k + b_l)``, delays ``tau_k = N_k h`` on the
-step grid ``t_j = t0 + j h``, constant history ``x0`` on ``t <= t0``. The discrete map is that
-of the package's RK4 method of steps (:mod:`nndyn_fast.kernels.dde`): nodes ``y_j`` with
-left/right derivatives ``Fl_j``/``Fr_j`` (they differ where the layer switches), step j in
-layer ``l_j`` (the layer at its midpoint):
+Field ``f_l(x, D) = W_l σ(A_l x + sum_k B_lk D_k + b_l)``, constant history ``x0`` on
+``t <= t0``. The forward run is :func:`nndyn_fast.kernels.dde.dde_advance` itself (the solver
+of :func:`~nndyn_fast.ddeint`), with a ring large enough to keep every accepted node
+``(t_j, y_j, Fl_j, Fr_j)`` (left and right derivatives; they differ where the layer switches).
+Step j from ``t_j`` to ``t_{j+1}``, ``h = t_{j+1} - t_j``, layer ``l_j`` (the one holding the
+step's midpoint), is the explicit method of the package's DDE loop with the derivative at the
+new node as its last stage (first same as last):
 
-    K1 = Fr_j,  K2 = f(y_j + h/2 K1, M),  K3 = f(y_j + h/2 K2, M),  K4 = f(y_j + h K3, E),
-    y_{j+1} = y_j + h/6 (K1 + 2 K2 + 2 K3 + K4),  Fl_{j+1} = f_{l_j}(y_{j+1}, E),
-    Fr_{j+1} = f_{l_{j+1}}(y_{j+1}, E) (= Fl_{j+1} without a switch),  Fr_0 = f(x0, x0),
+    K_0 = Fr_j,  Y_s = y_j + h sum_{q<s} a_sq K_q,  K_s = f_l(Y_s, D_s)   (s = 1 .. S-1),
+    y_{j+1} = Y_{S-1},  Fl_{j+1} = K_{S-1},  Fr_{j+1} = f_{l'}(y_{j+1}, D_{S-1}) at a switch,
 
-with the delayed values ``E_k = y_{j+1-N_k}`` (node) and ``M_k`` the cubic Hermite midpoint of
-the interval starting at node ``i = j - N_k``: ``(y_i + y_{i+1})/2 + h/8 (Fr_i - Fl_{i+1})``;
-both are ``x0`` in the history. The reverse sweep runs the steps backwards with the adjoints
-of every node (``ybar``, ``Flbar``, ``Frbar``): a delayed value passes its adjoint to the
-nodes it was interpolated from, which the sweep reaches later. The nodes are stored (memory
-``3 (n + 1) d`` per row; the stages are recomputed).
+with ``D_{s,k}`` the delayed value at ``t_j + c_s h - tau_k``: ``x0`` in the history, else the
+cubic Hermite interpolant of the node interval ``[t_a, t_{a+1}]`` holding it,
+
+    D = h00(θ) y_a + h_a h10(θ) Fr_a + h01(θ) y_{a+1} + h_a h11(θ) Fl_{a+1},
+
+``θ = (s - t_a) / h_a`` (the interpolation that :mod:`nndyn_fast.kernels.dde` uses for both
+methods). The reverse sweep runs the steps backwards with adjoints of every node (``ybar``,
+``Flbar``, ``Frbar``), recomputing each step's stages from its stored start node; a delayed
+value hands its adjoint to the nodes it was interpolated from, which the sweep reaches later.
+Every delayed time must lie at or before the step's start (steps no longer than the shortest
+delay; the caller checks), so the map has no fixed-point iteration to differentiate.
+
+The step sizes are those of the forward run, held fixed (for Dormand-Prince the step-size
+controller is not differentiated). ``∂/∂T`` stretches the last step: its stage inputs and the
+delayed times ``t_j + c_s h - tau_k`` of its stages move with ``h`` (the Hermite interpolant's
+time derivative). Memory: the nodes ``(n + 1)(3 d + 1)`` per row and, per worker, their three
+adjoints.
 """
 
 import numpy as np
@@ -74,173 +86,222 @@ def _f_vjp(model, l, x, D, P, S, kbar, xbar, Dbar, pbar, gW, gA, gB, gb, w):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _delayed(Y, Fr, Fl, x0, j, N, h, E, M):
-    # E_k = node y_{j+1-N_k}, M_k = Hermite midpoint of the interval from node j - N_k
-    m, d = E.shape
-    for k in range(m):
-        a = j + 1 - N[k]
-        for i in range(d):
-            E[k, i] = Y[a, i] if a >= 0 else x0[i]
-        a = j - N[k]
-        for i in range(d):
-            if a >= 0:
-                M[k, i] = 0.5 * (Y[a, i] + Y[a + 1, i]) + 0.125 * h * (Fr[a, i] - Fl[a + 1, i])
+def _locate(tn, j, s, t0):
+    """The node interval of the delayed time ``s`` in a step from node ``j``: ``(a, θ, h_a)``
+    with ``a = -1`` for the history (``s <= t0``), ``-2`` for the start node alone (j = 0),
+    else the last node ``a <= j - 1`` with ``t_a <= s`` (as the solver's ring walk finds it)."""
+    if s <= t0:
+        return -1, 0.0, 0.0
+    if j == 0:
+        return -2, 0.0, 0.0
+    lo = 0
+    hi = j - 1
+    if tn[hi] <= s:
+        lo = hi
+    else:
+        while hi - lo > 1:  # tn[lo] <= s < tn[hi]
+            mid = (lo + hi) // 2
+            if tn[mid] <= s:
+                lo = mid
             else:
-                M[k, i] = x0[i]
+                hi = mid
+    ha = tn[lo + 1] - tn[lo]
+    return lo, (s - tn[lo]) / ha, ha
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _stages(model, l, h, Y, Fr, j, E, M, X2, X3, X4, K2, K3, K4, PS):
+def _hermite_value(Y, Fl, Fr, x0, a, th, ha, out):
+    # the solver's nested form (kernels.dde.hermite_eval)
+    d = out.shape[0]
+    if a == -1:
+        for i in range(d):
+            out[i] = x0[i]
+    elif a == -2:
+        for i in range(d):
+            out[i] = Y[0, i]
+    else:
+        th1 = 1.0 - th
+        for i in range(d):
+            dy = Y[a + 1, i] - Y[a, i]
+            r3 = ha * Fr[a, i] - dy
+            r4 = dy - ha * Fl[a + 1, i] - r3
+            out[i] = Y[a, i] + th * (dy + th1 * (r3 + th * r4))
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _hermite_adjoint(Y, Fl, Fr, a, th, ha, Db, yb, frb, flb, x0b, c):
+    """Hand the adjoint ``Db`` of a delayed value to its nodes; returns ``c Db·dD/dt`` (the
+    time derivative of the interpolant, for ``∂/∂h`` of a delayed time ``t + c h - tau``)."""
+    d = Db.shape[0]
+    if a == -1:
+        for i in range(d):
+            x0b[i] += Db[i]
+        return 0.0
+    if a == -2:
+        for i in range(d):
+            yb[0, i] += Db[i]
+        return 0.0
+    th1 = 1.0 - th
+    h00 = (1.0 + 2.0 * th) * th1 * th1
+    h10 = th * th1 * th1
+    h01 = th * th * (3.0 - 2.0 * th)
+    h11 = th * th * (th - 1.0)
+    g0 = 6.0 * th * (th - 1.0) / ha
+    g10 = (3.0 * th - 4.0) * th + 1.0
+    g11 = (3.0 * th - 2.0) * th
+    acc = 0.0
+    for i in range(d):
+        v = Db[i]
+        yb[a, i] += h00 * v
+        frb[a, i] += ha * h10 * v
+        yb[a + 1, i] += h01 * v
+        flb[a + 1, i] += ha * h11 * v
+        if c != 0.0:
+            acc += v * (g0 * (Y[a, i] - Y[a + 1, i]) + g10 * Fr[a, i] + g11 * Fl[a + 1, i])
+    return c * acc
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _step_stages(model, l, TA, TC, taus, t0, tn, Y, Fl, Fr, x0, j, Ys, K, D, Da, Dt, Dh, PS):
+    """Recompute the stages of step ``j`` (inputs ``Ys``, values ``K``, delayed values ``D``
+    and where they came from ``Da``/``Dt``/``Dh``, pre-activations and activations ``PS``)."""
+    S = TA.shape[0]
     d = Y.shape[1]
+    m = taus.shape[0]
+    t = tn[j]
+    tnew = tn[j + 1]
+    h = tnew - t
     for i in range(d):
-        X2[i] = Y[j, i] + 0.5 * h * Fr[j, i]
-    _f(model, l, X2, M, PS[0], PS[1], K2)
-    for i in range(d):
-        X3[i] = Y[j, i] + 0.5 * h * K2[i]
-    _f(model, l, X3, M, PS[2], PS[3], K3)
-    for i in range(d):
-        X4[i] = Y[j, i] + h * K3[i]
-    _f(model, l, X4, E, PS[4], PS[5], K4)
+        K[0, i] = Fr[j, i]
+    for s in range(1, S):
+        for i in range(d):
+            acc = 0.0
+            for q in range(s):
+                acc += TA[s, q] * K[q, i]
+            Ys[s, i] = Y[j, i] + h * acc
+        ts = tnew if s == S - 1 else t + TC[s] * h
+        for k in range(m):
+            a, th, ha = _locate(tn, j, ts - taus[k], t0)
+            Da[s, k] = a
+            Dt[s, k] = th
+            Dh[s, k] = ha
+            _hermite_value(Y, Fl, Fr, x0, a, th, ha, D[s, k])
+        _f(model, l, Ys[s], D[s], PS[2 * s], PS[2 * s + 1], K[s])
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
-def dde_rk4_vjp(model, X0, C, N, h, ls, jump, nw, Y, Fr, Fl, gW, gA, gB, gb, ZT, FT, dX0):
-    """Forward RK4 method of steps for every row of ``X0`` (B, d) (``ls.shape[0]`` steps of
-    size ``h``, step j in layer ``ls[j]``, ``jump[j]``: the layer switches at node j), then,
-    when ``C`` (B, d) is not empty, the reverse sweep for the cotangents ``C`` of the end
-    states. ``N`` (m,) delays in steps (>= 1). Scratch per worker: ``Y``/``Fr``/``Fl``
-    (nw, n + 1, d). Outputs: ``ZT`` end states, ``FT`` the left derivative there, ``dX0``
-    input gradients (history and start), ``gW``/``gA``/``gB``/``gb`` parameter gradients
-    (summed over the ``nw`` worker slots in order). Returns 0.
+def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, ns, ls, lj, jf, aW, aA, aB, ab,
+               gW, gA, gB, gb, dX0, dT):  # fmt: skip
+    """Reverse sweep of the recorded method of steps of every row of ``X0`` (B, d).
+
+    ``TA`` (S, S), ``TC`` (S,): the method with its last stage on the new node (rows of the
+    solver's RK4-with-node or Dormand-Prince tables). Row r's nodes: ``tn[r, :ns[r] + 1]``,
+    ``Y``/``Fl``/``Fr`` (B, cap, d); ``ls[r, j]`` the layer of step j, ``lj[r, j]`` the layer
+    of the right derivative at node j, ``jf[r, j]`` whether node j is a layer switch (its
+    right derivative recomputed there). ``C`` (B, d): cotangents of the end states
+    ``y_{ns}``. Gradient accumulators ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), zero on entry,
+    one per worker; summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to).
+    Outputs: ``dX0`` (B, d) ``(∂y_T/∂x0)^T C`` (start and history), ``dT`` (B,) ``C·∂y_T/∂T``
+    with the last step stretched. Returns 0.
     """
     W, A, B, b, code = model
     L, d, H = W.shape
     m = B.shape[1]
     Bn = X0.shape[0]
-    n = ls.shape[0]
-    rev = C.shape[0] > 0
-    aW = np.zeros((nw, L, d, H))
-    aA = np.zeros((nw, L, H, d))
-    aB = np.zeros((nw, L, m, H, d))
-    ab = np.zeros((nw, L, H))
+    S = TA.shape[0]
+    cap = tn.shape[1]
+    nw = aA.shape[0]
     for w in prange(nw):
-        Yw, Frw, Flw = Y[w], Fr[w], Fl[w]
-        E = np.empty((m, d))
-        M = np.empty((m, d))
-        Eb = np.empty((m, d))
-        Mb = np.empty((m, d))
-        X2, X3, X4 = np.empty(d), np.empty(d), np.empty(d)
-        K2, K3, K4 = np.empty(d), np.empty(d), np.empty(d)
-        b2, b3, b4 = np.empty(d), np.empty(d), np.empty(d)
-        k1, k2, k3, k4 = np.empty(d), np.empty(d), np.empty(d), np.empty(d)
-        PS = np.empty((8, H))
+        Ys = np.empty((S, d))
+        K = np.empty((S, d))
+        D = np.empty((S, m, d))
+        Da = np.empty((S, m), np.int64)
+        Dt = np.empty((S, m))
+        Dh = np.empty((S, m))
+        PS = np.empty((2 * S + 2, H))
+        kbar = np.empty((S, d))
+        Ybar = np.empty((S, d))
+        Db = np.empty((m, d))
         pbar = np.empty(H)
-        yb = np.empty((n + 1, d))
-        frb = np.empty((n + 1, d))
-        flb = np.empty((n + 1, d))
+        tmp = np.empty(d)
+        yb = np.empty((cap, d))
+        frb = np.empty((cap, d))
+        flb = np.empty((cap, d))
         x0b = np.empty(d)
         H0 = np.empty((m, d))
         for r in range(w, Bn, nw):
             x0 = X0[r]
-            for i in range(d):
-                Yw[0, i] = x0[i]
-            for k in range(m):
-                for i in range(d):
-                    H0[k, i] = x0[i]
-            _f(model, ls[0], x0, H0, PS[6], PS[7], Frw[0])
-            for i in range(d):
-                Flw[0, i] = Frw[0, i]
-            for j in range(n):
-                l = ls[j]
-                _delayed(Yw, Frw, Flw, x0, j, N, h, E, M)
-                _stages(model, l, h, Yw, Frw, j, E, M, X2, X3, X4, K2, K3, K4, PS)
-                for i in range(d):
-                    Yw[j + 1, i] = Yw[j, i] + (h / 6.0) * (
-                        Frw[j, i] + 2.0 * K2[i] + 2.0 * K3[i] + K4[i]
-                    )
-                _f(model, l, Yw[j + 1], E, PS[6], PS[7], Flw[j + 1])
-                if j + 1 < n and jump[j + 1]:
-                    _f(model, ls[j + 1], Yw[j + 1], E, PS[6], PS[7], Frw[j + 1])
-                else:
-                    for i in range(d):
-                        Frw[j + 1, i] = Flw[j + 1, i]
-            for i in range(d):
-                ZT[r, i] = Yw[n, i]
-                FT[r, i] = Flw[n, i]
-            if not rev:
-                continue
-            yb[:, :] = 0.0
-            frb[:, :] = 0.0
-            flb[:, :] = 0.0
+            n = ns[r]
+            tr, Yr, Flr, Frr = tn[r], Y[r], Fl[r], Fr[r]
+            yb[: n + 1, :] = 0.0
+            frb[: n + 1, :] = 0.0
+            flb[: n + 1, :] = 0.0
             x0b[:] = 0.0
             for i in range(d):
                 yb[n, i] = C[r, i]
+            dT[r] = 0.0
             for j in range(n - 1, -1, -1):
-                l = ls[j]
-                _delayed(Yw, Frw, Flw, x0, j, N, h, E, M)
-                Eb[:, :] = 0.0
-                Mb[:, :] = 0.0
-                if j + 1 < n and jump[j + 1]:
-                    _f(model, ls[j + 1], Yw[j + 1], E, PS[6], PS[7], K4)
-                    _f_vjp(model, ls[j + 1], Yw[j + 1], E, PS[6], PS[7], frb[j + 1], yb[j + 1],
-                           Eb, pbar, aW, aA, aB, ab, w)  # fmt: skip
+                l = ls[r, j]
+                h = tr[j + 1] - tr[j]
+                last = j == n - 1
+                _step_stages(model, l, TA, TC, taus, t0, tr, Yr, Flr, Frr, x0, j, Ys, K, D,
+                             Da, Dt, Dh, PS)  # fmt: skip
+                kbar[:, :] = 0.0
+                Ybar[:, :] = 0.0
+                hb = 0.0
+                for i in range(d):
+                    Ybar[S - 1, i] = yb[j + 1, i]
+                if jf[r, j + 1]:
+                    # Fr_{j+1} = f_{l'}(y_{j+1}, D_{S-1}): the layer after the switch
+                    Db[:, :] = 0.0
+                    _f(model, lj[r, j + 1], Ys[S - 1], D[S - 1], PS[2 * S], PS[2 * S + 1], tmp)
+                    _f_vjp(model, lj[r, j + 1], Ys[S - 1], D[S - 1], PS[2 * S], PS[2 * S + 1],
+                           frb[j + 1], Ybar[S - 1], Db, pbar, aW, aA, aB, ab, w)  # fmt: skip
+                    for k in range(m):
+                        hb += _hermite_adjoint(Yr, Flr, Frr, Da[S - 1, k], Dt[S - 1, k],
+                                               Dh[S - 1, k], Db[k], yb, frb, flb, x0b,
+                                               1.0 if last else 0.0)  # fmt: skip
                 else:
                     for i in range(d):
                         flb[j + 1, i] += frb[j + 1, i]
-                _f(model, l, Yw[j + 1], E, PS[6], PS[7], K4)
-                _f_vjp(model, l, Yw[j + 1], E, PS[6], PS[7], flb[j + 1], yb[j + 1], Eb, pbar,
-                       aW, aA, aB, ab, w)  # fmt: skip
-                _stages(model, l, h, Yw, Frw, j, E, M, X2, X3, X4, K2, K3, K4, PS)
                 for i in range(d):
-                    lam = yb[j + 1, i]
-                    yb[j, i] += lam
-                    k1[i] = (h / 6.0) * lam
-                    k2[i] = (h / 3.0) * lam
-                    k3[i] = (h / 3.0) * lam
-                    k4[i] = (h / 6.0) * lam
-                    b4[i] = 0.0
-                    b3[i] = 0.0
-                    b2[i] = 0.0
-                _f_vjp(model, l, X4, E, PS[4], PS[5], k4, b4, Eb, pbar, aW, aA, aB, ab, w)
-                for i in range(d):
-                    yb[j, i] += b4[i]
-                    k3[i] += h * b4[i]
-                _f_vjp(model, l, X3, M, PS[2], PS[3], k3, b3, Mb, pbar, aW, aA, aB, ab, w)
-                for i in range(d):
-                    yb[j, i] += b3[i]
-                    k2[i] += 0.5 * h * b3[i]
-                _f_vjp(model, l, X2, M, PS[0], PS[1], k2, b2, Mb, pbar, aW, aA, aB, ab, w)
-                for i in range(d):
-                    yb[j, i] += b2[i]
-                    k1[i] += 0.5 * h * b2[i]
-                    frb[j, i] += k1[i]
-                # the delayed values hand their adjoints to the nodes they came from
-                for k in range(m):
-                    a = j + 1 - N[k]
+                    kbar[S - 1, i] = flb[j + 1, i]
+                for s in range(S - 1, 0, -1):
+                    Db[:, :] = 0.0
+                    _f_vjp(model, l, Ys[s], D[s], PS[2 * s], PS[2 * s + 1], kbar[s], Ybar[s],
+                           Db, pbar, aW, aA, aB, ab, w)  # fmt: skip
+                    cs = (1.0 if s == S - 1 else TC[s]) if last else 0.0
+                    for k in range(m):
+                        hb += _hermite_adjoint(Yr, Flr, Frr, Da[s, k], Dt[s, k], Dh[s, k],
+                                               Db[k], yb, frb, flb, x0b, cs)  # fmt: skip
                     for i in range(d):
-                        if a >= 0:
-                            yb[a, i] += Eb[k, i]
-                        else:
-                            x0b[i] += Eb[k, i]
-                    a = j - N[k]
-                    for i in range(d):
-                        if a >= 0:
-                            yb[a, i] += 0.5 * Mb[k, i]
-                            yb[a + 1, i] += 0.5 * Mb[k, i]
-                            frb[a, i] += 0.125 * h * Mb[k, i]
-                            flb[a + 1, i] -= 0.125 * h * Mb[k, i]
-                        else:
-                            x0b[i] += Mb[k, i]
+                        yb[j, i] += Ybar[s, i]
+                    for q in range(s):
+                        a = TA[s, q]
+                        if a != 0.0:
+                            acc = 0.0
+                            for i in range(d):
+                                kbar[q, i] += h * a * Ybar[s, i]
+                                acc += Ybar[s, i] * K[q, i]
+                            hb += a * acc
+                for i in range(d):
+                    frb[j, i] += kbar[0, i]
+                if last:
+                    dT[r] = hb
             # Fr_0 = f(x0, x0): the start and the history
             for i in range(d):
                 frb[0, i] += flb[0, i]
-            Eb[:, :] = 0.0
-            _f(model, ls[0], x0, H0, PS[6], PS[7], K4)
-            _f_vjp(model, ls[0], x0, H0, PS[6], PS[7], frb[0], x0b, Eb, pbar, aW, aA, aB, ab, w)
+            for k in range(m):
+                for i in range(d):
+                    H0[k, i] = x0[i]
+            Db[:, :] = 0.0
+            _f(model, lj[r, 0], x0, H0, PS[0], PS[1], tmp)
+            _f_vjp(model, lj[r, 0], x0, H0, PS[0], PS[1], frb[0], x0b, Db, pbar, aW, aA, aB,
+                   ab, w)  # fmt: skip
             for i in range(d):
                 acc = yb[0, i] + x0b[i]
                 for k in range(m):
-                    acc += Eb[k, i]
+                    acc += Db[k, i]
                 dX0[r, i] = acc
     for w in range(nw):
         for l in range(L):

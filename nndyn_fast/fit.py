@@ -1,9 +1,10 @@
-"""Fitting neural ODEs to data with exact gradients: ``fit`` (L-BFGS-B or Adam).
+"""Fitting neural ODEs and neural DDEs to data with exact gradients: ``fit`` (L-BFGS-B or Adam).
 
 The loss is ``ℓ(θ) = 1/(2B) sum_i ||F_θ(x_i) - y_i||^2`` with ``F_θ`` the (readout of the)
-flow map computed by the chosen integrator, and ``∇ℓ`` its discrete adjoint
-(:func:`nndyn_fast.gradients.loss_and_grad`), so the optimiser sees the exact gradient of the
-discrete map it evaluates.
+flow map computed by the chosen integrator, or the time-T map of a neural DDE with the
+constant history ``x_i``, and ``∇ℓ`` its discrete adjoint
+(:func:`nndyn_fast.gradients.loss_and_grad`, :func:`nndyn_fast.dde_gradients.dde_loss_and_grad`),
+so the optimiser sees the exact gradient of the discrete map it evaluates.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ._validate import (
     check_positive,
     check_seed,
 )
+from .dde_gradients import dde_loss_and_grad, dde_model_params, dde_with_params
+from .delay import NeuralDDE, _delays
 from .errors import NonFiniteStateError
 from .gradients import _base, loss_and_grad, model_params, with_params
 from .neural import AugmentedNeuralODE, NeuralODE
@@ -32,6 +35,7 @@ __all__ = ["FitResult", "fit"]
 
 _OPTIMISERS = ("lbfgs", "adam")
 _SOLVERS = ("euler", "rk2", "rk4", "dopri5")
+_DDE_SOLVERS = ("rk4", "dopri5")
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,30 @@ def _unflat(template: dict, theta: np.ndarray) -> dict:
     return out
 
 
+def _model_description(model: Any) -> dict:
+    """The scalar parameters that rebuild a NeuralDDE from ``theta0`` (empty for an ODE)."""
+    if not isinstance(model, NeuralDDE):
+        return {}
+    W, _, B, _ = model.layer_weights()
+    L, d, H = W.shape
+    return {"activation": model.activation, "n_layers": L, "dim": d, "hidden": H,
+            "n_delays": int(B.shape[1])}  # fmt: skip
+
+
+def _model_inputs(model: Any, sopts: dict) -> dict:
+    """The arrays that rebuild a NeuralDDE (its layer grid, the delays)."""
+    if not isinstance(model, NeuralDDE):
+        return {}
+    return {"t_layers": model._t_layers, "delays": np.asarray(sopts["delays"], float)}
+
+
 def fit(
-    model: NeuralODE | AugmentedNeuralODE,
+    model: NeuralODE | AugmentedNeuralODE | NeuralDDE,
     X: Any,
     Y: Any,
     *,
     T: float | None = None,
+    delays: Any = None,
     method: str = "lbfgs",
     steps: int = 200,
     solver: str = "rk4",
@@ -85,17 +107,24 @@ def fit(
     Parameters
     ----------
     model : :class:`NeuralODE` or :class:`AugmentedNeuralODE` (weights and readout trained;
-        the layer grid, activation and form kept).
-    X : (B, n) inputs; Y : (B, p) targets, finite.
-    T : end time of the flow (default the model's).
+        the layer grid, activation and form kept), or :class:`~nndyn_fast.NeuralDDE` (``W``,
+        ``A``, ``B``, ``b`` trained; ``F_θ(x)`` is ``x(T)`` of
+        ``ddeint(model, x, [0, T], delays=delays)`` with the constant history ``x``).
+    X : (B, n) inputs; Y : (B, p) targets, finite (p = n = d for a NeuralDDE).
+    T : end time of the flow (default the model's; for a NeuralDDE the end of its layer grid).
+    delays : the NeuralDDE's delays (required for one, refused for an ODE).
     method : ``"lbfgs"`` (scipy's L-BFGS-B, ``steps`` iterations at most, stops early at
         ``gtol``) or ``"adam"`` (``steps`` steps of size ``lr``, full batch or mini-batches of
         ``batch_size`` drawn from ``default_rng(seed)``).
     solver, solver_steps, rtol, atol : the integrator (``rk4``/``rk2``/``euler`` with
-        ``solver_steps`` steps, or ``dopri5`` with ``rtol``/``atol``).
+        ``solver_steps`` steps, or ``dopri5`` with ``rtol``/``atol``); a NeuralDDE takes
+        ``rk4`` with ``dt = T / solver_steps`` or ``dopri5`` (steps at most the shortest
+        delay), as :func:`~nndyn_fast.dde_gradients.dde_loss_and_grad`.
     commit_every : iterations per committed chunk of the run file.
     out, overwrite, resume : stream the loss curve to a run file (kind ``fit``: series
-        ``loss`` with step, loss, grad_norm; the checkpoint holds the parameters and, for Adam,
+        ``loss`` with step, loss, grad_norm; the parameters hold what rebuilds the model from
+        the stored ``theta0`` (for a NeuralDDE its activation, layer shapes, ``t_layers`` and
+        ``delays``); the checkpoint holds the parameters and, for Adam,
         its moments and the generator state). An Adam run resumed after a kill is bitwise the
         uninterrupted one; an L-BFGS run resumes from the stored parameters with a fresh
         optimiser (its curvature memory is not stored), so it continues the descent but not
@@ -110,9 +139,21 @@ def fit(
     ValueError for bad shapes, NaN data, an unknown method or solver; NonFiniteStateError when
     the loss turns non-finite.
     """
-    _base(model)
+    dde = isinstance(model, NeuralDDE)
+    if dde:
+        if delays is None:
+            raise ValueError("delays must be given to fit a NeuralDDE: its m delays")
+        taus = _delays(delays)
+        if taus.size != model.n_delays:
+            raise ValueError(
+                f"delays must hold the NeuralDDE's {model.n_delays} delay(s), got {taus.size}"
+            )
+    else:
+        _base(model)
+        if delays is not None:
+            raise ValueError("delays are for a NeuralDDE; a neural ODE takes none")
     method = check_option("method", method, _OPTIMISERS)
-    solver = check_option("solver", solver, _SOLVERS)
+    solver = check_option("solver", solver, _DDE_SOLVERS if dde else _SOLVERS)
     steps = check_int("steps", steps, minimum=1)
     solver_steps = check_int("solver_steps", solver_steps, minimum=1)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
@@ -133,18 +174,31 @@ def fit(
         batch_size = check_int("batch_size", batch_size, minimum=1)
         if batch_size > n:
             raise ValueError(f"batch_size must be <= the number of points {n}, got {batch_size}")
-    sopts = (
-        {"method": "dopri5", "rtol": rtol, "atol": atol}
-        if solver == "dopri5"
-        else {"method": solver, "steps": solver_steps}
-    )
-    template = model_params(model)
+    if dde:
+        T_end = float(model._t_layers[-1] if T is None else check_positive("T", T))
+        sopts: dict = (
+            {"method": "dopri5", "rtol": rtol, "atol": atol}
+            if solver == "dopri5"
+            else {"method": "rk4", "dt": T_end / solver_steps}
+        )
+        sopts["delays"] = taus
+        template = dde_model_params(model)
+        rebuild, lossgrad = dde_with_params, dde_loss_and_grad
+    else:
+        T_end = float(_base(model).T if T is None else T)
+        sopts = (
+            {"method": "dopri5", "rtol": rtol, "atol": atol}
+            if solver == "dopri5"
+            else {"method": solver, "steps": solver_steps}
+        )
+        template = model_params(model)
+        rebuild, lossgrad = with_params, loss_and_grad
     theta = _flat(template)
 
     def value_grad(th: np.ndarray, idx: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-        m = with_params(model, _unflat(template, th))
+        m = rebuild(model, _unflat(template, th))
         Xb, Yb = (X, Y) if idx is None else (X[idx], Y[idx])
-        loss, g = loss_and_grad(m, Xb, Yb, T, **sopts)
+        loss, g = lossgrad(m, Xb, Yb, T, **sopts)
         return loss, _flat({k: g.params[k] for k in template})
 
     loss0, g0 = value_grad(theta)  # checks the shapes before a file is made
@@ -170,9 +224,10 @@ def fit(
                 "batch_size": batch_size,
                 "gtol": gtol,
                 "seed": seed,
-                "T": float(_base(model).T if T is None else T),
+                "T": T_end,
+                **_model_description(model),
             },
-            inputs={"theta0": theta, "X": X, "Y": Y},
+            inputs={"theta0": theta, "X": X, "Y": Y, **_model_inputs(model, sopts)},
             series={
                 "loss": {
                     "step": {"dtype": np.int64, "long_name": "optimiser iteration"},
@@ -274,7 +329,7 @@ def fit(
                 message = "lbfgs: already complete"
         if run is not None:
             run.summarize(final_loss=float(value_grad(th)[0]), message=message)
-    trained = with_params(model, _unflat(template, th))
+    trained = rebuild(model, _unflat(template, th))
     if run is not None:
         with open_run(run.path) as f:
             return FitResult(trained, f.read("loss", "loss"), f.read("loss", "grad_norm"),

@@ -291,7 +291,7 @@ def fit_extremum_grad(
     def value_grad(theta):
         m, (W, A, B, s, (nW, nA, nB)) = model_of(theta)
         try:
-            _, ZT, _, _ = _dde_forward(m, X, T, tau, dt)
+            ZT = _dde_forward(m, X, T, tau, dt)
         except FloatingPointError:
             return 1e3, np.zeros_like(theta)
         M = np.concatenate([ZT, np.ones((n, 1))], 1)
@@ -320,7 +320,7 @@ def fit_extremum_grad(
     monotone = None
     if dim == 1:
         Xf = np.linspace(-1.0, 1.0, 201)
-        monotone = is_monotone(_dde_forward(m, Xf[:, None], T, tau, dt)[1][:, 0])
+        monotone = is_monotone(_dde_forward(m, Xf[:, None], T, tau, dt)[:, 0])
     return {
         "kappa": kappa,
         "dim": dim,
@@ -332,9 +332,9 @@ def fit_extremum_grad(
 
 
 def _dde_forward(model, X, T, tau, dt):
-    from .dde_gradients import _sweep
+    from .dde_gradients import dde_forward
 
-    return _sweep(model, np.ascontiguousarray(X, dtype=float), T, np.zeros((0, 0)), tau, dt)
+    return dde_forward(model, np.ascontiguousarray(X, dtype=float), T, delays=tau, dt=dt)
 
 
 def memory_capacity_experiment(kappas: Any, *, dims: Any = (1, 2), **fit_kwargs: Any) -> dict:

@@ -1,12 +1,17 @@
-"""Neural-DDE gradients (nndyn_fast.dde_gradients) against central differences of ddeint."""
+"""Neural-DDE gradients (nndyn_fast.dde_gradients) against central differences of ddeint and of
+a numpy method of steps on the frozen step sequence (tests/reference_dde_gradients.py)."""
 
 import numpy as np
 import pytest
+from reference_dde_gradients import frozen_map
 
-from nndyn_fast.dde_gradients import dde_flow_vjp, dde_loss_and_grad
+from nndyn_fast.dde_gradients import _options, _record, dde_flow_vjp, dde_loss_and_grad
 from nndyn_fast.delay import NeuralDDE, ddeint
 
-T, DT, TAUS = 2.0, 0.1, [0.3, 0.5]
+# delays that are not multiples of dt and a T off the step grid: ddeint splits steps at the
+# propagated discontinuities and ends on a shorter step, and the adjoint follows its nodes
+T_MODEL, DT, TAUS = 2.0, 0.1, [0.3, 0.45]
+T = 1.95  # no discontinuity within 1e-3 of it (sums of <= 4 delays from 0 and from 1)
 
 
 def _model(**kw):
@@ -19,56 +24,123 @@ def _model(**kw):
         "b": 0.1 * rng.standard_normal((L, H)),
     }
     p.update(kw)
-    return NeuralDDE(p["W"], p["A"], p["B"], p["b"], "tanh", T=T), p
+    return NeuralDDE(p["W"], p["A"], p["B"], p["b"], "tanh", T=T_MODEL), p
 
 
-def _F(model, X, t_end=T):
-    return ddeint(model, X, np.array([0.0, t_end]), delays=TAUS, method="rk4", dt=DT).y[-1]
+def _central(fun, v, eps):
+    out = np.zeros_like(v)
+    for idx in np.ndindex(v.shape):
+        vp, vm = v.copy(), v.copy()
+        vp[idx] += eps
+        vm[idx] -= eps
+        out[idx] = (fun(vp) - fun(vm)) / (2 * eps)
+    return out
 
 
-def test_neural_dde_gradients_match_central_differences_of_ddeint():
-    # two layers (a switch at t = 1), two delays on the grid: the RK4 method of steps with
-    # Hermite-interpolated delayed values, differentiated through the interpolation
+def _check_all(g, P, X, C, F, eps, tol):
+    """Every gradient of sum C·F against central differences of F(params, X, T)."""
+    for k, v in P.items():
+        num = _central(lambda p, k=k: np.sum(C * F({k: p}, X, T)), v, eps)
+        np.testing.assert_allclose(g.params[k], num, atol=tol, rtol=0, err_msg=k)
+    num = _central(lambda x: np.sum(C * F({}, x, T)), X, eps)
+    np.testing.assert_allclose(g.X, num, atol=tol, rtol=0, err_msg="X")
+    dT = (np.sum(C * F({}, X, T + eps)) - np.sum(C * F({}, X, T - eps))) / (2 * eps)
+    assert abs(g.T - dT) < tol, (g.T, dT)
+
+
+def test_rk4_gradients_match_central_differences_of_ddeint():
+    # two layers (a switch at t = 1), two delays: the RK4 method of steps with Hermite-
+    # interpolated delayed values, differentiated through the interpolation, the history, the
+    # layer switch and the last (shorter) step
     model, P = _model()
     rng = np.random.default_rng(1)
     X = rng.standard_normal((3, 2))
     C = rng.standard_normal((3, 2))
     g = dde_flow_vjp(model, X, T, C, delays=TAUS, dt=DT)
-    # the same discrete map as ddeint (rounding: the order of the sums)
-    np.testing.assert_allclose(g.y, _F(model, X), atol=1e-13, rtol=0)
-    eps = 1e-6  # central differences: truncation ~1e-12, rounding ~1e-10
 
-    def central(fun, v):
-        out = np.zeros_like(v)
-        for idx in np.ndindex(v.shape):
-            vp, vm = v.copy(), v.copy()
-            vp[idx] += eps
-            vm[idx] -= eps
-            out[idx] = (fun(vp) - fun(vm)) / (2 * eps)
-        return out
+    def F(kw, x, t_end):
+        m = _model(**kw)[0]
+        return ddeint(m, x, np.array([0.0, t_end]), delays=TAUS, method="rk4", dt=DT).y[-1]
 
-    for k, v in P.items():
-        num = central(lambda p, k=k: np.sum(C * _F(_model(**{k: p})[0], X)), v)
-        np.testing.assert_allclose(g.params[k], num, atol=1e-6, rtol=0, err_msg=k)
-    num = central(lambda x: np.sum(C * _F(model, x)), X)
-    np.testing.assert_allclose(g.X, num, atol=1e-6, rtol=0)
-    # T: the field at the end; central differences of ddeint's map around a grid point
-    # differ from it by the method's error O(dt^4) ~ 1e-4
-    dT = (np.sum(C * _F(model, X, T + 1e-6)) - np.sum(C * _F(model, X, T - 1e-6))) / 2e-6
-    assert abs(g.T - dT) < 1e-3
+    # the map is ddeint's (same kernel; rounding only)
+    np.testing.assert_allclose(g.y, F({}, X, T), atol=1e-13, rtol=0)
+    # eps = 1e-6: truncation eps^2 |F'''| ~ 1e-12, rounding 1e-16 / eps ~ 1e-10, so 1e-6
+    # leaves four orders of margin (ddeint's map is smooth here: its steps do not move)
+    _check_all(g, P, X, C, F, 1e-6, 1e-6)
+    # a single row: the (d,) shapes, and the loss
+    g1 = dde_flow_vjp(model, X[0], T, C[0], delays=TAUS, dt=DT)
+    assert g1.X.shape == (2,) and g1.y.shape == (2,)
+    np.testing.assert_allclose(g1.X, g.X[0], atol=1e-13, rtol=0)  # rows are independent
+    loss, gl = dde_loss_and_grad(model, X, np.zeros((3, 2)), T, delays=TAUS, dt=DT)
+    assert abs(loss - 0.5 * np.sum(g.y**2) / 3) < 1e-13
+    gy = dde_flow_vjp(model, X, T, g.y / 3, delays=TAUS, dt=DT)
+    np.testing.assert_allclose(gl.params["B"], gy.params["B"], atol=1e-14, rtol=0)
 
 
-def test_dde_loss_and_bad_input():
+def test_dopri5_gradients_of_the_frozen_steps_and_of_ddeint():
+    model, P = _model()
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2, 2))
+    C = rng.standard_normal((2, 2))
+    g = dde_flow_vjp(model, X, T, C, delays=TAUS, method="dopri5", rtol=1e-6, atol=1e-8)
+    hmax = min(TAUS) / 1.05
+    opts = _options(model, X, T, TAUS, "dopri5", None, 1e-6, 1e-8, None, 10**5)[-1]
+    tn, *_, ns, _, _, _ = _record(model, X, T, np.array(TAUS), "dopri5", opts, 256)
+    assert np.all(ns > 10)  # adaptive steps of varying size, ending on T
+    act = np.tanh
+
+    def frozen(kw, x, t_end):
+        p = {**P, **kw}
+        out = []
+        for r in range(x.shape[0]):
+            t = tn[r, : ns[r] + 1].copy()
+            t[-1] = t_end  # the last step stretched
+            out.append(frozen_map(p["W"], p["A"], p["B"], p["b"], act, model._t_layers,
+                                  x[r], TAUS, t, "dopri5"))  # fmt: skip
+        return np.array(out)
+
+    # the reference on ddeint's steps is ddeint's map (np.tanh against the kernels' tanh:
+    # a few ulps per stage)
+    y = ddeint(model, X, [0.0, T], delays=TAUS, rtol=1e-6, atol=1e-8, hmax=hmax).y[-1]
+    np.testing.assert_allclose(frozen({}, X, T), y, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(g.y, y, atol=1e-13, rtol=0)
+    # the discrete map with its steps frozen: exact, so central differences (eps = 1e-6,
+    # truncation ~1e-12, rounding ~1e-10) agree to 1e-6 with room to spare
+    _check_all(g, P, X, C, frozen, 1e-6, 1e-6)
+
+    # against ddeint itself at a tight tolerance: the frozen-step gradient misses only the
+    # step-size controller's response, a relative change of the local error, O(rtol) ~ 1e-10;
+    # eps = 1e-4 keeps a change in the accepted steps (a jump of ~rtol in F) below 1e-6 in the
+    # differences, and truncation eps^2 |F'''| ~ 1e-8
+    tight = {"rtol": 1e-10, "atol": 1e-12}
+    g2 = dde_flow_vjp(model, X, T, C, delays=TAUS, method="dopri5", **tight)
+
+    def F(kw, x, t_end):
+        m = _model(**kw)[0]
+        return ddeint(m, x, [0.0, t_end], delays=TAUS, hmax=hmax, **tight).y[-1]
+
+    _check_all(g2, P, X, C, F, 1e-4, 2e-6)
+
+
+def test_bad_input_is_refused():
     model, _ = _model()
     X = np.ones((2, 2))
-    loss, g = dde_loss_and_grad(model, X, np.zeros((2, 2)), T, delays=TAUS, dt=DT)
-    assert abs(loss - 0.5 * np.sum(_F(model, X) ** 2) / 2) < 1e-13
-    with pytest.raises(ValueError, match="multiple of dt"):
-        dde_flow_vjp(model, X, T, X, delays=[0.33, 0.5], dt=DT)
     with pytest.raises(ValueError, match="cotangent"):
         dde_flow_vjp(model, X, T, np.ones(3), delays=TAUS, dt=DT)
     with pytest.raises(ValueError, match="delays"):
         dde_flow_vjp(model, X, T, X, delays=[0.3], dt=DT)
+    with pytest.raises(ValueError, match="shortest delay"):
+        dde_flow_vjp(model, X, T, X, delays=TAUS, dt=0.35)
+    with pytest.raises(ValueError, match="hmax"):
+        dde_flow_vjp(model, X, T, X, delays=TAUS, method="dopri5", hmax=0.3)
+    with pytest.raises(ValueError, match="method"):
+        dde_flow_vjp(model, X, T, X, delays=TAUS, method="euler", dt=DT)
+    with pytest.raises(ValueError, match="X"):
+        dde_flow_vjp(model, np.full((2, 2), np.nan), T, X, delays=TAUS, dt=DT)
+    with pytest.raises(ValueError, match="Y"):
+        dde_loss_and_grad(model, X, np.ones((3, 2)), T, delays=TAUS, dt=DT)
+    with pytest.raises(TypeError, match="NeuralDDE"):
+        dde_flow_vjp(object(), X, T, X, delays=TAUS, dt=DT)
 
 
 def test_memory_capacity_fit_below_and_above_the_threshold():
