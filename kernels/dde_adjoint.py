@@ -190,26 +190,29 @@ def _step_stages(model, l, TA, TC, taus, t0, tn, Y, Fl, Fr, x0, j, Ys, K, D, Da,
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
-def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, ns, ls, lj, jf, aW, aA, aB, ab,
-               gW, gA, gB, gb, dX0, dT):  # fmt: skip
-    """Reverse sweep of the recorded method of steps of every row of ``X0`` (B, d).
+def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, jf, first,
+               final, ybs, frbs, flbs, x0bs, aW, aA, aB, ab, gW, gA, gB, gb, dX0, dT):  # fmt: skip
+    """Reverse sweep of the recorded method of steps of every row of ``X0`` (B, d), over the
+    steps ``jlo[r] <= j < jhi[r]`` (all of them, or one recomputed segment).
 
     ``TA`` (S, S), ``TC`` (S,): the method with its last stage on the new node (rows of the
-    solver's RK4-with-node or Dormand-Prince tables). Row r's nodes: ``tn[r, :ns[r] + 1]``,
-    ``Y``/``Fl``/``Fr`` (B, cap, d); ``ls[r, j]`` the layer of step j, ``lj[r, j]`` the layer
-    of the right derivative at node j, ``jf[r, j]`` whether node j is a layer switch (its
-    right derivative recomputed there). ``C`` (B, d): cotangents of the end states
-    ``y_{ns}``. Gradient accumulators ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), zero on entry,
-    one per worker; summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to).
-    Outputs: ``dX0`` (B, d) ``(∂y_T/∂x0)^T C`` (start and history), ``dT`` (B,) ``C·∂y_T/∂T``
-    with the last step stretched. Returns 0.
+    solver's RK4-with-node or Dormand-Prince tables). Row r's nodes (local slots):
+    ``tn[r]``, ``Y``/``Fl``/``Fr`` (B, cap, d), the segment's and the delay window before it;
+    ``ls[r, j]`` the layer of step j, ``lj[r, j]`` the layer of the right derivative at node
+    j, ``jf[r, j]`` whether node j is a layer switch (its right derivative recomputed there).
+    Node adjoints ``ybs``/``frbs``/``flbs`` (B, cap, d) and the history's ``x0bs`` (B, d) carry
+    over between segments (zeros at the start). ``first``: the segment that ends at T, where
+    ``C`` (B, d), the cotangents of the end states, enter and ``dT`` (B,) ``C·∂y_T/∂T`` (the
+    last step stretched) is written. ``final``: the segment that starts at t0 (local node 0
+    the start), where ``dX0`` (B, d) ``(∂y_T/∂x0)^T C`` (start and history) is written.
+    Gradient accumulators ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), zero on entry, one per
+    worker; summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to). Returns 0.
     """
     W, A, B, b, code = model
     L, d, H = W.shape
     m = B.shape[1]
     Bn = X0.shape[0]
     S = TA.shape[0]
-    cap = tn.shape[1]
     nw = aA.shape[0]
     for w in prange(nw):
         Ys = np.empty((S, d))
@@ -224,26 +227,20 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, ns, ls, lj, jf, aW
         Db = np.empty((m, d))
         pbar = np.empty(H)
         tmp = np.empty(d)
-        yb = np.empty((cap, d))
-        frb = np.empty((cap, d))
-        flb = np.empty((cap, d))
-        x0b = np.empty(d)
         H0 = np.empty((m, d))
         for r in range(w, Bn, nw):
             x0 = X0[r]
-            n = ns[r]
+            n = jhi[r]
             tr, Yr, Flr, Frr = tn[r], Y[r], Fl[r], Fr[r]
-            yb[: n + 1, :] = 0.0
-            frb[: n + 1, :] = 0.0
-            flb[: n + 1, :] = 0.0
-            x0b[:] = 0.0
-            for i in range(d):
-                yb[n, i] = C[r, i]
-            dT[r] = 0.0
-            for j in range(n - 1, -1, -1):
+            yb, frb, flb, x0b = ybs[r], frbs[r], flbs[r], x0bs[r]
+            if first:
+                for i in range(d):
+                    yb[n, i] += C[r, i]
+                dT[r] = 0.0
+            for j in range(n - 1, jlo[r] - 1, -1):
                 l = ls[r, j]
                 h = tr[j + 1] - tr[j]
-                last = j == n - 1
+                last = first and j == n - 1
                 _step_stages(model, l, TA, TC, taus, t0, tr, Yr, Flr, Frr, x0, j, Ys, K, D,
                              Da, Dt, Dh, PS)  # fmt: skip
                 kbar[:, :] = 0.0
@@ -288,6 +285,8 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, ns, ls, lj, jf, aW
                     frb[j, i] += kbar[0, i]
                 if last:
                     dT[r] = hb
+            if not final:
+                continue
             # Fr_0 = f(x0, x0): the start and the history
             for i in range(d):
                 frb[0, i] += flb[0, i]

@@ -20,8 +20,11 @@ the nodes is part of the gradient). Delays need not be multiples of ``dt``, nor 
   limited to ``hmax`` (default ``min(delays) / 1.05``, since a step landing on a
   discontinuity may exceed ``hmax`` by 5 %), so no delayed time falls inside a step.
 
-Memory: every node of a row, ``(n + 1)(3 d + 1)`` floats (rows are taken in chunks of at most
-about 64 MiB).
+Memory: every node of a row, ``(n + 1)(3 d + 1)`` floats, plus their adjoints (rows are
+taken in chunks of at most about 64 MiB); with ``checkpoint=k`` (RK4) only the delay window
+at every k-th grid point is kept and each segment is rerun from it on the reverse sweep (by
+the same kernel, so the same nodes), the node adjoints of the window carried from segment to
+segment: memory ``O(n w / k + k + w)`` nodes for a window of ``w`` nodes.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def dde_with_params(model: NeuralDDE, params: dict) -> NeuralDDE:
                      t_layers=model._t_layers, T=model.T)  # fmt: skip
 
 
-def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps):
+def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps, checkpoint=None):
     if not isinstance(model, NeuralDDE):
         raise TypeError(f"model must be a NeuralDDE, got {type(model).__name__}")
     X = as_array("X", X, ndim=(1, 2))
@@ -132,34 +135,79 @@ def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps):
                 "times lie in the past"
             )
         opts.update(dt=0.0, hmax=hmax, max_steps=check_int("max_steps", max_steps, minimum=1))
+    if checkpoint is not None:
+        if method != "rk4":
+            raise ValueError("checkpoint is for method 'rk4' (dopri5 keeps every node)")
+        opts["checkpoint"] = check_int("checkpoint", checkpoint, minimum=1)
     return X2, single, T, taus, method, opts
+
+
+class _Solver:
+    """ddeint's kernel for the rows of ``X`` (constant histories), advanced on demand."""
+
+    def __init__(self, model, X, T, taus, method, opts):
+        B, d = X.shape
+        m = taus.size
+        self.B, self.d, self.T, self.taus, self.method, self.opts = B, d, T, taus, method, opts
+        hist = _dl._history(X, 0.0, float(taus.max()), None)
+        code, ip, P, jumps = _dl._pack_model(model, d, m)
+        self.disc, self.djump = _dl._disc_points(0.0, T, taus, jumps, _dl._DISC_LEVEL[method])
+        self.fld = (code, ip, P, hist.kind, 0.0, taus)
+        self.hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
+        self.nP = P.size
+        self.kern = _kdde.dde_advance if B > 1 else _kdde.dde_advance_serial
+        self.stops = model._t_layers[1 : model.n_layers]
+
+    def fresh(self, cap):
+        B, d = self.B, self.d
+        ring = (np.zeros((B, cap)), np.zeros((B, cap, d)), np.zeros((B, cap, d)),
+                np.zeros((B, cap, d)))  # fmt: skip
+        return ring, np.zeros((B, 8), np.int64), np.zeros((B, 2))
+
+    def advance(self, ring, ist, fst, t_end):
+        o = self.opts
+        budget = _dl._MAX_STEPS if self.method == "rk4" else o["max_steps"]
+        ctl = (_dl.METHODS[self.method], float(o["dt"]), o["rtol"], o["atol"], o["hmax"],
+               float(t_end), self.disc, self.djump, budget)  # fmt: skip
+        tout = np.array([float(t_end)])
+        yout = np.full((1, self.B, self.d), np.nan)
+        secs = _dl._serial_seconds(self.method, self.B, self.d, self.taus.size, self.nP,
+                                   np.array([0.0, float(t_end)]), float(o["dt"]))  # fmt: skip
+        with for_work(secs):
+            call(self.kern, None, (), None, self.fld, self.hists, ctl, tout, yout, ring, ist, fst)
+
+    def layers(self, tn):
+        """Per slot: the layer of the step from it, of the right derivative at it, and whether
+        it is a layer switch (the right derivative recomputed there)."""
+        tiny = 1e-9  # the solver's offset into the layer after a node (t0 = 0)
+        mids = tn[:, :-1] + 0.5 * (tn[:, 1:] - tn[:, :-1])
+        ls = np.searchsorted(self.stops, mids, side="right").astype(np.int64)
+        lj = np.searchsorted(self.stops, tn + tiny, side="right").astype(np.int64)
+        sw = self.disc[self.djump == 1]
+        jf = np.isin(tn, sw) if sw.size else np.zeros(tn.shape, np.bool_)
+        jf[:, 0] = False
+        return np.ascontiguousarray(ls), lj, np.ascontiguousarray(jf)
+
+
+def _check_steps(tn, ns, taus):
+    hs = np.diff(tn, axis=1)
+    valid = np.arange(tn.shape[1] - 1)[None, :] < ns[:, None]
+    longest = float(np.max(np.where(valid, hs, 0.0)))
+    if longest > float(taus.min()) * (1.0 + 1e-12):
+        raise ValueError(
+            f"a step of length {longest} exceeds the shortest delay {float(taus.min())}; "
+            "the adjoint differentiates steps whose delayed times lie in the past (lower hmax)"
+        )
 
 
 def _record(model, X, T, taus, method, opts, cap):
     """Run ddeint's kernel on the rows of ``X`` keeping every node; returns
-    ``(tn, Y, Fl, Fr, ns)`` (the ring never wraps: it holds every node from slot 0)."""
-    B, d = X.shape
-    m = taus.size
-    hist = _dl._history(X, 0.0, float(taus.max()), None)
-    code, ip, P, jumps = _dl._pack_model(model, d, m)
-    disc, djump = _dl._disc_points(0.0, T, taus, jumps, _dl._DISC_LEVEL[method])
-    fld = (code, ip, P, hist.kind, 0.0, taus)
-    hists = (hist.hc, hist.hst, hist.hsy, hist.hsdy, hist.hp)
-    mcode = _dl.METHODS[method]
-    budget = _dl._MAX_STEPS if method == "rk4" else opts["max_steps"]
-    ctl = (mcode, float(opts["dt"]), opts["rtol"], opts["atol"], opts["hmax"], T, disc, djump,
-           budget)  # fmt: skip
-    tout = np.array([0.0, T])
-    kern = _kdde.dde_advance if B > 1 else _kdde.dde_advance_serial
+    ``(tn, Y, Fl, Fr, ns, ls, lj, jf)`` (the ring never wraps: it holds every node from
+    slot 0)."""
+    sv = _Solver(model, X, T, taus, method, opts)
     while True:
-        ring = (np.zeros((B, cap)), np.zeros((B, cap, d)), np.zeros((B, cap, d)),
-                np.zeros((B, cap, d)))  # fmt: skip
-        ist = np.zeros((B, 8), np.int64)
-        fst = np.zeros((B, 2))
-        yout = np.full((2, B, d), np.nan)
-        secs = _dl._serial_seconds(method, B, d, m, P.size, tout, float(opts["dt"]))
-        with for_work(secs):
-            call(kern, None, (), None, fld, hists, ctl, tout, yout, ring, ist, fst)
+        ring, ist, fst = sv.fresh(cap)
+        sv.advance(ring, ist, fst, T)
         nodes = int(ist[:, _kdde.I_ACC].max()) + 1
         full = np.any(ist[:, _kdde.I_STATUS] == _kdde.RING_FULL)
         if nodes >= cap or full:
@@ -169,23 +217,8 @@ def _record(model, X, T, taus, method, opts, cap):
     _dl._raise_on_status(ist, list(ring))
     ns = ist[:, _kdde.I_ACC].copy()
     tn, Y, Fl, Fr = ring
-    tl = model._t_layers
-    stops = tl[1 : model.n_layers]
-    tiny = 1e-9
-    mids = tn[:, :-1] + 0.5 * (tn[:, 1:] - tn[:, :-1])
-    ls = np.searchsorted(stops, mids, side="right").astype(np.int64)
-    lj = np.searchsorted(stops, tn + tiny, side="right").astype(np.int64)
-    jf = np.isin(tn, disc[djump == 1]) if disc.size else np.zeros(tn.shape, np.bool_)
-    jf[:, 0] = False
-    hs = np.diff(tn, axis=1)
-    valid = np.arange(cap - 1)[None, :] < ns[:, None]
-    longest = float(np.max(np.where(valid, hs, 0.0)))
-    if longest > float(taus.min()) * (1.0 + 1e-12):
-        raise ValueError(
-            f"a step of length {longest} exceeds the shortest delay {float(taus.min())}; "
-            "the adjoint differentiates steps whose delayed times lie in the past (lower hmax)"
-        )
-    return tn, Y, Fl, Fr, ns, np.ascontiguousarray(ls), lj, np.ascontiguousarray(jf)
+    _check_steps(tn, ns, taus)
+    return (tn, Y, Fl, Fr, ns, *sv.layers(tn))
 
 
 def _tables(method):
@@ -194,17 +227,107 @@ def _tables(method):
     return _kdde.DOPRI5_A, _kdde.DOPRI5_C
 
 
-def _run(model, X, T, taus, method, opts, cotangent=None, Y=None):
+class _Reverse:
+    """The reverse kernel's fixed arguments and its gradient accumulators."""
+
+    def __init__(self, model, method, taus, g):
+        W, A, B, b = model.layer_weights()
+        self.kmodel = (W, A, B, b, int(ACTIVATIONS[model.activation]))
+        self.TA, self.TC = _tables(method)
+        self.taus, self.g = taus, g
+        self.per = 8.0 * (W.size + A.size + B.size + b.size)
+        self.flops = 3 * W.shape[1] * W.shape[2] * (2 + B.shape[1]) * self.TA.shape[0]
+
+    def __call__(self, Xc, C, nodes, jlo, jhi, lay, first, final, adj, x0b, dXc, dTc):
+        Bc = Xc.shape[0]
+        nw = int(max(1, min(Bc, _MAX_WORKERS, 2.0**28 // max(self.per, 1.0))))
+        acc = [np.zeros((nw, *v.shape)) for v in self.g.values()]
+        # serial seconds: about 2e-9 per multiply-add, stages recomputed and reversed
+        seconds = 2e-9 * float(np.sum(jhi - jlo)) * self.flops
+        g = self.g
+        with for_work(seconds):
+            _kd.dde_rk_vjp(self.kmodel, Xc, C, self.taus, 0.0, self.TA, self.TC, *nodes, jlo,
+                           jhi, *lay, first, final, *adj, x0b, *acc, g["W"], g["A"], g["B"],
+                           g["b"], dXc, dTc)  # fmt: skip
+
+
+def _segment_ends(sv, dt, T, k):
+    """Ends of the recomputed segments: every k-th grid point (the next one when a
+    discontinuity sits there, so each end is an ordinary node of the run), then T."""
+    ends = []
+    K = k
+    tol = 1e-9 * dt
+    while True:
+        e = 0.0 + K * dt  # the solver's grid point t0 + K dt
+        if e >= T - tol:
+            break
+        if sv.disc.size and np.min(np.abs(sv.disc - e)) <= 2 * tol:
+            K += 1
+            continue
+        ends.append(e)
+        K += k
+    return ends + [T]
+
+
+def _segments(model, Xc, T, taus, opts, k, rev, C_of, rv):
+    """RK4 with bounded memory: a forward run keeping the delay window at every k-th grid
+    point, then per segment (last first) a rerun from its window and the reverse sweep
+    through it. Returns (end states, steps, dX, dT)."""
+    sv = _Solver(model, Xc, T, taus, "rk4", opts)
+    Bc, d = Xc.shape
+    dt = opts["dt"]
+    ends = _segment_ends(sv, dt, T, k)
+    cap = int(math.ceil(float(taus.max()) / dt)) + k + sv.disc.size + 8
+    ring, ist, fst = sv.fresh(cap)
+    ckpts = []
+    for e in ends:
+        ist_c = ist.copy()
+        n0 = int(ist_c[0, _kdde.I_COUNT])
+        ckpts.append((_dl._grow_ring(list(ring), ist_c, n0) if n0 else None, ist_c, fst.copy()))
+        sv.advance(ring, ist, fst, e)
+        if np.any(ist[:, _kdde.I_STATUS] == _kdde.RING_FULL):  # not expected: room for k
+            raise RuntimeError("dde_flow_vjp: the segment ring is full")
+        _dl._raise_on_status(ist, list(ring))
+    ns = ist[:, _kdde.I_ACC].copy()
+    last = (ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1) % cap
+    ZT = ring[1][np.arange(Bc), last].copy()
+    dX, dT = np.zeros_like(Xc), np.zeros(Bc)
+    if not rev:
+        return ZT, ns, dX, dT
+    C = C_of(ZT)
+    x0b = np.zeros_like(Xc)
+    carry = None
+    for c in range(len(ends) - 1, -1, -1):
+        ck, ist_c, fst_c = ckpts[c]
+        ist_r, fst_r = ist_c.copy(), fst_c.copy()
+        ring_r = sv.fresh(cap)[0] if ck is None else tuple(_dl._grow_ring(ck, ist_r, cap))
+        acc0, cnt0 = int(ist_r[0, _kdde.I_ACC]), int(ist_r[0, _kdde.I_COUNT])
+        sv.advance(ring_r, ist_r, fst_r, ends[c])
+        new = int(ist_r[0, _kdde.I_ACC]) - acc0
+        base, jlo = (0, 0) if cnt0 == 0 else (acc0 + 1 - cnt0, cnt0 - 1)
+        adj = tuple(np.zeros((Bc, cap, d)) for _ in range(3))
+        if carry is not None:  # node adjoints of the next segment's window, already summed
+            old, obase, ojlo = carry
+            off = obase - base
+            for a, o in zip(adj, old, strict=True):
+                a[:, off : off + ojlo + 1] = o[:, : ojlo + 1]
+        jl = np.full(Bc, jlo, np.int64)
+        jh = np.full(Bc, jlo + new, np.int64)
+        _check_steps(ring_r[0], jh, taus)
+        rv(Xc, C, ring_r, jl, jh, sv.layers(ring_r[0]), c == len(ends) - 1, c == 0, adj, x0b,
+           dX, dT)  # fmt: skip
+        carry = (adj, base, jlo)
+    return ZT, ns, dX, dT
+
+
+def _run(model, X, T, taus, method, opts, cotangent=None, Y=None, checkpoint=None):
     """Forward (and, with ``cotangent`` or targets ``Y``, reverse) over chunks of rows:
     (grads, end states, dX, dT per row, steps per row, residuals or None)."""
     W, A, B, b = model.layer_weights()
-    L, d, H = W.shape
-    m = B.shape[1]
+    d = W.shape[1]
     Bn = X.shape[0]
-    kmodel = (W, A, B, b, int(ACTIVATIONS[model.activation]))
-    TA, TC = _tables(method)
     if method == "rk4":
-        cap = int(math.ceil(T / opts["dt"])) + 4 * (m + model.n_layers) + 8
+        cap = int(math.ceil(T / opts["dt"])) + 4 * (B.shape[1] + model.n_layers) + 8
     else:
         cap = _CAP0
     g = {"W": np.zeros_like(W), "A": np.zeros_like(A), "B": np.zeros_like(B), "b": np.zeros_like(b)}
@@ -212,38 +335,40 @@ def _run(model, X, T, taus, method, opts, cotangent=None, Y=None):
     ns = np.zeros(Bn, np.int64)
     res = None if Y is None else np.empty_like(X)
     rev = cotangent is not None or Y is not None
-    chunk = int(max(1, min(Bn, _CHUNK_BYTES // (8.0 * cap * (3 * d + 1)))))
-    per = 8.0 * (W.size + A.size + B.size + b.size)
+    if checkpoint is not None:
+        cap = int(math.ceil(float(taus.max()) / opts["dt"])) + checkpoint + 8
+    chunk = int(max(1, min(Bn, _CHUNK_BYTES // (8.0 * cap * (6 * d + 1)))))
+    rv = _Reverse(model, method, taus, g)
     for lo in range(0, Bn, chunk):
-        Xc = X[lo : lo + chunk]
+        sl = slice(lo, lo + chunk)
+        Xc = X[sl]
+        Bc = Xc.shape[0]
+
+        def C_of(Z, sl=sl):
+            if Y is not None:
+                res[sl] = Z - Y[sl]
+                return np.ascontiguousarray(res[sl] / Bn)
+            return np.ascontiguousarray(cotangent[sl])
+
+        if checkpoint is not None:
+            ZT[sl], ns[sl], dX[sl], dT[sl] = _segments(model, Xc, T, taus, opts, checkpoint,
+                                                       rev, C_of, rv)  # fmt: skip
+            continue
         tn, Yn, Fl, Fr, nc, ls, lj, jf = _record(model, Xc, T, taus, method, opts, cap)
         cap = max(cap, tn.shape[1])
-        rows = np.arange(Xc.shape[0])
-        ZT[lo : lo + chunk] = Yn[rows, nc]
-        ns[lo : lo + chunk] = nc
-        if not np.all(np.isfinite(ZT[lo : lo + chunk])):
-            raise FloatingPointError("the method of steps reached a non-finite state before T")
+        ZT[sl] = Yn[np.arange(Bc), nc]
+        ns[sl] = nc
         if not rev:
             continue
-        if Y is not None:
-            r = ZT[lo : lo + chunk] - Y[lo : lo + chunk]
-            res[lo : lo + chunk] = r
-            C = np.ascontiguousarray(r / Bn)
-        else:
-            C = np.ascontiguousarray(cotangent[lo : lo + chunk])
-        Bc = Xc.shape[0]
-        nw = int(max(1, min(Bc, _MAX_WORKERS, 2.0**28 // max(per, 1.0))))
-        aW, aA = np.zeros((nw, *W.shape)), np.zeros((nw, *A.shape))
-        aB, ab = np.zeros((nw, *B.shape)), np.zeros((nw, *b.shape))
+        C = C_of(ZT[sl])
+        adj = tuple(np.zeros((Bc, tn.shape[1], d)) for _ in range(3))
         dXc, dTc = np.empty_like(Xc), np.empty(Bc)
-        # serial seconds: about 2e-9 per multiply-add, stages recomputed and reversed
-        seconds = 2e-9 * float(nc.sum()) * TA.shape[0] * 3 * d * H * (2 + m)
-        with for_work(seconds):
-            _kd.dde_rk_vjp(kmodel, Xc, C, taus, 0.0, TA, TC, tn, Yn, Fl, Fr, nc, ls, lj, jf,
-                           aW, aA, aB, ab, g["W"], g["A"], g["B"], g["b"], dXc,
-                           dTc)  # fmt: skip
-        dX[lo : lo + chunk] = dXc
-        dT[lo : lo + chunk] = dTc
+        rv(Xc, C, (tn, Yn, Fl, Fr), np.zeros(Bc, np.int64), nc, (ls, lj, jf), True, True, adj,
+           np.zeros_like(Xc), dXc, dTc)  # fmt: skip
+        dX[sl] = dXc
+        dT[sl] = dTc
+    if not np.all(np.isfinite(ZT)):
+        raise FloatingPointError("the method of steps reached a non-finite state before T")
     return g, ZT, dX, dT, ns, res
 
 
@@ -260,6 +385,7 @@ def dde_flow_vjp(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
+    checkpoint: int | None = None,
 ) -> DDEGrad:
     """Vector-Jacobian products of the time-T map ``x0 -> x(T)`` of a :class:`NeuralDDE`.
 
@@ -280,6 +406,11 @@ def dde_flow_vjp(
     dt : the RK4 step, at most ``min(delays)``.
     rtol, atol, hmax, max_steps : dopri5's tolerances, largest step (default and at most
         ``min(delays) / 1.05``) and step budget per row.
+    checkpoint : rk4 only: keep only the delay window at every ``checkpoint``-th grid point
+        and rerun each segment from it on the reverse sweep (one more forward run), so
+        memory is ``(n / checkpoint) w + checkpoint + w`` nodes per row (``w`` those in a
+        delay window) instead of ``n``; ``checkpoint ~ sqrt(n w)`` makes it ``O(sqrt(n w))``.
+        Default None: every node kept. The same gradient up to the order of the sums.
 
     Returns
     -------
@@ -292,12 +423,13 @@ def dde_flow_vjp(
     when the forward run blows up.
     """
     X2, single, T, taus, method, opts = _options(model, X, T, delays, method, dt, rtol, atol,
-                                                 hmax, max_steps)  # fmt: skip
+                                                 hmax, max_steps, checkpoint)  # fmt: skip
     if cotangent is None:
         raise ValueError("cotangent is required: an array with the shape of X")
     c = as_array("cotangent", cotangent, shape=X2.shape[1:] if single else X2.shape)
     C = np.ascontiguousarray(c.reshape(X2.shape))
-    g, ZT, dX, dT, ns, _ = _run(model, X2, T, taus, method, opts, cotangent=C)
+    g, ZT, dX, dT, ns, _ = _run(model, X2, T, taus, method, opts, cotangent=C,
+                                checkpoint=opts.get("checkpoint"))  # fmt: skip
     if single:
         ZT, dX = ZT[0], dX[0]
     return DDEGrad(g, dX, float(dT.sum()), ZT, ns)
@@ -316,14 +448,16 @@ def dde_loss_and_grad(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
+    checkpoint: int | None = None,
 ) -> tuple[float, DDEGrad]:
     """``ℓ = 1/(2B) sum_i ||x_i(T) - y_i||^2`` and its gradients (one forward run and one
     reverse sweep), ``x_i(T)`` as in :func:`dde_flow_vjp`; ``X``, ``Y`` (B, d) finite.
     Returns ``(ℓ, DDEGrad)``; options as in :func:`dde_flow_vjp`."""
     X2, single, T, taus, method, opts = _options(model, X, T, delays, method, dt, rtol, atol,
-                                                 hmax, max_steps)  # fmt: skip
+                                                 hmax, max_steps, checkpoint)  # fmt: skip
     Yt = as_array("Y", Y, shape=X2.shape[1:] if single else X2.shape).reshape(X2.shape)
-    g, ZT, dX, dT, ns, res = _run(model, X2, T, taus, method, opts, Y=np.ascontiguousarray(Yt))
+    g, ZT, dX, dT, ns, res = _run(model, X2, T, taus, method, opts, Y=np.ascontiguousarray(Yt),
+                                  checkpoint=opts.get("checkpoint"))  # fmt: skip
     loss = 0.5 * float(np.sum(res * res)) / X2.shape[0]
     if single:
         ZT, dX = ZT[0], dX[0]
