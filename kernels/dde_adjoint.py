@@ -65,14 +65,17 @@ def _f_vjp(model, l, x, D, P, S, kbar, xbar, Dbar, pbar, gW, gA, gB, gb, w):
     L, d, H = W.shape
     m = B.shape[1]
     for j in range(H):
-        acc = 0.0
-        for i in range(d):
-            acc += W[l, i, j] * kbar[i]
-            gW[w, l, i, j] += kbar[i] * S[j]
+        pbar[j] = 0.0
+    for i in range(d):  # rows of W: contiguous over the hidden units
+        c = kbar[i]
+        for j in range(H):
+            pbar[j] += W[l, i, j] * c
+            gW[w, l, i, j] += c * S[j]
+    for j in range(H):
         if code == TANH:
-            pbar[j] = acc * (1.0 - S[j] * S[j])
+            pbar[j] *= 1.0 - S[j] * S[j]
         else:
-            pbar[j] = acc * dact(code, P[j])
+            pbar[j] *= dact(code, P[j])
     for j in range(H):
         c = pbar[j]
         gb[w, l, j] += c
