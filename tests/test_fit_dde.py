@@ -94,6 +94,16 @@ def test_every_kill_point_of_an_adam_dde_fit_resumes_bitwise(tmp_path):
     assert seen["resumed"] > 5
 
 
+def test_dopri5_fit_of_a_neural_dde():
+    # the accepted steps held fixed in each gradient; the recorded loss is that of ddeint's
+    # adaptive map with the same tolerances and hmax (rounding only)
+    x, y = _data()
+    r = fit(_model(), x, y, delays=TAU, solver="dopri5", steps=5, rtol=1e-6, atol=1e-8)
+    assert r.loss[-1] < 0.5 * r.loss[0]
+    F = ddeint(r.model, x, [0.0, T], delays=TAU, rtol=1e-6, atol=1e-8, hmax=TAU / 1.05).y[-1]
+    assert abs(0.5 * np.mean(np.sum((F - y) ** 2, 1)) - r.loss[-1]) < 1e-13
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
