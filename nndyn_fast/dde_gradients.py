@@ -47,6 +47,7 @@ from .threads import for_work
 __all__ = [
     "DDEGrad",
     "dde_flow_vjp",
+    "dde_forward",
     "dde_loss_and_grad",
     "dde_model_params",
     "dde_with_params",
