@@ -298,26 +298,43 @@ _PILOT_DELAYS = 2
 _SAFETY = 0.5
 # ... starting from about this many steps per max(delays), trying at most this many steps
 _PILOT_START_NODES = 20
-_MAX_PILOTS = 8
+_MAX_PILOTS = 10
 # ... up to this many steps per max(delays) (a finer step needs dt)
 _MAX_NODES = 2**18
 # commensurate delays: max(delays) / g at most this
 _MAX_DENOMINATOR = 10_000
-_DEBUG = False
 
 
-def _pilot_error(n, g, taus, t0, transient, hist, fld, fn_t, jac_t, kargs, kern, unit) -> float:
+def _pilot_segments(B: int, k: int, R: int, d: int) -> np.ndarray:
+    """k smooth, independent tangent segments (B, k, R, d) for the pilot: tangent a is
+    cos(pi q s / tau_max) in component a mod d, q = a // d, s the time from the segment's
+    oldest node (ring rows at n = 0), so that every other node is the same on a grid twice as
+    coarse."""
+    V = np.zeros((B, k, R, d))
+    N = R - 1
+    rows = np.arange(-N, 1) % R
+    for a in range(k):
+        V[:, a, rows, a % d] = np.cos(np.pi * (a // d) * np.arange(R) / N)
+    return V
+
+
+def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, kern, unit):
     """Estimated relative error per unit time of the method at dt = g / n (step doubling).
 
-    The solution and one tangent segment (constant at the start: smooth, unlike the random
-    segments of the run) advance at dt / 2 through the transient; from that state (every other
-    node) they advance at dt and at dt / 2 over the pilot window T_p = 2 max(delays), and
+    The solution and k tangent segments (smooth at the start, unlike the random segments of
+    the run, see :func:`_pilot_segments`) advance at dt / 2 through the transient
+    (orthonormalised once per max(delays)); from that state (every other node) the solution
+    and each tangent segment alone advance at dt and at dt / 2 over the pilot window
+    T_p = 2 max(delays), without normalisation in between, and
 
-        E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x_dt/2|, |v_dt - v_dt/2| / max|v_dt/2|,
-                          |log growth_dt - log growth_dt/2|) / T_p
+        E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x_dt/2|, max_a |v_a,dt - v_a,dt/2| / max|v_a,dt/2|)
+                / T_p
 
-    over the final segment and the batch (Richardson: RK4's error is O(dt^4), so the error of
-    the dt run is 16/15 of its difference from the dt / 2 run). inf if either run blew up.
+    at the nodes of the final segment, over the batch (Richardson: RK4's error is O(dt^4), so
+    the error of the dt run is 16/15 of its difference from the dt / 2 run). The tangents are
+    compared as solutions, node by node: the norm's trapezoid quadrature differs between the
+    grids at O(dt^2), which changes no exponent (an equivalent norm) and is left out. inf if
+    a run blew up.
     """
     B, d = hist.B, hist.d
     dt = g / n
@@ -327,70 +344,76 @@ def _pilot_error(n, g, taus, t0, transient, hist, fld, fn_t, jac_t, kargs, kern,
     grid1 = _grid_tuple(t0, dt, Nj, N)
     J = check_steps("transient / dt", np.round(transient / dt))
     X2 = _history_grid(hist, t0, 2 * N, 0.5 * dt)
-    V2 = np.ones((B, 1, R2, d))
+    V2 = _pilot_segments(B, k, R2, d)
     ist2 = np.zeros((B, 2), dtype=np.int64)
-    ls2 = np.zeros((B, 1))
 
-    def go(X, V, ist, steps, reorth, logsum, grid) -> bool:
-        with for_work(unit * steps):
+    def go(X, V, ist, steps, reorth, grid) -> tuple[bool, np.ndarray]:
+        logsum = np.zeros((B, V.shape[1]))
+        with for_work(unit * V.shape[1] * steps):
             call(kern, fn_t, jac_t, kargs, fld, grid, X, V, ist, steps, reorth, logsum)
-        return bool(np.all(ist[:, _kl.I_STATUS] == _kl.OK))
+        return bool(np.all(ist[:, _kl.I_STATUS] == _kl.OK)), logsum
 
-    if J > 0 and not go(X2, V2, ist2, 2 * J, 2 * N, ls2, grid2):
+    if J > 0 and not go(X2, V2, ist2, 2 * J, 2 * N, grid2)[0]:
         return math.inf
     # the coarse grid's nodes J - N .. J are the fine nodes 2 (J - N) .. 2 J
     nodes = np.arange(J - N, J + 1)
-    X1 = np.zeros((B, R, d))
-    V1 = np.zeros((B, 1, R, d))
-    X1[:, nodes % R] = X2[:, (2 * nodes) % R2]
-    V1[:, :, nodes % R] = V2[:, :, (2 * nodes) % R2]
-    ist1 = np.zeros((B, 2), dtype=np.int64)
-    ist1[:, _kl.I_N] = J
-    ls1, ls2 = np.zeros((B, 1)), np.zeros((B, 1))
     W = _PILOT_DELAYS * N
-    if not go(X1, V1, ist1, W, W + 1, ls1, grid1) or not go(
-        X2, V2, ist2, 2 * W, 2 * W + 1, ls2, grid2
-    ):
-        return math.inf
     end = np.arange(J + W - N, J + W + 1)
-    # the tangent segments as solutions (the kernel normalised them once, at the end, each in
-    # its own grid's quadrature norm: undo it, so only the integration error is compared)
-    v1 = V1[:, 0][:, end % R] * np.exp(ls1)[:, :, None]
-    v2 = V2[:, 0][:, (2 * end) % R2] * np.exp(ls2)[:, :, None]
     errs = []
-    for a, b in ((X1[:, end % R], X2[:, (2 * end) % R2]), (v1, v2)):
-        diff = np.abs(a - b).reshape(B, -1).max(axis=1)
-        scale = np.abs(b).reshape(B, -1).max(axis=1)
-        errs.append(np.max(np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)))
+    for a in range(k):
+        # coarse: its node j is the fine node 2 j; fine: the state as it is
+        X1 = np.zeros((B, R, d))
+        V1 = np.zeros((B, 1, R, d))
+        X1[:, nodes % R] = X2[:, (2 * nodes) % R2]
+        V1[:, 0, nodes % R] = V2[:, a, (2 * nodes) % R2]
+        Xf, Vf = X2.copy(), V2[:, a : a + 1].copy()
+        ist1, istf = ist2.copy(), ist2.copy()
+        ist1[:, _kl.I_N] = J
+        ok1, ls1 = go(X1, V1, ist1, W, W + 1, grid1)
+        okf, lsf = go(Xf, Vf, istf, 2 * W, 2 * W + 1, grid2)
+        if not (ok1 and okf):
+            return math.inf
+        # the tangents as solutions: undo the kernel's final normalisation
+        v1 = V1[:, 0][:, end % R] * np.exp(ls1)[:, :, None]
+        vf = Vf[:, 0][:, (2 * end) % R2] * np.exp(lsf)[:, :, None]
+        pairs = [(v1, vf)]
+        if a == 0:
+            pairs.append((X1[:, end % R], Xf[:, (2 * end) % R2]))
+        for u, w in pairs:
+            diff = np.abs(u - w).reshape(B, -1).max(axis=1)
+            scale = np.abs(w).reshape(B, -1).max(axis=1)
+            errs.append(np.max(np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)))
     est = 16.0 / 15.0 * max(errs) / (W * dt)
-    if _DEBUG:
-        print("   comps", n, [float(e) for e in errs])
     return est if math.isfinite(est) else math.inf
 
 
-def _choose_dt(rtol: float, taus: np.ndarray, pilot) -> tuple[float, float]:
-    """The largest step g / n whose pilot error estimate ``pilot(n)`` is <= _SAFETY * rtol;
-    returns (dt, its estimate). n is predicted from E ~ dt^4 and checked by a pilot run."""
+def _choose_dt(rtol: float, taus: np.ndarray, k: int, d: int, pilot) -> tuple[float, float]:
+    """The largest step g / n whose pilot error estimate ``pilot(n)`` is <= _SAFETY * rtol
+    (and whose segment holds at least k dimensions); returns (dt, its estimate). n is
+    predicted from E ~ dt^4 and checked by a pilot run."""
     g, n_min = _grid_unit(taus)
     per = round(float(taus.max()) / g)
+    n_min = max(n_min, -(-(-(-k // d) - 1) // per))
     n_max = max(n_min, _MAX_NODES // per)
     target = _SAFETY * rtol
     tested: dict[int, float] = {}
     n = min(n_max, max(n_min, round(_PILOT_START_NODES / per)))
     for _ in range(_MAX_PILOTS):
-        est = pilot(n)
-        tested[n] = est
+        est = tested[n] = pilot(n)
         ok = [m for m, e in tested.items() if e <= target]
         bad = [m for m, e in tested.items() if not e <= target]
-        if est == 0.0:
-            n_next = n_min
-        elif math.isfinite(est):
-            n_next = math.ceil(n * (est / target) ** 0.25)
+        lo = max(bad) + 1 if bad else n_min
+        if est <= target:
+            # the coarsest step predicted to pass (aiming a little below the target)
+            n_next = n_min if est == 0.0 else math.ceil(n * (est / (0.9 * target)) ** 0.25)
+            n_next = max(n_next, lo)
+            if n_next >= 0.95 * min(ok):  # not worth another pilot
+                break
         else:
-            n_next = 2 * n
-        n_next = min(max(n_next, max(bad) + 1 if bad else n_min), 8 * n, n_max)
-        if ok:
-            n_next = min(n_next, min(ok))
+            grow = (est / (0.8 * target)) ** 0.25 if math.isfinite(est) else 2.0
+            n_next = min(max(math.ceil(n * grow), n + 1), 8 * n, n_max)
+            if n_next in tested or (ok and n_next >= min(ok)):
+                break
         if n_next in tested:
             break
         n = n_next
@@ -398,9 +421,10 @@ def _choose_dt(rtol: float, taus: np.ndarray, pilot) -> tuple[float, float]:
     if not ok:
         best = min(tested, key=lambda m: (tested[m], -m))
         raise ValueError(
-            f"rtol = {rtol!r} is not reached with up to {n_max * per} steps per max(delays) "
-            f"(estimated error {tested[best]:.3g} per unit time at dt = {g / best!r}): take a "
-            "larger rtol or give dt"
+            f"rtol = {rtol!r} is not reached by {len(tested)} pilot steps up to "
+            f"{max(tested) * per} per max(delays) (at most {n_max * per}; estimated error "
+            f"{tested[best]:.3g} per unit time at dt = {g / best!r}): take a larger rtol or "
+            "give dt"
         )
     n = min(ok)
     return g / n, tested[n]
@@ -481,10 +505,10 @@ def dde_lyapunov(
         through the transient at dt / 2, then from that state over a window
         T_p = 2 max(delays) at dt and at dt / 2, and estimates (RK4: error O(dt^4))
 
-            E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, |v_dt - v_dt/2| / max|v|,
-                              |log growth of v, dt - log growth of v, dt/2|) / T_p
+            E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, |v_dt - v_dt/2| / max|v|) / T_p
 
-        over the window's final segment and the batch. n is predicted from E ~ dt^4 and each
+        at the nodes of the window's final segment, over the batch (the tangent compared as a
+        solution, without normalisation). n is predicted from E ~ dt^4 and each
         prediction checked by a pilot (at most 8); the chosen dt and E go to
         ``DDELyapunovSpectrum.dt``/``error_estimate`` and, with rtol, to the run file's params
         and summary (a resume continues with the stored dt). Needs commensurate delays.
@@ -605,10 +629,10 @@ def dde_lyapunov(
             unit1 = unit * 2 / (k + 1)  # one tangent segment
 
             def pilot(n: int) -> float:
-                return _pilot_error(n, g, taus, t0, transient, hist, fld, fn_t, jac_t, kargs,
-                                    kern, unit1)  # fmt: skip
+                return _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t,
+                                    kargs, kern, unit1)  # fmt: skip
 
-            dt, est = _choose_dt(rtol, taus, pilot)
+            dt, est = _choose_dt(rtol, taus, k, d, pilot)
         Nj, N = _grid(taus, dt)
         _check_k(k, N + 1, d)
         n_steps = max(1, check_steps("t_end / dt", np.round(t_end / dt)))
