@@ -421,8 +421,8 @@ def _choose_dt(rtol: float, taus: np.ndarray, k: int, d: int, pilot) -> tuple[fl
     if not ok:
         best = min(tested, key=lambda m: (tested[m], -m))
         raise ValueError(
-            f"rtol = {rtol!r} is not reached by {len(tested)} pilot steps up to "
-            f"{max(tested) * per} per max(delays) (at most {n_max * per}; estimated error "
+            f"rtol = {rtol!r} is not reached by {len(tested)} pilot runs, with up to "
+            f"{max(tested) * per} steps per max(delays) (at most {n_max * per}; estimated error "
             f"{tested[best]:.3g} per unit time at dt = {g / best!r}): take a larger rtol or "
             "give dt"
         )
