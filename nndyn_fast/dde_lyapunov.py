@@ -19,6 +19,11 @@ quadrature over the grid:
 lambda_j = (1/T) sum log R_jj (the QR method of Benettin et al.). Exponents of the linear
 scalar equations converge at O(dt^4) to the real parts of the characteristic roots.
 
+With ``rtol=`` instead of ``dt=`` the step is chosen by step doubling on a pilot window after
+the transient (:func:`_pilot_error`, :func:`_choose_dt`) and then kept fixed. User fields and
+Jacobians reach the kernels as first-class functions typed by their signature
+(:mod:`nndyn_fast._first_class`), so the kernels compile once and load from the disk cache.
+
 Long runs stream to a run file and resume exactly (:func:`nndyn_fast.runs.start_run`).
 """
 
@@ -500,18 +505,23 @@ def dde_lyapunov(
     dt : RK4 step; max(delays) / dt >= 3. Give exactly one of ``dt`` and ``rtol``.
     rtol : relative error per unit time (> 0) the step is chosen for, by step doubling on the
         actual trajectory: the largest dt = g / n (g the largest step that divides every delay,
-        n whole) whose pilot estimate (below) is at most rtol / 2, the run then on that fixed
-        grid. The pilot advances the solution and one (initially constant) tangent segment
-        through the transient at dt / 2, then from that state over a window
-        T_p = 2 max(delays) at dt and at dt / 2, and estimates (RK4: error O(dt^4))
+        n whole, and the segment at least k dimensions) whose pilot estimate (below) is at
+        most rtol / 2; the run then goes on that fixed grid. The pilot advances the solution
+        and k smooth tangent segments through the transient at dt / 2 (orthonormalised once
+        per max(delays)), then from that state the solution and each tangent segment over a
+        window T_p = 2 max(delays) at dt and at dt / 2, and estimates (RK4: error O(dt^4))
 
-            E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, |v_dt - v_dt/2| / max|v|) / T_p
+            E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, max_a |v_a,dt - v_a,dt/2| / max|v_a|)
+                    / T_p
 
-        at the nodes of the window's final segment, over the batch (the tangent compared as a
-        solution, without normalisation). n is predicted from E ~ dt^4 and each
-        prediction checked by a pilot (at most 8); the chosen dt and E go to
-        ``DDELyapunovSpectrum.dt``/``error_estimate`` and, with rtol, to the run file's params
-        and summary (a resume continues with the stored dt). Needs commensurate delays.
+        at the nodes of the window's final segment, over the batch (the tangents compared as
+        solutions, without normalisation). n is predicted from E ~ dt^4 and each prediction
+        checked by a pilot (at most 10). The chosen dt and E go to ``DDELyapunovSpectrum.dt``
+        / ``error_estimate`` and to the run file's params and summary (``dt``, ``rtol``,
+        ``dt_error_estimate``); a resume continues with the stored dt, a rerun with the same
+        rtol chooses the same dt. Without a transient the window holds the history's kink at
+        t0, where the method is of order 2 (E then underestimates by up to 25 %). Needs
+        commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).
