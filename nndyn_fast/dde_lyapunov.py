@@ -261,9 +261,9 @@ def _stored_step(out: Any, rtol: float) -> tuple[float, float] | None:
             p = dict(f.params) if f.kind == "dde_lyapunov" else {}
     except Exception:
         return None
-    if p.get("rtol") != rtol or p.get("dt") is None or p.get("dt_error_estimate") is None:
+    if p.get("rtol") != rtol or p.get("dt_chosen") is None or p.get("dt_error_estimate") is None:
         return None
-    return float(p["dt"]), float(p["dt_error_estimate"])
+    return float(p["dt_chosen"]), float(p["dt_error_estimate"])
 
 
 def _grid_unit(taus: np.ndarray) -> tuple[float, int]:
@@ -517,11 +517,12 @@ def dde_lyapunov(
         at the nodes of the window's final segment, over the batch (the tangents compared as
         solutions, without normalisation). n is predicted from E ~ dt^4 and each prediction
         checked by a pilot (at most 10). The chosen dt and E go to ``DDELyapunovSpectrum.dt``
-        / ``error_estimate`` and to the run file's params and summary (``dt``, ``rtol``,
-        ``dt_error_estimate``); a resume continues with the stored dt, a rerun with the same
-        rtol chooses the same dt. Without a transient the window holds the history's kink at
-        t0, where the method is of order 2 (E then underestimates by up to 25 %). Needs
-        commensurate delays.
+        / ``error_estimate`` and to the run file's params (``rtol``, ``dt_chosen``,
+        ``dt_error_estimate``; ``dt`` is None there, the argument as given) and summary (``dt``,
+        ``rtol``, ``dt_error_estimate``); a resume continues with the stored step, a rerun with
+        the same rtol chooses the same step. Without a transient the window holds the
+        history's kink at t0, where the method is of order 2 (E then underestimates by up to
+        25 %). Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).
@@ -690,8 +691,10 @@ def dde_lyapunov(
             "k": k,
             "t_end": float(t_end),
             "steps": n_steps,
-            "dt": dt,
+            # the arguments as given (a rerun passes them back), then the step the run used
+            "dt": None if rtol is not None else dt,
             "rtol": rtol,
+            "dt_chosen": dt,
             "dt_error_estimate": est,
             "t0": t0,
             "transient": float(transient),

@@ -112,8 +112,17 @@ def test_rtol_run_stores_the_step_and_resumes_bitwise(tmp_path):
     ref = _run(ref_path)
     with open_run(ref_path) as f:
         p, summary = dict(f.params), f.summary
-    assert p["rtol"] == 1e-4 and p["dt"] == ref.dt and p["dt_error_estimate"] == ref.error_estimate
+    # the arguments as given, and the step chosen with its estimate
+    assert p["rtol"] == 1e-4 and p["dt"] is None
+    assert p["dt_chosen"] == ref.dt and p["dt_error_estimate"] == ref.error_estimate
     assert summary["dt"] == ref.dt and summary["rtol"] == 1e-4
+    # a rerun passes the stored arguments back: the pilot chooses the same step, bitwise
+    again = dde_lyapunov(
+        MackeyGlass(), [[0.9], [1.2]], delays=1.7, k=2, t_end=40.0, dt=p["dt"], rtol=p["rtol"],
+        transient=3.0, n_records=3, n_blocks=2,
+    )  # fmt: skip
+    assert again.dt == ref.dt
+    np.testing.assert_array_equal(again.exponents, ref.exponents)
     with open_run(ref_path) as f:
         want = {n: f.read("running", n) for n in f["running"]}
     out = tmp_path / "k.h5"
@@ -150,7 +159,7 @@ def test_cli_rtol(tmp_path, capsys):
     assert main([*args, "--rtol", "1e-5"]) == 0
     assert "chosen for rtol = 1e-05" in capsys.readouterr().out
     with open_run(out) as f:
-        assert f.params["rtol"] == 1e-5 and f.params["dt"] < 0.1
+        assert f.params["rtol"] == 1e-5 and f.params["dt_chosen"] < 0.1
         lam = np.array(f.summary["exponents"])
     # a complex pair: O(1/T) oscillation of each estimate ~ 1e-3 at T = 1000
     np.testing.assert_allclose(lam, lambert_exponents(1.0, 1.0, 2), atol=3e-3)
