@@ -522,7 +522,8 @@ def dde_lyapunov(
         ``rtol``, ``dt_error_estimate``); a resume continues with the stored step, a rerun with
         the same rtol chooses the same step. Without a transient the window holds the
         history's kink at t0, where the method is of order 2 (E then underestimates by up to
-        25 %). Needs commensurate delays.
+        25 %). Each pilot run costs about 2 (transient + 6 max(delays)) / dt steps of the
+        solution and k tangent segments. Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).

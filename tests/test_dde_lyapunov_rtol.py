@@ -197,3 +197,9 @@ def test_a_user_field_compiles_no_package_kernel_after_the_first():
     # and the built-in model's spectrum (another order of operations: rounding only)
     built = dde_lyapunov(MackeyGlass(), [0.9], delays=1.7, k=2, t_end=5.0, dt=0.1)
     np.testing.assert_allclose(two.per_member, built.per_member, rtol=1e-9, atol=1e-12)
+    # the step chosen for rtol on the user's field is the built-in model's
+    kw.pop("dt")
+    user = dde_lyapunov(mg_field_2, [0.9], rtol=1e-4, **kw)
+    built = dde_lyapunov(MackeyGlass(), [0.9], delays=1.7, k=2, t_end=5.0, rtol=1e-4)
+    assert user.dt == built.dt
+    np.testing.assert_allclose(user.per_member, built.per_member, rtol=1e-9, atol=1e-12)
