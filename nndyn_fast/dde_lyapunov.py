@@ -345,6 +345,7 @@ def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, ke
     dt = g / n
     Nj, N = _grid(taus, dt)
     R, R2 = N + 1, 2 * N + 1
+    check_memory(f"the pilot's {k} tangent segment(s) of {R2} x {d} values", 8.0 * B * k * R2 * d)
     grid2 = _grid_tuple(t0, 0.5 * dt, 2 * Nj, 2 * N)
     grid1 = _grid_tuple(t0, dt, Nj, N)
     J = check_steps("transient / dt", np.round(transient / dt))
@@ -399,7 +400,12 @@ def _choose_dt(rtol: float, taus: np.ndarray, k: int, d: int, pilot) -> tuple[fl
     g, n_min = _grid_unit(taus)
     per = round(float(taus.max()) / g)
     n_min = max(n_min, -(-(-(-k // d) - 1) // per))
-    n_max = max(n_min, _MAX_NODES // per)
+    n_max = max(1, _MAX_NODES // per)
+    if n_min > n_max:
+        raise ValueError(
+            f"k = {k} needs a segment of at least {k} values (d = {d}), more than the "
+            f"{_MAX_NODES} steps per max(delays) rtol may choose: give dt"
+        )
     target = _SAFETY * rtol
     tested: dict[int, float] = {}
     n = min(n_max, max(n_min, round(_PILOT_START_NODES / per)))

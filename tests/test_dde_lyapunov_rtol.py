@@ -75,6 +75,8 @@ def test_mackey_glass_stable_as_rtol_is_halved():
         ({"rtol": float("inf")}, "rtol must be finite"),
         ({"rtol": "1e-6"}, "rtol must be a real number"),
         ({"rtol": 1e-6, "delays": [1.0, 2**0.5]}, "commensurate"),
+        ({"rtol": 1e-3, "k": 10**9}, "k = 1000000000 needs a segment"),
+        ({"rtol": 1e-3, "k": 10**5}, "memory|exceeds|too large"),
     ],
 )
 def test_bad_rtol(kw, match):
