@@ -205,3 +205,49 @@ def test_a_user_field_compiles_no_package_kernel_after_the_first():
     built = dde_lyapunov(MackeyGlass(), [0.9], delays=1.7, k=2, t_end=5.0, rtol=1e-4)
     assert user.dt == built.dt
     np.testing.assert_allclose(user.per_member, built.per_member, rtol=1e-9, atol=1e-12)
+
+
+_FRESH = """
+import json, sys
+import numpy as np
+from numba import njit
+import nndyn_fast as nf
+from cache_workloads import package_dispatchers
+
+@njit
+def field(t, x, xd, args, out):
+    p = args[0]
+    out[0] = p[0] * xd[0, 0] / (1.0 + xd[0, 0] ** p[2]) - p[1] * x[0]
+
+@njit
+def jac(t, x, xd, args, J):
+    p = args[0]
+    vn = xd[0, 0] ** p[2]
+    J[0, 0, 0] = -p[1]
+    J[1, 0, 0] = p[0] * (1.0 + (1.0 - p[2]) * vn) / ((1.0 + vn) * (1.0 + vn))
+
+kw = {"delays": 1.7, "k": 2, "t_end": 5.0, "jac": jac, "args": (np.array([0.2, 0.1, 10.0]),)}
+nf.dde_lyapunov(field, [0.9], dt=0.1, **kw)
+nf.dde_lyapunov(field, [0.9], rtol=1e-4, **kw)
+print(json.dumps(sorted(f"{d.__module__}.{d.__name__}" for d in package_dispatchers()
+                        if sum(d.stats.cache_misses.values()))))
+"""
+
+
+def test_a_fresh_process_loads_the_kernels_for_a_user_field():
+    """After the test above (this process compiled, or loaded, the kernels for this signature
+    and the disk cache holds them), a fresh process with its own user field compiles only
+    that field: no package dispatcher has a cache miss."""
+    import json
+    import os
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run([sys.executable, "-c", _FRESH], cwd=here, env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == []
