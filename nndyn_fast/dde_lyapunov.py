@@ -329,8 +329,10 @@ def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, ke
     The solution and k tangent segments (smooth at the start, unlike the random segments of
     the run, see :func:`_pilot_segments`) advance at dt / 2 through the transient
     (orthonormalised once per max(delays)); from that state (every other node) the solution
-    and each tangent segment alone advance at dt and at dt / 2 over the pilot window
-    T_p = 2 max(delays), without normalisation in between, and
+    advances at dt and at dt / 2 over the pilot window T_p = 2 max(delays), and so does each
+    tangent segment alone, without normalisation in between, from t0 + max(transient, T_p)
+    (the tangents' own start is the pilot's choice, not the run's; it carries the history's
+    kink in its derivative and its error says nothing of the run). Then
 
         E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x_dt/2|, max_a |v_a,dt - v_a,dt/2| / max|v_a,dt/2|)
                 / T_p
@@ -359,15 +361,12 @@ def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, ke
             call(kern, fn_t, jac_t, kargs, fld, grid, X, V, ist, steps, reorth, logsum)
         return bool(np.all(ist[:, _kl.I_STATUS] == _kl.OK)), logsum
 
-    if J > 0 and not go(X2, V2, ist2, 2 * J, 2 * N, grid2)[0]:
-        return math.inf
-    # the coarse grid's nodes J - N .. J are the fine nodes 2 (J - N) .. 2 J
-    nodes = np.arange(J - N, J + 1)
     W = _PILOT_DELAYS * N
-    end = np.arange(J + W - N, J + W + 1)
-    errs = []
-    for a in range(k):
+
+    def compare(J: int, a: int, with_x: bool) -> list[float] | None:
+        """From the fine state at node J: the window at dt and at dt / 2, tangent a alone."""
         # coarse: its node j is the fine node 2 j; fine: the state as it is
+        nodes = np.arange(J - N, J + 1)
         X1 = np.zeros((B, R, d))
         V1 = np.zeros((B, 1, R, d))
         X1[:, nodes % R] = X2[:, (2 * nodes) % R2]
@@ -378,17 +377,40 @@ def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, ke
         ok1, ls1 = go(X1, V1, ist1, W, W + 1, grid1)
         okf, lsf = go(Xf, Vf, istf, 2 * W, 2 * W + 1, grid2)
         if not (ok1 and okf):
-            return math.inf
+            return None
+        end = np.arange(J + W - N, J + W + 1)
         # the tangents as solutions: undo the kernel's final normalisation
         v1 = V1[:, 0][:, end % R] * np.exp(ls1)[:, :, None]
         vf = Vf[:, 0][:, (2 * end) % R2] * np.exp(lsf)[:, :, None]
         pairs = [(v1, vf)]
-        if a == 0:
+        if with_x:
             pairs.append((X1[:, end % R], Xf[:, (2 * end) % R2]))
+        out = []
         for u, w in pairs:
             diff = np.abs(u - w).reshape(B, -1).max(axis=1)
             scale = np.abs(w).reshape(B, -1).max(axis=1)
-            errs.append(np.max(np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)))
+            out.append(np.max(np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)))
+        return out
+
+    # the solution from the end of the transient; the tangents once they have run for at
+    # least the window's length (their own start, smooth but with the history's kink in the
+    # derivative, is the pilot's choice, not the run's: its error says nothing of the run)
+    Jv = max(J, W)
+    errs: list[float] = []
+    if J > 0 and not go(X2, V2, ist2, 2 * J, 2 * N, grid2)[0]:
+        return math.inf
+    if Jv > J:
+        e = compare(J, 0, True)
+        if e is None:
+            return math.inf
+        errs.append(e[1])
+        if not go(X2, V2, ist2, 2 * (Jv - J), 2 * N, grid2)[0]:
+            return math.inf
+    for a in range(k):
+        e = compare(Jv, a, a == 0 and Jv == J)
+        if e is None:
+            return math.inf
+        errs += e
     est = 16.0 / 15.0 * max(errs) / (W * dt)
     return est if math.isfinite(est) else math.inf
 
@@ -514,8 +536,9 @@ def dde_lyapunov(
         n whole, and the segment at least k dimensions) whose pilot estimate (below) is at
         most rtol / 2; the run then goes on that fixed grid. The pilot advances the solution
         and k smooth tangent segments through the transient at dt / 2 (orthonormalised once
-        per max(delays)), then from that state the solution and each tangent segment over a
-        window T_p = 2 max(delays) at dt and at dt / 2, and estimates (RK4: error O(dt^4))
+        per max(delays)), then from that state the solution, and from t0 + max(transient,
+        T_p) each tangent segment, over a window T_p = 2 max(delays) at dt and at dt / 2, and
+        estimates (RK4: error O(dt^4))
 
             E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, max_a |v_a,dt - v_a,dt/2| / max|v_a|)
                     / T_p
@@ -526,10 +549,11 @@ def dde_lyapunov(
         / ``error_estimate`` and to the run file's params (``rtol``, ``dt_chosen``,
         ``dt_error_estimate``; ``dt`` is None there, the argument as given) and summary (``dt``,
         ``rtol``, ``dt_error_estimate``); a resume continues with the stored step, a rerun with
-        the same rtol chooses the same step. Without a transient the window holds the
-        history's kink at t0, where the method is of order 2 (E then underestimates by up to
-        25 %). Each pilot run costs about 2 (transient + 6 max(delays)) / dt steps of the
-        solution and k tangent segments. Needs commensurate delays.
+        the same rtol chooses the same step. The solution's error before the end of the
+        transient is not controlled (it only places the state); without a transient the window
+        holds the history's kink at t0, where the method is of order 2 (E then underestimates
+        by up to 25 %). A pilot run costs about 2 (max(transient, T_p) + 6 max(delays)) / dt
+        steps of the solution and k tangent segments. Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).

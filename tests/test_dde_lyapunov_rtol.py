@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from faults import every_kill_point
 from numba import njit
+from scipy.special import lambertw
 from test_dde_lyapunov import lambert_exponents, mg_field, mg_jac
 
 from nndyn_fast.dde_lyapunov import dde_lyapunov
@@ -38,7 +39,7 @@ def test_chosen_step_meets_rtol_against_ddeint(rtol):
     """Mackey-Glass from the constant history over the pilot window (t_end = 2 tau, no
     transient, so the pilot measures this very run): the solution's actual relative error per
     unit time, against dopri5 at rtol 1e-12, is below rtol (the pilot aims at rtol / 2) and
-    above rtol / 20 (the step is not needlessly small). Measured: 0.24 and 0.29 rtol."""
+    above rtol / 20 (the step is not needlessly small). Measured: 0.61 and 0.60 rtol."""
     tau, T = 17.0, 34.0
     res = dde_lyapunov(MackeyGlass(), [0.9], delays=tau, k=1, t_end=T, rtol=rtol)
     N = round(tau / res.dt)
@@ -46,6 +47,30 @@ def test_chosen_step_meets_rtol_against_ddeint(rtol):
     ref = ddeint(MackeyGlass(), [0.9], np.r_[0.0, times], delays=tau, rtol=1e-12, atol=1e-14)
     y = ref.y[1:, 0]
     rate = np.abs(res.X[0, :, 0] - y).max() / np.abs(y).max() / T
+    assert rtol / 20 < rate < rtol
+
+
+_SIGMA, _OMEGA = lambertw(-1.0, 0).real, lambertw(-1.0, 0).imag
+
+
+@njit
+def _eigen_solution(t):
+    return np.array([np.exp(_SIGMA * t) * np.cos(_OMEGA * t)])
+
+
+@pytest.mark.parametrize("transient", [0.0, 10.0])
+@pytest.mark.parametrize("rtol", [1e-5, 1e-7])
+def test_chosen_step_meets_rtol_on_an_exact_solution(rtol, transient):
+    """x' = -x(t - 1) from the history e^(sigma t) cos(omega t), sigma + i omega = W_0(-1): the
+    solution is that function for all t (no kink at t0), so the error of the whole run, the
+    transient included, is known in closed form. Relative error per unit time of the final
+    segment between rtol / 20 and rtol (measured 0.37-0.60 rtol)."""
+    res = dde_lyapunov(LinearDDE(0.0, -1.0), _eigen_solution, delays=1.0, k=1, t_end=2.0,
+                       rtol=rtol, transient=transient)  # fmt: skip
+    T = transient + 2.0
+    times = T - 1.0 + res.dt * np.arange(round(1.0 / res.dt) + 1)
+    exact = np.exp(_SIGMA * times) * np.cos(_OMEGA * times)
+    rate = np.abs(res.X[0, :, 0] - exact).max() / np.abs(exact).max() / T
     assert rtol / 20 < rate < rtol
 
 
@@ -211,6 +236,7 @@ _FRESH = """
 import json, sys
 import numpy as np
 from numba import njit
+from scipy.special import lambertw
 import nndyn_fast as nf
 from cache_workloads import package_dispatchers
 
