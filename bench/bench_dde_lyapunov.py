@@ -5,9 +5,10 @@ top 4 exponents to t = 10^4 (NNDYN_BENCH_FULL=1; 10^3 by default), RK4 with dt =
 segment a grid of 101 values), re-orthonormalised once per delay:
 
 - ``_ours``: :func:`nndyn_fast.dde_lyapunov` (compiled kernel, one member).
-- ``_ours_rtol``: the same with the step chosen for ``rtol = 1e-6``, which picks dt = 0.17 (100
-  steps per delay) here: the same run, so the difference is the pilot runs' time (the chosen
-  step and the pilot's error estimate in ``extra_info``).
+- ``_ours_rtol``: the same with the step chosen for ``rtol = 1e-6``, which picks dt = 17/101
+  (101 steps per delay, against 100 given) here: nearly the same run, so the difference is
+  mostly the pilot runs' time (the chosen step and the pilot's error estimate in
+  ``extra_info``).
 - ``numpy``: the same method in numpy (tests/reference_dde_lyapunov.py: a Python loop over
   steps, numpy over the tangent vectors); checked to give the same exponents first.
 - ``jitcdde``: jitcdde_lyap (adaptive Bogacki-Shampine in C generated and compiled at run time,
