@@ -552,8 +552,7 @@ def dde_lyapunov(
         at the nodes of the window's final segment, over the batch (the tangents compared as
         solutions, without normalisation). n is predicted from E ~ dt^p (p = 4, or as two
         pilots measure it) and each prediction checked by a pilot (at most 10). The chosen dt
-        and E go to ``DDELyapunovSpectrum.dt``
-        / ``error_estimate`` and to the run file's params (``rtol``, ``dt_chosen``,
+        and E go to ``DDELyapunovSpectrum.dt`` / ``error_estimate`` and to the run file's params (``rtol``, ``dt_chosen``,
         ``dt_error_estimate``; ``dt`` is None there, the argument as given) and summary (``dt``,
         ``rtol``, ``dt_error_estimate``); a resume continues with the stored step, a rerun with
         the same rtol chooses the same step. The solution's error before the end of the
