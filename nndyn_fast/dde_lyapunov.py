@@ -552,13 +552,13 @@ def dde_lyapunov(
         at the nodes of the window's final segment, over the batch (the tangents compared as
         solutions, without normalisation). n is predicted from E ~ dt^p (p = 4, or as two
         pilots measure it) and each prediction checked by a pilot (at most 10). The chosen dt
-        and E go to ``DDELyapunovSpectrum.dt`` / ``error_estimate`` and to the run file's params (``rtol``, ``dt_chosen``,
-        ``dt_error_estimate``; ``dt`` is None there, the argument as given) and summary (``dt``,
-        ``rtol``, ``dt_error_estimate``); a resume continues with the stored step, a rerun with
-        the same rtol chooses the same step. The solution's error before the end of the
-        transient is not controlled (it only places the state); without a transient the window
-        holds the history's kink at t0, where the method is of order 2 (E then underestimates
-        by up to 25 %). A pilot run costs about 2 (max(transient, T_p) + 6 max(delays)) / dt
+        and E go to ``DDELyapunovSpectrum.dt`` / ``error_estimate`` and to the run file's
+        params (``rtol``, ``dt_chosen``, ``dt_error_estimate``; ``dt`` is None there, the
+        argument as given) and summary (``dt``, ``rtol``, ``dt_error_estimate``); a resume
+        continues with the stored step, a rerun with the same rtol chooses the same step. The
+        solution's error before the end of the transient is not controlled (it only places the
+        state); without a transient the window holds the history's kink at t0, where the
+        method is of order 2 (E then underestimates by up to 25 %). A pilot run costs about 2 (max(transient, T_p) + 6 max(delays)) / dt
         steps of the solution and k tangent segments. Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
