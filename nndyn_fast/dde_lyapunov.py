@@ -558,8 +558,9 @@ def dde_lyapunov(
         continues with the stored step, a rerun with the same rtol chooses the same step. The
         solution's error before the end of the transient is not controlled (it only places the
         state); without a transient the window holds the history's kink at t0, where the
-        method is of order 2 (E then underestimates by up to 25 %). A pilot run costs about 2 (max(transient, T_p) + 6 max(delays)) / dt
-        steps of the solution and k tangent segments. Needs commensurate delays.
+        method is of order 2 (E then underestimates by up to 25 %). A pilot run costs about
+        2 (max(transient, T_p) + 6 max(delays)) / dt steps of the solution and k tangent
+        segments. Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).
