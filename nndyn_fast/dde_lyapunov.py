@@ -19,13 +19,20 @@ quadrature over the grid:
 lambda_j = (1/T) sum log R_jj (the QR method of Benettin et al.). Exponents of the linear
 scalar equations converge at O(dt^4) to the real parts of the characteristic roots.
 
+With ``rtol=`` instead of ``dt=`` the step is chosen by step doubling on a pilot window after
+the transient (:func:`_pilot_error`, :func:`_choose_dt`) and then kept fixed. User fields and
+Jacobians reach the kernels as first-class functions typed by their signature
+(:mod:`nndyn_fast._first_class`), so the kernels compile once and load from the disk cache.
+
 Long runs stream to a run file and resume exactly (:func:`nndyn_fast.runs.start_run`).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ import numba
 import numpy as np
 
 from . import _compile_cache  # noqa: F401  (the kernels' cache policy: installed on import)
+from ._first_class import call, typed
 from ._validate import (
     check_bool,
     check_int,
@@ -88,6 +96,9 @@ class DDELyapunovSpectrum:
         vectors (B, k, N + 1, d), oldest node first.
     steps, t_total, dt : measured steps, their duration and the step.
     dimension : (N + 1) d, the dimension of the discretised state.
+    rtol : the tolerance the step was chosen for (None when ``dt`` was given).
+    error_estimate : the pilot's estimated relative error per unit time at ``dt`` (None when
+        ``dt`` was given).
     """
 
     exponents: np.ndarray
@@ -102,6 +113,8 @@ class DDELyapunovSpectrum:
     t_total: float
     dt: float
     dimension: int
+    rtol: float | None = None
+    error_estimate: float | None = None
 
     @property
     def sum(self) -> float:
@@ -230,6 +243,232 @@ def _orthonormal_segments(rng: np.random.Generator, B: int, k: int, R: int, d: i
     return np.broadcast_to(q.T.reshape(k, R, d) / s, (B, k, R, d)).copy()
 
 
+def _check_k(k: int, R: int, d: int) -> None:
+    if k > R * d:
+        raise ValueError(
+            f"k must be <= the discretised dimension (max(delays) / dt + 1) d = {R} x {d} = "
+            f"{R * d}, got {k}"
+        )
+
+
+def _stored_step(out: Any, rtol: float) -> tuple[float, float] | None:
+    """The step and estimate a run file chose for ``rtol`` (None if it holds no such run:
+    start_run then says what differs)."""
+    from .storage import open_run
+
+    try:
+        with open_run(out) as f:
+            p = dict(f.params) if f.kind == "dde_lyapunov" else {}
+    except Exception:
+        return None
+    if p.get("rtol") != rtol or p.get("dt_chosen") is None or p.get("dt_error_estimate") is None:
+        return None
+    return float(p["dt_chosen"]), float(p["dt_error_estimate"])
+
+
+def _grid_unit(taus: np.ndarray) -> tuple[float, int]:
+    """The largest g with every delay a whole multiple of g, and the fewest steps per g that
+    give max(delays) / dt >= 3 (the grid steps are dt = g / n)."""
+    tmax = float(taus.max())
+    fr = [Fraction(float(t) / tmax).limit_denominator(_MAX_DENOMINATOR) for t in taus]
+    off = [abs(float(q) - float(t) / tmax) for q, t in zip(fr, taus, strict=True)]
+    if max(off) > _DIVIDE_RTOL:
+        raise ValueError(
+            f"rtol needs commensurate delays (each a whole multiple of one step g, with "
+            f"max(delays) / g <= {_MAX_DENOMINATOR}), got delays {taus.tolist()}: give dt instead"
+        )
+    lcm = math.lcm(*(q.denominator for q in fr))
+    ints = [q.numerator * (lcm // q.denominator) for q in fr]
+    per = lcm // math.gcd(*ints)  # max(delays) = per * g
+    return tmax / per, -(-3 // per)
+
+
+def _grid_tuple(t0: float, dt: float, Nj: np.ndarray, N: int) -> tuple:
+    """The kernel's ``grid`` argument for the step ``dt`` (delays N_j dt, segment N + 1)."""
+    mid_off, mid_w = _stencils(Nj, N)
+    return (t0, dt, -Nj, 1 - Nj, mid_off, mid_w, segment_weights(N + 1, dt))
+
+
+def _typed_fields(fn: Any, jfn: Any, kargs: tuple) -> tuple[Any, Any]:
+    """A user field and Jacobian as first-class functions (:mod:`nndyn_fast._first_class`), so
+    the kernels compile once per signature and load from the on-disk cache."""
+    f8, v, m2 = numba.types.float64, numba.types.float64[::1], numba.types.float64[:, ::1]
+    a = numba.typeof(kargs)
+    return typed(fn, f8, v, m2, a, v), typed(jfn, f8, v, m2, a, numba.types.float64[:, :, ::1])
+
+
+# rtol: the step is chosen on a pilot window of this many max(delays) after the transient
+_PILOT_DELAYS = 2
+# ... with an estimated error at most this fraction of rtol (margin for the estimate's error)
+_SAFETY = 0.5
+# ... starting from about this many steps per max(delays), trying at most this many steps
+_PILOT_START_NODES = 20
+_MAX_PILOTS = 10
+# ... up to this many steps per max(delays) (a finer step needs dt)
+_MAX_NODES = 2**18
+# commensurate delays: max(delays) / g at most this
+_MAX_DENOMINATOR = 10_000
+
+
+def _pilot_segments(B: int, k: int, R: int, d: int) -> np.ndarray:
+    """k smooth, independent tangent segments (B, k, R, d) for the pilot: tangent a is
+    cos(pi q s / tau_max) in component a mod d, q = a // d, s the time from the segment's
+    oldest node (ring rows at n = 0), so that every other node is the same on a grid twice as
+    coarse."""
+    V = np.zeros((B, k, R, d))
+    N = R - 1
+    rows = np.arange(-N, 1) % R
+    for a in range(k):
+        V[:, a, rows, a % d] = np.cos(np.pi * (a // d) * np.arange(R) / N)
+    return V
+
+
+def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, kern, unit):
+    """Estimated relative error per unit time of the method at dt = g / n (step doubling).
+
+    The solution and k tangent segments (smooth at the start, unlike the random segments of
+    the run, see :func:`_pilot_segments`) advance at dt / 2 through the transient
+    (orthonormalised once per max(delays)); from that state (every other node) the solution
+    advances at dt and at dt / 2 over the pilot window T_p = 2 max(delays), and so does each
+    tangent segment alone, without normalisation in between, from t0 + max(transient, T_p)
+    (the tangents' own start is the pilot's choice, not the run's; it carries the history's
+    kink in its derivative and its error says nothing of the run). Then
+
+        E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x_dt/2|, max_a |v_a,dt - v_a,dt/2| / max|v_a,dt/2|)
+                / T_p
+
+    at the nodes of the final segment, over the batch (Richardson: RK4's error is O(dt^4), so
+    the error of the dt run is 16/15 of its difference from the dt / 2 run). The tangents are
+    compared as solutions, node by node: the norm's trapezoid quadrature differs between the
+    grids at O(dt^2), which changes no exponent (an equivalent norm) and is left out. inf if
+    a run blew up.
+    """
+    B, d = hist.B, hist.d
+    dt = g / n
+    Nj, N = _grid(taus, dt)
+    R, R2 = N + 1, 2 * N + 1
+    check_memory(f"the pilot's {k} tangent segment(s) of {R2} x {d} values", 8.0 * B * k * R2 * d)
+    grid2 = _grid_tuple(t0, 0.5 * dt, 2 * Nj, 2 * N)
+    grid1 = _grid_tuple(t0, dt, Nj, N)
+    J = check_steps("transient / dt", np.round(transient / dt))
+    X2 = _history_grid(hist, t0, 2 * N, 0.5 * dt)
+    V2 = _pilot_segments(B, k, R2, d)
+    ist2 = np.zeros((B, 2), dtype=np.int64)
+
+    def go(X, V, ist, steps, reorth, grid) -> tuple[bool, np.ndarray]:
+        logsum = np.zeros((B, V.shape[1]))
+        with for_work(unit * V.shape[1] * steps):
+            call(kern, fn_t, jac_t, kargs, fld, grid, X, V, ist, steps, reorth, logsum)
+        return bool(np.all(ist[:, _kl.I_STATUS] == _kl.OK)), logsum
+
+    W = _PILOT_DELAYS * N
+
+    def compare(J: int, a: int, with_x: bool) -> list[float] | None:
+        """From the fine state at node J: the window at dt and at dt / 2, tangent a alone."""
+        # coarse: its node j is the fine node 2 j; fine: the state as it is
+        nodes = np.arange(J - N, J + 1)
+        X1 = np.zeros((B, R, d))
+        V1 = np.zeros((B, 1, R, d))
+        X1[:, nodes % R] = X2[:, (2 * nodes) % R2]
+        V1[:, 0, nodes % R] = V2[:, a, (2 * nodes) % R2]
+        Xf, Vf = X2.copy(), V2[:, a : a + 1].copy()
+        ist1, istf = ist2.copy(), ist2.copy()
+        ist1[:, _kl.I_N] = J
+        ok1, ls1 = go(X1, V1, ist1, W, W + 1, grid1)
+        okf, lsf = go(Xf, Vf, istf, 2 * W, 2 * W + 1, grid2)
+        if not (ok1 and okf):
+            return None
+        end = np.arange(J + W - N, J + W + 1)
+        # the tangents as solutions: undo the kernel's final normalisation
+        v1 = V1[:, 0][:, end % R] * np.exp(ls1)[:, :, None]
+        vf = Vf[:, 0][:, (2 * end) % R2] * np.exp(lsf)[:, :, None]
+        pairs = [(v1, vf)]
+        if with_x:
+            pairs.append((X1[:, end % R], Xf[:, (2 * end) % R2]))
+        out = []
+        for u, w in pairs:
+            diff = np.abs(u - w).reshape(B, -1).max(axis=1)
+            scale = np.abs(w).reshape(B, -1).max(axis=1)
+            out.append(np.max(np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)))
+        return out
+
+    # the solution from the end of the transient; the tangents once they have run for at
+    # least the window's length (their own start, smooth but with the history's kink in the
+    # derivative, is the pilot's choice, not the run's: its error says nothing of the run)
+    Jv = max(J, W)
+    errs: list[float] = []
+    if J > 0 and not go(X2, V2, ist2, 2 * J, 2 * N, grid2)[0]:
+        return math.inf
+    if Jv > J:
+        e = compare(J, 0, True)
+        if e is None:
+            return math.inf
+        errs.append(e[1])
+        if not go(X2, V2, ist2, 2 * (Jv - J), 2 * N, grid2)[0]:
+            return math.inf
+    for a in range(k):
+        e = compare(Jv, a, a == 0 and Jv == J)
+        if e is None:
+            return math.inf
+        errs += e
+    est = 16.0 / 15.0 * max(errs) / (W * dt)
+    return est if math.isfinite(est) else math.inf
+
+
+def _choose_dt(rtol: float, taus: np.ndarray, k: int, d: int, pilot) -> tuple[float, float]:
+    """The largest step g / n whose pilot error estimate ``pilot(n)`` is <= _SAFETY * rtol
+    (and whose segment holds at least k dimensions); returns (dt, its estimate). n is
+    predicted from E ~ dt^p and checked by a pilot run: p = 4 (RK4) until two pilots measure
+    it (clipped to [1, 4]: below 4 where the window holds the history's kink)."""
+    g, n_min = _grid_unit(taus)
+    per = round(float(taus.max()) / g)
+    n_min = max(n_min, -(-(-(-k // d) - 1) // per))
+    n_max = max(1, _MAX_NODES // per)
+    if n_min > n_max:
+        raise ValueError(
+            f"k = {k} needs a segment of at least {k} values (d = {d}), more than the "
+            f"{_MAX_NODES} steps per max(delays) rtol may choose: give dt"
+        )
+    target = _SAFETY * rtol
+    tested: dict[int, float] = {}
+    n = min(n_max, max(n_min, round(_PILOT_START_NODES / per)))
+    order = 4.0
+    for _ in range(_MAX_PILOTS):
+        est = tested[n] = pilot(n)
+        fin = sorted(m for m, e in tested.items() if 0.0 < e < math.inf)
+        if len(fin) >= 2:  # the observed order between the two nearest to n
+            a, b = sorted(fin, key=lambda m: abs(m - n))[:2]
+            order = min(4.0, max(1.0, math.log(tested[a] / tested[b]) / math.log(b / a)))
+        ok = [m for m, e in tested.items() if e <= target]
+        bad = [m for m, e in tested.items() if not e <= target]
+        lo = max(bad) + 1 if bad else n_min
+        if est <= target:
+            # the coarsest step predicted to pass (aiming a little below the target)
+            n_next = n_min if est == 0.0 else math.ceil(n * (est / (0.9 * target)) ** (1 / order))
+            n_next = max(n_next, lo)
+            if n_next >= 0.95 * min(ok):  # not worth another pilot
+                break
+        else:
+            grow = (est / (0.8 * target)) ** (1 / order) if math.isfinite(est) else 2.0
+            n_next = min(max(math.ceil(n * grow), n + 1), 8 * n, n_max)
+            if n_next in tested or (ok and n_next >= min(ok)):
+                break
+        if n_next in tested:
+            break
+        n = n_next
+    ok = [m for m, e in tested.items() if e <= target]
+    if not ok:
+        best = min(tested, key=lambda m: (tested[m], -m))
+        raise ValueError(
+            f"rtol = {rtol!r} is not reached by {len(tested)} pilot runs, with up to "
+            f"{max(tested) * per} steps per max(delays) (at most {n_max * per}; estimated error "
+            f"{tested[best]:.3g} per unit time at dt = {g / best!r}): take a larger rtol or "
+            "give dt"
+        )
+    n = min(ok)
+    return g / n, tested[n]
+
+
 def _dde_running_series(B: int, k: int) -> dict:
     """The ``running`` series of a ``dde_lyapunov`` run file, with units and names."""
     return {
@@ -259,7 +498,8 @@ def dde_lyapunov(
     delays: Any,
     k: int,
     t_end: float,
-    dt: float,
+    dt: float | None = None,
+    rtol: float | None = None,
     transient: float = 0.0,
     jac: Any = None,
     args: tuple = (),
@@ -293,9 +533,34 @@ def dde_lyapunov(
         ``phi(t)`` / ``phi(t, p)``). A batch runs its members in parallel.
     delays : tau (> 0) or m delays, each a whole multiple of ``dt``.
     k : int
-        Number of exponents, 1 <= k <= (max(delays) / dt + 1) d (the discretised dimension).
+        Number of exponents, 1 <= k <= (max(delays) / dt + 1) d (the discretised dimension;
+        with ``rtol`` checked once the step is chosen).
     t_end : measured duration (time units; ``round(t_end / dt)`` steps).
-    dt : RK4 step; max(delays) / dt >= 3.
+    dt : RK4 step; max(delays) / dt >= 3. Give exactly one of ``dt`` and ``rtol``.
+    rtol : relative error per unit time (> 0) the step is chosen for, by step doubling on the
+        actual trajectory: the largest dt = g / n (g the largest step that divides every delay,
+        n whole, and the segment at least k dimensions) whose pilot estimate (below) is at
+        most rtol / 2; the run then goes on that fixed grid. The pilot advances the solution
+        and k smooth tangent segments through the transient at dt / 2 (orthonormalised once
+        per max(delays)), then from that state the solution, and from t0 + max(transient,
+        T_p) each tangent segment, over a window T_p = 2 max(delays) at dt and at dt / 2, and
+        estimates (RK4: error O(dt^4))
+
+            E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, max_a |v_a,dt - v_a,dt/2| / max|v_a|)
+                    / T_p
+
+        at the nodes of the window's final segment, over the batch (the tangents compared as
+        solutions, without normalisation). n is predicted from E ~ dt^p (p = 4, or as two
+        pilots measure it) and each prediction checked by a pilot (at most 10). The chosen dt
+        and E go to ``DDELyapunovSpectrum.dt`` / ``error_estimate`` and to the run file's
+        params (``rtol``, ``dt_chosen``, ``dt_error_estimate``; ``dt`` is None there, the
+        argument as given) and summary (``dt``, ``rtol``, ``dt_error_estimate``); a resume
+        continues with the stored step, a rerun with the same rtol chooses the same step. The
+        solution's error before the end of the transient is not controlled (it only places the
+        state); without a transient the window holds the history's kink at t0, where the
+        method is of order 2 (E then underestimates by up to 25 %). A pilot run costs about
+        2 (max(transient, T_p) + 6 max(delays)) / dt steps of the solution and k tangent
+        segments. Needs commensurate delays.
     transient : duration advanced (solution and tangent segments) before measuring.
     jac : for a user ``f``: ``jac(t, x, xd, args, J)`` filling J (m + 1, d, d), or
         ``jac(t, x, xd, args) -> J``; J[0] = df/dx(t), J[1 + j] = df/dx(t - tau_j).
@@ -322,9 +587,10 @@ def dde_lyapunov(
     Raises
     ------
     ValueError
-        delays <= 0, dt not dividing a delay or too coarse (max(delays) / dt < 3), k outside
-        [1, discretised dimension], a user field without ``jac``, Jacobians of the wrong shape,
-        bad history, t_end <= 0, transient < 0.
+        delays <= 0, both or neither of dt and rtol, rtol not finite and > 0 (or not reached
+        by a step up to 2^18 per delay), dt not dividing a delay or too coarse
+        (max(delays) / dt < 3), k outside [1, discretised dimension], a user field without
+        ``jac``, Jacobians of the wrong shape, bad history, t_end <= 0, transient < 0.
     TypeError
         ``f``, ``jac`` or a history function that is not Numba-jitted, or that fails when
         called at t0.
@@ -340,16 +606,28 @@ def dde_lyapunov(
     from numba.core.registry import CPUDispatcher
 
     taus = _delays(delays)
-    dt = check_positive("dt", dt)
+    if (dt is None) == (rtol is None):
+        raise ValueError(
+            "give exactly one of dt (the RK4 step) and rtol (the relative error per unit time "
+            f"the step is chosen for), got dt = {dt!r} and rtol = {rtol!r}"
+        )
+    if rtol is not None:
+        rtol = check_positive("rtol", rtol)
+        g, n_min = _grid_unit(taus)
+        # a provisional grid for the checks of the history and the user's functions
+        dt_probe = g / max(n_min, round(_PILOT_START_NODES * g / float(taus.max())))
+    else:
+        dt = dt_probe = check_positive("dt", dt)
     t_end = check_positive("t_end", t_end)
     transient = check_nonnegative("transient", transient)
     t0 = check_real("t0", t0)
-    Nj, N = _grid(taus, dt)
-    R = N + 1
-    n_steps = max(1, check_steps("t_end / dt", np.round(t_end / dt)))
-    n_trans = check_steps("transient / dt", np.round(transient / dt))
+    Nj, N = _grid(taus, dt_probe)
+    if dt is not None:
+        n_steps = max(1, check_steps("t_end / dt", np.round(t_end / dt)))
+        check_steps("transient / dt", np.round(transient / dt))
     k = check_int("k", k, minimum=1)
-    reorth = N if reorth_every is None else check_int("reorth_every", reorth_every, minimum=1)
+    if reorth_every is not None:
+        reorth_every = check_int("reorth_every", reorth_every, minimum=1)
     n_records = check_int("n_records", n_records, minimum=1)
     n_blocks = check_int("n_blocks", n_blocks, minimum=2)
     seed = check_int("seed", seed, minimum=0)
@@ -361,13 +639,8 @@ def dde_lyapunov(
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     hist = _history(history, t0, float(taus.max()), history_args)
     B, d, m = hist.B, hist.d, taus.size
-    dim = R * d
-    if k > dim:
-        raise ValueError(
-            f"k must be <= the discretised dimension (max(delays) / dt + 1) d = {R} x {d} = "
-            f"{dim}, got {k}"
-        )
-    check_memory(f"{k} tangent segment(s) of {R} x {d} values", 8.0 * B * (k + 1) * R * d)
+    if dt is not None:
+        _check_k(k, N + 1, d)
     user = isinstance(f, CPUDispatcher)
     if user:
         if jac is None:
@@ -388,21 +661,45 @@ def dde_lyapunov(
             )
         model, ip, P, _ = _pack_model(f, d, m)
         fn, kargs = None, ()
-    X = _history_grid(hist, t0, N, dt)
+    X = _history_grid(hist, t0, N, dt_probe)
     jfn = _check_jac(jac, hist, X, Nj, t0, args) if user else None
-    mid_off, mid_w = _stencils(Nj, N)
-    wq = segment_weights(R, dt)
-    # the weight of each ring row at n = 0 (oldest node -N is in row 1)
-    w_rows = wq[(np.arange(R) - 1) % R]
-    grid = (t0, dt, -Nj, 1 - Nj, mid_off, mid_w, wq)
     fld = (model, ip, P)
-    ist = np.zeros((B, 2), dtype=np.int64)
+    # user functions go by their signature: one cached kernel serves every field of it
+    fn_t, jac_t = _typed_fields(fn, jfn, kargs)
     kern = _kl.dde_lyap_advance if B > 1 else _kl.dde_lyap_advance_serial
     unit = _SECONDS_PER_UNIT * B * (k + 1) * max(1, d * d * (m + 1), P.size)
 
+    est = None
+    if rtol is not None:
+        stored = _stored_step(out, rtol) if resume else None
+        if stored is not None:
+            dt, est = stored
+        else:
+            unit1 = unit * 2 / (k + 1)  # one tangent segment
+
+            def pilot(n: int) -> float:
+                return _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t,
+                                    kargs, kern, unit1)  # fmt: skip
+
+            dt, est = _choose_dt(rtol, taus, k, d, pilot)
+        Nj, N = _grid(taus, dt)
+        _check_k(k, N + 1, d)
+        n_steps = max(1, check_steps("t_end / dt", np.round(t_end / dt)))
+        X = _history_grid(hist, t0, N, dt)
+    R = N + 1
+    dim = R * d
+    n_trans = check_steps("transient / dt", np.round(transient / dt))
+    reorth = N if reorth_every is None else reorth_every
+    check_memory(f"{k} tangent segment(s) of {R} x {d} values", 8.0 * B * (k + 1) * R * d)
+    wq = segment_weights(R, dt)
+    # the weight of each ring row at n = 0 (oldest node -N is in row 1)
+    w_rows = wq[(np.arange(R) - 1) % R]
+    grid = _grid_tuple(t0, dt, Nj, N)
+    ist = np.zeros((B, 2), dtype=np.int64)
+
     def advance(X, V, n: int, logsum: np.ndarray) -> None:
         with for_work(unit * n):
-            kern(fn, jfn, kargs, fld, grid, X, V, ist, n, reorth, logsum)
+            call(kern, fn_t, jac_t, kargs, fld, grid, X, V, ist, n, reorth, logsum)
         st = ist[:, _kl.I_STATUS]
         if np.any(st != _kl.OK):
             b = int(np.argmax(st != _kl.OK))
@@ -432,7 +729,11 @@ def dde_lyapunov(
             "k": k,
             "t_end": float(t_end),
             "steps": n_steps,
-            "dt": dt,
+            # the arguments as given (a rerun passes them back), then the step the run used
+            "dt": None if rtol is not None else dt,
+            "rtol": rtol,
+            "dt_chosen": dt,
+            "dt_error_estimate": est,
             "t0": t0,
             "transient": float(transient),
             "reorth_every": reorth,
@@ -492,13 +793,18 @@ def dde_lyapunov(
                 )
                 # copies: the writer keeps the checkpoint and writes it again on closing
                 run.commit(X=X.copy(), V=V.copy(), ist=ist.copy(), logsum=logsum.copy(), step=done)
-        res = _result(rec_t, rec_sum, n_steps, dt, n_blocks, X, V, ist, dim)
+        res = _result(rec_t, rec_sum, n_steps, dt, n_blocks, X, V, ist, dim, rtol, est)
         if run is not None:
-            run.summarize(exponents=res.exponents.tolist(), stderr=res.stderr.tolist())
+            run.summarize(
+                exponents=res.exponents.tolist(), stderr=res.stderr.tolist(), dt=dt, rtol=rtol,
+                dt_error_estimate=est,
+            )  # fmt: skip
     return res
 
 
-def _result(rec_t, rec_sum, n_steps, dt, n_blocks, X, V, ist, dim) -> DDELyapunovSpectrum:
+def _result(
+    rec_t, rec_sum, n_steps, dt, n_blocks, X, V, ist, dim, rtol, est
+) -> DDELyapunovSpectrum:
     time = np.asarray(rec_t, dtype=np.float64)
     sums = np.asarray(rec_sum, dtype=np.float64)  # (n_records, B, k)
     mean = sums.mean(axis=1)
@@ -521,4 +827,6 @@ def _result(rec_t, rec_sum, n_steps, dt, n_blocks, X, V, ist, dim) -> DDELyapuno
         t_total=float(t_total),
         dt=float(dt),
         dimension=int(dim),
+        rtol=rtol,
+        error_estimate=est,
     )

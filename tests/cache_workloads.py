@@ -110,6 +110,15 @@ def user() -> None:
     flow = nf.FlowSystem(decay, decay_jac, dim=1, args=(1.0,))
     nf.lyapunov_spectrum(flow, [1.0], t_end=1.0, dt=0.01)
 
+    @njit
+    def delayed_jac(t, x, xd, args, J):
+        J[0, 0, 0] = 0.0
+        J[1, 0, 0] = -args[0]
+
+    for step in ({"dt": 0.125}, {"rtol": 1e-3}):  # the step given, or chosen by a pilot
+        nf.dde_lyapunov(delayed, p, delays=1.0, k=2, t_end=2.0, jac=delayed_jac, args=(1.0,),
+                        **step)  # fmt: skip
+
 
 FAMILIES = {
     f.__name__: f

@@ -235,6 +235,7 @@ COMMANDS = {
             opt("--history", [["1"], ["0.5"]], [["nan"], ["abc"]]),
             opt("--t-end", ["1"], [*POS_BAD, "1e308"]),
             opt("--dt", ["0.1", None], [*POS_BAD, "1e-300", "0.3"]),
+            opt("--rtol", [None], POS_BAD),  # (with --dt or alone: refused either way)
             opt("--k", ["1", "2"], INT_BAD),
             opt("--transient", ["0", "0.5"], ["-1", *NUM_BAD, "1e308"]),
             opt("--plot", [None], FIG_BAD),  # (drawing costs a second: refusals only)

@@ -58,8 +58,14 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         choices=["dopri5", "rk4"],
         help="adaptive dopri5 or fixed-step rk4 (needs --dt)",
     )
-    p.add_argument("--dt", type=float, default=None, help="rk4: time step")
-    p.add_argument("--rtol", type=float, default=1e-8, help="dopri5 relative tolerance")
+    p.add_argument(
+        "--dt", type=float, default=None, help="rk4 and lyapunov: time step (lyapunov: tau / 50 "
+        "unless --rtol is given)"
+    )  # fmt: skip
+    p.add_argument(
+        "--rtol", type=float, default=None, help="dopri5 relative tolerance (default 1e-8); "
+        "lyapunov: the relative error per unit time the step is chosen for (instead of --dt)"
+    )  # fmt: skip
     p.add_argument("--atol", type=float, default=1e-10, help="dopri5 absolute tolerance")
     p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
     add_run_file_options(p, chunk_frames=True)
@@ -177,7 +183,8 @@ def run_dde(args: argparse.Namespace) -> int:
     t = np.linspace(0.0, args.t_end, args.frames)
     out = args.out or "dde.h5"
     sol = ddeint(
-        model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
+        model, hist, t, delays=args.tau, method=args.method, dt=args.dt,
+        rtol=1e-8 if args.rtol is None else args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
         chunk_frames=args.chunk_frames, max_steps=args.max_steps, progress=progress_enabled(args),
     )  # fmt: skip
@@ -192,14 +199,15 @@ def run_dde(args: argparse.Namespace) -> int:
 def _lyapunov(args: argparse.Namespace, model, hist: np.ndarray) -> int:
     from nndyn_fast.dde_lyapunov import dde_lyapunov
 
-    dt = args.tau / 50 if args.dt is None else args.dt
+    dt = args.tau / 50 if args.dt is None and args.rtol is None else args.dt
     res = dde_lyapunov(
-        model, hist, delays=args.tau, k=args.k, t_end=args.t_end, dt=dt,
+        model, hist, delays=args.tau, k=args.k, t_end=args.t_end, dt=dt, rtol=args.rtol,
         transient=args.transient, seed=args.seed, out=args.out or "dde.h5",
         overwrite=args.overwrite, resume=args.resume,
     )  # fmt: skip
+    how = "" if args.rtol is None else f" chosen for rtol = {args.rtol:g}"
     print(f"wrote {args.out or 'dde.h5'}: top {args.k} exponents to t = {args.t_end} "
-          f"(dt = {dt:g}, discretised dimension {res.dimension})")  # fmt: skip
+          f"(dt = {res.dt:g}{how}, discretised dimension {res.dimension})")  # fmt: skip
     for j, (lam, se) in enumerate(zip(res.exponents, res.stderr, strict=True)):
         print(f"  lambda_{j + 1} = {lam:+.6f} +- {se:.1e}")
     if args.plot is not None:
