@@ -555,8 +555,9 @@ def plot_finite_size_gap(gap: Any, path: str | Path | None = None, ax: Any = Non
     fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
     lim = gap.limit
     ax1.plot(lim.t, lim.r, "k", lw=1.2, label=r"limit $r_\infty(t)$")
-    for n, r in zip(gap.Ns, gap.r_N, strict=True):
-        ax1.axhline(r, lw=0.8, ls="--", label=f"N = {n}: " + r"$\bar r_N$" + f" = {r:.4f}")
+    for i, (n, r) in enumerate(zip(gap.Ns, gap.r_N, strict=True)):
+        ax1.axhline(r, lw=0.8, ls="--", color=f"C{i + 1}",
+                    label=f"N = {n}: " + r"$\bar r_N$" + f" = {r:.4f}")  # fmt: skip
     ax1.set_xlabel("t")
     ax1.set_ylabel("order parameter $r$")
     ax1.legend(fontsize=8)
