@@ -525,6 +525,7 @@ def graphon_eigenvalues(w: Graphon, k: int = 6, which: str = "largest") -> np.nd
     array (k,) or (2k,): float (complex for the directed ring).
     """
     k = check_int("k", k, minimum=1)
+    check_memory(f"k = {k} closed-form eigenvalues", 96.0 * (4 * k + 64))
     check_option("which", which, WHICH)
     if not isinstance(w, Graphon):
         raise TypeError(f"w must be a Graphon, got {type(w).__name__}")

@@ -102,12 +102,11 @@ def run_spectrum(o: argparse.Namespace) -> int:
         check_out_path("--plot", plot, overwrite=True)
     with Progress(3, desc="spectrum", unit="stage", enabled=progress_enabled(o)) as bar:
         coupling = build_coupling(o, n, o.dtype)
-        reference = None
-        if o.graph in GRAPHS:
-            w = graphon_of(o)
-            reference = graphon_eigenvalues(w, o.k, o.which)
         bar.update(1)
         spec = coupling_spectrum(coupling, o.k, o.which, o.vectors, n=n)
+        reference = None
+        if o.graph in GRAPHS:
+            reference = graphon_eigenvalues(graphon_of(o), o.k, o.which)
         bar.update(2)
         x = np.arange(1, n + 1) / n if isinstance(coupling, Graphon) else None
         path = save_spectrum(
