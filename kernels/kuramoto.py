@@ -346,9 +346,9 @@ def _unit_rows(kind, n, p):
 
 
 @njit(cache=True)
-def _structured_totals(cp, a, b, two):
-    """Σ_j v_j μ_j a_j (and b) and the window prefix sums (into cp[13], cp[14]) of the
-    structured form, in the order coupling_structured takes them."""
+def _structured_totals(cp, a, b, two, pa, pb):
+    """Σ_j v_j μ_j a_j (and b) and the window prefix sums (into ``pa``, ``pb``, (N + 1,), the
+    caller's scratch) of the structured form, in the order coupling_structured takes them."""
     v = cp[7]
     mu = cp[5]
     n = a.shape[0]
@@ -359,18 +359,19 @@ def _structured_totals(cp, a, b, two):
         if two:
             tb += v[j] * mu[j] * b[j]
     if cp[12] != 0.0:
-        _prefix(mu, a, cp[13])
+        _prefix(mu, a, pa)
         if two:
-            _prefix(mu, b, cp[14])
+            _prefix(mu, b, pb)
     return ta, tb
 
 
 @njit(cache=True)
-def unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb):
+def unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb, pa, pb):
     """S_i (and C_i) of the rows of unit ``p`` into ``sa``, ``sb``; returns the rows (i0, i1).
 
-    ``ta``, ``tb``: :func:`_structured_totals` of (a, b) for the structured form (else
-    unused). Each row's sum is exactly that of :func:`coupling_sums`.
+    ``ta``, ``tb``, ``pa``, ``pb``: the totals and prefix sums :func:`coupling_totals` made of
+    (a, b) for the structured form (else unused). Each row's sum is exactly that of
+    :func:`coupling_sums`.
     """
     n = a.shape[0]
     i0, i1 = _unit_rows(kind, n, p)
@@ -397,9 +398,9 @@ def unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb):
         s = u[i0] * ta
         c = u[i0] * tb
         if c_win != 0.0 and length[i0] > 0:
-            s += c_win * _window_sum(cp[13], start[i0], length[i0], n)
+            s += c_win * _window_sum(pa, start[i0], length[i0], n)
             if two:
-                c += c_win * _window_sum(cp[14], start[i0], length[i0], n)
+                c += c_win * _window_sum(pb, start[i0], length[i0], n)
         sa[i0] = s
         if two:
             sb[i0] = c
@@ -454,10 +455,23 @@ def activate(model, act_code, kind, x, a, b):
 
 
 @njit(cache=True)
-def _totals(kind, cp, a, b, two):
+def coupling_totals(kind, cp, a, b, two, pa, pb):
+    """What every row's sum of the structured form needs, before the units of rows: returns
+    (Σ_j v_j μ_j a_j, Σ_j v_j μ_j b_j) and fills the prefix sums ``pa``, ``pb`` (N + 1,), scratch
+    owned by the caller (callers running at once each pass their own). Other forms: (0, 0)."""
     if kind == STRUCTURED:
-        return _structured_totals(cp, a, b, two)
+        return _structured_totals(cp, a, b, two, pa, pb)
     return 0.0, 0.0
+
+
+@njit(cache=True)
+def coupling_sums_serial(kind, cp, wfun, a, b, two, sa, sb, pa, pb):
+    """S = W a and (if ``two``) C = W b on the calling thread, unit by unit: each row's sum is
+    bitwise that of :func:`coupling_sums`. ``pa``, ``pb`` (N + 1,): this caller's prefix-sum
+    scratch for the structured form (so serial callers on several threads share nothing)."""
+    ta, tb = coupling_totals(kind, cp, a, b, two, pa, pb)
+    for p in range(n_units(kind, a.shape[0])):
+        unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb, pa, pb)
 
 
 @njit(cache=True, parallel=True)
@@ -468,11 +482,11 @@ def network_rhs(model, act_code, state, drive, KN, alpha, kind, cp, wfun, a, b, 
     """
     two = model == PHASE
     activate(model, act_code, kind, state, a, b)
-    ta, tb = _totals(kind, cp, a, b, two)
+    ta, tb = coupling_totals(kind, cp, a, b, two, cp[13], cp[14])
     ca = math.cos(alpha)
     sn = math.sin(alpha)
     for p in prange(n_units(kind, state.shape[0])):
-        i0, i1 = unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb)
+        i0, i1 = unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb, cp[13], cp[14])
         for i in range(i0, i1):
             out[i] = _field(two, state, drive, KN, ca, sn, a, b, sa, sb, i)
 
@@ -558,9 +572,9 @@ def network_advance(
         for s in range(n_stages):
             xc, ac, bc = X[cur], A[cur], B[cur]
             xn, an, bn = X[1 - cur], A[1 - cur], B[1 - cur]
-            ta, tb = _totals(kind, cp, ac, bc, two)
+            ta, tb = coupling_totals(kind, cp, ac, bc, two, cp[13], cp[14])
             for p in prange(nu):
-                i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb)
+                i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb, cp[13], cp[14])
                 for i in range(i0, i1):
                     f = _field(two, xc, drive, KN, ca, sn, ac, bc, sa, sb, i)
                     if method == EULER or s == 2:
@@ -827,12 +841,12 @@ def adaptive_stage(
     h sum_s D[r, s] k_s, with f(ynew) = ``K[last]``) into ``RC``.
     """
     two = model == PHASE
-    ta, tb = _totals(kind, cp, ac, bc, two)
+    ta, tb = coupling_totals(kind, cp, ac, bc, two, cp[13], cp[14])
     n_err = TE.shape[0]
     m = TD.shape[0]
     S = TD.shape[1]
     for p in prange(n_units(kind, y.shape[0])):
-        i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb)
+        i0, i1 = unit_sums(kind, cp, wfun, ac, bc, two, ta, tb, p, sa, sb, cp[13], cp[14])
         for i in range(i0, i1):
             K[s, i] = _field(two, xc, drive, KN, ca, sn, ac, bc, sa, sb, i)
             if nxt > 0:

@@ -26,9 +26,12 @@ Schemes (additive noise, ΔW = σ ΔB):
 
 Parallelism: with one realisation (``par_rows``) the interaction sums are the row-parallel
 kernels of :mod:`~nndyn_fast.kernels.kuramoto`; otherwise :func:`noisy_advance` takes a block of
-realisations with serial sums and releases the GIL, and the caller runs blocks on threads (a
+realisations with the serial sums of :func:`~nndyn_fast.kernels.kuramoto.coupling_sums_serial`
+(the same row sums on the calling thread, bitwise those of the row-parallel kernels; each block
+owns its prefix-sum scratch) and releases the GIL, and the caller runs blocks on threads (a
 ``prange`` over realisations would compile every callee for the parallel target: minutes).
-Each output is written by one thread, so results do not depend on the thread count.
+Each output is written by one thread, so results do not depend on the thread count, and a
+realisation run alone is bitwise that realisation in a batch.
 
 References
 ----------
@@ -43,8 +46,8 @@ import numpy as np
 from numba import njit
 
 from .activations import act
-from .control import FASTMATH, NONFINITE, OK
-from .kuramoto import CSR, DENSE, PHASE, STRUCTURED, coupling_sums, graphon_value
+from .control import NONFINITE, OK
+from .kuramoto import PHASE, coupling_sums, coupling_sums_serial
 
 EM, HEUN = 4, 5  # stochastic methods (codes after the deterministic ones)
 
@@ -116,87 +119,6 @@ def _increments(k0, k1, real, step, sub, scale, z, out):
             out[i] += z[i]
     for i in range(out.shape[0]):
         out[i] *= scale
-
-
-@njit(cache=True)
-def _window_sum(prefix, start, length, n):
-    end = start + length
-    if end <= n:
-        return prefix[end] - prefix[start]
-    return prefix[n] - prefix[start] + prefix[end - n]
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def coupling_sums_serial(kind, cp, wfun, a, b, two, sa, sb, pa, pb):
-    """S = W a and (if ``two``) C = W b on one thread (the forms of ``coupling_sums``; ``pa``,
-    ``pb`` (N + 1,) are this caller's prefix-sum scratch for the structured form)."""
-    n = a.shape[0]
-    if kind == DENSE:
-        W = cp[0]
-        for i in range(n):
-            s = 0.0
-            c = 0.0
-            for j in range(n):
-                w = np.float64(W[i, j])
-                s += w * a[j]
-                if two:
-                    c += w * b[j]
-            sa[i] = s
-            sb[i] = c
-    elif kind == CSR:
-        indptr, indices, data = cp[1], cp[2], cp[3]
-        for i in range(n):
-            s = 0.0
-            c = 0.0
-            for k in range(indptr[i], indptr[i + 1]):
-                w = np.float64(data[k])
-                j = indices[k]
-                s += w * a[j]
-                if two:
-                    c += w * b[j]
-            sa[i] = s
-            sb[i] = c
-    elif kind == STRUCTURED:
-        mu, u, v, start, length, c_win = cp[5], cp[6], cp[7], cp[8], cp[9], cp[12]
-        ta = 0.0
-        tb = 0.0
-        acc_a = 0.0
-        acc_b = 0.0
-        pa[0] = 0.0
-        pb[0] = 0.0
-        for j in range(n):
-            ta += v[j] * mu[j] * a[j]
-            acc_a += mu[j] * a[j]
-            pa[j + 1] = acc_a
-            if two:
-                tb += v[j] * mu[j] * b[j]
-                acc_b += mu[j] * b[j]
-                pb[j + 1] = acc_b
-        for i in range(n):
-            s = u[i] * ta
-            c = u[i] * tb
-            if c_win != 0.0 and length[i] > 0:
-                s += c_win * _window_sum(pa, start[i], length[i], n)
-                if two:
-                    c += c_win * _window_sum(pb, start[i], length[i], n)
-            sa[i] = s
-            sb[i] = c
-    else:
-        x, mu, params, code = cp[4], cp[5], cp[10], cp[11]
-        for i in range(n):
-            s = 0.0
-            c = 0.0
-            xi = x[i]
-            for j in range(n):
-                if wfun is None:
-                    w = graphon_value(code, params, xi, x[j]) * mu[j]
-                else:
-                    w = wfun(xi, x[j]) * mu[j]
-                s += w * a[j]
-                if two:
-                    c += w * b[j]
-            sa[i] = s
-            sb[i] = c
 
 
 @njit(cache=True)

@@ -79,7 +79,13 @@ from .sgd_stability import (
     sgd_lyapunov_mlp,
     sgd_stability_diagram,
 )
-from .spectra import CouplingSpectrum, coupling_spectrum, critical_coupling
+from .spectra import (
+    CouplingSpectrum,
+    coupling_spectrum,
+    critical_coupling,
+    graphon_eigenvalues,
+    save_spectrum,
+)
 from .storage import RunFile, TrajectoryWriter, open_run
 
 # Parameter sweeps: serial, local processes or a Dask cluster, streamed to HDF5
@@ -150,9 +156,11 @@ __all__ = [
     "coupling_spectrum",
     "critical_coupling",
     "finite_size_gap",
+    "graphon_eigenvalues",
     "meanfield_limit",
     "plot_coupling_spectrum",
     "plot_finite_size_gap",
+    "save_spectrum",
     # neural ODEs
     "AugmentedNeuralODE",
     "FlowGrad",

@@ -53,6 +53,7 @@ from .graphs import DigraphMeasure, Graphon
 from .kernels import continuum as kc
 from .kernels import kuramoto as kk
 from .meanfield import Coupling, Kuramoto, _threads, simulate
+from .progress import Progress
 from .runs import start_run
 from .storage import chunk_rows
 
@@ -170,6 +171,7 @@ def meanfield_limit(
     overwrite: bool = False,
     resume: bool = False,
     chunk_steps: int | None = None,
+    progress: bool = False,
 ) -> LimitRun:
     """Integrate the N → ∞ limit equation of a Kuramoto network from t = 0 to t_end.
 
@@ -205,6 +207,8 @@ def meanfield_limit(
     out, overwrite, resume : as for :func:`nndyn_fast.meanfield.simulate`.
     chunk_steps : int, optional
         Steps per kernel call and per commit (default: about 1 MiB of frames, at most 4096).
+    progress : bool
+        Report the steps done on stderr once per chunk (:mod:`nndyn_fast.progress`).
 
     Returns
     -------
@@ -225,6 +229,7 @@ def meanfield_limit(
     omega0 = check_real("omega0", omega0)
     overwrite = check_bool("overwrite", overwrite)
     resume = check_bool("resume", resume)
+    progress = check_bool("progress", progress)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     if (gamma is None) == (noise is None):
@@ -289,7 +294,7 @@ def meanfield_limit(
 
         equation = "fokker_planck"
     return _stream(advance, order, z, x, equation, params, total, save_every, chunk_steps,
-                   out, overwrite, resume)  # fmt: skip
+                   out, overwrite, resume, progress)  # fmt: skip
 
 
 def _describe(coupling: Any) -> str:
@@ -374,7 +379,7 @@ def _limit_coords(equation: str, x: np.ndarray | None, n: int) -> dict:
 
 
 def _stream(advance, order, z, x, equation, params, total, save_every, chunk_steps, out, overwrite,
-            resume) -> LimitRun:  # fmt: skip
+            resume, progress=False) -> LimitRun:  # fmt: skip
     n = z.shape[0]
     frame_rows_1mib = chunk_rows((2, n), np.float64)
     per_call = chunk_steps or max(1, min(4096, frame_rows_1mib * save_every))
@@ -412,7 +417,8 @@ def _stream(advance, order, z, x, equation, params, total, save_every, chunk_ste
     obs = np.empty((per_call, 2))
     keep_t, keep_obs = [np.zeros(1)], [obs0]
     idx = np.zeros(0, np.int64)
-    with writer if writer is not None else nullcontext():
+    bar = Progress(total, desc=f"limit ({equation})", unit="step", enabled=progress)
+    with writer if writer is not None else nullcontext(), bar:
         if writer is not None and writer.chunks == 0:
             zero = np.zeros(1, np.int64)
             writer.append("trajectory", time=np.zeros(1), step=zero,
@@ -439,6 +445,7 @@ def _stream(advance, order, z, x, equation, params, total, save_every, chunk_ste
                 keep_t.append(idx * params["dt"])
                 keep_obs.append(obs[:done].copy())
             step += done
+            bar.update(step)
             if status != kc.OK:
                 raise NonFiniteStateError(
                     f"the limit state became non-finite at step {step + 1} "
@@ -489,6 +496,28 @@ class FiniteSizeGap:
     limit: LimitRun
 
 
+GAP_KIND = "finite_size_gap"
+
+
+def _gap_series() -> dict:
+    """The series of a ``finite_size_gap`` run file."""
+    return {
+        "limit": {
+            "time": {"units": "1", "long_name": "time (model units)"},
+            "r": {"units": "1", "long_name": "order parameter r_inf(t) of the continuum limit"},
+        },
+        "sizes": {
+            "N": {"dtype": np.int64, "coord": True, "long_name": "network size N"},
+            "r_N": {
+                "units": "1",
+                "long_name": "time average of the particle run's r(t), t > t_from",
+            },
+            "r_N_std": {"units": "1", "long_name": "standard deviation of r(t) over the window"},
+            "gap": {"units": "1", "long_name": "abs(r_N - r_inf), r_inf the limit's time average"},
+        },
+    }
+
+
 def finite_size_gap(
     coupling_family: Any,
     Ns: Sequence[int],
@@ -501,6 +530,11 @@ def finite_size_gap(
     limit: Graphon | DigraphMeasure | None = None,
     x_grid: int = 2000,
     omega0: float = 0.0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> FiniteSizeGap:
     """abs(r_N − r_∞) of Kuramoto networks with Lorentzian frequencies against the graphon limit.
 
@@ -530,6 +564,15 @@ def finite_size_gap(
         Quadrature points of the limit.
     omega0 : float
         Centre of the frequencies.
+    out : str or Path, optional
+        A run file of kind ``finite_size_gap`` (through :func:`nndyn_fast.runs.start_run`):
+        series ``limit`` (time, r: the limit's r_∞(t), committed first) and ``sizes`` (N, r_N,
+        r_N_std, gap: one row committed per network size), the summary r_inf.
+    overwrite, resume : replace ``out``, or continue it after its last committed size (every
+        parameter is compared with the file; the sizes done are read back, not rerun).
+    progress : report the runs done (the limit, then each N) on stderr.
+    extra_params : dict, optional
+        Stored in ``/params`` too (what a callable family was, say).
 
     Returns
     -------
@@ -557,18 +600,66 @@ def finite_size_gap(
     t_from = t_end / 2 if t_from is None else check_nonnegative("t_from", t_from)
     if t_from >= t_end:
         raise ValueError(f"t_from must be in [0, t_end) = [0, {t_end:g}), got {t_from!r}")
+    overwrite = check_bool("overwrite", overwrite)
+    resume = check_bool("resume", resume)
+    progress = check_bool("progress", progress)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the run file to continue")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict, got {type(extra_params).__name__}")
     grid = x_grid if isinstance(limit, Graphon) else None
-    lim = meanfield_limit(
-        limit, K=K, t_end=t_end, dt=dt, gamma=gamma, omega0=omega0, x_grid=grid, z0=1.0
-    )
-    r_inf = float(lim.r[lim.t > t_from].mean())
-    r_N, r_sd = [], []
-    for n_ in Ns_:
-        model = Kuramoto(lorentzian_quantile_frequencies(n_, gamma, omega0), make(n_), K)
-        steps = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
-        run = simulate(model, np.zeros(n_), t_end, dt, save_every=max(steps, 1))
-        r = run.r[run.t > t_from]
-        r_N.append(float(r.mean()))
-        r_sd.append(float(r.std()))
+    steps = check_steps("t_end / dt", np.ceil(t_end / dt - 1e-9))
+    writer = None
+    if out is not None:
+        desc = limit.w if isinstance(limit, DigraphMeasure) else limit
+        params: dict[str, Any] = {
+            "K": K, "gamma": gamma, "t_end": t_end, "dt": dt, "t_from": t_from,
+            "omega0": omega0, "x_grid": -1 if grid is None else int(grid), "Ns": Ns_,
+            "limit": _describe(limit),
+            "limit_params": list(getattr(desc, "params", ())),
+            **(extra_params or {}),
+        }  # fmt: skip
+        writer = start_run(
+            out, kind=GAP_KIND, params=params, series=_gap_series(),
+            rows={"limit": steps + 1, "sizes": len(Ns_)}, checkpoint={"next": 0},
+            resume=resume, overwrite=overwrite,
+            description="finite-size gap of Kuramoto networks with Lorentzian frequencies: the "
+            "continuum (Ott-Antonsen graphon) limit r_inf(t) beside the time-averaged order "
+            "parameter r_N of particle runs of N oscillators, and abs(r_N - r_inf)",
+        )  # fmt: skip
+    bar = Progress(len(Ns_) + 1, desc="finite-size gap", unit="run", enabled=progress)
+    with writer if writer is not None else nullcontext(), bar:
+        lim = meanfield_limit(
+            limit, K=K, t_end=t_end, dt=dt, gamma=gamma, omega0=omega0, x_grid=grid, z0=1.0
+        )
+        r_inf = float(lim.r[lim.t > t_from].mean())
+        first = 0
+        r_N, r_sd = [], []
+        if writer is not None:
+            if writer.chunks == 0:
+                writer.append("limit", time=lim.t, r=lim.r)
+                writer.commit(next=0)
+            first = int(writer.checkpoint["next"])
+            if first:
+                from .lyapunov import _committed_rows
+
+                kept = _committed_rows(writer, "sizes", ("r_N", "r_N_std"))
+                r_N, r_sd = [float(v) for v in kept["r_N"]], [float(v) for v in kept["r_N_std"]]
+        bar.update(first + 1)
+        for i in range(first, len(Ns_)):
+            n_ = Ns_[i]
+            model = Kuramoto(lorentzian_quantile_frequencies(n_, gamma, omega0), make(n_), K)
+            run = simulate(model, np.zeros(n_), t_end, dt, save_every=max(steps, 1))
+            r = run.r[run.t > t_from]
+            r_N.append(float(r.mean()))
+            r_sd.append(float(r.std()))
+            if writer is not None:
+                writer.append("sizes", N=np.array([n_]), r_N=np.array(r_N[-1:]),
+                              r_N_std=np.array(r_sd[-1:]),
+                              gap=np.abs(np.array(r_N[-1:]) - r_inf))  # fmt: skip
+                writer.commit(next=i + 1)
+            bar.update(i + 2)
+        if writer is not None:
+            writer.summarize(r_inf=r_inf)
     r_N_ = np.array(r_N)
     return FiniteSizeGap(np.array(Ns_), r_N_, np.array(r_sd), r_inf, np.abs(r_N_ - r_inf), lim)

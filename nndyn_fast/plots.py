@@ -24,6 +24,7 @@ __all__ = [
     "plot_diagram_run",
     "plot_eos",
     "plot_finite_size_gap",
+    "plot_gap_run",
     "plot_gd_run",
     "plot_limit_run",
     "plot_lyapunov_run",
@@ -31,6 +32,7 @@ __all__ = [
     "plot_memory_exponents",
     "plot_network_run",
     "plot_run",
+    "plot_spectrum_run",
     "plot_stability_diagram",
     "plot_sweep_run",
     "plot_trajectory_run",
@@ -510,6 +512,7 @@ def plot_coupling_spectrum(
     reference: Any = None,
     path: str | Path | None = None,
     ax: Any = None,
+    reference_label: str = "reference",
 ):
     """Eigenvalues of a coupling operator (:func:`nndyn_fast.spectra.coupling_spectrum`).
 
@@ -524,7 +527,7 @@ def plot_coupling_spectrum(
         ax.plot(vals.real, vals.imag, "o", ms=5, label=f"{spectrum.method}, N = {spectrum.n}")
         if reference is not None:
             ref = np.asarray(reference, dtype=complex)
-            ax.plot(ref.real, ref.imag, "kx", ms=6, label="reference")
+            ax.plot(ref.real, ref.imag, "kx", ms=6, label=reference_label)
         ax.axvline(spectrum.lambda_max, color="k", ls="--", lw=0.8, label=r"max Re $\lambda$")
         ax.set_xlabel(r"Re $\lambda$")
         ax.set_ylabel(r"Im $\lambda$")
@@ -533,7 +536,7 @@ def plot_coupling_spectrum(
         ax.plot(j, np.real(vals), "o", ms=5, label=f"{spectrum.method}, N = {spectrum.n}")
         if reference is not None:
             ref = np.real(np.asarray(reference))[: vals.size]
-            ax.plot(np.arange(1, ref.size + 1), ref, "kx", ms=6, label="reference")
+            ax.plot(np.arange(1, ref.size + 1), ref, "kx", ms=6, label=reference_label)
         ax.axhline(spectrum.lambda_max, color="k", ls="--", lw=0.8, label=r"$\lambda_{max}$")
         ax.set_xlabel("rank $j$")
         ax.set_ylabel(r"eigenvalue $\lambda_j$ of $W/N$")
@@ -552,8 +555,9 @@ def plot_finite_size_gap(gap: Any, path: str | Path | None = None, ax: Any = Non
     fig, (ax1, ax2) = _axes(ax, (1, 2), (10.0, 4.0))
     lim = gap.limit
     ax1.plot(lim.t, lim.r, "k", lw=1.2, label=r"limit $r_\infty(t)$")
-    for n, r in zip(gap.Ns, gap.r_N, strict=True):
-        ax1.axhline(r, lw=0.8, ls="--", label=f"N = {n}: " + r"$\bar r_N$" + f" = {r:.4f}")
+    for i, (n, r) in enumerate(zip(gap.Ns, gap.r_N, strict=True)):
+        ax1.axhline(r, lw=0.8, ls="--", color=f"C{i + 1}",
+                    label=f"N = {n}: " + r"$\bar r_N$" + f" = {r:.4f}")  # fmt: skip
     ax1.set_xlabel("t")
     ax1.set_ylabel("order parameter $r$")
     ax1.legend(fontsize=8)
@@ -614,6 +618,87 @@ def plot_limit_run(run: Any, path: str | Path | None = None, ax: Any = None):
         ax2.set_ylabel("local order parameter")
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_spectrum_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A ``coupling_spectrum`` run file (:func:`nndyn_fast.spectra.save_spectrum`,
+    ``nndyn spectrum``): the eigenvalues of W/N as :func:`plot_coupling_spectrum` draws them,
+    the closed form of the graph limit beside them where the file holds one, λ_max and the
+    critical couplings K_c = σ²/λ_max, (2γ + σ²)/λ_max of its summary. ``ax``: one Axes."""
+    from types import SimpleNamespace
+
+    f, mine = _open(run)
+    try:
+        if f.kind != "coupling_spectrum":
+            raise ValueError(f"plot_spectrum_run draws coupling_spectrum runs, not {f.kind!r}")
+        _rows(f, "eigenvalues")
+        v = np.asarray(f.read("eigenvalues", "value"))
+        ref = np.asarray(f.read("eigenvalues", "reference"))
+        params, summary = f.params, f.summary
+    finally:
+        if mine:
+            f.close()
+    vals = v[:, 0] + 1j * v[:, 1] if np.any(v[:, 1] != 0) else v[:, 0]
+    refs = ref[:, 0] + 1j * ref[:, 1]
+    known = np.isfinite(refs)
+    spec = SimpleNamespace(eigenvalues=vals, method=params.get("method"), n=params.get("N"),
+                           lambda_max=float(np.max(v[:, 0])))  # fmt: skip
+    what = params.get("graph", params.get("coupling", "graph limit"))
+    fig = plot_coupling_spectrum(
+        spec, np.where(known, refs, np.nan) if known.any() else None, ax=ax,
+        reference_label=f"closed form ({what}, N → ∞)",
+    )  # fmt: skip
+    ax1 = fig.axes[0] if ax is None else ax
+    notes = []
+    if "K_c_identical" in summary:
+        sigma = params.get("noise")
+        notes.append(rf"$K_c = \sigma^2/\lambda_{{max}}$ = {summary['K_c_identical']:.4g} "
+                     rf"($\sigma$ = {sigma:g})")  # fmt: skip
+    if "K_c_lorentzian" in summary:
+        g, sigma = params.get("gamma"), params.get("noise") or 0.0
+        notes.append(rf"$K_c = (2\gamma + \sigma^2)/\lambda_{{max}}$ = "
+                     f"{summary['K_c_lorentzian']:.4g} "
+                     rf"($\gamma$ = {g:g}, $\sigma$ = {sigma:g})")  # fmt: skip
+    for note in notes:
+        ax1.plot([], [], " ", label=note)
+    ax1.set_title(rf"$\lambda_{{max}}$ = {spec.lambda_max:.5g}", fontsize=9)
+    ax1.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_gap_run(run: Any, path: str | Path | None = None, ax: Any = None):
+    """A ``finite_size_gap`` run file (:func:`nndyn_fast.continuum.finite_size_gap` with
+    ``out=``, ``nndyn limit --particles``): the figure of :func:`plot_finite_size_gap`, the
+    limit r_∞(t) beside the particle runs' r_N and abs(r_N − r_∞) against N^{-1/2}; for a
+    constant graphon p also the stationary Ott–Antonsen value sqrt(1 − 2γ/(K p)). ``ax``: two
+    Axes."""
+    from types import SimpleNamespace
+
+    f, mine = _open(run)
+    try:
+        if f.kind != "finite_size_gap":
+            raise ValueError(f"plot_gap_run draws finite_size_gap runs, not {f.kind!r}")
+        _rows(f, "limit")
+        lim = SimpleNamespace(t=np.asarray(f.read("limit", "time")),
+                              r=np.asarray(f.read("limit", "r")))  # fmt: skip
+        sizes = {k: np.asarray(f.read("sizes", k)) for k in ("N", "r_N", "gap")}
+        params = f.params
+    finally:
+        if mine:
+            f.close()
+    gap = SimpleNamespace(limit=lim, Ns=sizes["N"], r_N=sizes["r_N"], gap=sizes["gap"])
+    fig = plot_finite_size_gap(gap, ax=ax)
+    ax1 = fig.axes[0] if ax is None else ax[0]
+    lp = params.get("limit_params") or []
+    if params.get("limit") == "Graphon 'constant'" and len(lp) and float(lp[0]) > 0:
+        Kp = float(params["K"]) * float(lp[0])
+        r_oa = np.sqrt(max(0.0, 1.0 - 2.0 * float(params["gamma"]) / Kp))
+        ax1.axhline(r_oa, color="k", lw=0.8, ls=":",
+                    label=rf"Ott–Antonsen $\sqrt{{1 - 2\gamma/(Kp)}}$ = {r_oa:.4f}")  # fmt: skip
+        ax1.legend(fontsize=8)
     _save(fig, path)
     return fig
 
@@ -720,6 +805,8 @@ RUN_PLOTS: dict[str, Any] = {
     "sgd_stability_diagram": plot_diagram_run,
     "sweep": plot_sweep_run,
     "meanfield_limit": plot_limit_run,
+    "coupling_spectrum": plot_spectrum_run,
+    "finite_size_gap": plot_gap_run,
     "dde_lyapunov": plot_dde_lyapunov,
     "fit": plot_fit_run,
 }

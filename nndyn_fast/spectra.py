@@ -46,7 +46,14 @@ from .graphs import DigraphMeasure, Graphon
 from .kernels import kuramoto as kk
 from .meanfield import Coupling, _threads
 
-__all__ = ["CouplingSpectrum", "coupling_spectrum", "critical_coupling", "coupling_operator"]
+__all__ = [
+    "CouplingSpectrum",
+    "coupling_spectrum",
+    "critical_coupling",
+    "coupling_operator",
+    "graphon_eigenvalues",
+    "save_spectrum",
+]
 
 WHICH = ("largest", "smallest", "both")
 SPECTRUM_METHODS = ("auto", "krylov", "dense")
@@ -485,3 +492,181 @@ def critical_coupling(
     if lam <= 0.0:
         return float("inf")
     return (2.0 * g + sigma**2) / lam
+
+
+# -- closed forms and run files ------------------------------------------------------------------
+
+
+def graphon_eigenvalues(w: Graphon, k: int = 6, which: str = "largest") -> np.ndarray:
+    """Eigenvalues of the integral operator (T f)(x) = ∫_0^1 w(x, y) f(y) dy of a built-in
+    graphon, in closed form (the N → ∞ values that :func:`coupling_spectrum` approaches).
+
+    - constant p: p (constant mode), then 0 (every other mode);
+    - small-world(r, p), w = p + (1 − 2p) 1[dist(x, y) ≤ r] (the ring graphon at p = 0), a
+      circulant on the circle, with Fourier modes e^{2πimx}: p + (1 − 2p) 2r (m = 0) and
+      (1 − 2p) sin(2πmr)/(πm) for m ≥ 1, each twice (cos and sin), with r capped at 1/2;
+    - power-law (x y)^−γ = u(x) u(y), rank one: ∫ u² = 1/(1 − 2γ) for γ < 1/2 (for γ >= 1/2
+      the operator is unbounded: inf), then 0;
+    - directed ring 1[0 < (y − x) mod 1 ≤ r], a directed circulant: r (m = 0) and
+      (e^{2πimr} − 1)/(2πim) for m ≠ 0 (complex: conjugate pairs).
+
+    Parameters
+    ----------
+    w : Graphon
+        A built-in graphon (a user function has no closed form: ValueError).
+    k : int
+        Number of eigenvalues from each requested end.
+    which : "largest", "smallest" or "both"
+        As for :func:`coupling_spectrum`: ordered alike (by the real part), so the two arrays
+        compare entry by entry.
+
+    Returns
+    -------
+    array (k,) or (2k,): float (complex for the directed ring).
+    """
+    k = check_int("k", k, minimum=1)
+    check_memory(f"k = {k} closed-form eigenvalues", 96.0 * (4 * k + 64))
+    check_option("which", which, WHICH)
+    if not isinstance(w, Graphon):
+        raise TypeError(f"w must be a Graphon, got {type(w).__name__}")
+    m = np.arange(1, 4 * k + 64, dtype=np.float64)
+    if w.name == "constant":
+        vals = np.concatenate([[w.params[0]], np.zeros(2 * k)])
+    elif w.name == "small_world":
+        r, p = min(w.params[0], 0.5), w.params[1]
+        modes = (1 - 2 * p) * np.sin(2 * np.pi * m * r) / (np.pi * m)
+        vals = np.concatenate([[p + (1 - 2 * p) * 2 * r], np.repeat(modes, 2)])
+    elif w.name == "power_law":
+        g = w.params[0]
+        top = 1.0 / (1.0 - 2.0 * g) if g < 0.5 else np.inf
+        vals = np.concatenate([[top], np.zeros(2 * k)])
+    elif w.name == "directed_ring":
+        r = min(w.params[0], 1.0)
+        mm = np.concatenate([m, -m])
+        modes = (np.exp(2j * np.pi * mm * r) - 1) / (2j * np.pi * mm)
+        vals = np.concatenate([[complex(r)], modes])
+    else:
+        raise ValueError(f"graphon {w.name!r} has no closed-form spectrum (a user function)")
+    return _select(vals, None, k, which)[0]
+
+
+SPECTRUM_KIND = "coupling_spectrum"
+
+
+def _spectrum_series(n_vals: int, n: int, vectors: bool) -> dict:
+    rank = {"dtype": np.int64, "coord": True, "long_name": "position j in the list (1 = first)"}
+    spec: dict[str, Any] = {
+        "eigenvalues": {
+            "rank": rank,
+            "value": {
+                "shape": (2,),
+                "dims": ("part",),
+                "units": "1",
+                "long_name": "eigenvalue lambda_j of the coupling operator W/N: Re, Im",
+            },
+            "reference": {
+                "shape": (2,),
+                "dims": ("part",),
+                "units": "1",
+                "long_name": "closed-form eigenvalue of the graph limit (NaN: none known): Re, Im",
+            },
+        }  # fmt: skip
+    }
+    if vectors:
+        spec["eigenvectors"] = {
+            "rank": rank,
+            "value": {"shape": (2, n), "dims": ("part", "node"), "units": "1",
+                      "long_name": "eigenvector of lambda_j at the nodes (graph limits: L2(mu) "
+                      "normalised): Re, Im"},
+        }  # fmt: skip
+    return spec
+
+
+def save_spectrum(
+    spectrum: CouplingSpectrum,
+    out: str | Any,
+    *,
+    reference: Any = None,
+    noise: float | None = None,
+    gamma: float | None = None,
+    params: dict[str, Any] | None = None,
+    x: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write a spectrum (and the critical couplings it gives) to a run file of kind
+    ``coupling_spectrum`` (through :func:`nndyn_fast.runs.start_run`).
+
+    Series ``eigenvalues`` (rank, value (2,) = (Re λ, Im λ), reference (2,): ``reference``
+    or NaN) and, where the spectrum holds them, ``eigenvectors`` (rank, value (2, N)); the
+    summary holds lambda_max and the critical couplings of :func:`critical_coupling` for
+    ``noise`` (identical oscillators, K_c = σ²/λ_max) and ``gamma`` (Lorentzian, K_c =
+    (2γ + σ²)/λ_max) where given.
+
+    Parameters
+    ----------
+    spectrum : CouplingSpectrum
+    out : the run file.
+    reference : array, optional
+        Closed-form eigenvalues in the spectrum's order (e.g. :func:`graphon_eigenvalues`).
+    noise, gamma : float, optional
+        σ >= 0 and the Lorentzian half-width γ > 0 (as for :func:`critical_coupling`).
+    params : dict, optional
+        What the coupling was (stored in ``/params`` beside the spectrum's own).
+    x : array (N,), optional
+        The nodes' positions (the ``node`` axis' coordinate values).
+    overwrite : replace an existing ``out``.
+
+    Returns
+    -------
+    str: the path written.
+    """
+    from .runs import start_run
+
+    if not isinstance(spectrum, CouplingSpectrum):
+        raise TypeError(f"spectrum must be a CouplingSpectrum, got {type(spectrum).__name__}")
+    overwrite = check_bool("overwrite", overwrite)
+    vals = np.asarray(spectrum.eigenvalues)
+    ref = np.full(vals.shape, np.nan, dtype=complex)
+    if reference is not None:
+        r = np.asarray(reference, dtype=complex).ravel()[: vals.size]
+        ref[: r.size] = r
+    summary: dict[str, Any] = {"lambda_max": spectrum.lambda_max}
+    if noise is not None:
+        noise = check_nonnegative("noise", noise)
+        if noise > 0:
+            summary["K_c_identical"] = critical_coupling(None, noise, spectrum=spectrum)
+    if gamma is not None:
+        gamma = check_positive("gamma", gamma)
+        summary["K_c_lorentzian"] = critical_coupling(None, noise, "lorentzian", gamma,
+                                                      spectrum=spectrum)  # fmt: skip
+    run_params = {**(params or {}), "N": spectrum.n, "k_found": int(vals.size),
+                  "symmetric": spectrum.symmetric, "method": spectrum.method,
+                  "n_matvec": spectrum.n_matvec, "noise": noise, "gamma": gamma}  # fmt: skip
+    vecs = spectrum.eigenvectors
+    series = _spectrum_series(vals.size, spectrum.n, vecs is not None)
+    coords: dict[str, Any] = {"eigenvalues": {"part": (["re", "im"], "1", "real and imaginary "
+                                                        "part")}}  # fmt: skip
+    if vecs is not None:
+        node = np.arange(spectrum.n, dtype=np.float64) if x is None else np.asarray(x, float)
+        what = "node index" if x is None else "node position x"
+        coords["eigenvectors"] = {"part": (["re", "im"], "1", "real and imaginary part"),
+                                  "node": (node, "1", what)}  # fmt: skip
+    rows = {s: int(vals.size) for s in series}
+    run = start_run(
+        out, kind=SPECTRUM_KIND, params=run_params, series=series, rows=rows,
+        checkpoint={"done": 0}, coords=coords, overwrite=overwrite,
+        description="eigenvalues of the coupling operator W/N of a network or graph limit "
+        "(largest/smallest by real part), beside their closed form where known; the summary "
+        "holds lambda_max and the critical couplings of the incoherent state",
+    )  # fmt: skip
+    with run:
+        rank = np.arange(1, vals.size + 1, dtype=np.int64)
+        run.append("eigenvalues", rank=rank, value=np.stack([vals.real, np.imag(vals)], axis=1),
+                   reference=np.stack([ref.real, ref.imag], axis=1))  # fmt: skip
+        if vecs is not None:
+            v = np.asarray(vecs).T
+            run.append("eigenvectors", rank=rank,
+                       value=np.stack([v.real, np.imag(v)], axis=1))  # fmt: skip
+        run.commit(done=1)
+        run.summarize(**summary)
+    return str(run.path)

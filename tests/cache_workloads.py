@@ -73,6 +73,24 @@ def simulate() -> None:
     nf.simulate(model, rng.uniform(0.0, 2 * np.pi, n), 0.5, 0.01)
 
 
+def networks() -> None:
+    # every coupling form through the fused kernels, and noisy runs (one realisation: the
+    # row-parallel sums; a batch: the serial sums, with their own prefix-sum scratch)
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n = 40
+    omega = rng.standard_normal(n)
+    th = rng.uniform(0.0, 2 * np.pi, n)
+    W = rng.random((n, n))
+    for coupling in (W, sp.csr_matrix(np.where(W > 0.7, W, 0.0)), nf.Graphon.ring(0.2)):
+        model = nf.Kuramoto(omega, coupling, 1.0)
+        nf.simulate(model, th, 0.2, 0.05)
+        nf.simulate(model, th, 0.2, 0.05, method="dopri5")
+        nf.simulate(model, th, 0.2, 0.05, noise=0.3, seed=1)
+        nf.simulate(model, th, 0.2, 0.05, noise=0.3, seed=1, realisations=2)
+
+
 def gradients() -> None:
     model = nf.NeuralODE.random(3, 4, layers=2, seed=0)
     X = np.random.default_rng(0).standard_normal((20, 3))
@@ -122,7 +140,7 @@ def user() -> None:
 
 FAMILIES = {
     f.__name__: f
-    for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate, gradients, user)
+    for f in (ode_batch, ode_fixed, dde, training, lyapunov, simulate, networks, gradients, user)
 }
 
 

@@ -31,6 +31,9 @@ KINDS = [
     "dde_lyapunov",
     "meanfield_limit",
     "meanfield_limit_fp",
+    "coupling_spectrum",
+    "coupling_spectrum_directed",
+    "finite_size_gap",
 ]
 
 # variants written under another kind: the ``kind`` attribute their file holds
@@ -38,6 +41,7 @@ KIND_OF = {
     "noisy_kuramoto": "kuramoto",
     "noisy_firing_rate": "firing_rate",
     "meanfield_limit_fp": "meanfield_limit",
+    "coupling_spectrum_directed": "coupling_spectrum",
 }
 
 
@@ -120,6 +124,16 @@ def make(kind: str, folder: Path) -> Path:
 
         meanfield_limit(Graphon.constant(1.0), K=2.0, noise=0.5, modes=8, t_end=0.5, dt=0.05,
                         save_every=5, out=out)  # fmt: skip
+    elif kind == "coupling_spectrum":  # a ring graphon with eigenvectors and both K_c
+        _cli(["spectrum", "--N", "40", "--graph", "ring", "--r", "0.2", "--k", "3", "--vectors",
+              "--noise", "0.5", "--width", "0.3", "--plot", "", "--no-progress", *o])  # fmt: skip
+    elif kind == "coupling_spectrum_directed":  # complex eigenvalues
+        _cli(["spectrum", "--N", "30", "--graph", "directed-ring", "--r", "0.3", "--k", "3",
+              "--width", "0.2", "--plot", "", *o])  # fmt: skip
+    elif kind == "finite_size_gap":  # nndyn limit beside particle runs
+        _cli(["limit", "--graph", "complete", "--K", "3", "--width", "0.5", "--x-grid", "16",
+              "--t-end", "1", "--dt", "0.1", "--particles", "20", "40", "--plot", "",
+              *o])  # fmt: skip
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return out

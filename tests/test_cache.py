@@ -166,7 +166,8 @@ def warm():
 
 
 _FAMILIES = [
-    "ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate", "gradients", "user"
+    "ode_batch", "ode_fixed", "dde", "training", "lyapunov", "simulate", "networks", "gradients",
+    "user",
 ]  # fmt: skip
 
 

@@ -173,7 +173,8 @@ def test_heun_converges_with_strong_order_one_on_a_linear_problem():
 
 def test_noise_free_stochastic_run_equals_euler_on_every_coupling_kind():
     """σ = 0 turns Euler–Maruyama into Euler: the serial sums of the realisation-parallel path
-    against the deterministic kernels, for every form of W (float rounding of the sums)."""
+    against the deterministic kernels, for every form of W, bit for bit (the serial sums are
+    the deterministic kernels' own row sums, taken unit by unit on one thread)."""
     N = 24
     rng = np.random.default_rng(3)
     Wd = rng.random((N, N))
@@ -191,7 +192,7 @@ def test_noise_free_stochastic_run_equals_euler_on_every_coupling_kind():
         m = Kuramoto(omega, W, 1.5, alpha=0.3, dtype=dtype)
         det = simulate(m, theta0, 1.0, 0.05, method="euler")
         sto = simulate(m, theta0, 1.0, 0.05, method="em", noise=0.0, realisations=2)
-        np.testing.assert_allclose(sto.state[1], det.state, rtol=0, atol=1e-11)
+        np.testing.assert_array_equal(sto.state[1], det.state)
     # one realisation takes the deterministic row sums: the same bits as Euler
     m = Kuramoto(omega, Wd, 1.5)
     det = simulate(m, theta0, 1.0, 0.05, method="euler")
@@ -201,7 +202,24 @@ def test_noise_free_stochastic_run_equals_euler_on_every_coupling_kind():
     fr = FiringRate(omega, Wd, 0.8, "tanh")
     det = simulate(fr, theta0, 1.0, 0.05, method="euler")
     sto = simulate(fr, theta0, 1.0, 0.05, method="em", noise=0.0, realisations=2)
-    np.testing.assert_allclose(sto.state[0], det.state, rtol=0, atol=1e-11)
+    np.testing.assert_array_equal(sto.state[0], det.state)
+
+
+def test_a_realisation_alone_is_bitwise_that_realisation_in_a_batch():
+    """One realisation takes the row-parallel sums, a batch the serial ones on threads of its
+    own: both are the same row sums, so realisation 0 has the same bits either way (with noise,
+    Heun, on every form of W that has its own code path)."""
+    N = 20
+    rng = np.random.default_rng(13)
+    Wd = rng.random((N, N))
+    omega = rng.normal(size=N)
+    theta0 = rng.uniform(0, TWO_PI, N)
+    for W in (Wd, sp.csr_matrix(np.where(Wd > 0.6, Wd, 0.0)), Graphon.small_world(0.2, 0.1),
+              Coupling(Graphon.power_law(0.3), N, pairwise=True)):  # fmt: skip
+        m = Kuramoto(omega, W, 1.5, alpha=0.3)
+        one = simulate(m, theta0, 0.5, 0.05, method="heun", noise=0.4, seed=5)
+        many = simulate(m, theta0, 0.5, 0.05, method="heun", noise=0.4, seed=5, realisations=3)
+        np.testing.assert_array_equal(many.state[0], one.state)
 
 
 def test_higher_harmonics_are_the_fourier_sum():

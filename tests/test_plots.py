@@ -100,6 +100,9 @@ THEORY = {
     "dde_lyapunov": "lambda = 0",
     "meanfield_limit": "ott_antonsen",
     "meanfield_limit_fp": "fokker_planck",
+    "coupling_spectrum": "closed form (ring",
+    "coupling_spectrum_directed": "closed form (directed-ring",
+    "finite_size_gap": "Ott–Antonsen",
 }
 
 

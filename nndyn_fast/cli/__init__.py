@@ -29,6 +29,8 @@ FAMILIES = [
     ("nndyn_fast.cli.dde", "add_dde_parser"),
     ("nndyn_fast.cli.sgd_lyapunov", "add_sgd_lyapunov_parser"),
     ("nndyn_fast.cli.sweep", "add_sweep_parser"),
+    ("nndyn_fast.cli.spectrum", "add_spectrum_parser"),
+    ("nndyn_fast.cli.limit", "add_limit_parser"),
     # further families register here
 ]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +18,18 @@ from nndyn_fast._validate import (
     check_size,
     load_npy,
 )
-from nndyn_fast.graphs import Graphon, load_matrix, w_random_graph
 from nndyn_fast.meanfield import FiringRate, Kuramoto, simulate
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options, progress_enabled
+from .common import (
+    GRAPHS,
+    add_coupling_options,
+    add_run_file_options,
+    build_coupling,
+    progress_enabled,
+)
 
 FREQUENCIES = ("lorentzian", "normal", "uniform")
-GRAPHS = ("complete", "erdos-renyi", "ring", "small-world", "power-law", "directed-ring")
-REPRESENTATIONS = ("auto", "matrix-free", "dense", "sampled")
 
 
 def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,23 +61,7 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="half-width γ (lorentzian), std (normal) or half-range (uniform)",
     )
-    p.add_argument(
-        "--graph", default="complete", help=f"one of {list(GRAPHS)} or a .npz/.npy/.h5 matrix file"
-    )
-    p.add_argument(
-        "--p",
-        type=float,
-        default=0.1,
-        help="edge probability (erdos-renyi), rewiring level (small-world)",
-    )
-    p.add_argument("--r", type=float, default=0.25, help="coupling range of ring graphons")
-    p.add_argument("--gamma", type=float, default=0.5, help="power-law exponent in (0, 1)")
-    p.add_argument(
-        "--representation",
-        default="auto",
-        choices=REPRESENTATIONS,
-        help="graphons: matrix-free (auto), dense matrix, or sampled W-random graph",
-    )
+    add_coupling_options(p)
     p.add_argument("--activation", default="tanh", help="activation of --model rate")
     p.add_argument(
         "--dt",
@@ -166,25 +152,7 @@ def _frequencies(kind: str, n: int, width: float, rng: np.random.Generator) -> n
 
 
 def _graph(o: argparse.Namespace) -> Any:
-    n, rep = o.N, o.representation
-    if o.graph not in GRAPHS:
-        if Path(o.graph).suffix.lower() in (".npz", ".npy", ".h5", ".hdf5"):
-            return load_matrix(o.graph)
-        raise ValueError(f"--graph must be one of {list(GRAPHS)} or a matrix file, got {o.graph!r}")
-    if o.graph == "erdos-renyi":
-        return w_random_graph(Graphon.constant(o.p), n, seed=o.seed + 1)
-    w = {
-        "complete": lambda: Graphon.constant(1.0),
-        "ring": lambda: Graphon.ring(o.r),
-        "small-world": lambda: Graphon.small_world(o.r, o.p),
-        "power-law": lambda: Graphon.power_law(o.gamma),
-        "directed-ring": lambda: Graphon.directed_ring(o.r),
-    }[o.graph]()
-    if rep == "dense":
-        return w.matrix(n, dtype=np.float32 if o.dtype == "float32" else np.float64)
-    if rep == "sampled":
-        return w_random_graph(w, n, seed=o.seed + 1)
-    return w
+    return build_coupling(o, o.N, o.dtype)
 
 
 def run_kuramoto(o: argparse.Namespace) -> int:
