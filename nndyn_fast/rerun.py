@@ -10,6 +10,7 @@ stored, and :func:`rerun` says so.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,33 +130,96 @@ def _ode(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     )  # fmt: skip
 
 
-def _dde(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+def _call(fn: Callable, p: dict, *, skip: tuple[str, ...] = (), **given: Any) -> Any:
+    """``fn(**given, **stored)`` with every stored parameter named like one of ``fn``'s
+    keyword parameters (``skip`` and ``given`` aside), so an option the entry point gains
+    and stores is rerun without a change here; the command line's options go through
+    ``extra_params`` when ``fn`` takes it."""
+    sig = inspect.signature(fn).parameters
+    kw = {
+        k: v
+        for k, v in p.items()
+        if k in sig
+        and sig[k].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and k not in skip
+        and k not in given
+        and k not in ("out", "overwrite", "resume", "progress", "extra_params")
+    }
+    if "extra_params" in sig and "extra_params" not in given:
+        extra = {k: p[k] for k in ("cli_command", "cli_options") if k in p}
+        given["extra_params"] = extra or None
+    return fn(**given, **kw)
+
+
+def _dde_field(p: dict, path: str) -> Any:
+    """The built-in delay field a ``dde`` or ``dde_lyapunov`` file records."""
     from . import delay
 
     if "model_code" in p:
         raise _user(path, "field", p["model"], p["model_code"])
-    if "history_code" in p:
-        raise _user(path, "history", p["history"], p["history_code"])
     name = p["model"]
     if name == "MackeyGlass":
-        f = delay.MackeyGlass(beta=p["beta"], gamma=p["gamma"], n=p["n"])
-    elif name == "LinearDDE":
+        return delay.MackeyGlass(beta=p["beta"], gamma=p["gamma"], n=p["n"])
+    if name == "LinearDDE":
         A, B = _need(p, path, "A", "B")
-        f = delay.LinearDDE(A, B)
-    else:
-        raise ValueError(f"cannot rerun {path!r}: rebuilding a {name} is not supported")
-    t, taus = _need(p, path, "t", "delays")
+        return delay.LinearDDE(A, B)
+    if name == "NeuralDDE":
+        W, A, B, b, tl, act = _need(p, path, "W", "A", "B", "b", "t_layers", "activation")
+        return delay.NeuralDDE(W, A, B, b, activation=act, t_layers=tl)
+    raise ValueError(f"cannot rerun {path!r}: rebuilding a {name} is not supported")
+
+
+def _dde_history(p: dict, path: str) -> Any:
+    """The initial function a ``dde`` or ``dde_lyapunov`` file records (constant or samples)."""
+    if "history_code" in p:
+        raise _user(path, "history", p["history"], p["history_code"])
     if "history_times" in p:
-        ht, hy, hs = _need(p, path, "history_times", "history_values", "history_slopes")
-        history: Any = (ht, hy, hs)
-    else:
-        (h,) = _need(p, path, "history")
-        history = h if p["batched"] else h[0]
-    return delay.ddeint(
-        f, history, t, delays=taus, method=p["method"], dt=p["dt"], rtol=p["rtol"],
-        atol=p["atol"], hmax=p["hmax"], max_steps=int(p["max_steps"]),
-        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
+        return tuple(_need(p, path, "history_times", "history_values", "history_slopes"))
+    (h,) = _need(p, path, "history")
+    return h if p["batched"] else h[0]
+
+
+def _dde(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from . import delay
+
+    f, history = _dde_field(p, path), _dde_history(p, path)
+    t, taus = _need(p, path, "t", "delays")
+    return _call(
+        delay.ddeint, p, skip=("f", "history", "jac", "args", "history_args"), f=f,
+        history=history, t=t, delays=taus, out=out, overwrite=overwrite,
     )  # fmt: skip
+
+
+def _dde_lyapunov(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .dde_lyapunov import dde_lyapunov
+
+    f, history = _dde_field(p, path), _dde_history(p, path)
+    return _call(
+        dde_lyapunov, p, skip=("jac", "args", "history_args"), f=f, history=history, out=out,
+        overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _product(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .lyapunov import product_lyapunov
+
+    (factors,) = _need(p, path, "factors")
+    if isinstance(factors, str):
+        raise _user(path, "factor sampler", factors, "not stored")
+    return _call(product_lyapunov, p, skip=("steps",), factors=factors, out=out,
+                 overwrite=overwrite)  # fmt: skip
+
+
+def _fit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .fit import fit
+    from .model_record import model_from_record
+
+    X, Y = _need(p, path, "X", "Y")
+    try:
+        model = model_from_record(p)
+    except ValueError as exc:
+        raise ValueError(f"cannot rerun {path!r}: {exc}") from None
+    return _call(fit, p, model=model, X=X, Y=Y, out=out, overwrite=overwrite)
 
 
 def _gd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
@@ -247,6 +311,9 @@ _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
     "firing_rate": _network,
     "ode": _ode,
     "dde": _dde,
+    "dde_lyapunov": _dde_lyapunov,
+    "product_lyapunov": _product,
+    "fit": _fit,
     "gradient_descent": _gd,
     "lyapunov_spectrum": _lyapunov,
     "sgd_lyapunov": _sgd,
@@ -264,9 +331,10 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     bitwise on the same machine and version).
 
     Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (built-in couplings, with or without
-    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
-    ``gradient_descent``, ``lyapunov_spectrum`` (built-in systems), ``sgd_lyapunov`` and
-    ``sgd_stability_diagram`` and ``meanfield_limit``.
+    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` and ``dde_lyapunov``
+    (MackeyGlass, LinearDDE, NeuralDDE), ``fit`` (NeuralODE, AugmentedNeuralODE),
+    ``product_lyapunov`` (a stored factor array), ``gradient_descent``, ``lyapunov_spectrum``
+    (built-in systems), ``sgd_lyapunov``, ``sgd_stability_diagram`` and ``meanfield_limit``.
 
     Raises
     ------

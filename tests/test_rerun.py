@@ -28,6 +28,9 @@ KINDS = [
     "sgd_stability_diagram",
     "meanfield_limit",
     "meanfield_limit_fp",
+    "fit",
+    "dde_lyapunov",
+    "product_lyapunov",
 ]
 
 
@@ -44,18 +47,28 @@ def _series(path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
-    src = make(kind, tmp_path)
-    again = tmp_path / "again.h5"
-    rerun(src, again)
+def _same_run(src, again) -> None:
+    """``again`` holds ``src``'s rows bitwise, and the same parameters (the command line's
+    options too), complete."""
     a, b = _series(src), _series(again)
     assert a and set(a) == set(b)
     for key in a:
         assert a[key].dtype == b[key].dtype, key
         assert np.array_equal(a[key], b[key], equal_nan=True), key
-    with open_run(again) as f:
-        assert f.status == "complete"
+    with open_run(src) as f, open_run(again) as g:
+        assert g.status == "complete"
+        pa, pb = f.params, g.params
+        assert set(pa) == set(pb)
+        for key in pa:
+            assert np.array_equal(np.asarray(pa[key]), np.asarray(pb[key])), key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
+    src = make(kind, tmp_path)
+    again = tmp_path / "again.h5"
+    rerun(src, again)
+    _same_run(src, again)
 
 
 def test_rerun_of_a_user_function_says_it_is_not_stored(tmp_path):
@@ -88,8 +101,7 @@ def test_rerun_rebuilds_each_built_in_coupling(graph, tmp_path):
     src = tmp_path / "src.h5"
     simulate(model, rng.uniform(0, 2 * np.pi, n), 0.5, 0.05, save_every=5, out=src)
     rerun(src, tmp_path / "again.h5")
-    a, b = _series(src), _series(tmp_path / "again.h5")
-    assert a and all(np.array_equal(a[k], b[k]) for k in a)
+    _same_run(src, tmp_path / "again.h5")
 
 
 def test_rerun_of_a_user_field_says_it_is_not_stored(tmp_path):
@@ -100,3 +112,50 @@ def test_rerun_of_a_user_field_says_it_is_not_stored(tmp_path):
                  str(src)]) == 0  # fmt: skip
     with pytest.raises(ValueError, match="field is a user function.*shear_field.*sha256:"):
         rerun(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_neural_dde(tmp_path):
+    """A NeuralDDE's weights, activation, layer times and delays are stored: two layers, two
+    delays, a batch of constant histories."""
+    from nndyn_fast import NeuralDDE, ddeint
+
+    rng = np.random.default_rng(5)
+    L, m, H, d = 2, 2, 3, 2
+    f = NeuralDDE(rng.normal(size=(L, d, H)), rng.normal(size=(L, H, d)),
+                  rng.normal(size=(L, m, H, d)) * 0.5, rng.normal(size=(L, H)),
+                  activation="softplus", t_layers=[0.0, 0.7, 2.0])  # fmt: skip
+    src = tmp_path / "ndde.h5"
+    ddeint(f, rng.normal(size=(3, d)), np.linspace(0, 2, 9), delays=[0.3, 0.5], method="rk4",
+           dt=0.05, out=src)  # fmt: skip
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_neural_ode_fit_by_adam_in_batches(tmp_path):
+    """The mini-batches are drawn from the stored seed; the inner form, two layers and
+    dopri5 are rebuilt from the file."""
+    from nndyn_fast import NeuralODE
+    from nndyn_fast.fit import fit
+
+    rng = np.random.default_rng(6)
+    model = NeuralODE.inner(rng.normal(size=(2, 2, 2)) * 0.5, rng.normal(size=(2, 2)) * 0.1,
+                            activation="tanh", T=0.5)  # fmt: skip
+    X = rng.normal(size=(6, 2))
+    src = tmp_path / "fit.h5"
+    fit(model, X, X[:, ::-1], method="adam", steps=5, batch_size=2, seed=3, solver="dopri5",
+        rtol=1e-5, atol=1e-7, out=src)  # fmt: skip
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_sampled_factor_product_says_it_is_not_stored(tmp_path):
+    from nndyn_fast.lyapunov import product_lyapunov
+
+    src = tmp_path / "prod.h5"
+    product_lyapunov(_gaussian_factors, steps=20, chunk=10, out=src)
+    with pytest.raises(ValueError, match="factor sampler is a user function.*_gaussian_factors"):
+        rerun(src, tmp_path / "again.h5")
+
+
+def _gaussian_factors(rng, m):
+    return rng.normal(size=(m, 2, 2))
