@@ -101,7 +101,7 @@ def _network(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         model = FiringRate(inp, W, p["K"], activation=p["activation"], dtype=p["dtype"])
     (x0,) = _need(p, path, "state0")
     tols = {k: p[k] for k in ("rtol", "atol") if k in p}
-    extra = {k: p[k] for k in ("cli_options",) if k in p}
+    extra = _cli(p)
     return simulate(
         model, x0, p["t_end"], p["dt"], method=p["method"], save_every=int(p["save_every"]),
         out=out, overwrite=overwrite, extra_params=extra or None, **tols, **noisy,
@@ -125,9 +125,13 @@ def _ode(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     return odeint(
         model, x, t, method=p["method"], dt=p["dt"], rtol=rtol, atol=atol,
         max_steps=int(p["max_steps"]), variational=bool(p["variational"]),
-        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
-        extra_params={k: p[k] for k in ("cli_command", "cli_options") if k in p} or None,
+        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite, extra_params=_cli(p),
     )  # fmt: skip
+
+
+def _cli(p: dict) -> dict | None:
+    """The command line's options a file stores (``extra_params`` of the rerun)."""
+    return {k: p[k] for k in ("cli_command", "cli_options") if k in p} or None
 
 
 def _call(fn: Callable, p: dict, *, skip: tuple[str, ...] = (), **given: Any) -> Any:
@@ -146,8 +150,7 @@ def _call(fn: Callable, p: dict, *, skip: tuple[str, ...] = (), **given: Any) ->
         and k not in ("out", "overwrite", "resume", "progress", "extra_params")
     }
     if "extra_params" in sig and "extra_params" not in given:
-        extra = {k: p[k] for k in ("cli_command", "cli_options") if k in p}
-        given["extra_params"] = extra or None
+        given["extra_params"] = _cli(p)
     return fn(**given, **kw)
 
 
@@ -231,6 +234,7 @@ def _gd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         mlp, theta0, X, Y, lr=p["lr"], steps=int(p["steps"]),
         sharpness_every=int(p["sharpness_every"]), k=int(p["k"]), batch_size=p["batch_size"],
         seed=p["seed"], sharpness_tol=p["sharpness_tol"], out=out, overwrite=overwrite,
+        extra_params=_cli(p),
     )  # fmt: skip
 
 
@@ -275,7 +279,7 @@ def _diagram(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         G, lrs, bs, steps=int(p["steps"]), k=int(p["k"]), seed=p["seed"],
         transient=int(p["transient"]), sampling=p["sampling"], replicas=int(p["replicas"]),
         rows_per_sample=int(p["rows_per_sample"]), mean_square=bool(p["mean_square"]),
-        out=out, overwrite=overwrite,
+        out=out, overwrite=overwrite, extra_params=_cli(p),
     )  # fmt: skip
 
 

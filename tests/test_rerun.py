@@ -159,3 +159,46 @@ def test_rerun_of_a_sampled_factor_product_says_it_is_not_stored(tmp_path):
 
 def _gaussian_factors(rng, m):
     return rng.normal(size=(m, 2, 2))
+
+
+# each command's file says how it was made: the command and the options that decide the run
+@pytest.mark.parametrize(
+    "kind, command",
+    [
+        ("kuramoto", "kuramoto"),
+        ("ode", "ode"),
+        ("dde", "dde"),
+        ("gradient_descent", "eos"),
+        ("sgd_stability_diagram", "sgd-lyapunov"),
+        ("sweep", "sweep kuramoto"),
+        ("fit", "ode fit"),
+    ],
+)
+def test_each_command_stores_its_options(kind, command, tmp_path):
+    import json
+
+    src = make(kind, tmp_path)
+    with open_run(src) as f:
+        p = f.params
+    assert p["cli_command"] == command
+    options = json.loads(p["cli_options"])
+    assert "seed" in options  # every generator's seed
+    assert not {"out", "resume", "overwrite", "progress", "scheduler", "workers"} & set(options)
+
+
+@pytest.mark.parametrize("action", ["run", "lyapunov"])
+def test_rerun_of_the_neural_dde_command(action, tmp_path):
+    """``nndyn dde [lyapunov] --model neural``: the generated weights and the command's
+    options are in the file, and the rerun reproduces rows and parameters."""
+    from nndyn_fast.cli import main
+
+    src = tmp_path / "n.h5"
+    opts = ["--model", "neural", "--dim", "2", "--hidden", "3", "--tau", "1", "--seed", "4",
+            "--history", "0.3", "-0.2", "--out", str(src)]  # fmt: skip
+    if action == "run":
+        opts += ["--t-end", "3", "--frames", "7"]
+    else:
+        opts += ["--t-end", "2", "--dt", "0.1", "--k", "2"]
+    assert main(["dde", action, *opts]) == 0
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")

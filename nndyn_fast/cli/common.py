@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Iterable
 
 __all__ = [
     "DefaultsHelpFormatter",
     "add_run_file_options",
+    "cli_params",
     "progress_enabled",
     "use_defaults_formatter",
 ]
@@ -38,6 +41,14 @@ def add_run_file_options(
             default=None,
             help="frames per committed chunk (default: about 1 MiB)",
         )
+
+
+def cli_params(command: str, o: argparse.Namespace, names: Iterable[str]) -> dict[str, str]:
+    """The ``extra_params`` a command stores in its run file: ``cli_command`` and its options
+    ``names`` (the ones that decide the result: sizes, seeds, generators) as ``cli_options``
+    JSON, so the file says how it was made. Options that do not change the result (``--out``,
+    ``--resume``, ``--progress``, schedulers) are left out: a resume compares these."""
+    return {"cli_command": command, "cli_options": json.dumps({k: getattr(o, k) for k in names})}
 
 
 def progress_enabled(o: argparse.Namespace) -> bool:

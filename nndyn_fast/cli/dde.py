@@ -17,7 +17,11 @@ from nndyn_fast._validate import (
     check_size,
 )
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make the run (the generator of a neural DDE's weights, the history)
+_RUN_OPTIONS = ("model", "tau", "a", "b", "hidden", "dim", "seed", "history", "t_end", "frames",
+                "method", "dt", "rtol", "atol", "max_steps")  # fmt: skip
 
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -180,6 +184,7 @@ def run_dde(args: argparse.Namespace) -> int:
         model, hist, t, delays=args.tau, method=args.method, dt=args.dt, rtol=args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
         chunk_frames=args.chunk_frames, max_steps=args.max_steps, progress=progress_enabled(args),
+        extra_params=cli_params("dde", args, _RUN_OPTIONS),
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):
@@ -197,6 +202,7 @@ def _lyapunov(args: argparse.Namespace, model, hist: np.ndarray) -> int:
         model, hist, delays=args.tau, k=args.k, t_end=args.t_end, dt=dt,
         transient=args.transient, seed=args.seed, out=args.out or "dde.h5",
         overwrite=args.overwrite, resume=args.resume,
+        extra_params=cli_params("dde lyapunov", args, (*_RUN_OPTIONS, "k", "transient")),
     )  # fmt: skip
     print(f"wrote {args.out or 'dde.h5'}: top {args.k} exponents to t = {args.t_end} "
           f"(dt = {dt:g}, discretised dimension {res.dimension})")  # fmt: skip

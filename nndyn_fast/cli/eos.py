@@ -9,7 +9,10 @@ from nndyn_fast._validate import check_out_path
 from nndyn_fast.plots import plot_eos
 from nndyn_fast.training import eos_experiment, eos_summary
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make each run (the data and the MLP); each file holds its own lr
+_RUN_OPTIONS = ("steps", "sharpness_every", "n", "d", "width", "depth", "seed")
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +72,7 @@ def run_eos(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress_enabled(args),
         resume=args.resume,
+        extra_params=cli_params("eos", args, _RUN_OPTIONS),
     )
     print(eos_summary(runs))
     if args.plot:

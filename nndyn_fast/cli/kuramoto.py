@@ -231,7 +231,7 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         overwrite=o.overwrite,
         resume=o.resume,
         progress=not o.quiet and progress_enabled(o),
-        extra_params={"cli_options": json.dumps(options)},
+        extra_params={"cli_command": "kuramoto", "cli_options": json.dumps(options)},
     )
     with open_run(result.path) as run:
         rows = run.rows["observables"]

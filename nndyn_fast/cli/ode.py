@@ -19,7 +19,7 @@ from nndyn_fast.integrate import METHODS, odeint
 from nndyn_fast.neural import NeuralODE
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
 
 
 def add_ode_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,6 +109,11 @@ _RUN_OPTIONS = ("demo", "d", "hidden", "layers", "form", "activation", "scale", 
                 "frames", "method", "dt", "rtol", "atol", "seed")  # fmt: skip
 
 
+# the options that make a fit (the data, the model's generator, the optimiser)
+_FIT_OPTIONS = ("x", "y", "points", "hidden", "aug", "optimizer", "steps", "solver",
+                "solver_steps", "lr", "seed")  # fmt: skip
+
+
 def run_ode_fit(args: argparse.Namespace) -> int:
     from nndyn_fast._validate import load_npy
     from nndyn_fast.fit import fit
@@ -142,7 +147,8 @@ def run_ode_fit(args: argparse.Namespace) -> int:
         model = AugmentedNeuralODE(NeuralODE.random(n + q, hidden, seed=args.seed), q, R)
     r = fit(model, X, Y, method=args.optimizer, steps=args.steps, solver=args.solver,
             solver_steps=args.solver_steps, lr=args.lr, seed=args.seed, out=args.out,
-            overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+            overwrite=args.overwrite, resume=args.resume,
+            extra_params=cli_params("ode fit", args, _FIT_OPTIONS))  # fmt: skip
     print(f"wrote {r.path}: loss {r.loss[0]:.6g} -> {r.loss[-1]:.6g} in {len(r.loss) - 1} "
           f"iterations ({r.message})")  # fmt: skip
     return 0

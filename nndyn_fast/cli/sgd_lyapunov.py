@@ -26,7 +26,11 @@ from nndyn_fast._validate import (
 from nndyn_fast.plots import plot_stability_diagram
 from nndyn_fast.sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make the diagram (the generator of G, the grid)
+_RUN_OPTIONS = ("gradients", "mlp", "n", "d", "activation", "lr_factors", "lr", "batch_sizes",
+                "steps", "transient", "replicas", "sampling", "no_mean_square", "seed")  # fmt: skip
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -131,6 +135,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress_enabled(args),
         resume=args.resume,
+        extra_params=cli_params("sgd-lyapunov", args, _RUN_OPTIONS),
     )
     print(
         f"rank {diag.meta['rank']}, lambda_max {diag.lam_max:.6g}, GD threshold "
