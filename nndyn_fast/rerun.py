@@ -2,8 +2,8 @@
 
 :func:`rerun` reads ``/params`` of a run file written by the package (scalars, and the input
 arrays stored beside their digests), rebuilds the model and the call that wrote it, and runs
-it again into a new file. Kinds whose model is a user's function (a sweep of ``fn``, a user
-field, history or graphon) cannot be rebuilt: only the function's name and code digest are
+it again into a new file. Kinds whose model is a user's function (a sweep of a user's ``fn``, a
+user field, history or graphon) cannot be rebuilt: only the function's name and code digest are
 stored, and :func:`rerun` says so.
 """
 
@@ -307,7 +307,46 @@ def _limit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
 
 
 def _sweep(p: dict, path: str, out: Any, overwrite: bool) -> Any:
-    raise _user(path, "swept function", p.get("fn"), p.get("fn_code", "not stored"))
+    """A sweep of one of the package's own functions (``nndyn sweep kuramoto``): the function
+    by name, checked against its stored code digest, with the options it was bound to."""
+    import functools
+    import importlib
+
+    import h5py
+
+    from .sweep import _code_digest, sweep
+
+    name, code = p.get("fn"), p.get("fn_code", "not stored")
+    module, _, qualname = str(name).rpartition(".")
+    target = None
+    if module.split(".")[0] == "nndyn_fast" and "fn_self" not in p and "." not in qualname:
+        target = getattr(importlib.import_module(module), qualname, None)
+    fixed = {k[len("fixed_") :]: v for k, v in p.items() if k.startswith("fixed_")}
+    opaque = any(isinstance(v, str) and v.startswith("pickle-sha256:") for v in fixed.values())
+    if target is None or opaque or _code_digest(target) != code:
+        raise _user(path, "swept function", name, code)
+    names = list(p["grid_names"])
+    cols = {n: np.asarray(p[f"grid_{n}"]) for n in names}
+    if p["cartesian"]:  # the axes back from the columns of the C-order product
+        shape = tuple(int(s) for s in p["grid_shape"])
+        grid: Any = {
+            n: cols[n].reshape(shape)[
+                tuple(slice(None) if k == j else 0 for k in range(len(shape)))
+            ]
+            for j, n in enumerate(names)
+        }
+    else:
+        grid = [{n: cols[n][i].item() for n in names} for i in range(int(p["n_points"]))]
+    with h5py.File(path, "r") as h5:  # the columns' units and names, as the file has them
+        pts = h5["points"]
+        meta = {c: (str(pts[c].attrs["units"]), str(pts[c].attrs["long_name"]))
+                for c in pts if c != "index" and isinstance(pts[c], h5py.Dataset)}  # fmt: skip
+    fn = functools.partial(target, **fixed) if fixed else target
+    return sweep(
+        fn, grid, scheduler="serial", out=out, overwrite=overwrite, seed=int(p["seed"]),
+        units={c: u for c, (u, _) in meta.items()},
+        long_names={c: n for c, (_, n) in meta.items()}, extra_params=_cli(p),
+    )  # fmt: skip
 
 
 _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
@@ -338,7 +377,9 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` and ``dde_lyapunov``
     (MackeyGlass, LinearDDE, NeuralDDE), ``fit`` (NeuralODE, AugmentedNeuralODE),
     ``product_lyapunov`` (a stored factor array), ``gradient_descent``, ``lyapunov_spectrum``
-    (built-in systems), ``sgd_lyapunov``, ``sgd_stability_diagram`` and ``meanfield_limit``.
+    (built-in systems), ``sgd_lyapunov``, ``sgd_stability_diagram``, ``meanfield_limit``, and
+    ``sweep`` of one of the package's functions (``nndyn sweep kuramoto``; in-process, point
+    after point, since the table does not depend on the scheduler).
 
     Raises
     ------
@@ -354,7 +395,7 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     if kind not in _RERUN:
         raise ValueError(
             f"cannot rerun {path!r}: reruns of {kind!r} runs are not supported (supported: "
-            f"{sorted(k for k in _RERUN if k != 'sweep')})"
+            f"{sorted(_RERUN)})"
         )
     # stored arrays as fresh, writable C arrays (the types the original call compiled for)
     params = {k: (_array(v) if isinstance(v, np.ndarray) else v) for k, v in params.items()}

@@ -11,5 +11,18 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code, tmp_path, monkeypatch):
+    """Twice in the same folder: a snippet that writes a file must not fail on the second run
+    because its output exists."""
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, str(README), "exec"), {})
+    for _ in range(2):
+        exec(compile(code, str(README), "exec"), {})
+
+
+def test_readme_commands_can_run_twice():
+    """A README command that writes a run file says --overwrite (or --resume), so pasting it
+    again does not fail on the existing file (nndyn plot replaces its figure anyway)."""
+    text = README.read_text()
+    commands = re.findall(r"nndyn (?!plot)[a-z][^`\n]*--out[^`\n]*", text)
+    assert commands
+    for cmd in commands:
+        assert "--overwrite" in cmd or "--resume" in cmd, cmd

@@ -31,6 +31,7 @@ KINDS = [
     "fit",
     "dde_lyapunov",
     "product_lyapunov",
+    "sweep",
 ]
 
 
@@ -72,11 +73,33 @@ def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
 
 
 def test_rerun_of_a_user_function_says_it_is_not_stored(tmp_path):
-    src = make("sweep", tmp_path)
+    from sweep_targets import cheap
+
+    from nndyn_fast import sweep
+
+    src = tmp_path / "user.h5"
+    sweep(cheap, {"x": [1.0, 2.0]}, scheduler="serial", out=src)
     with pytest.raises(
-        ValueError, match="user function.*kuramoto_order_parameter.*code digest .sha256:"
+        ValueError, match="user function.*sweep_targets.cheap.*code digest .sha256:"
     ):
         rerun(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_sweep_of_explicit_points(tmp_path):
+    """A list of points (not a product), the package's target with a bound option."""
+    import functools
+
+    from nndyn_fast import kuramoto_order_parameter, sweep
+
+    src = tmp_path / "pts.h5"
+    fn = functools.partial(kuramoto_order_parameter, freq="random")
+    pts = [{"K": 1.0, "N": 12, "t_end": 1.0, "dt": 0.1}, {"K": 3.0, "N": 16, "t_end": 1.0,
+                                                        "dt": 0.1}]  # fmt: skip
+    sweep(fn, pts, scheduler="serial", out=src, seed=4, units={"K": "1/s"})
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+    with h5py.File(tmp_path / "again.h5", "r") as h5:
+        assert h5["points/K"].attrs["units"] == "1/s"
 
 
 def test_rerun_refuses_the_same_file(tmp_path):

@@ -51,7 +51,9 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--a", type=float, default=0.0, help="linear: x' = a x + b x(t - tau)")
     p.add_argument("--b", type=float, default=-1.0, help="linear: coefficient of x(t - tau)")
     p.add_argument("--hidden", type=int, default=8, help="neural: hidden width H")
-    p.add_argument("--dim", type=int, default=1, help="neural: state dimension d")
+    p.add_argument(
+        "--d", "--dim", dest="dim", type=int, default=1, help="neural: state dimension d"
+    )
     p.add_argument("--seed", type=int, default=0, help="neural: seed of the weights")
     p.add_argument("--history", type=float, nargs="+", default=[1.2], help="constant history")
     p.add_argument("--t-end", type=float, default=1000.0, help="end time")
