@@ -91,8 +91,10 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(func=run_sweep_kuramoto)
 
 
-# the options that make the table (the scheduler and workers do not change it)
-_RUN_OPTIONS = ("K", "N", "gamma", "t_end", "dt", "freq", "seed")
+# the options that make the table besides the grid (--K, --N, --gamma, --t-end and --dt are its
+# columns grid_*, so that a resume names the grid value that differs); the scheduler and
+# workers do not change it
+_RUN_OPTIONS = ("freq", "seed")
 _UNITS = {"K": "1", "N": "1", "gamma": "1", "t_end": "1", "dt": "1", "r": "1", "r_std": "1"}
 _LONG_NAMES = {
     "K": "coupling strength K",
