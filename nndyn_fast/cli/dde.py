@@ -64,10 +64,19 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         choices=["dopri5", "rk4"],
         help="adaptive dopri5 or fixed-step rk4 (needs --dt)",
     )
-    p.add_argument("--dt", type=float, default=None, help="rk4: time step")
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="rk4: time step (required); lyapunov: the RK4 step (default --tau / 50)",
+    )
     p.add_argument("--rtol", type=float, default=1e-8, help="dopri5 relative tolerance")
     p.add_argument("--atol", type=float, default=1e-10, help="dopri5 absolute tolerance")
-    p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run file (default dde.h5) or, for memory, the figure (default dde_memory.png)",
+    )
     add_run_file_options(p, chunk_frames=True)
     p.add_argument(
         "--max-steps",
@@ -81,7 +90,9 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         "--transient", type=float, default=0.0, help="lyapunov: discarded duration (default 0)"
     )
     p.add_argument(
-        "--plot", default=None, help="lyapunov: also draw the running estimates to this figure"
+        "--plot",
+        default=None,
+        help="lyapunov: also draw the running estimates to this figure (default: none)",
     )
     p.add_argument(
         "--kappas",

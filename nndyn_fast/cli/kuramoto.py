@@ -95,13 +95,15 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
         "--noise",
         type=float,
         default=None,
-        help="σ of additive white noise σ dB_i on every node (a stochastic run; seeded by --seed)",
+        help="σ of additive white noise σ dB_i on every node (a stochastic run; seeded by --seed; "
+        "default: none, a deterministic run)",
     )
     p.add_argument(
         "--realisations",
         type=int,
         default=None,
-        help="with --noise: this many independent realisations in one run (in parallel)",
+        help="with --noise: this many independent realisations in one run (in parallel; default: "
+        "one, without a realisation axis)",
     )
     p.add_argument("--rtol", type=float, default=None, help="dopri5/dop853: default 1e-6")
     p.add_argument("--atol", type=float, default=None, help="dopri5/dop853: default 1e-9")

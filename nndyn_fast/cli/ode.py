@@ -57,7 +57,13 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
         choices=list(METHODS),
         help="adaptive dopri5, or a fixed-step method (needs --dt)",
     )
-    p.add_argument("--dt", type=float, default=None, help="step (fixed-step methods)")
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="largest step of fixed-step methods (default: one step per frame interval); "
+        "dopri5: first step (default: chosen automatically)",
+    )
     p.add_argument("--rtol", type=float, default=1e-6, help="dopri5 relative tolerance")
     p.add_argument("--atol", type=float, default=1e-9, help="dopri5 absolute tolerance")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and initial states")
@@ -74,8 +80,8 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
         "(.npy, (B, n) and (B, p)) or the task x -> x^2 on --points points of [-1, 1]. The "
         "loss curve streams to --out.",
     )
-    f.add_argument("--x", default=None, help="inputs (.npy, shape (B, n))")
-    f.add_argument("--y", default=None, help="targets (.npy, shape (B, p))")
+    f.add_argument("--x", default=None, help="inputs (.npy, shape (B, n); default: the x^2 task)")
+    f.add_argument("--y", default=None, help="targets (.npy, shape (B, p); default: the x^2 task)")
     f.add_argument("--points", type=int, default=21, help="points of the x^2 task (default 21)")
     f.add_argument("--hidden", type=int, default=8, help="hidden width (default 8)")
     f.add_argument("--aug", type=int, default=0, help="augmented dimensions q (default 0)")

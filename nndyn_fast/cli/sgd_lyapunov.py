@@ -44,9 +44,15 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
         "criterion and the GD threshold lr < 2/lambda_max; saved to HDF5 and plotted.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--gradients", help=".npy file with the per-sample gradients (n, d)")
     src.add_argument(
-        "--mlp", help="layer widths of a random teacher MLP, e.g. 2,16,16,1 (gradients at init)"
+        "--gradients",
+        help=".npy file with the per-sample gradients (n, d) (default: a random Gaussian "
+        "--n x --d G)",
+    )
+    src.add_argument(
+        "--mlp",
+        help="layer widths of a random teacher MLP, e.g. 2,16,16,1 (gradients at init; "
+        "default: a random Gaussian G)",
     )
     p.add_argument("--n", type=int, default=50, help="samples (random G or MLP inputs)")
     p.add_argument("--d", type=int, default=100, help="parameters of a random Gaussian G")
@@ -58,7 +64,13 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="learning rates as multiples of 2/lambda_max (default 12 values in [0.1, 5])",
     )
-    p.add_argument("--lr", type=float, nargs="+", default=None, help="absolute learning rates")
+    p.add_argument(
+        "--lr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="absolute learning rates (default: --lr-factors)",
+    )
     p.add_argument(
         "--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes"
     )
@@ -77,7 +89,9 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
     add_run_file_options(
         p, resume_help="continue the diagram in --out after its last committed batch size"
     )
-    p.add_argument("--plot", default=None, help="save the diagram as this image (e.g. .png)")
+    p.add_argument(
+        "--plot", default=None, help="save the diagram as this image (e.g. .png; default: none)"
+    )
     p.set_defaults(func=run_sgd_lyapunov)
 
 
