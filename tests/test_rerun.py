@@ -64,12 +64,38 @@ def _same_run(src, again) -> None:
             assert np.array_equal(np.asarray(pa[key]), np.asarray(pb[key])), key
 
 
+# the command that wrote each kind's file in tests/run_kinds.py
+COMMAND = {
+    "kuramoto": "kuramoto",
+    "firing_rate": "kuramoto",
+    "noisy_kuramoto": "kuramoto",
+    "noisy_firing_rate": "kuramoto",
+    "ode": "ode",
+    "dde": "dde",
+    "gradient_descent": "eos",
+    "sgd_stability_diagram": "sgd-lyapunov",
+    "sweep": "sweep kuramoto",
+    "fit": "ode fit",
+}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
+    """... and a command's file says how it was made: the command and the options that decide
+    the run (every generator's seed), not those that do not (files, resume, schedulers)."""
+    import json
+
     src = make(kind, tmp_path)
     again = tmp_path / "again.h5"
     rerun(src, again)
     _same_run(src, again)
+    if kind in COMMAND:
+        with open_run(src) as f:
+            p = f.params
+        assert p["cli_command"] == COMMAND[kind]
+        options = json.loads(p["cli_options"])
+        assert "seed" in options
+        assert not {"out", "resume", "overwrite", "progress", "scheduler", "workers"} & set(options)
 
 
 def test_rerun_of_a_user_function_says_it_is_not_stored(tmp_path):
@@ -156,7 +182,7 @@ def test_rerun_of_a_neural_dde(tmp_path):
 
 def test_rerun_of_a_neural_ode_fit_by_adam_in_batches(tmp_path):
     """The mini-batches are drawn from the stored seed; the inner form, two layers and
-    dopri5 are rebuilt from the file."""
+    the solver's options are rebuilt from the file."""
     from nndyn_fast import NeuralODE
     from nndyn_fast.fit import fit
 
@@ -165,8 +191,8 @@ def test_rerun_of_a_neural_ode_fit_by_adam_in_batches(tmp_path):
                             activation="tanh", T=0.5)  # fmt: skip
     X = rng.normal(size=(6, 2))
     src = tmp_path / "fit.h5"
-    fit(model, X, X[:, ::-1], method="adam", steps=5, batch_size=2, seed=3, solver="dopri5",
-        rtol=1e-5, atol=1e-7, out=src)  # fmt: skip
+    fit(model, X, X[:, ::-1], method="adam", steps=5, batch_size=2, seed=3, solver="rk4",
+        solver_steps=3, out=src)  # fmt: skip
     rerun(src, tmp_path / "again.h5")
     _same_run(src, tmp_path / "again.h5")
 
@@ -182,31 +208,6 @@ def test_rerun_of_a_sampled_factor_product_says_it_is_not_stored(tmp_path):
 
 def _gaussian_factors(rng, m):
     return rng.normal(size=(m, 2, 2))
-
-
-# each command's file says how it was made: the command and the options that decide the run
-@pytest.mark.parametrize(
-    "kind, command",
-    [
-        ("kuramoto", "kuramoto"),
-        ("ode", "ode"),
-        ("dde", "dde"),
-        ("gradient_descent", "eos"),
-        ("sgd_stability_diagram", "sgd-lyapunov"),
-        ("sweep", "sweep kuramoto"),
-        ("fit", "ode fit"),
-    ],
-)
-def test_each_command_stores_its_options(kind, command, tmp_path):
-    import json
-
-    src = make(kind, tmp_path)
-    with open_run(src) as f:
-        p = f.params
-    assert p["cli_command"] == command
-    options = json.loads(p["cli_options"])
-    assert "seed" in options  # every generator's seed
-    assert not {"out", "resume", "overwrite", "progress", "scheduler", "workers"} & set(options)
 
 
 @pytest.mark.parametrize("action", ["run", "lyapunov"])
