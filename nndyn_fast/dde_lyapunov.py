@@ -512,6 +512,7 @@ def dde_lyapunov(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> DDELyapunovSpectrum:
     """Top-k Lyapunov exponents of x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)).
 
@@ -579,6 +580,8 @@ def dde_lyapunov(
     resume : continue the run in ``out``; refused (ValueError naming the difference) when an
         option, the field (weights, or a user function's name and code), the history or
         ``args`` differ.
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (the command line's options); compared on resume like the others.
 
     Returns
     -------
@@ -635,6 +638,8 @@ def dde_lyapunov(
     resume = check_bool("resume", resume)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if not isinstance(args, tuple):
         raise ValueError(f"args must be a tuple, got {type(args).__name__}")
     hist = _history(history, t0, float(taus.max()), history_args)
@@ -740,6 +745,7 @@ def dde_lyapunov(
             "n_records": n_records,
             "n_blocks": n_blocks,
             "seed": seed,
+            **(extra_params or {}),
         },
         "inputs": finputs,
         "series": _dde_running_series(B, k),

@@ -586,6 +586,7 @@ def ddeint(
     chunk_frames: int | None = None,
     max_steps: int = 1_000_000,
     progress: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> Solution:
     """Integrate x'(t) = f(t, x(t), x(t - tau_1), ..., x(t - tau_m)) with x = history on t <= t0.
 
@@ -633,6 +634,8 @@ def ddeint(
         time of each chunk is stepped onto, so it is part of the run's parameters. Each commit
         also writes the checkpoint, whose size is that of the steps in the delay window
         (B x steps x (1 + 3 d) floats): for large batches, chunks of more frames write less.
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (the command line's options); compared on resume like the others.
 
     Returns
     -------
@@ -663,6 +666,8 @@ def ddeint(
     mname = check_option("method", method, METHODS)
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if chunk_frames is not None:
         chunk_frames = check_int("chunk_frames", chunk_frames, minimum=1)
     tt = check_time_grid("t", t)
@@ -776,6 +781,7 @@ def ddeint(
     bar = progress_bar(progress, tt.size, desc="dde", unit="frame")
     rows = chunk_frames if chunk_frames is not None else chunk_rows((B, d), np.float64)
     params, inputs = _run_params(f, fn is not None, history, hist, args)
+    params.update(extra_params or {})
     params.update(
         method=mname, rtol=rtol, atol=atol, dt=None if not dt else float(dt), hmax=hmax,
         max_steps=max_steps, chunk_frames=rows,

@@ -27,6 +27,7 @@ from .dde_gradients import dde_loss_and_grad, dde_model_params, dde_with_params
 from .delay import NeuralDDE, _delays
 from .errors import NonFiniteStateError
 from .gradients import _base, loss_and_grad, model_params, with_params
+from .model_record import model_record
 from .neural import AugmentedNeuralODE, NeuralODE
 from .runs import restore_rng, rng_state, start_run
 from .storage import open_run
@@ -63,23 +64,6 @@ def _unflat(template: dict, theta: np.ndarray) -> dict:
     return out
 
 
-def _model_description(model: Any) -> dict:
-    """The scalar parameters that rebuild a NeuralDDE from ``theta0`` (empty for an ODE)."""
-    if not isinstance(model, NeuralDDE):
-        return {}
-    W, _, B, _ = model.layer_weights()
-    L, d, H = W.shape
-    return {"activation": model.activation, "n_layers": L, "dim": d, "hidden": H,
-            "n_delays": int(B.shape[1])}  # fmt: skip
-
-
-def _model_inputs(model: Any, sopts: dict) -> dict:
-    """The arrays that rebuild a NeuralDDE (its layer grid, the delays)."""
-    if not isinstance(model, NeuralDDE):
-        return {}
-    return {"t_layers": model._t_layers, "delays": np.asarray(sopts["delays"], float)}
-
-
 def fit(
     model: NeuralODE | AugmentedNeuralODE | NeuralDDE,
     X: Any,
@@ -101,6 +85,7 @@ def fit(
     out: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> FitResult:
     """Minimise ``ℓ(θ) = 1/(2B) sum_i ||F_θ(x_i) - y_i||^2`` over the model's weights.
 
@@ -128,7 +113,10 @@ def fit(
         its moments and the generator state). An Adam run resumed after a kill is bitwise the
         uninterrupted one; an L-BFGS run resumes from the stored parameters with a fresh
         optimiser (its curvature memory is not stored), so it continues the descent but not
-        bitwise.
+        bitwise. The file records the model (class, activation, form, weights, layer times,
+        readout) and every option, so :func:`nndyn_fast.rerun` repeats the fit.
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (the command line's options).
 
     Returns
     -------
@@ -161,6 +149,8 @@ def fit(
     seed = check_seed("seed", seed)
     commit_every = check_int("commit_every", commit_every, minimum=1)
     overwrite, resume = check_bool("overwrite", overwrite), check_bool("resume", resume)
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     if resume and out is None:
         raise ValueError("resume=True needs out, the run file to continue")
     X = as_array("X", X, ndim=2)
@@ -209,6 +199,7 @@ def fit(
         state["rng"] = rng_state(rng)
     run = None
     if out is not None:
+        mparams, minputs = model_record(model)  # the model's definition, enough to rebuild it
         run = start_run(
             out,
             kind="fit",
@@ -225,9 +216,16 @@ def fit(
                 "gtol": gtol,
                 "seed": seed,
                 "T": T_end,
-                **_model_description(model),
+                **mparams,
+                **(extra_params or {}),
             },
-            inputs={"theta0": theta, "X": X, "Y": Y, **_model_inputs(model, sopts)},
+            inputs={
+                "theta0": theta,
+                "X": X,
+                "Y": Y,
+                **minputs,
+                **({"delays": np.asarray(sopts["delays"], float)} if dde else {}),
+            },
             series={
                 "loss": {
                     "step": {"dtype": np.int64, "long_name": "optimiser iteration"},

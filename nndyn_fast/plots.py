@@ -812,9 +812,11 @@ RUN_PLOTS: dict[str, Any] = {
 }
 
 
-def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 150):
+def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 150, ax: Any = None):
     """Draw any run file the package writes with the function :data:`RUN_PLOTS` holds for its
-    kind, and save it to ``path`` (PDF, PNG, SVG, ... from the suffix) at ``dpi``.
+    kind, and save it to ``path`` (PDF, PNG, SVG, ... from the suffix) at ``dpi``; returns the
+    figure. ``ax``: the Axes to draw into (as many as the kind's figure has panels), else a
+    new figure.
 
     Raises
     ------
@@ -832,7 +834,7 @@ def plot_run(run: str | Path, path: str | Path | None = None, *, dpi: float = 15
                 f"{str(run)!r} holds a {f.kind!r} run, which has no plot; nndyn plot draws "
                 f"{sorted(RUN_PLOTS)}"
             )
-        fig = draw(f)
+        fig = draw(f, ax=ax)
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig

@@ -2,14 +2,15 @@
 
 :func:`rerun` reads ``/params`` of a run file written by the package (scalars, and the input
 arrays stored beside their digests), rebuilds the model and the call that wrote it, and runs
-it again into a new file. Kinds whose model is a user's function (a sweep of ``fn``, a user
-field, history or graphon) cannot be rebuilt: only the function's name and code digest are
+it again into a new file. Kinds whose model is a user's function (a sweep of a user's ``fn``, a
+user field, history or graphon) cannot be rebuilt: only the function's name and code digest are
 stored, and :func:`rerun` says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def _network(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         model = FiringRate(inp, W, p["K"], activation=p["activation"], dtype=p["dtype"])
     (x0,) = _need(p, path, "state0")
     tols = {k: p[k] for k in ("rtol", "atol") if k in p}
-    extra = {k: p[k] for k in ("cli_options",) if k in p}
+    extra = _cli(p)
     return simulate(
         model, x0, p["t_end"], p["dt"], method=p["method"], save_every=int(p["save_every"]),
         out=out, overwrite=overwrite, extra_params=extra or None, **tols, **noisy,
@@ -124,38 +125,104 @@ def _ode(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     return odeint(
         model, x, t, method=p["method"], dt=p["dt"], rtol=rtol, atol=atol,
         max_steps=int(p["max_steps"]), variational=bool(p["variational"]),
-        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
-        extra_params={k: p[k] for k in ("cli_command", "cli_options") if k in p} or None,
+        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite, extra_params=_cli(p),
     )  # fmt: skip
+
+
+def _cli(p: dict) -> dict | None:
+    """The command line's options a file stores (``extra_params`` of the rerun)."""
+    return {k: p[k] for k in ("cli_command", "cli_options") if k in p} or None
+
+
+def _call(fn: Callable, p: dict, *, skip: tuple[str, ...] = (), **given: Any) -> Any:
+    """``fn(**given, **stored)`` with every stored parameter named like one of ``fn``'s
+    keyword parameters (``skip`` and ``given`` aside), so an option the entry point gains
+    and stores is rerun without a change here; the command line's options go through
+    ``extra_params`` when ``fn`` takes it."""
+    sig = inspect.signature(fn).parameters
+    kw = {
+        k: v
+        for k, v in p.items()
+        if k in sig
+        and sig[k].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and k not in skip
+        and k not in given
+        and k not in ("out", "overwrite", "resume", "progress", "extra_params")
+    }
+    if "extra_params" in sig and "extra_params" not in given:
+        given["extra_params"] = _cli(p)
+    return fn(**given, **kw)
+
+
+def _dde_field(p: dict, path: str) -> Any:
+    """The built-in delay field a ``dde`` or ``dde_lyapunov`` file records."""
+    from . import delay
+
+    if "model_code" in p:
+        raise _user(path, "field", p["model"], p["model_code"])
+    name = p["model"]
+    if name == "MackeyGlass":
+        return delay.MackeyGlass(beta=p["beta"], gamma=p["gamma"], n=p["n"])
+    if name == "LinearDDE":
+        A, B = _need(p, path, "A", "B")
+        return delay.LinearDDE(A, B)
+    if name == "NeuralDDE":
+        W, A, B, b, tl, act = _need(p, path, "W", "A", "B", "b", "t_layers", "activation")
+        return delay.NeuralDDE(W, A, B, b, activation=act, t_layers=tl)
+    raise ValueError(f"cannot rerun {path!r}: rebuilding a {name} is not supported")
+
+
+def _dde_history(p: dict, path: str) -> Any:
+    """The initial function a ``dde`` or ``dde_lyapunov`` file records (constant or samples)."""
+    if "history_code" in p:
+        raise _user(path, "history", p["history"], p["history_code"])
+    if "history_times" in p:
+        return tuple(_need(p, path, "history_times", "history_values", "history_slopes"))
+    (h,) = _need(p, path, "history")
+    return h if p["batched"] else h[0]
 
 
 def _dde(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     from . import delay
 
-    if "model_code" in p:
-        raise _user(path, "field", p["model"], p["model_code"])
-    if "history_code" in p:
-        raise _user(path, "history", p["history"], p["history_code"])
-    name = p["model"]
-    if name == "MackeyGlass":
-        f = delay.MackeyGlass(beta=p["beta"], gamma=p["gamma"], n=p["n"])
-    elif name == "LinearDDE":
-        A, B = _need(p, path, "A", "B")
-        f = delay.LinearDDE(A, B)
-    else:
-        raise ValueError(f"cannot rerun {path!r}: rebuilding a {name} is not supported")
+    f, history = _dde_field(p, path), _dde_history(p, path)
     t, taus = _need(p, path, "t", "delays")
-    if "history_times" in p:
-        ht, hy, hs = _need(p, path, "history_times", "history_values", "history_slopes")
-        history: Any = (ht, hy, hs)
-    else:
-        (h,) = _need(p, path, "history")
-        history = h if p["batched"] else h[0]
-    return delay.ddeint(
-        f, history, t, delays=taus, method=p["method"], dt=p["dt"], rtol=p["rtol"],
-        atol=p["atol"], hmax=p["hmax"], max_steps=int(p["max_steps"]),
-        chunk_frames=int(p["chunk_frames"]), out=out, overwrite=overwrite,
+    return _call(
+        delay.ddeint, p, skip=("f", "history", "jac", "args", "history_args"), f=f,
+        history=history, t=t, delays=taus, out=out, overwrite=overwrite,
     )  # fmt: skip
+
+
+def _dde_lyapunov(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .dde_lyapunov import dde_lyapunov
+
+    f, history = _dde_field(p, path), _dde_history(p, path)
+    return _call(
+        dde_lyapunov, p, skip=("jac", "args", "history_args"), f=f, history=history, out=out,
+        overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _product(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .lyapunov import product_lyapunov
+
+    (factors,) = _need(p, path, "factors")
+    if isinstance(factors, str):
+        raise _user(path, "factor sampler", factors, "not stored")
+    return _call(product_lyapunov, p, skip=("steps",), factors=factors, out=out,
+                 overwrite=overwrite)  # fmt: skip
+
+
+def _fit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
+    from .fit import fit
+    from .model_record import model_from_record
+
+    X, Y = _need(p, path, "X", "Y")
+    try:
+        model = model_from_record(p)
+    except ValueError as exc:
+        raise ValueError(f"cannot rerun {path!r}: {exc}") from None
+    return _call(fit, p, model=model, X=X, Y=Y, out=out, overwrite=overwrite)
 
 
 def _gd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
@@ -167,6 +234,7 @@ def _gd(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         mlp, theta0, X, Y, lr=p["lr"], steps=int(p["steps"]),
         sharpness_every=int(p["sharpness_every"]), k=int(p["k"]), batch_size=p["batch_size"],
         seed=p["seed"], sharpness_tol=p["sharpness_tol"], out=out, overwrite=overwrite,
+        extra_params=_cli(p),
     )  # fmt: skip
 
 
@@ -211,7 +279,7 @@ def _diagram(p: dict, path: str, out: Any, overwrite: bool) -> Any:
         G, lrs, bs, steps=int(p["steps"]), k=int(p["k"]), seed=p["seed"],
         transient=int(p["transient"]), sampling=p["sampling"], replicas=int(p["replicas"]),
         rows_per_sample=int(p["rows_per_sample"]), mean_square=bool(p["mean_square"]),
-        out=out, overwrite=overwrite,
+        out=out, overwrite=overwrite, extra_params=_cli(p),
     )  # fmt: skip
 
 
@@ -239,7 +307,46 @@ def _limit(p: dict, path: str, out: Any, overwrite: bool) -> Any:
 
 
 def _sweep(p: dict, path: str, out: Any, overwrite: bool) -> Any:
-    raise _user(path, "swept function", p.get("fn"), p.get("fn_code", "not stored"))
+    """A sweep of one of the package's own functions (``nndyn sweep kuramoto``): the function
+    by name, checked against its stored code digest, with the options it was bound to."""
+    import functools
+    import importlib
+
+    import h5py
+
+    from .sweep import _code_digest, sweep
+
+    name, code = p.get("fn"), p.get("fn_code", "not stored")
+    module, _, qualname = str(name).rpartition(".")
+    target = None
+    if module.split(".")[0] == "nndyn_fast" and "fn_self" not in p and "." not in qualname:
+        target = getattr(importlib.import_module(module), qualname, None)
+    fixed = {k[len("fixed_") :]: v for k, v in p.items() if k.startswith("fixed_")}
+    opaque = any(isinstance(v, str) and v.startswith("pickle-sha256:") for v in fixed.values())
+    if target is None or opaque or _code_digest(target) != code:
+        raise _user(path, "swept function", name, code)
+    names = list(p["grid_names"])
+    cols = {n: np.asarray(p[f"grid_{n}"]) for n in names}
+    if p["cartesian"]:  # the axes back from the columns of the C-order product
+        shape = tuple(int(s) for s in p["grid_shape"])
+        grid: Any = {
+            n: cols[n].reshape(shape)[
+                tuple(slice(None) if k == j else 0 for k in range(len(shape)))
+            ]
+            for j, n in enumerate(names)
+        }
+    else:
+        grid = [{n: cols[n][i].item() for n in names} for i in range(int(p["n_points"]))]
+    with h5py.File(path, "r") as h5:  # the columns' units and names, as the file has them
+        pts = h5["points"]
+        meta = {c: (str(pts[c].attrs["units"]), str(pts[c].attrs["long_name"]))
+                for c in pts if c != "index" and isinstance(pts[c], h5py.Dataset)}  # fmt: skip
+    fn = functools.partial(target, **fixed) if fixed else target
+    return sweep(
+        fn, grid, scheduler="serial", out=out, overwrite=overwrite, seed=int(p["seed"]),
+        units={c: u for c, (u, _) in meta.items()},
+        long_names={c: n for c, (_, n) in meta.items()}, extra_params=_cli(p),
+    )  # fmt: skip
 
 
 _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
@@ -247,6 +354,9 @@ _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
     "firing_rate": _network,
     "ode": _ode,
     "dde": _dde,
+    "dde_lyapunov": _dde_lyapunov,
+    "product_lyapunov": _product,
+    "fit": _fit,
     "gradient_descent": _gd,
     "lyapunov_spectrum": _lyapunov,
     "sgd_lyapunov": _sgd,
@@ -264,9 +374,12 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     bitwise on the same machine and version).
 
     Kinds rebuilt: ``kuramoto`` and ``firing_rate`` (built-in couplings, with or without
-    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` (MackeyGlass, LinearDDE),
-    ``gradient_descent``, ``lyapunov_spectrum`` (built-in systems), ``sgd_lyapunov`` and
-    ``sgd_stability_diagram`` and ``meanfield_limit``.
+    noise), ``ode`` (:class:`~nndyn_fast.neural.NeuralODE`), ``dde`` and ``dde_lyapunov``
+    (MackeyGlass, LinearDDE, NeuralDDE), ``fit`` (NeuralODE, AugmentedNeuralODE, NeuralDDE),
+    ``product_lyapunov`` (a stored factor array), ``gradient_descent``, ``lyapunov_spectrum``
+    (built-in systems), ``sgd_lyapunov``, ``sgd_stability_diagram``, ``meanfield_limit``, and
+    ``sweep`` of one of the package's functions (``nndyn sweep kuramoto``; in-process, point
+    after point, since the table does not depend on the scheduler).
 
     Raises
     ------
@@ -282,7 +395,7 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     if kind not in _RERUN:
         raise ValueError(
             f"cannot rerun {path!r}: reruns of {kind!r} runs are not supported (supported: "
-            f"{sorted(k for k in _RERUN if k != 'sweep')})"
+            f"{sorted(_RERUN)})"
         )
     # stored arrays as fresh, writable C arrays (the types the original call compiled for)
     params = {k: (_array(v) if isinstance(v, np.ndarray) else v) for k, v in params.items()}

@@ -853,6 +853,7 @@ def sgd_stability_diagram(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> StabilityDiagram:
     """Top Lyapunov exponent of linearised SGD over a grid of (lr, B), beside the GD threshold.
 
@@ -877,6 +878,8 @@ def sgd_stability_diagram(
         own seed, so the result is bitwise that of an uninterrupted run); refused (ValueError
         naming the difference) when G, a grid or an option differs from the stored run.
     progress : report progress on stderr once per batch size (see :mod:`nndyn_fast.progress`).
+    extra_params : JSON-able options stored in the run file's ``/params`` beside the run's own
+        (the command line's options); compared on resume like the others.
 
     Returns
     -------
@@ -907,6 +910,8 @@ def sgd_stability_diagram(
     seed = check_int("seed", seed, minimum=0)
     if not isinstance(mean_square, (bool, np.bool_)):
         raise ValueError(f"mean_square must be True or False, got {mean_square!r}")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     mean_square = bool(mean_square)
     if mean_square:
         for lr in lrs_a:
@@ -934,6 +939,7 @@ def sgd_stability_diagram(
                 "replicas": opts["replicas"],
                 "rows_per_sample": op.q,
                 "mean_square": mean_square,
+                **(extra_params or {}),
             },
             inputs={"G": op.source},
             series={

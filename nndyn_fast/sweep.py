@@ -333,6 +333,23 @@ def _run_params(fn, grid: _Grid, seed: int, passes_seed: bool) -> tuple[dict, di
     return params, inputs
 
 
+def _column_meta(units: Any, long_names: Any) -> dict[str, tuple[str, str | None]]:
+    """``{column: (units, long_name or None)}`` from the user's ``units`` and ``long_names``."""
+    meta: dict[str, list] = {}
+    for arg, value, slot in (("units", units, 0), ("long_names", long_names, 1)):
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{arg} must be a dict {{column: str}}, got {type(value).__name__}")
+        for key, text in value.items():
+            if not isinstance(key, str) or not isinstance(text, str) or not text:
+                raise TypeError(
+                    f"{arg} must map column names to non-empty strings, got {key!r}: {text!r}"
+                )
+            meta.setdefault(key, ["1", None])[slot] = text
+    return {k: (v[0], v[1]) for k, v in meta.items()}
+
+
 def _takes_seed(fn: Callable) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -418,8 +435,9 @@ class _Table:
     """The sweep's table: every result in memory (row i = point i) and, with a run file, the
     rows written in place and committed in batches with the done mask."""
 
-    def __init__(self, grid: _Grid):
+    def __init__(self, grid: _Grid, meta: Mapping[str, tuple[str, str | None]] | None = None):
         self.grid = grid
+        self.meta = dict(meta or {})  # column -> (units, long_name or None), the user's
         self.committed = np.zeros(grid.size, np.bool_)  # rows in the file's last commit
         self.have = np.zeros(grid.size, np.bool_)  # rows in memory
         self.crc = 0  # XOR of the committed rows' CRC-32
@@ -431,6 +449,12 @@ class _Table:
         self.computed = 0
 
     def _set_schema(self, schema: dict[str, tuple[int, ...]]) -> None:
+        unknown = sorted(set(self.meta) - set(schema) - set(self.grid.names))
+        if unknown:  # before the first row is stored: the file would describe other columns
+            raise ValueError(
+                f"units/long_names name {unknown[0]!r}, which is neither a grid name "
+                f"{list(self.grid.names)} nor a result key {list(schema)}"
+            )
         self.schema = schema
         self.results = {k: np.zeros((self.grid.size, *s)) for k, s in schema.items()}
         row_bytes = 8 * (1 + len(self.grid.names))
@@ -441,14 +465,15 @@ class _Table:
         spec: dict[str, Any] = {
             "index": {"dtype": np.int64, "long_name": "grid point index (row i is point i)"}
         }
-        spec.update(
-            {
-                n: {"dtype": self.grid.columns[n].dtype, "long_name": f"grid value of {n}"}
-                for n in self.grid.names
-            }
-        )
-        spec.update({k: {"shape": s, "long_name": f"result {k}"} for k, s in self.schema.items()})
+        for n in self.grid.names:
+            spec[n] = {"dtype": self.grid.columns[n].dtype, **self._meta(n, f"grid value of {n}")}
+        for k, s in self.schema.items():
+            spec[k] = {"shape": s, **self._meta(k, f"result {k}")}
         return {"points": spec}
+
+    def _meta(self, column: str, default_name: str) -> dict[str, str]:
+        units, name = self.meta.get(column, ("1", None))
+        return {"units": units, "long_name": name or default_name}
 
     def checkpoint(self) -> dict[str, Any]:
         return {"done": self.committed.copy(), "crc": self.crc}
@@ -804,6 +829,9 @@ def sweep(
     n_workers: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    units: Mapping[str, str] | None = None,
+    long_names: Mapping[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Evaluate ``fn(**point)`` at every grid point, in parallel, streaming results to HDF5.
 
@@ -858,6 +886,15 @@ def sweep(
         Root of the per-point seeds (>= 0).
     progress : bool
         Report the finished points on stderr as they arrive (see :mod:`nndyn_fast.progress`).
+    units, long_names : dict, optional
+        ``{column: str}``: the ``units`` (CF/UDUNITS, default ``"1"``) and ``long_name``
+        attributes of result columns and grid columns in the run file, e.g.
+        ``units={"t_lock": "s"}, long_names={"r": "time-averaged order parameter r"}``. A
+        name that is neither a grid name nor a key ``fn`` returns is a ValueError at the first
+        result, before the file is made. A resumed sweep keeps the file's.
+    extra_params : dict, optional
+        JSON-able options stored in the run file's ``/params`` beside the sweep's own (the
+        command line's options); compared on resume like the others.
 
     Returns
     -------
@@ -907,7 +944,13 @@ def sweep(
         scheduler = _check_scheduler(scheduler)  # a Dask scheduler answers there, or ValueError
     passes_seed = _takes_seed(fn) and "seed" not in g.names
     params, inputs = _run_params(fn, g, seed, passes_seed) if path is not None else ({}, {})
-    table = _Table(g)
+    table = _Table(g, _column_meta(units, long_names))
+    if extra_params is not None:
+        if not isinstance(extra_params, dict):
+            raise TypeError(
+                f"extra_params must be a dict or None, got {type(extra_params).__name__}"
+            )
+        params = {**params, **extra_params}
     run: Run | None = None
     bar = progress_bar(progress, g.size, desc="sweep", unit="point")
 

@@ -806,6 +806,7 @@ def gradient_descent(
     resume: bool = False,
     progress: bool = False,
     desc: str = "gradient descent",
+    extra_params: dict[str, Any] | None = None,
 ) -> GDRun:
     """Run θ_{k+1} = θ_k − η ∇L_B(θ_k), recording loss, gradient norm and sharpness.
 
@@ -855,6 +856,9 @@ def gradient_descent(
         Report progress on stderr once per chunk (see :mod:`nndyn_fast.progress`).
     desc : str
         The progress report's label.
+    extra_params : dict, optional
+        JSON-able options stored in the run file's ``/params`` beside the run's own (the
+        command line's options); compared on resume like the others.
 
     Returns
     -------
@@ -897,6 +901,8 @@ def gradient_descent(
         raise ValueError("resume=True needs out, the run file to continue")
     if resume and overwrite:
         raise ValueError("give overwrite or resume, not both")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise TypeError(f"extra_params must be a dict or None, got {type(extra_params).__name__}")
     # every step's loss and gradient norm are kept, and each chunk's mini-batch indices
     n_sharp = steps // sharpness_every + 2 if sharpness_every > 0 else 0
     check_memory(
@@ -931,6 +937,7 @@ def gradient_descent(
                 "batch_size": batch_size,
                 "seed": seed,
                 "sharpness_tol": sharpness_tol,
+                **(extra_params or {}),
             },
             inputs={"theta0": theta0, "X": X, "Y": Y},
             series={
@@ -1090,6 +1097,7 @@ def eos_experiment(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
+    extra_params: dict[str, Any] | None = None,
 ) -> dict[float, GDRun]:
     """Full-batch GD of a tanh MLP on :func:`eos_dataset` for several learning rates.
 
@@ -1111,6 +1119,8 @@ def eos_experiment(
         :func:`gradient_descent` checks it is the same run; a complete one is only read), and
         the runs without a file (not started when the experiment stopped) are started.
     progress : report each run's progress on stderr (see :mod:`nndyn_fast.progress`).
+    extra_params : JSON-able options stored in each run file's ``/params`` (see
+        :func:`gradient_descent`).
 
     Returns
     -------
@@ -1172,6 +1182,7 @@ def eos_experiment(
             resume=resume and out is not None and out.exists(),
             progress=progress,
             desc=f"lr = {lr:g}",
+            extra_params=extra_params,
         )
     return runs
 

@@ -6,6 +6,8 @@ import pytest
 
 from nndyn_fast.delay import NeuralDDE, ddeint
 from nndyn_fast.fit import fit
+from nndyn_fast.model_record import model_from_record
+from nndyn_fast.rerun import rerun
 from nndyn_fast.storage import open_run
 
 TAU, T, STEPS = 0.5, 1.0, 10  # dt = T / STEPS = 0.1
@@ -60,8 +62,13 @@ def test_dde_fit_run_file_rebuilds_and_resume_compares(tmp_path):
     with open_run(out) as f:
         np.testing.assert_array_equal(f.read("loss", "loss"), r.loss)
         p = f.params
-        assert p["model"] == "NeuralDDE" and p["activation"] == "tanh"
-        assert (p["n_layers"], p["dim"], p["hidden"], p["n_delays"]) == (1, 1, 3, 1)
+        assert p["model"] == "NeuralDDE" and p["model_activation"] == "tanh"
+        np.testing.assert_array_equal(p["delays"], np.atleast_1d(TAU))
+        rebuilt = model_from_record(p)
+        for a, b in zip(rebuilt.layer_weights(), m.layer_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    again = rerun(out, tmp_path / "again.h5")  # the stored parameters alone reproduce the fit
+    np.testing.assert_array_equal(again.loss, r.loss)
     with pytest.raises(ValueError, match="delays"):
         fit(m, x, y, delays=0.3, steps=3, solver_steps=STEPS, out=out, resume=True)
 

@@ -157,3 +157,14 @@ def test_fit_and_limit_figures_draw_the_files_rows(run_files, backend):
         x = np.asarray(f["trajectory"]["x"])
     np.testing.assert_array_equal(x, np.arange(1, x.size + 1) / x.size)
     np.testing.assert_array_equal(fig.axes[1].get_lines()[0].get_xdata(), x)
+
+
+@pytest.mark.parametrize("kind", ["kuramoto", "lyapunov_spectrum", "sweep", "fit"])
+def test_plot_run_draws_into_the_axes_given(run_files, kind, backend):
+    from matplotlib.figure import Figure
+
+    panels = [a for a in plots.plot_run(run_files[kind]).axes if a.get_label() != "<colorbar>"]
+    fig = Figure()
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    assert plots.plot_run(run_files[kind], ax=list(axes) if len(axes) > 1 else axes[0]) is fig
+    assert all(a.has_data() for a in axes)

@@ -28,6 +28,10 @@ KINDS = [
     "sgd_stability_diagram",
     "meanfield_limit",
     "meanfield_limit_fp",
+    "fit",
+    "dde_lyapunov",
+    "product_lyapunov",
+    "sweep",
 ]
 
 
@@ -44,26 +48,84 @@ def _series(path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
-    src = make(kind, tmp_path)
-    again = tmp_path / "again.h5"
-    rerun(src, again)
+def _same_run(src, again) -> None:
+    """``again`` holds ``src``'s rows bitwise, and the same parameters (the command line's
+    options too), complete."""
     a, b = _series(src), _series(again)
     assert a and set(a) == set(b)
     for key in a:
         assert a[key].dtype == b[key].dtype, key
         assert np.array_equal(a[key], b[key], equal_nan=True), key
-    with open_run(again) as f:
-        assert f.status == "complete"
+    with open_run(src) as f, open_run(again) as g:
+        assert g.status == "complete"
+        pa, pb = f.params, g.params
+        assert set(pa) == set(pb)
+        for key in pa:
+            assert np.array_equal(np.asarray(pa[key]), np.asarray(pb[key])), key
+
+
+# the command that wrote each kind's file in tests/run_kinds.py
+COMMAND = {
+    "kuramoto": "kuramoto",
+    "firing_rate": "kuramoto",
+    "noisy_kuramoto": "kuramoto",
+    "noisy_firing_rate": "kuramoto",
+    "ode": "ode",
+    "dde": "dde",
+    "gradient_descent": "eos",
+    "sgd_stability_diagram": "sgd-lyapunov",
+    "sweep": "sweep kuramoto",
+    "fit": "ode fit",
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rerun_reproduces_rows_bitwise(kind, tmp_path):
+    """... and a command's file says how it was made: the command and the options that decide
+    the run (every generator's seed), not those that do not (files, resume, schedulers)."""
+    import json
+
+    src = make(kind, tmp_path)
+    again = tmp_path / "again.h5"
+    rerun(src, again)
+    _same_run(src, again)
+    if kind in COMMAND:
+        with open_run(src) as f:
+            p = f.params
+        assert p["cli_command"] == COMMAND[kind]
+        options = json.loads(p["cli_options"])
+        assert "seed" in options
+        assert not {"out", "resume", "overwrite", "progress", "scheduler", "workers"} & set(options)
 
 
 def test_rerun_of_a_user_function_says_it_is_not_stored(tmp_path):
-    src = make("sweep", tmp_path)
+    from sweep_targets import cheap
+
+    from nndyn_fast import sweep
+
+    src = tmp_path / "user.h5"
+    sweep(cheap, {"x": [1.0, 2.0]}, scheduler="serial", out=src)
     with pytest.raises(
-        ValueError, match="user function.*kuramoto_order_parameter.*code digest .sha256:"
+        ValueError, match="user function.*sweep_targets.cheap.*code digest .sha256:"
     ):
         rerun(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_sweep_of_explicit_points(tmp_path):
+    """A list of points (not a product), the package's target with a bound option."""
+    import functools
+
+    from nndyn_fast import kuramoto_order_parameter, sweep
+
+    src = tmp_path / "pts.h5"
+    fn = functools.partial(kuramoto_order_parameter, freq="random")
+    pts = [{"K": 1.0, "N": 12, "t_end": 1.0, "dt": 0.1}, {"K": 3.0, "N": 16, "t_end": 1.0,
+                                                        "dt": 0.1}]  # fmt: skip
+    sweep(fn, pts, scheduler="serial", out=src, seed=4, units={"K": "1/s"})
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+    with h5py.File(tmp_path / "again.h5", "r") as h5:
+        assert h5["points/K"].attrs["units"] == "1/s"
 
 
 def test_rerun_refuses_the_same_file(tmp_path):
@@ -88,8 +150,7 @@ def test_rerun_rebuilds_each_built_in_coupling(graph, tmp_path):
     src = tmp_path / "src.h5"
     simulate(model, rng.uniform(0, 2 * np.pi, n), 0.5, 0.05, save_every=5, out=src)
     rerun(src, tmp_path / "again.h5")
-    a, b = _series(src), _series(tmp_path / "again.h5")
-    assert a and all(np.array_equal(a[k], b[k]) for k in a)
+    _same_run(src, tmp_path / "again.h5")
 
 
 def test_rerun_of_a_user_field_says_it_is_not_stored(tmp_path):
@@ -100,3 +161,68 @@ def test_rerun_of_a_user_field_says_it_is_not_stored(tmp_path):
                  str(src)]) == 0  # fmt: skip
     with pytest.raises(ValueError, match="field is a user function.*shear_field.*sha256:"):
         rerun(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_neural_dde(tmp_path):
+    """A NeuralDDE's weights, activation, layer times and delays are stored: two layers, two
+    delays, a batch of constant histories."""
+    from nndyn_fast import NeuralDDE, ddeint
+
+    rng = np.random.default_rng(5)
+    L, m, H, d = 2, 2, 3, 2
+    f = NeuralDDE(rng.normal(size=(L, d, H)), rng.normal(size=(L, H, d)),
+                  rng.normal(size=(L, m, H, d)) * 0.5, rng.normal(size=(L, H)),
+                  activation="softplus", t_layers=[0.0, 0.7, 2.0])  # fmt: skip
+    src = tmp_path / "ndde.h5"
+    ddeint(f, rng.normal(size=(3, d)), np.linspace(0, 2, 9), delays=[0.3, 0.5], method="rk4",
+           dt=0.05, out=src)  # fmt: skip
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_neural_ode_fit_by_adam_in_batches(tmp_path):
+    """The mini-batches are drawn from the stored seed; the inner form, two layers and
+    the solver's options are rebuilt from the file."""
+    from nndyn_fast import NeuralODE
+    from nndyn_fast.fit import fit
+
+    rng = np.random.default_rng(6)
+    model = NeuralODE.inner(rng.normal(size=(2, 2, 2)) * 0.5, rng.normal(size=(2, 2)) * 0.1,
+                            activation="tanh", T=0.5)  # fmt: skip
+    X = rng.normal(size=(6, 2))
+    src = tmp_path / "fit.h5"
+    fit(model, X, X[:, ::-1], method="adam", steps=5, batch_size=2, seed=3, solver="rk4",
+        solver_steps=3, out=src)  # fmt: skip
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")
+
+
+def test_rerun_of_a_sampled_factor_product_says_it_is_not_stored(tmp_path):
+    from nndyn_fast.lyapunov import product_lyapunov
+
+    src = tmp_path / "prod.h5"
+    product_lyapunov(_gaussian_factors, steps=20, chunk=10, out=src)
+    with pytest.raises(ValueError, match="factor sampler is a user function.*_gaussian_factors"):
+        rerun(src, tmp_path / "again.h5")
+
+
+def _gaussian_factors(rng, m):
+    return rng.normal(size=(m, 2, 2))
+
+
+@pytest.mark.parametrize("action", ["run", "lyapunov"])
+def test_rerun_of_the_neural_dde_command(action, tmp_path):
+    """``nndyn dde [lyapunov] --model neural``: the generated weights and the command's
+    options are in the file, and the rerun reproduces rows and parameters."""
+    from nndyn_fast.cli import main
+
+    src = tmp_path / "n.h5"
+    opts = ["--model", "neural", "--dim", "2", "--hidden", "3", "--tau", "1", "--seed", "4",
+            "--history", "0.3", "-0.2", "--out", str(src)]  # fmt: skip
+    if action == "run":
+        opts += ["--t-end", "3", "--frames", "7"]
+    else:
+        opts += ["--t-end", "2", "--dt", "0.1", "--k", "2"]
+    assert main(["dde", action, *opts]) == 0
+    rerun(src, tmp_path / "again.h5")
+    _same_run(src, tmp_path / "again.h5")

@@ -273,3 +273,37 @@ def test_cli_sweep_kuramoto_and_resume(tmp_path, capsys):
         np.testing.assert_allclose(run.params["grid_K"], [0.5, 1.75, 3.0])
     assert main(["sweep", "kuramoto", "--K", "1:2", "--out", str(tmp_path / "x.h5")]) == 2
     assert "start:stop:num" in capsys.readouterr().err
+
+
+def test_sweep_stores_the_units_and_long_names_given(tmp_path):
+    """``units``/``long_names`` of result and grid columns go to the file's datasets; the
+    others keep "1" and the generic name; a name the sweep does not have is refused before a
+    file is made."""
+    import h5py
+
+    cheap = st.cheap
+    out = tmp_path / "u.h5"
+    sweep(cheap, {"x": [1.0, 2.0]}, scheduler="serial", out=out,
+          units={"y": "m2", "x": "m"}, long_names={"y": "area y = x^2"})  # fmt: skip
+    with h5py.File(out, "r") as h5:
+        pts = h5["points"]
+        assert pts["y"].attrs["units"] == "m2" and pts["y"].attrs["long_name"] == "area y = x^2"
+        assert pts["x"].attrs["units"] == "m" and pts["x"].attrs["long_name"] == "grid value of x"
+        assert pts["index"].attrs["units"] == "1"
+    bad = tmp_path / "bad.h5"
+    with pytest.raises(ValueError, match="'t_lock', which is neither a grid name"):
+        sweep(cheap, {"x": [1.0]}, scheduler="serial", out=bad, units={"t_lock": "s"})
+    assert not bad.exists()
+    with pytest.raises(TypeError, match="units must map column names to non-empty strings"):
+        sweep(cheap, {"x": [1.0]}, scheduler="serial", units={"y": 1})
+
+
+def test_sweep_command_names_its_columns(tmp_path):
+    import h5py
+
+    out = tmp_path / "s.h5"
+    assert main(["sweep", "kuramoto", "--K", "1,2", "--N", "20", "--t-end", "1", "--dt", "0.1",
+                 "--scheduler", "serial", "--out", str(out)]) == 0  # fmt: skip
+    with h5py.File(out, "r") as h5:
+        assert "order parameter" in h5["points/r"].attrs["long_name"]
+        assert h5["points/K"].attrs["long_name"] == "coupling strength K"

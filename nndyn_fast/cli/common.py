@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterable
 
 __all__ = [
     "GRAPHS",
@@ -15,6 +17,7 @@ __all__ = [
     "add_run_file_options",
     "build_coupling",
     "graphon_of",
+    "cli_params",
     "progress_enabled",
     "use_defaults_formatter",
 ]
@@ -112,6 +115,14 @@ def build_coupling(o: argparse.Namespace, n: int, dtype: str = "float64") -> Any
     if o.representation == "sampled":
         return w_random_graph(w, n, seed=o.seed + 1)
     return w
+
+
+def cli_params(command: str, o: argparse.Namespace, names: Iterable[str]) -> dict[str, str]:
+    """The ``extra_params`` a command stores in its run file: ``cli_command`` and its options
+    ``names`` (the ones that decide the result: sizes, seeds, generators) as ``cli_options``
+    JSON, so the file says how it was made. Options that do not change the result (``--out``,
+    ``--resume``, ``--progress``, schedulers) are left out: a resume compares these."""
+    return {"cli_command": command, "cli_options": json.dumps({k: getattr(o, k) for k in names})}
 
 
 def progress_enabled(o: argparse.Namespace) -> bool:

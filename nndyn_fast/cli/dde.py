@@ -17,7 +17,11 @@ from nndyn_fast._validate import (
     check_size,
 )
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make the run (the generator of a neural DDE's weights, the history)
+_RUN_OPTIONS = ("model", "tau", "a", "b", "hidden", "dim", "seed", "history", "t_end", "frames",
+                "method", "dt", "rtol", "atol", "max_steps")  # fmt: skip
 
 
 def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,7 +51,9 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--a", type=float, default=0.0, help="linear: x' = a x + b x(t - tau)")
     p.add_argument("--b", type=float, default=-1.0, help="linear: coefficient of x(t - tau)")
     p.add_argument("--hidden", type=int, default=8, help="neural: hidden width H")
-    p.add_argument("--dim", type=int, default=1, help="neural: state dimension d")
+    p.add_argument(
+        "--d", "--dim", dest="dim", type=int, default=1, help="neural: state dimension d"
+    )
     p.add_argument("--seed", type=int, default=0, help="neural: seed of the weights")
     p.add_argument("--history", type=float, nargs="+", default=[1.2], help="constant history")
     p.add_argument("--t-end", type=float, default=1000.0, help="end time")
@@ -67,7 +73,11 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         "lyapunov: the relative error per unit time the step is chosen for (instead of --dt)"
     )  # fmt: skip
     p.add_argument("--atol", type=float, default=1e-10, help="dopri5 absolute tolerance")
-    p.add_argument("--out", default=None, help="run file (dde) or figure (memory)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run file (default dde.h5) or, for memory, the figure (default dde_memory.png)",
+    )
     add_run_file_options(p, chunk_frames=True)
     p.add_argument(
         "--max-steps",
@@ -81,7 +91,9 @@ def add_dde_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         "--transient", type=float, default=0.0, help="lyapunov: discarded duration (default 0)"
     )
     p.add_argument(
-        "--plot", default=None, help="lyapunov: also draw the running estimates to this figure"
+        "--plot",
+        default=None,
+        help="lyapunov: also draw the running estimates to this figure (default: none)",
     )
     p.add_argument(
         "--kappas",
@@ -187,6 +199,7 @@ def run_dde(args: argparse.Namespace) -> int:
         rtol=1e-8 if args.rtol is None else args.rtol,
         atol=args.atol, out=out, overwrite=args.overwrite, resume=args.resume,
         chunk_frames=args.chunk_frames, max_steps=args.max_steps, progress=progress_enabled(args),
+        extra_params=cli_params("dde", args, _RUN_OPTIONS),
     )  # fmt: skip
     extra = ""
     if not isinstance(model, MackeyGlass):
@@ -204,6 +217,7 @@ def _lyapunov(args: argparse.Namespace, model, hist: np.ndarray) -> int:
         model, hist, delays=args.tau, k=args.k, t_end=args.t_end, dt=dt, rtol=args.rtol,
         transient=args.transient, seed=args.seed, out=args.out or "dde.h5",
         overwrite=args.overwrite, resume=args.resume,
+        extra_params=cli_params("dde lyapunov", args, (*_RUN_OPTIONS, "k", "transient")),
     )  # fmt: skip
     how = "" if args.rtol is None else f" chosen for rtol = {args.rtol:g}"
     print(f"wrote {args.out or 'dde.h5'}: top {args.k} exponents to t = {args.t_end} "

@@ -9,7 +9,10 @@ from nndyn_fast._validate import check_out_path
 from nndyn_fast.plots import plot_eos
 from nndyn_fast.training import eos_experiment, eos_summary
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make each run (the data and the MLP); each file holds its own lr
+_RUN_OPTIONS = ("steps", "sharpness_every", "n", "d", "width", "depth", "seed")
 
 
 def add_eos_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +26,10 @@ def add_eos_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--lrs",
-        default="0.2,0.25,0.3",
-        help="comma-separated learning rates (default 0.2,0.25,0.3)",
+        nargs="+",
+        default=["0.2,0.25,0.3"],
+        help="learning rates, space- or comma-separated (as --lr of sgd-lyapunov; default "
+        "0.2,0.25,0.3)",
     )
     p.add_argument("--steps", type=int, default=2000, help="GD steps per run (default 2000)")
     p.add_argument(
@@ -50,10 +55,11 @@ def add_eos_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eos(args: argparse.Namespace) -> int:
+    items = [args.lrs] if isinstance(args.lrs, str) else list(args.lrs)
     try:
-        lrs = [float(s) for s in args.lrs.split(",") if s.strip()]
+        lrs = [float(s) for item in items for s in item.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+        raise ValueError(f"--lrs must be numbers, got {' '.join(items)!r}") from None
     if args.plot:
         check_out_path("--plot", args.plot, overwrite=True)
     runs = eos_experiment(
@@ -69,6 +75,7 @@ def run_eos(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress_enabled(args),
         resume=args.resume,
+        extra_params=cli_params("eos", args, _RUN_OPTIONS),
     )
     print(eos_summary(runs))
     if args.plot:

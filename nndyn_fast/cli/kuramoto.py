@@ -81,13 +81,15 @@ def add_kuramoto_parser(sub: argparse._SubParsersAction) -> None:
         "--noise",
         type=float,
         default=None,
-        help="σ of additive white noise σ dB_i on every node (a stochastic run; seeded by --seed)",
+        help="σ of additive white noise σ dB_i on every node (a stochastic run; seeded by --seed; "
+        "default: none, a deterministic run)",
     )
     p.add_argument(
         "--realisations",
         type=int,
         default=None,
-        help="with --noise: this many independent realisations in one run (in parallel)",
+        help="with --noise: this many independent realisations in one run (in parallel; default: "
+        "one, without a realisation axis)",
     )
     p.add_argument("--rtol", type=float, default=None, help="dopri5/dop853: default 1e-6")
     p.add_argument("--atol", type=float, default=None, help="dopri5/dop853: default 1e-9")
@@ -199,7 +201,7 @@ def run_kuramoto(o: argparse.Namespace) -> int:
         overwrite=o.overwrite,
         resume=o.resume,
         progress=not o.quiet and progress_enabled(o),
-        extra_params={"cli_options": json.dumps(options)},
+        extra_params={"cli_command": "kuramoto", "cli_options": json.dumps(options)},
     )
     with open_run(result.path) as run:
         rows = run.rows["observables"]

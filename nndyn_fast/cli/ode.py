@@ -19,7 +19,7 @@ from nndyn_fast.integrate import METHODS, odeint
 from nndyn_fast.neural import NeuralODE
 from nndyn_fast.storage import open_run
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
 
 
 def add_ode_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +57,13 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
         choices=list(METHODS),
         help="adaptive dopri5, or a fixed-step method (needs --dt)",
     )
-    p.add_argument("--dt", type=float, default=None, help="step (fixed-step methods)")
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="largest step of fixed-step methods (default: one step per frame interval); "
+        "dopri5: first step (default: chosen automatically)",
+    )
     p.add_argument("--rtol", type=float, default=1e-6, help="dopri5 relative tolerance")
     p.add_argument("--atol", type=float, default=1e-9, help="dopri5 absolute tolerance")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and initial states")
@@ -74,8 +80,8 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
         "(.npy, (B, n) and (B, p)) or the task x -> x^2 on --points points of [-1, 1]. The "
         "loss curve streams to --out.",
     )
-    f.add_argument("--x", default=None, help="inputs (.npy, shape (B, n))")
-    f.add_argument("--y", default=None, help="targets (.npy, shape (B, p))")
+    f.add_argument("--x", default=None, help="inputs (.npy, shape (B, n); default: the x^2 task)")
+    f.add_argument("--y", default=None, help="targets (.npy, shape (B, p); default: the x^2 task)")
     f.add_argument("--points", type=int, default=21, help="points of the x^2 task (default 21)")
     f.add_argument("--hidden", type=int, default=8, help="hidden width (default 8)")
     f.add_argument("--aug", type=int, default=0, help="augmented dimensions q (default 0)")
@@ -107,6 +113,11 @@ def add_ode_parser(sub: argparse._SubParsersAction) -> None:
 
 _RUN_OPTIONS = ("demo", "d", "hidden", "layers", "form", "activation", "scale", "batch", "t_end",
                 "frames", "method", "dt", "rtol", "atol", "seed")  # fmt: skip
+
+
+# the options that make a fit (the data, the model's generator, the optimiser)
+_FIT_OPTIONS = ("x", "y", "points", "hidden", "aug", "optimizer", "steps", "solver",
+                "solver_steps", "lr", "seed")  # fmt: skip
 
 
 def run_ode_fit(args: argparse.Namespace) -> int:
@@ -142,7 +153,8 @@ def run_ode_fit(args: argparse.Namespace) -> int:
         model = AugmentedNeuralODE(NeuralODE.random(n + q, hidden, seed=args.seed), q, R)
     r = fit(model, X, Y, method=args.optimizer, steps=args.steps, solver=args.solver,
             solver_steps=args.solver_steps, lr=args.lr, seed=args.seed, out=args.out,
-            overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+            overwrite=args.overwrite, resume=args.resume,
+            extra_params=cli_params("ode fit", args, _FIT_OPTIONS))  # fmt: skip
     print(f"wrote {r.path}: loss {r.loss[0]:.6g} -> {r.loss[-1]:.6g} in {len(r.loss) - 1} "
           f"iterations ({r.message})")  # fmt: skip
     return 0

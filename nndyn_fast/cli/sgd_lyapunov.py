@@ -26,7 +26,11 @@ from nndyn_fast._validate import (
 from nndyn_fast.plots import plot_stability_diagram
 from nndyn_fast.sgd_stability import gd_threshold_at_minimum, sgd_stability_diagram
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
+
+# the options that make the diagram (the generator of G, the grid)
+_RUN_OPTIONS = ("gradients", "mlp", "n", "d", "activation", "lr_factors", "lr", "batch_sizes",
+                "steps", "transient", "replicas", "sampling", "no_mean_square", "seed")  # fmt: skip
 
 __all__ = ["add_sgd_lyapunov_parser", "run_sgd_lyapunov", "gradients_from_options"]
 
@@ -40,9 +44,15 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
         "criterion and the GD threshold lr < 2/lambda_max; saved to HDF5 and plotted.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--gradients", help=".npy file with the per-sample gradients (n, d)")
     src.add_argument(
-        "--mlp", help="layer widths of a random teacher MLP, e.g. 2,16,16,1 (gradients at init)"
+        "--gradients",
+        help=".npy file with the per-sample gradients (n, d) (default: a random Gaussian "
+        "--n x --d G)",
+    )
+    src.add_argument(
+        "--mlp",
+        help="layer widths of a random teacher MLP, e.g. 2,16,16,1 (gradients at init; "
+        "default: a random Gaussian G)",
     )
     p.add_argument("--n", type=int, default=50, help="samples (random G or MLP inputs)")
     p.add_argument("--d", type=int, default=100, help="parameters of a random Gaussian G")
@@ -54,7 +64,13 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="learning rates as multiples of 2/lambda_max (default 12 values in [0.1, 5])",
     )
-    p.add_argument("--lr", type=float, nargs="+", default=None, help="absolute learning rates")
+    p.add_argument(
+        "--lr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="absolute learning rates (default: --lr-factors)",
+    )
     p.add_argument(
         "--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes"
     )
@@ -73,7 +89,9 @@ def add_sgd_lyapunov_parser(sub: argparse._SubParsersAction) -> None:
     add_run_file_options(
         p, resume_help="continue the diagram in --out after its last committed batch size"
     )
-    p.add_argument("--plot", default=None, help="save the diagram as this image (e.g. .png)")
+    p.add_argument(
+        "--plot", default=None, help="save the diagram as this image (e.g. .png; default: none)"
+    )
     p.set_defaults(func=run_sgd_lyapunov)
 
 
@@ -131,6 +149,7 @@ def run_sgd_lyapunov(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress_enabled(args),
         resume=args.resume,
+        extra_params=cli_params("sgd-lyapunov", args, _RUN_OPTIONS),
     )
     print(
         f"rank {diag.meta['rank']}, lambda_max {diag.lam_max:.6g}, GD threshold "

@@ -12,7 +12,7 @@ from nndyn_fast._validate import check_positive, check_size, check_steps
 from nndyn_fast.meanfield import kuramoto_order_parameter
 from nndyn_fast.sweep import SweepClusterError, SweepPointError, sweep
 
-from .common import add_run_file_options, progress_enabled
+from .common import add_run_file_options, cli_params, progress_enabled
 
 
 def parse_values(name: str, text: str) -> np.ndarray:
@@ -91,6 +91,22 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(func=run_sweep_kuramoto)
 
 
+# the options that make the table besides the grid (--K, --N, --gamma, --t-end and --dt are its
+# columns grid_*, so that a resume names the grid value that differs); the scheduler and
+# workers do not change it
+_RUN_OPTIONS = ("freq", "seed")
+_UNITS = {"K": "1", "N": "1", "gamma": "1", "t_end": "1", "dt": "1", "r": "1", "r_std": "1"}
+_LONG_NAMES = {
+    "K": "coupling strength K",
+    "N": "number of oscillators N",
+    "gamma": "half-width gamma of the Lorentzian frequencies",
+    "t_end": "run length (model time units)",
+    "dt": "RK4 time step (model time units)",
+    "r": "time-averaged Kuramoto order parameter r over the second half of the run",
+    "r_std": "standard deviation of r(t) over the averaging window",
+}
+
+
 def run_sweep_kuramoto(o: argparse.Namespace) -> int:
     # checked here, not at each point of the sweep
     check_size("--N", o.N, item_bytes=128)
@@ -110,6 +126,9 @@ def run_sweep_kuramoto(o: argparse.Namespace) -> int:
             resume=o.resume,
             n_workers=o.workers,
             seed=o.seed,
+            units=_UNITS,
+            long_names=_LONG_NAMES,
+            extra_params=cli_params("sweep kuramoto", o, _RUN_OPTIONS),
         )
     except (SweepPointError, SweepClusterError) as exc:  # a failed run: the finished points
         print(  # stay committed in --out
