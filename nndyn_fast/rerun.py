@@ -349,6 +349,34 @@ def _sweep(p: dict, path: str, out: Any, overwrite: bool) -> Any:
     )  # fmt: skip
 
 
+def _command(verb: str) -> Callable[[dict, str, Any, bool], Any]:
+    """The rerun of a kind only ``nndyn VERB`` writes (``coupling_spectrum``,
+    ``finite_size_gap``): the command again with the options its file stores (``cli_options``),
+    without its figure or its printing; returns the path written."""
+
+    def again(p: dict, path: str, out: Any, overwrite: bool) -> str:
+        import contextlib
+        import io
+        import json
+
+        from .cli import build_parser
+
+        if "cli_options" not in p:
+            raise ValueError(
+                f"cannot rerun {path!r}: it was not written by `nndyn {verb}`, so the coupling "
+                "it describes is not stored (rerun reads the options that command stores)"
+            )
+        o = build_parser().parse_args([verb, "--out", str(out)])
+        for k, v in json.loads(p["cli_options"]).items():
+            setattr(o, k, v)
+        o.out, o.overwrite, o.resume, o.plot, o.progress = str(out), overwrite, False, "", False
+        with contextlib.redirect_stdout(io.StringIO()):
+            o.func(o)
+        return str(out)
+
+    return again
+
+
 _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
     "kuramoto": _network,
     "firing_rate": _network,
@@ -363,6 +391,8 @@ _RERUN: dict[str, Callable[[dict, str, Any, bool], Any]] = {
     "sgd_stability_diagram": _diagram,
     "meanfield_limit": _limit,
     "sweep": _sweep,
+    "coupling_spectrum": _command("spectrum"),
+    "finite_size_gap": _command("limit"),
 }
 
 
@@ -379,7 +409,9 @@ def rerun(path: str | Path, out: str | Path, *, overwrite: bool = False) -> Any:
     ``product_lyapunov`` (a stored factor array), ``gradient_descent``, ``lyapunov_spectrum``
     (built-in systems), ``sgd_lyapunov``, ``sgd_stability_diagram``, ``meanfield_limit``, and
     ``sweep`` of one of the package's functions (``nndyn sweep kuramoto``; in-process, point
-    after point, since the table does not depend on the scheduler).
+    after point, since the table does not depend on the scheduler); ``coupling_spectrum`` and
+    ``finite_size_gap`` files of ``nndyn spectrum`` and ``nndyn limit --particles`` (the
+    command again with its stored options; the path is returned).
 
     Raises
     ------

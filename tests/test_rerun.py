@@ -32,6 +32,9 @@ KINDS = [
     "dde_lyapunov",
     "product_lyapunov",
     "sweep",
+    "coupling_spectrum",
+    "coupling_spectrum_directed",
+    "finite_size_gap",
 ]
 
 
@@ -76,6 +79,9 @@ COMMAND = {
     "sgd_stability_diagram": "sgd-lyapunov",
     "sweep": "sweep kuramoto",
     "fit": "ode fit",
+    "coupling_spectrum": "spectrum",
+    "coupling_spectrum_directed": "spectrum",
+    "finite_size_gap": "limit",
 }
 
 
@@ -226,3 +232,12 @@ def test_rerun_of_the_neural_dde_command(action, tmp_path):
     assert main(["dde", action, *opts]) == 0
     rerun(src, tmp_path / "again.h5")
     _same_run(src, tmp_path / "again.h5")
+
+
+def test_a_spectrum_saved_from_the_api_is_refused_naming_the_missing_coupling(tmp_path):
+    from nndyn_fast.graphs import Graphon
+    from nndyn_fast.spectra import coupling_spectrum, save_spectrum
+
+    out = save_spectrum(coupling_spectrum(Graphon.ring(0.2), 2, n=100), tmp_path / "s.h5")
+    with pytest.raises(ValueError, match="not written by `nndyn spectrum`"):
+        rerun(out, tmp_path / "again.h5")

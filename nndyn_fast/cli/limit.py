@@ -4,14 +4,19 @@ finite-N particle runs."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from nndyn_fast._validate import check_out_path, check_positive, check_seed
 from nndyn_fast.continuum import finite_size_gap, meanfield_limit
 from nndyn_fast.graphs import Graphon, w_random_graph
 
-from .common import add_coupling_options, add_run_file_options, graphon_of, progress_enabled
+from .common import (
+    add_coupling_options,
+    add_run_file_options,
+    cli_params,
+    graphon_of,
+    progress_enabled,
+)
 
 __all__ = ["add_limit_parser", "run_limit"]
 
@@ -103,7 +108,7 @@ def run_limit(o: argparse.Namespace) -> int:
         check_out_path("--plot", plot, overwrite=True)
     w = graphon_of(o)
     progress = progress_enabled(o)
-    extra = {"cli_options": json.dumps({k: getattr(o, k) for k in _OPTIONS})}
+    extra = cli_params("limit", o, _OPTIONS)
     if o.particles:
         if o.noise is not None:
             raise ValueError(

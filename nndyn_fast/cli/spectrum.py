@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,14 @@ from nndyn_fast.spectra import (
     save_spectrum,
 )
 
-from .common import GRAPHS, add_coupling_options, build_coupling, graphon_of, progress_enabled
+from .common import (
+    GRAPHS,
+    add_coupling_options,
+    build_coupling,
+    cli_params,
+    graphon_of,
+    progress_enabled,
+)
 
 __all__ = ["add_spectrum_parser", "run_spectrum"]
 
@@ -117,7 +123,7 @@ def run_spectrum(o: argparse.Namespace) -> int:
             gamma=o.width,
             params={
                 "graph": o.graph,
-                "cli_options": json.dumps({k: getattr(o, k) for k in _OPTIONS}),
+                **cli_params("spectrum", o, _OPTIONS),
             },
             x=x,
             overwrite=o.overwrite,
