@@ -30,7 +30,10 @@ depends on n only); blocks run in parallel, each with its own scratch and its ow
 partial sums, and the partial sums are added in block order. Results are therefore the same
 for any number of threads. Inside a block each layer's activations are a contiguous (m, d_l)
 matrix, so the layer products are small matrix products (``np.dot``, BLAS); the nonlinear and
-loss parts are explicit loops. tanh is ``activations.tanh_fast`` (no library call, a few ulps).
+loss parts are explicit loops. tanh is ``activations.tanh_fast`` (no library call, a few ulps);
+the kernels use numpy's error model, without which its division checks for zero and the loops
+over a layer's units do not vectorise (5x slower). ``mlp_gd_advance`` on one thread runs the
+same blocks in order on the calling thread, in scratch allocated once per call.
 """
 
 import math
