@@ -79,11 +79,12 @@ __all__ = [
 
 LOSSES = {"mse": km.MSE, "cross_entropy": km.XENT}
 # Serial seconds per point and parameter of one kernel call, for the thread choice of
-# threads.for_work (measured on one thread, 20-64-64-1 tanh MLP, 2000 points): forward pass
-# (loss) 2.9e-10, loss and gradient 3.9e-10, Hessian-vector product 5.7e-10.
-_SECONDS_PER_NP_FORWARD = 3e-10
-_SECONDS_PER_NP_GRAD = 4e-10
-_SECONDS_PER_NP_HVP = 6e-10
+# threads.for_work (measured on one thread, 20-64-64-1 tanh MLP, 2000 points, best of 15 on
+# the shared machine): forward pass (loss) 0.9e-10, loss and gradient 1.7e-10, Hessian-vector
+# product 3.7e-10 (3.0e-10, 3.7e-10, 5.7e-10 before the kernels used numpy's error model).
+_SECONDS_PER_NP_FORWARD = 1e-10
+_SECONDS_PER_NP_GRAD = 1.7e-10
+_SECONDS_PER_NP_HVP = 3.7e-10
 _EMPTY_I = np.zeros(0, np.int64)
 # Serial seconds per multiply-add of the kernels' BLAS layer products on a block of
 # km.BLOCK points (about 1e-10 on one thread for 64 x 32 x 32); such products are too small
