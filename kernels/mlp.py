@@ -384,7 +384,7 @@ def _add_into(acc, x):
 
 @njit(cache=True)
 def _loss_grad_serial(sizes, code, loss_code, theta, X, Y, idx, want_grad, grad, work):
-    """``mlp_loss_grad`` on the calling thread, in the scratch ``work`` (see ``_work``): the
+    """``mlp_loss_grad`` on the calling thread, in the scratch ``work`` (``_work_size``): the
     same blocks, the same arithmetic and the same block-order sums, so the same bits, without
     a parallel region or an allocation."""
     nsel = idx.shape[0] if idx.shape[0] > 0 else X.shape[0]
