@@ -30,7 +30,10 @@ depends on n only); blocks run in parallel, each with its own scratch and its ow
 partial sums, and the partial sums are added in block order. Results are therefore the same
 for any number of threads. Inside a block each layer's activations are a contiguous (m, d_l)
 matrix, so the layer products are small matrix products (``np.dot``, BLAS); the nonlinear and
-loss parts are explicit loops. tanh is ``activations.tanh_fast`` (no library call, a few ulps).
+loss parts are explicit loops. tanh is ``activations.tanh_fast`` (no library call, a few ulps);
+the kernels use numpy's error model, without which its division checks for zero and the loops
+over a layer's units do not vectorise (5x slower). ``mlp_gd_advance`` on one thread runs the
+same blocks in order on the calling thread, in scratch allocated once per call.
 """
 
 import math
@@ -112,7 +115,7 @@ def _col_sums(M, out):
             out[o] += M[i, o]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2):
     """Forward pass of the points idx[i0:i0+m] (rows i0:i0+m if idx is empty).
 
@@ -210,7 +213,7 @@ def _loss_hessian_rows(loss_code, F, RF, Y, idx, i0, m, inv_n, RD):
                 RD[i, k] = ysum * p * (RF[i, k] - q) * inv_n
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_block(sizes, theta, woff, uoff, m, A, S1, D, g):
     """Backpropagate δ_L (in D's output layer) through the block; g (P,) receives Σ_rows ∇θ.
 
@@ -231,7 +234,7 @@ def _backward_block(sizes, theta, woff, uoff, m, A, S1, D, g):
                     Dp[i, j] *= Sp[i, j]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _rforward_block(sizes, theta, v, woff, uoff, m, A, S1, RZ, RA, T):
     """R-forward pass: R{z_l} into RZ and R{a_l} into RA (flat block buffers; T scratch)."""
     L = sizes.shape[0] - 1
@@ -261,7 +264,7 @@ def _rforward_block(sizes, theta, v, woff, uoff, m, A, S1, RZ, RA, T):
                     Ra[i, o] = S[i, o] * Rz[i, o]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _rbackward_block(sizes, theta, v, woff, uoff, m, A, S1, S2, D, RZ, RA, RD, T, h):
     """R-backward pass given δ_L in D and R{δ_L} in RD (output layer); h (P,) receives
     Σ_rows H v (every entry overwritten). D and RD hidden layers are overwritten; T scratch."""
@@ -299,7 +302,7 @@ def _rbackward_block(sizes, theta, v, woff, uoff, m, A, S1, S2, D, RZ, RA, RD, T
                     Dp[i, j] = S[i, j] * gj
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_row(sizes, theta, woff, uoff, m, i, A, S1, D, g):
     """Backpropagate δ_L of the single row i of a block; g (P,) receives ∇θ of that row
     (every entry overwritten). D's hidden layers (row i) are overwritten."""
@@ -370,6 +373,57 @@ def mlp_forward(sizes, code, theta, X, out):
         i0, m, A, S1, S2 = _block_forward(sizes, code, theta, X, idx, b, n, woff, uoff, U)
         out[i0 : i0 + m] = _lay(A, m, sizes, uoff, L)
     return OK
+
+
+@njit(cache=True)
+def _add_into(acc, x):
+    """acc += x, entry by entry (no reassociation: the block sums keep their order)."""
+    for p in range(acc.shape[0]):
+        acc[p] += x[p]
+
+
+@njit(cache=True)
+def _loss_grad_serial(sizes, code, loss_code, theta, X, Y, idx, want_grad, grad, work):
+    """``mlp_loss_grad`` on the calling thread, in the scratch ``work`` (``_work_size``): the
+    same blocks, the same arithmetic and the same block-order sums, so the same bits, without
+    a parallel region or an allocation."""
+    nsel = idx.shape[0] if idx.shape[0] > 0 else X.shape[0]
+    woff, uoff, P, U = mlp_layout(sizes)
+    L = sizes.shape[0] - 1
+    inv_n = 1.0 / nsel
+    A, S1, S2, D, gb = _split_work(work, U, P)
+    loss = 0.0
+    if want_grad:
+        grad[:] = 0.0
+    for b in range(_n_blocks(nsel)):
+        i0 = b * BLOCK
+        m = min(BLOCK, nsel - i0)
+        _forward_block(sizes, code, theta, X, idx, i0, m, woff, uoff, A, S1, S2)
+        F = _lay(A, m, sizes, uoff, L)
+        loss += _output_rows(loss_code, F, Y, idx, i0, m, inv_n, _lay(D, m, sizes, uoff, L))
+        if want_grad:
+            _backward_block(sizes, theta, woff, uoff, m, A, S1, D, gb)
+            _add_into(grad, gb)
+    return loss
+
+
+@njit(cache=True, inline="always")
+def _work_size(sizes):
+    """Length of the serial scratch: four block buffers of BLOCK·U values and one (P,) row."""
+    woff, uoff, P, U = mlp_layout(sizes)
+    return 4 * BLOCK * U + P
+
+
+@njit(cache=True, inline="always")
+def _split_work(work, U, P):
+    n = BLOCK * U
+    return (
+        work[:n],
+        work[n : 2 * n],
+        work[2 * n : 3 * n],
+        work[3 * n : 4 * n],
+        work[4 * n : 4 * n + P],
+    )
 
 
 @njit(cache=True, parallel=True)
@@ -467,8 +521,11 @@ def mlp_per_sample_grads(sizes, code, theta, X, out):
 
 
 @njit(cache=True)
-def mlp_gd_advance(sizes, code, loss_code, theta, X, Y, lr, batches, loss_out, gnorm_out):
+def mlp_gd_advance(sizes, code, loss_code, theta, X, Y, lr, batches, loss_out, gnorm_out, serial):
     """Advance θ ← θ − lr ∇L_B(θ) in place for ``loss_out.shape[0]`` steps.
+
+    With ``serial`` (the caller runs on one thread) each step runs on the calling thread in
+    scratch allocated once, without a parallel region; the bits are the same either way.
 
     ``batches`` (steps, B) holds the row indices of each step's mini-batch; with B = 0 every
     step uses all points (full-batch gradient descent). Step k records the batch loss and
@@ -479,8 +536,12 @@ def mlp_gd_advance(sizes, code, loss_code, theta, X, Y, lr, batches, loss_out, g
     steps = loss_out.shape[0]
     P = theta.shape[0]
     g = np.empty(P)
+    work = np.empty(_work_size(sizes) if serial else 0)
     for k in range(steps):
-        loss = mlp_loss_grad(sizes, code, loss_code, theta, X, Y, batches[k], True, g)
+        if serial:  # no parallel region and no allocation per step
+            loss = _loss_grad_serial(sizes, code, loss_code, theta, X, Y, batches[k], True, g, work)
+        else:
+            loss = mlp_loss_grad(sizes, code, loss_code, theta, X, Y, batches[k], True, g)
         s = 0.0
         for p in range(P):
             s += g[p] * g[p]

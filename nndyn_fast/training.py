@@ -79,12 +79,24 @@ __all__ = [
 
 LOSSES = {"mse": km.MSE, "cross_entropy": km.XENT}
 # Serial seconds per point and parameter of one kernel call, for the thread choice of
-# threads.for_work (measured on one thread, 20-64-64-1 tanh MLP, 2000 points): forward pass
-# (loss) 2.9e-10, loss and gradient 3.9e-10, Hessian-vector product 5.7e-10.
-_SECONDS_PER_NP_FORWARD = 3e-10
-_SECONDS_PER_NP_GRAD = 4e-10
-_SECONDS_PER_NP_HVP = 6e-10
+# threads.for_work (measured on one thread, 20-64-64-1 tanh MLP, 2000 points, best of 15 on
+# the shared machine): forward pass (loss) 0.9e-10, loss and gradient 1.7e-10, Hessian-vector
+# product 3.7e-10 (3.0e-10, 3.7e-10, 5.7e-10 before the kernels used numpy's error model).
+_SECONDS_PER_NP_FORWARD = 1e-10
+_SECONDS_PER_NP_GRAD = 1.7e-10
+_SECONDS_PER_NP_HVP = 3.7e-10
 _EMPTY_I = np.zeros(0, np.int64)
+# Serial seconds per multiply-add of the kernels' BLAS layer products on a block of
+# km.BLOCK points (about 1e-10 on one thread for 64 x 32 x 32); such products are too small
+# for BLAS threads, which under load cost far more than they save.
+_SECONDS_PER_GEMM_MADD = 1e-10
+
+
+def _block_blas_seconds(mlp: MLP) -> float:
+    """Serial seconds of the largest layer product the MLP kernels hand to BLAS (a block of
+    km.BLOCK points through the widest layer), for the BLAS thread choice of for_work."""
+    s = mlp.sizes
+    return _SECONDS_PER_GEMM_MADD * km.BLOCK * max(s[l] * s[l + 1] for l in range(len(s) - 1))
 
 
 @dataclass(frozen=True)
@@ -973,6 +985,7 @@ def gradient_descent(
     rec_loss, rec_gn, sh_step, sh_val = [], [], [], []
     op_args = (mlp._sizes, mlp._code, mlp._loss_code)
     step_seconds = _SECONDS_PER_NP_GRAD * (batch_size or n) * mlp.n_params
+    blas_seconds = _block_blas_seconds(mlp)
 
     def measure(at: int) -> None:
         nonlocal v0
@@ -1005,8 +1018,12 @@ def gradient_descent(
             batches = _draw_batches(rng, m, n, batch_size)
             lbuf = np.empty(m)
             gbuf = np.empty(m)
-            with for_work(step_seconds):  # two parallel regions per step
-                done, status = km.mlp_gd_advance(*op_args, theta, X, Y, lr, batches, lbuf, gbuf)
+            # two parallel regions per step, or none on one thread; BLAS (the layer products
+            # of a block of points) on one thread unless a product is large
+            with for_work(step_seconds, blas=blas_seconds) as nt:
+                done, status = km.mlp_gd_advance(
+                    *op_args, theta, X, Y, lr, batches, lbuf, gbuf, nt == 1
+                )
             if run is not None:
                 run.append(
                     "trajectory",
