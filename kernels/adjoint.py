@@ -83,6 +83,27 @@ def block_field_store(model, l, X, nb, P, Sg, K):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _outer_acc(G, w, l, U, V, nb, m, n):
+    """``G[w, l, i, j] += sum_r U[r, i] V[r, j]`` (i < m, j < n) over the rows ``r < nb``, added
+    row after row (the order of a row-by-row sweep), four rows per pass over ``G``."""
+    r = 0
+    while r + 4 <= nb:
+        for i in range(m):
+            c0, c1, c2, c3 = U[r, i], U[r + 1, i], U[r + 2, i], U[r + 3, i]
+            for j in range(n):
+                G[w, l, i, j] = (
+                    ((G[w, l, i, j] + c0 * V[r, j]) + c1 * V[r + 1, j]) + c2 * V[r + 2, j]
+                ) + c3 * V[r + 3, j]
+        r += 4
+    while r < nb:
+        for i in range(m):
+            c = U[r, i]
+            for j in range(n):
+                G[w, l, i, j] += c * V[r, j]
+        r += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
     """Reverse of :func:`block_field_store`: accumulate ``gW[w, l]``, ``gA[w, l]``, ``gb[w, l]``
     and write ``Ybar = Df_l(X)^T kbar`` (nb, d); ``sbar`` (nb, H) is scratch."""
@@ -94,12 +115,7 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
             for j in range(H):
                 sbar[r, j] = 0.0
         block_matmul_acc(W, l, kbar, nb, d, sbar, H)  # σ̄ = k̄ W_l
-        for r in range(nb):
-            for i in range(d):
-                c = kbar[r, i]
-                if c != 0.0:
-                    for j in range(H):
-                        gW[w, l, i, j] += c * Sg[r, j]
+        _outer_acc(gW, w, l, kbar, Sg, nb, d, H)  # W̄_l += k̄ σ^T
     else:
         for r in range(nb):
             for j in range(H):
@@ -116,11 +132,8 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
                 sbar[r, j] *= dact(code, P[r, j])
     for r in range(nb):
         for j in range(H):
-            c = sbar[r, j]
-            gb[w, l, j] += c
-            if c != 0.0:
-                for i in range(d):
-                    gA[w, l, j, i] += c * X[r, i]
+            gb[w, l, j] += sbar[r, j]
+    _outer_acc(gA, w, l, sbar, X, nb, H, d)  # Ā_l += p̄ Y^T
     for r in range(nb):
         for i in range(d):
             Ybar[r, i] = 0.0
