@@ -401,7 +401,7 @@ def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
 def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl, sw, t0, T,
                    tstops, TA, TB, TE, needf, need, rtol, atol, max_steps, expo1, ckz, ckc, pos,
                    Ys, Ps, Ss, Ks, z, znew, e, ctl, lam, kbar, Ybar, sbar, gW, gA, gb, w, hbar,
-                   ZT, dZ0, dT):  # fmt: skip
+                   ZT, dZ0, dT, top0):  # fmt: skip
     """The forward sweep and the reverse sweep of the ``n`` steps of rows ``lo .. lo + nb - 1``
     with the ``s = ckz.shape[0]`` checkpoint slots ``ckz`` (s, block, d) (controller states
     ``ckc`` (s, NCTL), step indices ``pos`` (s,)): binomial checkpointing (Griewank 1992).
@@ -412,23 +412,26 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
     there, or (one step left, or no free slot) advance to ``end - 1``, take that step storing
     its stages and reverse it. Each step is evaluated at most ``r + 1`` times, ``r`` the least
     integer with ``C(s + r, s) >= n``; the stored states are ``s`` whatever ``n``. Recomputed
-    steps are bitwise the forward ones, so the result is that of storing every stage. Returns
-    the number of step evaluations.
+    steps are bitwise the forward ones, so the result is that of storing every stage. With
+    ``top0 > 0`` the caller has stored the states of steps ``0 .. top0`` in slots ``0 .. top0``
+    already (``pos[k] = k``). Returns the number of step evaluations.
     """
     d = Z0.shape[1]
     s = ckz.shape[0]
     for r in range(nb):
         dT[lo + r] = 0.0
-        for i in range(d):
-            z[r, i] = Z0[lo + r, i]
-    _dopri5_start(ctl, t0)
-    top = 0
-    pos[0] = 0
-    for r in range(nb):
-        for i in range(d):
-            ckz[0, r, i] = z[r, i]
-    for j in range(NCTL):
-        ckc[0, j] = ctl[j]
+    top = top0
+    if top0 == 0:
+        for r in range(nb):
+            for i in range(d):
+                z[r, i] = Z0[lo + r, i]
+        _dopri5_start(ctl, t0)
+        pos[0] = 0
+        for r in range(nb):
+            for i in range(d):
+                ckz[0, r, i] = z[r, i]
+        for j in range(NCTL):
+            ckc[0, j] = ctl[j]
     end = n
     nev = 0
     while end > 0:
@@ -543,7 +546,7 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
                                      sl, sw, 0.0, 0.0, tstops, TA, TB, TB, need, need, tol,
                                      tol, 0, 0.0, ckz[w], ckc[w], pos[w], Ys[w], Ps[w], Ss[w],
                                      Ks[w], z, znew, e, ctl, lam, kbar, Ybar, sbar, aW, aA, ab,
-                                     w, hbar, ZT, dZ0, dT)  # fmt: skip
+                                     w, hbar, ZT, dZ0, dT, 0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 
@@ -554,17 +557,20 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                     dZ0, dT, ns, status, nev):  # fmt: skip
     """Vector-Jacobian products of the adaptive Dormand-Prince flow map, the accepted steps
     held fixed, row by row: a first run counts the accepted steps (``ns`` (B,), ``status``
-    (B,) as :func:`dopri5_accept`), then the checkpointed sweeps as :func:`rk_flow_vjp` with
-    ``block = 1``, each checkpoint holding the state and the controller state, so no step size
-    is stored. ``t0``, ``T``: the interval; ``tstops``: layer switches; ``TE``: the error
-    weights; ``rtol``/``atol`` (d,). Rows that fail keep ``status`` and their last state in
-    ``ZT`` and are not reversed. ``nev`` (B,): step evaluations per row (the counting run
-    included). Other arguments as :func:`rk_flow_vjp`. Returns 0.
+    (B,) as :func:`dopri5_accept`) and keeps every state while the slots last, then the
+    checkpointed sweeps as :func:`rk_flow_vjp` with ``block = 1`` (when the run took no more
+    steps than there are slots, only the reverse sweep), each checkpoint holding the state and
+    the controller state, so no step size is stored. ``t0``, ``T``: the interval; ``tstops``:
+    layer switches; ``TE``: the error weights; ``rtol``/``atol`` (d,). Rows that fail keep
+    ``status`` and their last state in ``ZT`` and are not reversed. ``nev`` (B,): step
+    evaluations per row (the counting run included). Other arguments as :func:`rk_flow_vjp`.
+    Returns 0.
     """
     B, d = Z0.shape
     H = gb.shape[1]
     S = TB.shape[0]
     nw = aA.shape[0]
+    s = ckz.shape[1]
     expo1 = pi_exponent(5)
     needall = np.ones(S, np.bool_)
     cum = np.zeros(2, np.int64)
@@ -588,6 +594,12 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
             used = 0
             st = OK
             while ctl[0] < T:
+                if n < s:  # every state kept while the slots last: then no second forward run
+                    pos[w, n] = n
+                    for i in range(d):
+                        ckz[w, n, 0, i] = z[0, i]
+                    for j in range(NCTL):
+                        ckc[w, n, j] = ctl[j]
                 st, _, _, u = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE,
                                             needall, rtol, atol, max_steps, expo1, Ys[w], Ps[w],
                                             Ss[w], Ks[w])  # fmt: skip
@@ -602,12 +614,13 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                     ZT[r, i] = z[0, i]
                 nev[r] = used
                 continue
+            top0 = n - 1 if n <= s else 0  # every state already stored, or start over
             nev[r] = used + _reverse_steps(ADAPTIVE, model, Z0, C, R, Yt, scale, res, r, 1, n,
                                            cum, sh, sl, sh, t0, T, tstops, TA, TB, TE, needall,
                                            need, rtol, atol, max_steps, expo1, ckz[w], ckc[w],
                                            pos[w], Ys[w], Ps[w], Ss[w], Ks[w], z, znew, e, ctl,
                                            lam, kbar, Ybar, sbar, aW, aA, ab, w, hbar, ZT, dZ0,
-                                           dT)  # fmt: skip
+                                           dT, top0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 
