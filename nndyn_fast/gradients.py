@@ -219,6 +219,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         max_steps = check_int("max_steps", max_steps, minimum=1)
         block = 1
         n_est = 100  # for the thread count only
+        slots = min(slots, max_steps)  # no more states than steps
     else:
         cum, sh, sl, sw = _fixed_steps(base, t0, T, steps, dt)
         block = _BLOCK
