@@ -1,11 +1,13 @@
 """Benchmarks of the flow-map gradients (the discrete adjoint), each beside its baselines.
 
 Full sizes (``NNDYN_BENCH_FULL=1``): f(x) = W tanh(A x + b), d = H = 64, batch 1024, t in
-[0, 1]; the gradient of ½ mean ||Φ(x) - y||² with RK4 and 100 steps (sqrt checkpointing:
-one extra forward sweep) beside the forward pass alone (``flow_map``, the package's RK4) and
-beside a numpy reverse sweep of the same steps (every stage stored, whole-batch BLAS products,
-tests/reference_gradients.py); the Dormand-Prince gradient (rtol 1e-6, the accepted steps held)
-beside the package's dopri5 forward pass.
+[0, 1]; the gradient of ½ mean ||Φ(x) - y||² with RK4 and 100 steps (the default 32 checkpoint
+slots: each step evaluated at most 3 times) beside the same with every state stored (100
+slots), the forward pass alone (``flow_map``, the package's RK4) and a numpy reverse sweep of
+the same steps (every stage stored, whole-batch BLAS products, tests/reference_gradients.py);
+a long run (batch 16, d = H = 8, 10^4 RK4 steps, 32 slots: the recompute factor, step
+evaluations per step, in ``extra_info``) beside its forward pass; the Dormand-Prince gradient
+(rtol 1e-6, the accepted steps held) beside the package's dopri5 forward pass.
 """
 
 import os
@@ -20,6 +22,7 @@ from nndyn_fast.neural import NeuralODE, flow_map
 
 FULL = os.environ.get("NNDYN_BENCH_FULL") == "1"
 D, B, STEPS = (64, 1024, 100) if FULL else (8, 32, 10)
+LONG = 10_000 if FULL else 1000  # steps of the long run (batch 16, d = 8)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,18 @@ def problem():
 def test_grad_rk4_ours(benchmark, problem):
     model, X, Y = problem
     loss, g = benchmark(lambda: loss_and_grad(model, X, Y, steps=STEPS))
+    benchmark.extra_info["recompute_factor"] = float(g.n_evals.max()) / STEPS
     r = flow_map(model, X, method="rk4", dt=1.0 / STEPS) - Y
     assert abs(loss - 0.5 * np.sum(r * r) / B) < 1e-12 * max(1.0, loss)
+
+
+@pytest.mark.benchmark(group="grad-rk4-d64-batch1024")
+def test_grad_rk4_every_state_stored(benchmark, problem):
+    model, X, Y = problem
+    _, g = benchmark(lambda: loss_and_grad(model, X, Y, steps=STEPS, checkpoints=STEPS))
+    benchmark.extra_info["recompute_factor"] = float(g.n_evals.max()) / STEPS
+    _, g32 = loss_and_grad(model, X, Y, steps=STEPS)
+    np.testing.assert_array_equal(g.params["A"], g32.params["A"])  # the same sweep, bitwise
 
 
 @pytest.mark.benchmark(group="grad-rk4-d64-batch1024")
@@ -66,11 +79,35 @@ def test_grad_rk4_numpy(benchmark, problem):
     assert np.abs(gA - g.params["A"]).max() < 1e-10
 
 
+@pytest.fixture(scope="module")
+def long_problem():
+    model = NeuralODE.random(8, 8, seed=2)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((16, 8))
+    loss_and_grad(model, X, X, steps=2)
+    flow_map(model, X, method="rk4", dt=0.5)
+    return model, X
+
+
+@pytest.mark.benchmark(group="grad-rk4-long-run")
+def test_grad_rk4_long_ours(benchmark, long_problem):
+    model, X = long_problem
+    _, g = benchmark(lambda: loss_and_grad(model, X, np.zeros_like(X), steps=LONG))
+    benchmark.extra_info["recompute_factor"] = float(g.n_evals.max()) / LONG
+
+
+@pytest.mark.benchmark(group="grad-rk4-long-run")
+def test_grad_rk4_long_forward_pass(benchmark, long_problem):
+    model, X = long_problem
+    benchmark(lambda: flow_map(model, X, method="rk4", dt=1.0 / LONG))
+
+
 @pytest.mark.benchmark(group="grad-dopri5-d64-batch1024")
 def test_grad_dopri5_ours(benchmark, problem):
     model, X, Y = problem
     _, g = benchmark(lambda: loss_and_grad(model, X, Y, method="dopri5", rtol=1e-6, atol=1e-8))
     benchmark.extra_info["mean_steps"] = float(np.mean(g.n_steps))
+    benchmark.extra_info["recompute_factor"] = float(np.mean(g.n_evals / g.n_steps))
 
 
 @pytest.mark.benchmark(group="grad-dopri5-d64-batch1024")

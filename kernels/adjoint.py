@@ -13,11 +13,15 @@ and the field's vector-Jacobian product at ``p = A_l Y + b_l``, ``σ = σ(p)``: 
 This is the exact gradient of the discrete map (the same steps, the same rounding up to the
 order of summation), not of the ODE's flow.
 
-Memory: the state at the start of every ``spacing``-th step is stored on the forward sweep;
-the reverse sweep recomputes one segment of ``spacing`` steps at a time from its checkpoint,
-storing that segment's stage values, and runs back through it. Per block of rows the memory is
-``(n / spacing) nb d`` (checkpoints) plus ``spacing S nb (2 d + 2 H)`` (one segment's stages):
-with ``spacing ~ sqrt(n)`` it grows like ``sqrt(n)``, the extra cost is one more forward sweep.
+Memory: fixed, whatever the number of steps ``n``. Each worker holds ``s`` checkpoint slots
+(states of its block of rows, plus the controller state of a Dormand-Prince row) and the stages
+of one step; the reverse sweep recomputes the steps between checkpoints by binomial
+checkpointing (Griewank 1992, the revolve schedule, with an explicit stack of slots), so each
+step is evaluated at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n``,
+and the total is the least of any such schedule. Per block of ``nb`` rows the memory is
+``s nb d`` (checkpoints) plus ``S nb (2 d + 2 H)`` (one step's stages). A Dormand-Prince
+checkpoint holds the state and the step-size controller's state, so its steps are recomputed
+bitwise and no step size is stored; a first run counts the accepted steps.
 
 Rows are independent: blocks of ``block`` rows share the step schedule; the blocks are handed
 to ``nw`` workers (``prange``), each with its own gradient accumulator, and the accumulators are
@@ -79,6 +83,27 @@ def block_field_store(model, l, X, nb, P, Sg, K):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _outer_acc(G, w, l, U, V, nb, m, n):
+    """``G[w, l, i, j] += sum_r U[r, i] V[r, j]`` (i < m, j < n) over the rows ``r < nb``, added
+    row after row (the order of a row-by-row sweep), four rows per pass over ``G``."""
+    r = 0
+    while r + 4 <= nb:
+        for i in range(m):
+            c0, c1, c2, c3 = U[r, i], U[r + 1, i], U[r + 2, i], U[r + 3, i]
+            for j in range(n):
+                G[w, l, i, j] = (
+                    ((G[w, l, i, j] + c0 * V[r, j]) + c1 * V[r + 1, j]) + c2 * V[r + 2, j]
+                ) + c3 * V[r + 3, j]
+        r += 4
+    while r < nb:
+        for i in range(m):
+            c = U[r, i]
+            for j in range(n):
+                G[w, l, i, j] += c * V[r, j]
+        r += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
     """Reverse of :func:`block_field_store`: accumulate ``gW[w, l]``, ``gA[w, l]``, ``gb[w, l]``
     and write ``Ybar = Df_l(X)^T kbar`` (nb, d); ``sbar`` (nb, H) is scratch."""
@@ -90,12 +115,7 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
             for j in range(H):
                 sbar[r, j] = 0.0
         block_matmul_acc(W, l, kbar, nb, d, sbar, H)  # σ̄ = k̄ W_l
-        for r in range(nb):
-            for i in range(d):
-                c = kbar[r, i]
-                if c != 0.0:
-                    for j in range(H):
-                        gW[w, l, i, j] += c * Sg[r, j]
+        _outer_acc(gW, w, l, kbar, Sg, nb, d, H)  # W̄_l += k̄ σ^T
     else:
         for r in range(nb):
             for j in range(H):
@@ -112,11 +132,8 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
                 sbar[r, j] *= dact(code, P[r, j])
     for r in range(nb):
         for j in range(H):
-            c = sbar[r, j]
-            gb[w, l, j] += c
-            if c != 0.0:
-                for i in range(d):
-                    gA[w, l, j, i] += c * X[r, i]
+            gb[w, l, j] += sbar[r, j]
+    _outer_acc(gA, w, l, sbar, X, nb, H, d)  # Ā_l += p̄ Y^T
     for r in range(nb):
         for i in range(d):
             Ybar[r, i] = 0.0
@@ -193,113 +210,6 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, kbar, Y
                     hbar[r] += a * acc
 
 
-@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _block_vjp(model, Z0, C, R, Yt, scale, res, lo, nb, hs, ls, hw, n, TA, TB, need, spacing,
-               ckpt, Ys, Ps, Ss, Ks, z, lam, kbar, Ybar, sbar, gW, gA, gb, w, hbar, ZT, dZ0,
-               dT):  # fmt: skip
-    """Forward sweep with checkpoints, then the reverse sweep, for rows ``lo .. lo + nb - 1``
-    sharing the ``n`` steps ``hs[:n]`` (layers ``ls``, ``∂h/∂T`` weights ``hw``). The adjoint
-    of the end state is ``C`` or, with targets ``Yt`` (B, p), ``scale R^T (R z_T - y)`` (the
-    residuals into ``res``)."""
-    d = Z0.shape[1]
-    for r in range(nb):
-        for i in range(d):
-            z[r, i] = Z0[lo + r, i]
-    nseg = (n + spacing - 1) // spacing
-    for k in range(n):
-        if k % spacing == 0:
-            g = k // spacing
-            for r in range(nb):
-                for i in range(d):
-                    ckpt[g, r, i] = z[r, i]
-        _step_store(model, ls[k], hs[k], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, 0)
-    p = R.shape[0]
-    for r in range(nb):
-        dT[lo + r] = 0.0
-        for i in range(d):
-            ZT[lo + r, i] = z[r, i]
-            lam[r, i] = C[lo + r, i] if Yt.shape[0] == 0 else 0.0
-        if Yt.shape[0] > 0:
-            for k in range(p):
-                acc = -Yt[lo + r, k]
-                for i in range(d):
-                    acc += R[k, i] * z[r, i]
-                res[lo + r, k] = acc
-                c = scale * acc
-                for i in range(d):
-                    lam[r, i] += c * R[k, i]
-    for g in range(nseg - 1, -1, -1):
-        k0 = g * spacing
-        k1 = min(n, k0 + spacing)
-        for r in range(nb):
-            for i in range(d):
-                z[r, i] = ckpt[g, r, i]
-        for k in range(k0, k1):
-            _step_store(model, ls[k], hs[k], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, k - k0)
-        for k in range(k1 - 1, k0 - 1, -1):
-            _step_reverse(model, ls[k], hs[k], nb, TA, TB, need, Ys, Ps, Ss, Ks, k - k0, lam,
-                          kbar, Ybar, sbar, gW, gA, gb, w, hbar)  # fmt: skip
-            if hw[k] != 0.0:
-                for r in range(nb):
-                    dT[lo + r] += hw[k] * hbar[r]
-    for r in range(nb):
-        for i in range(d):
-            dZ0[lo + r, i] = lam[r, i]
-
-
-@njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
-def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, hs, ls, hw, ns, TA, TB, need, spacing, block,
-                ckpt, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT):  # fmt: skip
-    """Vector-Jacobian products of the RK flow map of the built-in field for a batch.
-
-    ``Z0`` (B, d) initial states, ``C`` (B, d) cotangents on the final states, or (loss mode,
-    ``Yt`` (B, p) not empty) the cotangents ``scale R^T (R z_T - Yt)`` of the loss
-    ``scale/2 sum ||R z_T - y||^2`` with the residuals written to ``res`` (B, p). Step
-    schedule: ``hs``/``ls``/``hw`` (R, nmax) step sizes, layers and ``∂h/∂T``, ``ns`` (R,) step
-    counts, with R = 1 (every row takes the same steps) or R = B (row r its own steps; then
-    ``block`` must be 1). ``need[s]``: stage s enters the result. ``spacing``: steps per
-    checkpoint. Scratch of each of the ``nw`` workers (caller-allocated, so the memory is the
-    caller's to see): ``ckpt`` (nw, nmax / spacing + 1, block, d), ``Ys``/``Ks`` (nw, spacing,
-    S, block, d), ``Ps``/``Ss`` (nw, spacing, S, block, H), gradient accumulators ``aW``/``aA``/
-    ``ab`` (nw, L, ...), zero on entry. Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter
-    gradients ``sum_r C_r·∂Z_T,r/∂θ`` (added to), ``ZT`` (B, d) final states, ``dZ0`` (B, d)
-    ``(∂Z_T/∂Z0)^T C``, ``dT`` (B,) per-row ``C_r·∂Z_T,r/∂T``. The worker accumulators are
-    summed in worker order. Returns 0.
-    """
-    B, d = Z0.shape
-    L = gb.shape[0]
-    H = gb.shape[1]
-    S = TB.shape[0]
-    nw = aA.shape[0]
-    nblocks = (B + block - 1) // block
-    dW = aW.shape[2]
-    hW = aW.shape[3]
-    for w in prange(nw):
-        z = np.empty((block, d))
-        lam = np.empty((block, d))
-        kbar = np.empty((S, block, d))
-        Ybar = np.empty((block, d))
-        sbar = np.empty((block, H))
-        hbar = np.empty(block)
-        for ib in range(w, nblocks, nw):
-            lo = ib * block
-            nb = min(B, lo + block) - lo
-            rr = lo if hs.shape[0] > 1 else 0
-            _block_vjp(model, Z0, C, R, Yt, scale, res, lo, nb, hs[rr], ls[rr], hw[rr], ns[rr], TA,
-                       TB, need, spacing, ckpt[w], Ys[w], Ps[w], Ss[w], Ks[w], z, lam, kbar, Ybar,
-                       sbar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
-    for w in range(nw):
-        for l in range(L):
-            for i in range(dW):
-                for j in range(hW):
-                    gW[l, i, j] += aW[w, l, i, j]
-            for j in range(H):
-                gb[l, j] += ab[w, l, j]
-                for i in range(d):
-                    gA[l, j, i] += aA[w, l, j, i]
-    return 0
-
-
 @njit(cache=True, error_model="numpy")
 def _layer_at(tstops, t):
     n = 0
@@ -317,88 +227,443 @@ def _next_stop(tstops, t, te):
     return te
 
 
+@njit(cache=True, error_model="numpy")
+def revolve_split(n, snaps):
+    """Steps to advance before storing the next checkpoint, reversing ``n >= 2`` steps with
+    ``snaps >= 2`` checkpoint slots of which the first holds the start (Griewank's binomial
+    rule, as in revolve): the schedule that minimises the number of steps evaluated."""
+    reps = 0
+    rng = 1
+    while rng < n:
+        reps += 1
+        rng = rng * (reps + snaps) // reps  # C(snaps + reps, reps), exactly
+    bino1 = rng * reps // (snaps + reps)
+    bino2 = bino1 * snaps // (snaps + reps - 1) if snaps > 1 else 1
+    if snaps == 1:
+        bino3 = 0
+    else:
+        bino3 = bino2 * (snaps - 1) // (snaps + reps - 2) if snaps > 2 else 1
+    bino4 = bino2 * (reps - 1) // snaps
+    if snaps < 3:
+        bino5 = 0
+    else:
+        bino5 = bino3 * (snaps - 2) // reps if snaps > 3 else 1
+    if n <= bino1 + bino3:
+        m = bino4
+    elif n >= rng - bino5:
+        m = bino1
+    else:
+        m = n - bino2 - bino3
+    return min(max(m, 1), n - 1)
+
+
+# a Dormand-Prince checkpoint: the state and the controller's (t, h, errold, rejected,
+# nonfinite, tries); recomputing from it reproduces the accepted steps bitwise
+NCTL = 6
+
+
+# fastmath=False set, not inherited: a kernel's callees without flags take their first
+# caller's flags, and the controller must round alike under every caller
+@njit(cache=True, error_model="numpy", fastmath=False)
+def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, atol, max_steps,
+                  expo1, Ys, Ps, Ss, Ks):  # fmt: skip
+    """One accepted adaptive Dormand-Prince step of the single row ``z`` (1, d) from the
+    controller state ``ctl`` (t, h, errold, rejected, nonfinite, tries), both updated; the
+    stages of the accepted step are left in ``Ys[0]``..``Ks[0]``. PI controller on the weighted
+    RMS norm of the embedded error estimate, Hairer's starting step when ``h = 0``, steps
+    that never cross a layer switch ``tstops`` or ``T``. Returns ``(status, h, layer,
+    attempts)``; status ``OK``, ``NONFINITE``, ``STEP_UNDERFLOW`` or ``MAX_STEPS`` (more than
+    ``max_steps`` attempts in all)."""
+    d = z.shape[1]
+    S = TB.shape[0]
+    t = ctl[0]
+    h = ctl[1]
+    errold = ctl[2]
+    rejected = ctl[3] != 0.0
+    nonfinite = ctl[4] != 0.0
+    tries = ctl[5]
+    used = 0
+    st = OK
+    hacc = 0.0
+    lacc = 0
+    while True:
+        l = _layer_at(tstops, t)
+        te = _next_stop(tstops, t, T)
+        if h <= 0.0:
+            # Hairer's starting step from two field evaluations
+            block_field_store(model, l, z, 1, Ps[0, 0], Ss[0, 0], Ks[0, 0])
+            h, d1 = initial_step_guess(z[0], Ks[0, 0, 0], rtol, atol)
+            h = min(h, te - t)
+            for i in range(d):
+                znew[0, i] = z[0, i] + h * Ks[0, 0, 0, i]
+            block_field_store(model, l, znew, 1, Ps[0, 1], Ss[0, 1], Ks[0, 1])
+            for i in range(d):
+                e[i] = Ks[0, 1, 0, i] - Ks[0, 0, 0, i]
+            d2 = wrms_norm(e, z[0], z[0], rtol, atol) / h
+            h = min(initial_step_refine(h, d1, d2, 5), te - t)
+        if tries >= max_steps:
+            st = MAX_STEPS
+            break
+        last = False
+        if t + h >= te:
+            h = te - t
+            last = True
+        if h <= 16.0 * EPS * max(abs(t), abs(te)):
+            st = NONFINITE if nonfinite else STEP_UNDERFLOW
+            break
+        for i in range(d):
+            znew[0, i] = z[0, i]
+        _step_store(model, l, h, znew, 1, TA, TB, need, Ys, Ps, Ss, Ks, 0)
+        for i in range(d):
+            acc = 0.0
+            for s in range(S):
+                acc += TE[s] * Ks[0, s, 0, i]
+            e[i] = h * acc
+        err = wrms_norm(e, z[0], znew[0], rtol, atol)
+        finite = True
+        for i in range(d):
+            finite &= math.isfinite(znew[0, i])
+        tries += 1.0
+        used += 1
+        accept, fac, errold, nonfinite = pi_control(err, finite, errold, rejected, expo1)
+        rejected = not accept
+        if accept:
+            hacc = h
+            lacc = l
+            t = te if last else t + h
+            for i in range(d):
+                z[0, i] = znew[0, i]
+            h = h * fac
+            break
+        h = h * fac
+    ctl[0] = t
+    ctl[1] = h
+    ctl[2] = errold
+    ctl[3] = 1.0 if rejected else 0.0
+    ctl[4] = 1.0 if nonfinite else 0.0
+    ctl[5] = tries
+    return st, hacc, lacc, used
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _dopri5_start(ctl, t0):
+    ctl[0] = t0
+    ctl[1] = 0.0
+    ctl[2] = ERR_FLOOR
+    ctl[3] = 0.0
+    ctl[4] = 0.0
+    ctl[5] = 0.0
+
+
+# the two ways a step k is taken: a fixed-step schedule, or the adaptive controller
+FIXED = 0
+ADAPTIVE = 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T, tstops, TA, TB, TE,
+               need, rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks):  # fmt: skip
+    """Step ``k`` of ``z`` (and of ``ctl``), its stages left in the tape ``Ys[0]``..``Ks[0]``.
+    Returns ``(h, layer, ∂h/∂T weight of a fixed step, evaluations)``."""
+    if mode == FIXED:
+        g = 0
+        while cum[g + 1] <= k:
+            g += 1
+        _step_store(model, sl[g], sh[g], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, 0)
+        return sh[g], sl[g], sw[g], 1
+    st, h, l, used = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol,
+                                   atol, max_steps, expo1, Ys, Ps, Ss, Ks)  # fmt: skip
+    return h, l, 0.0, used
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
+    """The adjoint ``lam`` of the end state ``z``: the cotangent ``C`` or, with targets ``Yt``,
+    ``scale R^T (R z - y)`` (the residuals into ``res``); ``z`` copied into ``ZT``."""
+    d = z.shape[1]
+    p = R.shape[0]
+    for r in range(nb):
+        for i in range(d):
+            ZT[lo + r, i] = z[r, i]
+            lam[r, i] = C[lo + r, i] if Yt.shape[0] == 0 else 0.0
+        if Yt.shape[0] > 0:
+            for k in range(p):
+                acc = -Yt[lo + r, k]
+                for i in range(d):
+                    acc += R[k, i] * z[r, i]
+                res[lo + r, k] = acc
+                c = scale * acc
+                for i in range(d):
+                    lam[r, i] += c * R[k, i]
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl, sw, t0, T,
+                   tstops, TA, TB, TE, needf, need, rtol, atol, max_steps, expo1, ckz, ckc, pos,
+                   Ys, Ps, Ss, Ks, z, znew, e, ctl, lam, kbar, Ybar, sbar, gW, gA, gb, w, hbar,
+                   ZT, dZ0, dT, top0):  # fmt: skip
+    """The forward sweep and the reverse sweep of the ``n`` steps of rows ``lo .. lo + nb - 1``
+    with the ``s = ckz.shape[0]`` checkpoint slots ``ckz`` (s, block, d) (controller states
+    ``ckc`` (s, NCTL), step indices ``pos`` (s,)): binomial checkpointing (Griewank 1992).
+
+    The slots hold a stack of states at steps ``pos[0] = 0 < pos[1] < ...``; ``end`` is the
+    first step not yet reversed. While ``end > 0``: with ``[a, end)`` the steps above the top
+    slot, either advance ``revolve_split(end - a, s - top)`` steps from ``a`` and push the state
+    there, or (one step left, or no free slot) advance to ``end - 1``, take that step storing
+    its stages and reverse it. Each step is evaluated at most ``r + 1`` times, ``r`` the least
+    integer with ``C(s + r, s) >= n``; the stored states are ``s`` whatever ``n``. Recomputed
+    steps are bitwise the forward ones, so the result is that of storing every stage. With
+    ``top0 > 0`` the caller has stored the states of steps ``0 .. top0`` in slots ``0 .. top0``
+    already (``pos[k] = k``). Returns the number of step evaluations.
+    """
+    d = Z0.shape[1]
+    s = ckz.shape[0]
+    for r in range(nb):
+        dT[lo + r] = 0.0
+    top = top0
+    if top0 == 0:
+        for r in range(nb):
+            for i in range(d):
+                z[r, i] = Z0[lo + r, i]
+        _dopri5_start(ctl, t0)
+        pos[0] = 0
+        for r in range(nb):
+            for i in range(d):
+                ckz[0, r, i] = z[r, i]
+        for j in range(NCTL):
+            ckc[0, j] = ctl[j]
+    end = n
+    nev = 0
+    while end > 0:
+        a = pos[top]
+        if a == end:
+            top -= 1
+            continue
+        for r in range(nb):
+            for i in range(d):
+                z[r, i] = ckz[top, r, i]
+        for j in range(NCTL):
+            ctl[j] = ckc[top, j]
+        snaps = s - top
+        if end - a == 1 or snaps == 1:
+            for k in range(a, end - 1):
+                _, _, _, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
+                                        tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
+                                        Ys, Ps, Ss, Ks)  # fmt: skip
+                nev += u
+            k = end - 1
+            h, l, hw, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
+                                     tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
+                                     Ys, Ps, Ss, Ks)  # fmt: skip
+            nev += u
+            if mode == ADAPTIVE and k == n - 1:
+                hw = 1.0  # the last step ends at T: h = T - t
+            if end == n:
+                _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
+            _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, 0, lam, kbar, Ybar,
+                          sbar, gW, gA, gb, w, hbar)  # fmt: skip
+            if hw != 0.0:
+                for r in range(nb):
+                    dT[lo + r] += hw * hbar[r]
+            end -= 1
+        else:
+            m = a + revolve_split(end - a, snaps)
+            for k in range(a, m):
+                _, _, _, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
+                                        tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
+                                        Ys, Ps, Ss, Ks)  # fmt: skip
+                nev += u
+            top += 1
+            pos[top] = m
+            for r in range(nb):
+                for i in range(d):
+                    ckz[top, r, i] = z[r, i]
+            for j in range(NCTL):
+                ckc[top, j] = ctl[j]
+    for r in range(nb):
+        for i in range(d):
+            dZ0[lo + r, i] = lam[r, i]
+    return nev
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _sum_workers(aW, aA, ab, gW, gA, gb):
+    nw, L, dW, hW = aW.shape
+    H = gb.shape[1]
+    d = gA.shape[2]
+    for w in range(nw):
+        for l in range(L):
+            for i in range(dW):
+                for j in range(hW):
+                    gW[l, i, j] += aW[w, l, i, j]
+            for j in range(H):
+                gb[l, j] += ab[w, l, j]
+                for i in range(d):
+                    gA[l, j, i] += aA[w, l, j, i]
+
+
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
+def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, block, ckz, ckc,
+                pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT, nev):  # fmt: skip
+    """Vector-Jacobian products of the fixed-step RK flow map of the built-in field for a batch.
+
+    ``Z0`` (B, d) initial states, ``C`` (B, d) cotangents on the final states, or (loss mode,
+    ``Yt`` (B, p) not empty) the cotangents ``scale R^T (R z_T - Yt)`` of the loss
+    ``scale/2 sum ||R z_T - y||^2`` with the residuals written to ``res`` (B, p). Steps: piece
+    ``g`` of the schedule is the steps ``cum[g] <= k < cum[g + 1]`` of size ``sh[g]`` in layer
+    ``sl[g]``, ``∂h/∂T = sw[g]``; ``need[s]``: stage s enters the result. Blocks of ``block``
+    rows share the steps; each of the ``nw`` workers has its own scratch (caller-allocated, so
+    the memory is the caller's to see): checkpoint slots ``ckz`` (nw, s, block, d) with ``ckc``
+    (nw, s, NCTL) and ``pos`` (nw, s), the one-step tape ``Ys``/``Ks`` (nw, 1, S, block, d),
+    ``Ps``/``Ss`` (nw, 1, S, block, H), gradient accumulators ``aW``/``aA``/``ab`` (nw, L, ...),
+    zero on entry. Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter gradients
+    ``sum_r C_r·∂Z_T,r/∂θ`` (added to), ``ZT`` (B, d) final states, ``dZ0`` (B, d)
+    ``(∂Z_T/∂Z0)^T C``, ``dT`` (B,) per-row ``C_r·∂Z_T,r/∂T``, ``nev`` (nblocks,) step
+    evaluations per block. The worker accumulators are summed in worker order. Returns 0.
+    """
+    B, d = Z0.shape
+    H = gb.shape[1]
+    S = TB.shape[0]
+    nw = aA.shape[0]
+    nblocks = (B + block - 1) // block
+    n = cum[cum.shape[0] - 1]
+    tstops = np.empty(0)
+    tol = np.ones(d)  # (the controller's arguments, unused by fixed steps)
+    for w in prange(nw):
+        z = np.empty((block, d))
+        znew = np.empty((block, d))
+        e = np.empty(d)
+        ctl = np.empty(NCTL)
+        lam = np.empty((block, d))
+        kbar = np.empty((S, block, d))
+        Ybar = np.empty((block, d))
+        sbar = np.empty((block, H))
+        hbar = np.empty(block)
+        for ib in range(w, nblocks, nw):
+            lo = ib * block
+            nb = min(B, lo + block) - lo
+            nev[ib] = _reverse_steps(FIXED, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh,
+                                     sl, sw, 0.0, 0.0, tstops, TA, TB, TB, need, need, tol,
+                                     tol, 0, 0.0, ckz[w], ckc[w], pos[w], Ys[w], Ps[w], Ss[w],
+                                     Ks[w], z, znew, e, ctl, lam, kbar, Ybar, sbar, aW, aA, ab,
+                                     w, hbar, ZT, dZ0, dT, 0)  # fmt: skip
+    _sum_workers(aW, aA, ab, gW, gA, gb)
+    return 0
+
+
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
+def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, need, rtol,
+                    atol, max_steps, ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT,
+                    dZ0, dT, ns, status, nev):  # fmt: skip
+    """Vector-Jacobian products of the adaptive Dormand-Prince flow map, the accepted steps
+    held fixed, row by row: a first run counts the accepted steps (``ns`` (B,), ``status``
+    (B,) as :func:`dopri5_accept`) and keeps every state while the slots last, then the
+    checkpointed sweeps as :func:`rk_flow_vjp` with ``block = 1`` (when the run took no more
+    steps than there are slots, only the reverse sweep), each checkpoint holding the state and
+    the controller state, so no step size is stored. ``t0``, ``T``: the interval; ``tstops``:
+    layer switches; ``TE``: the error weights; ``rtol``/``atol`` (d,). Rows that fail keep
+    ``status`` and their last state in ``ZT`` and are not reversed. ``nev`` (B,): step
+    evaluations per row (the counting run included). Other arguments as :func:`rk_flow_vjp`.
+    Returns 0.
+    """
+    B, d = Z0.shape
+    H = gb.shape[1]
+    S = TB.shape[0]
+    nw = aA.shape[0]
+    s = ckz.shape[1]
+    expo1 = pi_exponent(5)
+    needall = np.ones(S, np.bool_)
+    cum = np.zeros(2, np.int64)
+    sh = np.zeros(1)
+    sl = np.zeros(1, np.int64)
+    for w in prange(nw):
+        z = np.empty((1, d))
+        znew = np.empty((1, d))
+        e = np.empty(d)
+        ctl = np.empty(NCTL)
+        lam = np.empty((1, d))
+        kbar = np.empty((S, 1, d))
+        Ybar = np.empty((1, d))
+        sbar = np.empty((1, H))
+        hbar = np.empty(1)
+        for r in range(w, B, nw):
+            for i in range(d):
+                z[0, i] = Z0[r, i]
+            _dopri5_start(ctl, t0)
+            n = 0
+            used = 0
+            st = OK
+            while ctl[0] < T:
+                if n < s:  # every state kept while the slots last: then no second forward run
+                    pos[w, n] = n
+                    for i in range(d):
+                        ckz[w, n, 0, i] = z[0, i]
+                    for j in range(NCTL):
+                        ckc[w, n, j] = ctl[j]
+                st, _, _, u = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE,
+                                            needall, rtol, atol, max_steps, expo1, Ys[w], Ps[w],
+                                            Ss[w], Ks[w])  # fmt: skip
+                used += u
+                if st != OK:
+                    break
+                n += 1
+            ns[r] = n
+            status[r] = st
+            if st != OK:
+                for i in range(d):
+                    ZT[r, i] = z[0, i]
+                nev[r] = used
+                continue
+            top0 = n - 1 if n <= s else 0  # every state already stored, or start over
+            nev[r] = used + _reverse_steps(ADAPTIVE, model, Z0, C, R, Yt, scale, res, r, 1, n,
+                                           cum, sh, sl, sh, t0, T, tstops, TA, TB, TE, needall,
+                                           need, rtol, atol, max_steps, expo1, ckz[w], ckc[w],
+                                           pos[w], Ys[w], Ps[w], Ss[w], Ks[w], z, znew, e, ctl,
+                                           lam, kbar, Ybar, sbar, aW, aA, ab, w, hbar, ZT, dZ0,
+                                           dT, top0)  # fmt: skip
+    _sum_workers(aW, aA, ab, gW, gA, gb)
+    return 0
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def dopri5_record_steps(model, Z0, t0, T, tstops, TA, TB, TE, rtol, atol, max_steps, hs, ls,
                         ns, status, ZT):  # fmt: skip
-    """Adaptive Dormand-Prince runs of the rows of ``Z0`` from ``t0`` to ``T``, recording the
-    accepted steps: row r takes ``ns[r]`` steps of sizes ``hs[r, :ns[r]]`` in layers ``ls[r]``
-    (never across a layer switch ``tstops``). Step-size control as the package's solver (PI
-    controller on the weighted RMS norm of the embedded error estimate, Hairer's starting
-    step). ``status[r]``: ``OK``, ``NONFINITE``, ``STEP_UNDERFLOW`` or ``MAX_STEPS`` (the
-    capacity ``hs.shape[1]`` or ``max_steps``, whichever is less). ``ZT`` gets the end states.
-    """
+    """The accepted steps of adaptive Dormand-Prince runs of the rows of ``Z0`` from ``t0`` to
+    ``T`` (for inspection and tests; the gradient does not store them): row r takes ``ns[r]``
+    steps of sizes ``hs[r, :ns[r]]`` in layers ``ls[r]``, the steps of :func:`dopri5_accept`.
+    ``status[r]`` as there, or ``MAX_STEPS`` when the capacity ``hs.shape[1]`` is reached.
+    ``ZT`` gets the end states."""
     B, d = Z0.shape
     S = TB.shape[0]
     H = model[4].shape[1]
-    cap = min(hs.shape[1], max_steps)
+    cap = hs.shape[1]
     expo1 = pi_exponent(5)
     need = np.ones(S, np.bool_)
     for r in prange(B):
         z = np.empty((1, d))
         znew = np.empty((1, d))
         e = np.empty(d)
+        ctl = np.empty(NCTL)
         Ys = np.empty((1, S, 1, d))
         Ks = np.empty((1, S, 1, d))
         Ps = np.empty((1, S, 1, H))
         Ss = np.empty((1, S, 1, H))
         for i in range(d):
             z[0, i] = Z0[r, i]
-        t = t0
-        h = 0.0
-        errold = ERR_FLOOR
-        rejected = False
-        nonfinite = False
+        _dopri5_start(ctl, t0)
         n = 0
-        tries = 0
         st = OK
-        while t < T:
-            l = _layer_at(tstops, t)
-            te = _next_stop(tstops, t, T)
-            if h <= 0.0:
-                # Hairer's starting step from two field evaluations
-                block_field_store(model, l, z, 1, Ps[0, 0], Ss[0, 0], Ks[0, 0])
-                h, d1 = initial_step_guess(z[0], Ks[0, 0, 0], rtol, atol)
-                h = min(h, te - t)
-                for i in range(d):
-                    znew[0, i] = z[0, i] + h * Ks[0, 0, 0, i]
-                block_field_store(model, l, znew, 1, Ps[0, 1], Ss[0, 1], Ks[0, 1])
-                for i in range(d):
-                    e[i] = Ks[0, 1, 0, i] - Ks[0, 0, 0, i]
-                d2 = wrms_norm(e, z[0], z[0], rtol, atol) / h
-                h = min(initial_step_refine(h, d1, d2, 5), te - t)
-            if tries >= max_steps or n >= cap:
+        while ctl[0] < T:
+            if n >= cap:
                 st = MAX_STEPS
                 break
-            last = False
-            if t + h >= te:
-                h = te - t
-                last = True
-            if h <= 16.0 * EPS * max(abs(t), abs(te)):
-                st = NONFINITE if nonfinite else STEP_UNDERFLOW
+            st, h, l, _ = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need,
+                                        rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks)  # fmt: skip
+            if st != OK:
                 break
-            for i in range(d):
-                znew[0, i] = z[0, i]
-            _step_store(model, l, h, znew, 1, TA, TB, need, Ys, Ps, Ss, Ks, 0)
-            for i in range(d):
-                acc = 0.0
-                for s in range(S):
-                    acc += TE[s] * Ks[0, s, 0, i]
-                e[i] = h * acc
-            err = wrms_norm(e, z[0], znew[0], rtol, atol)
-            finite = True
-            for i in range(d):
-                finite &= math.isfinite(znew[0, i])
-            tries += 1
-            accept, fac, errold, nonfinite = pi_control(err, finite, errold, rejected, expo1)
-            rejected = not accept
-            if accept:
-                hs[r, n] = h
-                ls[r, n] = l
-                n += 1
-                t = te if last else t + h
-                for i in range(d):
-                    z[0, i] = znew[0, i]
-            h = h * fac
+            hs[r, n] = h
+            ls[r, n] = l
+            n += 1
         ns[r] = n
         status[r] = st
         for i in range(d):

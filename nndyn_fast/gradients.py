@@ -3,7 +3,8 @@
 For the map ``F(x) = R Φ_T(lift(x))`` computed by ``n`` Runge-Kutta steps, the reverse sweep
 (:mod:`nndyn_fast.kernels.adjoint`) gives ``c·∂F/∂θ`` for the weights θ (and the readout), the
 input gradient ``(∂F/∂x)^T c`` and ``c·∂F/∂T`` in one pass back through the steps, at a cost
-of a few forward passes and a memory that grows like ``sqrt(n)`` (checkpoints).
+of a few forward passes and a fixed memory: ``checkpoints`` stored states per row (binomial
+checkpointing, the steps between recomputed), whatever the number of steps.
 
 What is differentiated is the discrete map, not the ODE's exact flow:
 
@@ -21,7 +22,6 @@ The layer grid ``t_layers`` is held fixed in ``∂/∂T``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,8 @@ class FlowGrad:
     T : gradient with respect to the end time (a float).
     y : (B, p) the flow map ``F(X)`` (the discrete map that was differentiated).
     n_steps : (B,) steps taken per row.
+    n_evals : (B,) steps evaluated per row, forward, recomputed and reversed (for dopri5
+        rejected tries included); ``n_evals / n_steps`` is the price of the checkpointing.
     """
 
     params: dict
@@ -67,6 +69,7 @@ class FlowGrad:
     T: float
     y: np.ndarray
     n_steps: np.ndarray
+    n_evals: np.ndarray | None = None
 
 
 def _base(model: Any) -> NeuralODE:
@@ -125,6 +128,8 @@ def _inputs(model: Any, X: Any, T: Any) -> tuple[np.ndarray, np.ndarray, bool, f
 
 
 def _fixed_steps(base: NeuralODE, t0: float, T: float, steps: Any, dt: Any):
+    """The fixed-step schedule as pieces: ``(cum, h, layer, ∂h/∂T)``, steps
+    ``cum[g] <= k < cum[g + 1]`` of piece g (a few pieces, whatever the number of steps)."""
     if dt is None:
         steps = check_int("steps", 100 if steps is None else steps, minimum=1)
         dt = (T - t0) / steps
@@ -133,17 +138,17 @@ def _fixed_steps(base: NeuralODE, t0: float, T: float, steps: Any, dt: Any):
             raise ValueError("give steps or dt, not both")
         dt = check_positive("dt", dt)
     sa, sh, sm, sl, sf = _rk.fixed_schedule(np.array([t0, T]), base._tstops(), dt)
-    hs = np.repeat(sh, sm)[None, :].copy()
-    ls = np.repeat(sl, sm)[None, :].astype(np.int64)
-    hw = np.zeros_like(hs)
-    hw[0, -int(sm[-1]) :] = 1.0 / sm[-1]  # h = (T - a) / m on the last interval
-    return hs, ls, hw, np.array([hs.shape[1]], np.int64)
+    cum = np.concatenate([[0], np.cumsum(sm)]).astype(np.int64)
+    sw = np.zeros_like(sh)
+    sw[-1] = 1.0 / sm[-1]  # h = (T - a) / m on the last piece
+    return cum, np.ascontiguousarray(sh), np.ascontiguousarray(sl, dtype=np.int64), sw
 
 
 def _dopri5_steps(base: NeuralODE, Z0: np.ndarray, t0: float, T: float, rtol, atol, max_steps):
+    """The accepted steps ``(hs, ls, hw, ns)`` (B, n) of the adaptive forward runs, for
+    inspection and tests: the gradient recomputes them from its checkpoints instead."""
     B, d = Z0.shape
-    rt = np.ascontiguousarray(np.broadcast_to(np.asarray(rtol, float), (d,)))
-    at = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, float), (d,)))
+    rt, at = _tolerances(rtol, atol, d)
     cap = _DOPRI5_CAP0
     while True:
         hs = np.zeros((B, cap))
@@ -160,6 +165,22 @@ def _dopri5_steps(base: NeuralODE, Z0: np.ndarray, t0: float, T: float, rtol, at
             cap = min(2 * cap, max_steps)
             continue
         break
+    _check_status(status, ns, max_steps)
+    nmax = int(ns.max())
+    hs = np.ascontiguousarray(hs[:, :nmax])
+    ls = np.ascontiguousarray(ls[:, :nmax])
+    hw = np.zeros_like(hs)
+    hw[np.arange(B), ns - 1] = 1.0  # the last step ends at T: h_last = T - t_last
+    return hs, ls, hw, ns
+
+
+def _tolerances(rtol: float, atol: float, d: int) -> tuple[np.ndarray, np.ndarray]:
+    rt = np.ascontiguousarray(np.broadcast_to(np.asarray(rtol, float), (d,)))
+    at = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, float), (d,)))
+    return rt, at
+
+
+def _check_status(status: np.ndarray, ns: np.ndarray, max_steps: int) -> None:
     bad = np.nonzero(status != _rk.OK)[0]
     if bad.size:
         r = int(bad[0])
@@ -169,12 +190,6 @@ def _dopri5_steps(base: NeuralODE, Z0: np.ndarray, t0: float, T: float, rtol, at
             f"dopri5 forward run of row {r} failed ({why.get(int(status[r]), 'status')}"
             f" {int(status[r])}) after {int(ns[r])} steps"
         )
-    nmax = int(ns.max())
-    hs = np.ascontiguousarray(hs[:, :nmax])
-    ls = np.ascontiguousarray(ls[:, :nmax])
-    hw = np.zeros_like(hs)
-    hw[np.arange(B), ns - 1] = 1.0  # the last step ends at T: h_last = T - t_last
-    return hs, ls, hw, ns
 
 
 def _need(TA: np.ndarray, TB: np.ndarray) -> np.ndarray:
@@ -182,59 +197,80 @@ def _need(TA: np.ndarray, TB: np.ndarray) -> np.ndarray:
     return np.array([TB[s] != 0.0 or bool(np.any(TA[s + 1 :, s] != 0.0)) for s in range(S)])
 
 
-def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, checkpoint,
+def _workers(nblocks: int, base: NeuralODE) -> int:
+    per_acc = 8.0 * (base.A.size + base.b.size + base._kernel_model()[0].size)
+    return int(max(1, min(nblocks, _MAX_WORKERS, _ACC_BYTES // max(per_acc, 1.0))))
+
+
+def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, checkpoints,
            max_steps):  # fmt: skip
-    """Run the adjoint kernel; returns (grads dict over the base, ZT, dZ0, dT rows, res, ns)."""
+    """Run the adjoint kernel; returns (grads dict over the base, ZT, dZ0, dT rows, res, ns,
+    evaluations per row)."""
     base = _base(model)
     method = check_option("method", method, _TABLEAUS)
     TA, TB = _TABLEAUS[method]
     B, d = Z0.shape
+    slots = check_int("checkpoints", checkpoints, minimum=1)
     if method == "dopri5":
         if steps is not None or dt is not None:
             raise ValueError("steps and dt are for fixed-step methods; dopri5 takes rtol/atol")
         rtol = check_positive("rtol", rtol)
         atol = check_positive("atol", atol)
         max_steps = check_int("max_steps", max_steps, minimum=1)
-        hs, ls, hw, ns = _dopri5_steps(base, Z0, t0, T, rtol, atol, max_steps)
         block = 1
+        n_est = 100  # for the thread count only
+        slots = min(slots, max_steps)  # no more states than steps
     else:
-        hs, ls, hw, ns = _fixed_steps(base, t0, T, steps, dt)
+        cum, sh, sl, sw = _fixed_steps(base, t0, T, steps, dt)
         block = _BLOCK
-    n = int(ns.max())
-    if checkpoint is None:
-        spacing = max(1, math.isqrt(n - 1) + 1 if n > 1 else 1)
-    else:
-        spacing = check_int("checkpoint", checkpoint, minimum=1)
+        n_est = int(cum[-1])
+        slots = min(slots, n_est)  # more than one slot per step is never used
     kmodel = base._kernel_model()
     L, H = base.b.shape
     gW = np.zeros(kmodel[0].shape)
     gA = np.zeros(base.A.shape)
     gb = np.zeros(base.b.shape)
     nblocks = -(-B // block)
-    per_acc = 8.0 * (gW.size + gA.size + gb.size)
-    nw = int(max(1, min(nblocks, _MAX_WORKERS, _ACC_BYTES // max(per_acc, 1.0))))
+    nw = _workers(nblocks, base)
     S = TB.shape[0]
     ZT = np.empty_like(Z0)
     dZ0 = np.empty_like(Z0)
     dTr = np.empty(B)
     res = np.empty((B if Yt.shape[0] else 0, R.shape[0]))
-    seconds = 3.0 * B * n * S * (_SECONDS_PER_DH * d * H * 3 + _SECONDS_PER_EVAL)
-    # per-worker scratch, allocated here (numpy's allocations are visible to tracemalloc)
-    cmax = min(spacing, n)
-    nck = -(-n // spacing) + 1
-    ckpt = np.empty((nw, nck, block, d))
-    Ys = np.empty((nw, cmax, S, block, d))
-    Ks = np.empty((nw, cmax, S, block, d))
-    Ps = np.empty((nw, cmax, S, block, H))
-    Ss = np.empty((nw, cmax, S, block, H))
+    nev = np.zeros(nblocks, np.int64)
+    seconds = 3.0 * B * n_est * S * (_SECONDS_PER_DH * d * H * 3 + _SECONDS_PER_EVAL)
+    # per-worker scratch, allocated here (numpy's allocations are visible to tracemalloc):
+    # the checkpoint slots and one step's stages, whatever the number of steps
+    ckz = np.empty((nw, slots, block, d))
+    ckc = np.empty((nw, slots, _ka.NCTL))
+    pos = np.empty((nw, slots), np.int64)
+    Ys = np.empty((nw, 1, S, block, d))
+    Ks = np.empty((nw, 1, S, block, d))
+    Ps = np.empty((nw, 1, S, block, H))
+    Ss = np.empty((nw, 1, S, block, H))
     aW = np.zeros((nw, *gW.shape))
     aA = np.zeros((nw, *gA.shape))
     ab = np.zeros((nw, *gb.shape))
+    need = _need(TA, TB)
     with for_work(seconds):
-        _ka.rk_flow_vjp(
-            kmodel, Z0, C, R, Yt, float(scale), res, hs, ls, hw, ns, TA, TB, _need(TA, TB),
-            spacing, block, ckpt, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr,
-        )  # fmt: skip
+        if method == "dopri5":
+            rt, at = _tolerances(rtol, atol, d)
+            ns = np.zeros(B, np.int64)
+            status = np.zeros(B, np.int64)
+            _ka.dopri5_flow_vjp(
+                kmodel, Z0, C, R, Yt, float(scale), res, t0, T, base._tstops(), TA, TB,
+                _rk.DOPRI5_E, need, rt, at, max_steps, ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab,
+                gW, gA, gb, ZT, dZ0, dTr, ns, status, nev,
+            )  # fmt: skip
+            _check_status(status, ns, max_steps)
+            nev_rows = nev
+        else:
+            _ka.rk_flow_vjp(
+                kmodel, Z0, C, R, Yt, float(scale), res, cum, sh, sl, sw, TA, TB, need, block,
+                ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, nev,
+            )  # fmt: skip
+            ns = np.full(B, cum[-1], np.int64)
+            nev_rows = np.repeat(nev, block)[:B]
     if not np.all(np.isfinite(ZT)):
         r = int(np.nonzero(~np.all(np.isfinite(ZT), axis=1))[0][0])
         raise FloatingPointError(
@@ -243,7 +279,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         )
     grads = {} if base.form == "inner" else {"W": gW}
     grads.update(A=gA, b=gb)
-    return grads, ZT, dZ0, dTr, res, np.broadcast_to(ns, (B,)).copy()
+    return grads, ZT, dZ0, dTr, res, ns, nev_rows
 
 
 def flow_map_vjp(
@@ -257,7 +293,7 @@ def flow_map_vjp(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoint: int | None = None,
+    checkpoints: int = 32,
     max_steps: int = 100_000,
 ) -> FlowGrad:
     """Vector-Jacobian products of the flow map ``F(X) = R Φ_T(lift(X))``.
@@ -276,8 +312,10 @@ def flow_map_vjp(
     method : ``"rk4"``, ``"rk2"``, ``"euler"`` (fixed steps) or ``"dopri5"`` (adaptive).
     steps, dt : fixed steps: ``dt = (T - t_0) / steps`` (default 100 steps), or ``dt``.
     rtol, atol : dopri5 tolerances.
-    checkpoint : steps between stored states (default ``ceil(sqrt(n))``; memory per row
-        ``(n / checkpoint + S checkpoint)`` states).
+    checkpoints : states stored per row (at least 1): the memory is that many states plus
+        one step's stages, whatever the number of steps ``n``; each step is then evaluated
+        at most ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n``
+        (with the default 32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905).
     max_steps : dopri5 step budget per row.
 
     Returns
@@ -299,8 +337,9 @@ def flow_map_vjp(
     c2 = c.reshape(-1, p)
     C = np.ascontiguousarray(c2 @ model.readout) if aug else np.ascontiguousarray(c2)
     R = np.zeros((0, Z0.shape[1]))
-    grads, ZT, dZ0, dTr, _, ns = _sweep(model, Z0, C, R, np.zeros((0, 0)), 1.0, t0, T, method,
-                                        steps, dt, rtol, atol, checkpoint, max_steps)  # fmt: skip
+    grads, ZT, dZ0, dTr, _, ns, nev = _sweep(model, Z0, C, R, np.zeros((0, 0)), 1.0, t0, T,
+                                             method, steps, dt, rtol, atol, checkpoints,
+                                             max_steps)  # fmt: skip
     y = ZT
     dX = dZ0
     if aug:
@@ -309,7 +348,7 @@ def flow_map_vjp(
         dX = dZ0[:, : model.n_in]
     if single:
         y, dX = y[0], dX[0]
-    return FlowGrad(grads, np.ascontiguousarray(dX), float(dTr.sum()), y, ns)
+    return FlowGrad(grads, np.ascontiguousarray(dX), float(dTr.sum()), y, ns, nev)
 
 
 def loss_and_grad(
@@ -323,7 +362,7 @@ def loss_and_grad(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoint: int | None = None,
+    checkpoints: int = 32,
     max_steps: int = 100_000,
 ) -> tuple[float, FlowGrad]:
     """The loss ``ℓ = 1/(2B) sum_i ||F(x_i) - y_i||^2`` and its gradients (one forward and one
@@ -340,9 +379,9 @@ def loss_and_grad(
     Yt = as_array("Y", Y, shape=(p,) if single else (B, p)).reshape(B, p)
     Yt = np.ascontiguousarray(Yt)
     R = np.ascontiguousarray(R)
-    grads, ZT, dZ0, dTr, res, ns = _sweep(model, Z0, np.zeros((0, 0)), R, Yt, 1.0 / B, t0, T,
-                                          method, steps, dt, rtol, atol, checkpoint,
-                                          max_steps)  # fmt: skip
+    grads, ZT, dZ0, dTr, res, ns, nev = _sweep(model, Z0, np.zeros((0, 0)), R, Yt, 1.0 / B, t0,
+                                               T, method, steps, dt, rtol, atol, checkpoints,
+                                               max_steps)  # fmt: skip
     loss = 0.5 * float(np.sum(res * res)) / B
     y = ZT @ R.T
     dX = dZ0
@@ -351,4 +390,4 @@ def loss_and_grad(
         dX = dZ0[:, : model.n_in]
     if single:
         y, dX = y[0], dX[0]
-    return loss, FlowGrad(grads, np.ascontiguousarray(dX), float(dTr.sum()), y, ns)
+    return loss, FlowGrad(grads, np.ascontiguousarray(dX), float(dTr.sum()), y, ns, nev)

@@ -2,8 +2,6 @@
 central differences of the discrete map, scipy's Frechet derivative of expm for a linear field,
 a naive numpy reverse sweep (tests/reference_gradients.py)."""
 
-import tracemalloc
-
 import numpy as np
 import pytest
 from reference_gradients import rk_forward, rk_vjp
@@ -198,27 +196,6 @@ def test_batch_and_thread_count_do_not_change_the_gradient(monkeypatch):
     np.testing.assert_array_equal(serial[0][5], one.X[0])  # rows are independent
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def _peak(model, X, C, steps, checkpoint=None):
-    G.flow_map_vjp(model, X, None, C, steps=4)  # compiled
-    tracemalloc.start()
-    G.flow_map_vjp(model, X, None, C, steps=steps, checkpoint=checkpoint)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
-
-
-def test_checkpointing_bounds_the_memory():
-    m = NeuralODE.random(4, 8, seed=11)
-    rng = np.random.default_rng(12)
-    X = rng.standard_normal((32, 4))
-    C = rng.standard_normal((32, 4))
-    small, big = _peak(m, X, C, 400), _peak(m, X, C, 6400)
-    # sqrt(n) checkpoints: 16x the steps costs ~4x the memory (a full tape would cost 16x)
-    assert big < 6 * small
-    tape = 6400 * 4 * 32 * (2 * 4 + 2 * 8) * 8  # every stage of every step
-    assert big < tape / 20
 
 
 @pytest.mark.parametrize(
