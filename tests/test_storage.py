@@ -179,6 +179,7 @@ def test_resume_refuses_a_change_of_any_parameter_or_input(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # the kill must land mid-run (a margin of ~0.7 s)
 def test_sigkill_leaves_readable_file_and_resume_is_exact(tmp_path):
     """A real SIGKILL of the command line mid-run; the file opens and resumes exactly."""
     # N = 600 dense with a frame every step: chunks of ~1 MiB hold 218 frames, so the 3000
