@@ -343,8 +343,13 @@ _SLOW_RUN = ["kuramoto", "--N", "400", "--t-end", "200", "--dt", "0.01", "--quie
 
 # A run the test signals once it has committed some chunks: at nice 10, so that on a busy
 # machine (the suite's other worker, other processes) the polling test still sees each commit
-# long before the run could finish (it would then have nothing left to interrupt).
-_NICE = "import os; os.nice(10); "
+# long before the run could finish (it would then have nothing left to interrupt); with SIGINT
+# unblocked and at Python's default handler, whatever the test's process hands on to it (under
+# the suite's two workers the run ignored SIGINT and ran to its end).
+_NICE = (
+    "import os, signal; os.nice(10); signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+)
 
 
 def _start_cli(args, cwd, **kw):
