@@ -18,12 +18,20 @@ in two ways:
   numba checks only the file of the function it compiled, but a compiled kernel carries the
   code of every kernel it calls (``rk`` calls ``neural``, ``control``, ``activations``), so an
   edit of a callee's file would otherwise go on running the old callee.
+
+Entries are saved under an exclusive lock of the cache folder (the file
+``nndyn_fast_cache.lock`` in it): numba reads the index, adds the entry and writes index and
+data file without one, so two processes compiling the same kernel at once (a sweep's workers,
+two test workers) would drop each other's entries, or give two signatures the same data file,
+so that one signature loads the other's machine code.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
+import os
 import pkgutil
 from pathlib import Path
 
@@ -35,6 +43,7 @@ import nndyn_fast.kernels as _kernels
 
 _KERNEL_DIR = Path(_kernels.__file__).resolve().parent
 _STAMP: str | None = None
+_LOCK_NAME = "nndyn_fast_cache.lock"  # in each cache folder; held while an entry is saved
 
 
 def kernels_stamp() -> str:
@@ -71,7 +80,19 @@ def _holds_function(sig) -> bool:
 
 class _IndexFile(IndexDataCacheFile):
     """numba's index and data files; an index that cannot be read counts as empty (one written
-    by an earlier version may hold entries for functions that no longer exist)."""
+    by an earlier version may hold entries for functions that no longer exist), and entries are
+    saved under an exclusive lock of the cache folder (concurrent processes lose none)."""
+
+    def save(self, key, data):
+        try:
+            fd = os.open(os.path.join(self._cache_path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a folder we may write cache files to but not create this one in
+            return super().save(key, data)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+            super().save(key, data)
+        finally:
+            os.close(fd)
 
     def _load_index(self):
         try:

@@ -23,6 +23,9 @@ from faults import every_kill_point
 from nndyn_fast import SweepPointError, open_run, sweep
 from nndyn_fast.cli import main
 
+# the tests that start Dask clusters, and those that need a port nobody listens on, in turn
+pytestmark = pytest.mark.xdist_group("dask")
+
 sweep_mod = importlib.import_module("nndyn_fast.sweep")
 GRID = {"a": [1, 2, 3], "b": [0.5, 1.5]}
 
@@ -221,6 +224,7 @@ def _start_workers(address, n):
     ]
 
 
+@pytest.mark.exclusive  # a bound on the wall-clock time
 def test_a_cluster_that_loses_every_worker_fails_in_bounded_time(
     lone_scheduler, tmp_path, monkeypatch
 ):
@@ -277,6 +281,7 @@ def test_a_cluster_that_dies_before_any_point_says_no_file_was_written(
     assert not list(tmp_path.glob(".none.h5.*"))  # no partial file left either
 
 
+@pytest.mark.exclusive  # a bound on the wall-clock time
 def test_a_scheduler_that_goes_away_fails_the_sweep(lone_scheduler, tmp_path):
     procs = _start_workers(lone_scheduler.scheduler_address, 1)
     out, log = tmp_path / "g.h5", tmp_path / "log"
@@ -361,6 +366,7 @@ def _server(reply: bytes | None):
         srv.close()
 
 
+@pytest.mark.exclusive  # a bound on the wall-clock time
 def test_an_address_that_is_no_dask_scheduler_fails_within_seconds(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "CONNECT_SECONDS", 2.0)
     out = tmp_path / "n.h5"

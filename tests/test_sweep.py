@@ -14,6 +14,7 @@ from nndyn_fast import SweepPointError, kuramoto_order_parameter, open_run, swee
 from nndyn_fast.cli import main
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.xdist_group("dask")  # Dask clusters in turn (see test_runs_sweep.py)
 # the module (the package attribute nndyn_fast.sweep is the function of the same name)
 sweep_mod = importlib.import_module("nndyn_fast.sweep")
 
