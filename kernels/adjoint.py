@@ -38,6 +38,7 @@ from .control import (
     CONTRACT,
     EPS,
     ERR_FLOOR,
+    EXACT,
     MAX_STEPS,
     NONFINITE,
     OK,
@@ -262,9 +263,9 @@ def revolve_split(n, snaps):
 NCTL = 6
 
 
-# fastmath=False set, not inherited: a kernel's callees without flags take their first
+# no fastmath flags, set explicitly (not inherited): a callee without flags takes its first
 # caller's flags, and the controller must round alike under every caller
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(cache=True, error_model="numpy", fastmath=EXACT)
 def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, atol, max_steps,
                   expo1, Ys, Ps, Ss, Ks):  # fmt: skip
     """One accepted adaptive Dormand-Prince step of the single row ``z`` (1, d) from the
@@ -345,7 +346,7 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
     return st, hacc, lacc, used
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(cache=True, error_model="numpy", fastmath=EXACT)
 def _dopri5_start(ctl, t0):
     ctl[0] = t0
     ctl[1] = 0.0

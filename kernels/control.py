@@ -48,6 +48,9 @@ DEGENERATE = 6
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # fused multiply-adds (one rounding per a + x y) in the built-in field evaluations
 CONTRACT = {"contract"}
+# no flags, set explicitly: a callee without its own flags takes its first caller's, so a kernel
+# that must round alike under every caller (the step-size controller) names this set
+EXACT: set[str] = set()
 
 # --- step-size control -----------------------------------------------------------------------
 SAFETY = 0.9

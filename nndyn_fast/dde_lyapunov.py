@@ -666,6 +666,7 @@ def dde_lyapunov(
             )
         model, ip, P, _ = _pack_model(f, d, m)
         fn, kargs = None, ()
+    check_memory(f"the history segment of {N + 1} x {d} values", 8.0 * B * (N + 1) * d)
     X = _history_grid(hist, t0, N, dt_probe)
     jfn = _check_jac(jac, hist, X, Nj, t0, args) if user else None
     fld = (model, ip, P)

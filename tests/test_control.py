@@ -17,7 +17,7 @@ from nndyn_fast.delay import LinearDDE, ddeint
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUS = ("OK", "NONFINITE", "STEP_UNDERFLOW", "MAX_STEPS", "RING_FULL", "LOCK_OVER", "DEGENERATE")
-FLAG_SETS = ("FASTMATH", "CONTRACT")
+FLAG_SETS = ("FASTMATH", "CONTRACT", "EXACT")
 # rounding: a few ulps of one pow / sqrt
 REL = 1e-14
 

@@ -11,6 +11,9 @@ from run_kinds import KIND_OF, KINDS
 
 from nndyn_fast import open_run
 
+# one worker builds the session's run files (tests/conftest.py run_files) and reads them all
+pytestmark = pytest.mark.xdist_group("run_files")
+
 
 def _datasets(h5):
     found = []

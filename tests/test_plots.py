@@ -106,6 +106,7 @@ THEORY = {
 }
 
 
+@pytest.mark.xdist_group("run_files")  # beside tests/test_files.py: one build
 @pytest.mark.parametrize("kind", sorted(THEORY))
 def test_nndyn_plot_draws_every_kind_with_its_theory(run_files, kind, tmp_path, backend):
     png = tmp_path / f"{kind}.png"
@@ -122,6 +123,7 @@ def test_nndyn_plot_draws_every_kind_with_its_theory(run_files, kind, tmp_path, 
         assert any(THEORY[kind] in lb for lb in labels), labels
 
 
+@pytest.mark.xdist_group("run_files")  # beside tests/test_files.py: one build
 def test_nndyn_plot_formats_and_unknown_kinds(run_files, tmp_path, capsys):
     src = run_files["ode"]
     for suffix in (".pdf", ".svg"):
@@ -141,6 +143,7 @@ def test_nndyn_plot_formats_and_unknown_kinds(run_files, tmp_path, capsys):
     assert set(plots.RUN_PLOTS) >= set(THEORY) - set(KIND_OF)
 
 
+@pytest.mark.xdist_group("run_files")  # beside tests/test_files.py: one build
 def test_fit_and_limit_figures_draw_the_files_rows(run_files, backend):
     from nndyn_fast import open_run
 
