@@ -24,3 +24,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 myst_heading_anchors = 3
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
+
+# shape names in the type fields ("array (T, N)") are read as cross-references; a name such as
+# T that is also a result's attribute (FlowGrad.T, DDEGrad.T) is then ambiguous, not an error
+suppress_warnings = ["ref.python"]

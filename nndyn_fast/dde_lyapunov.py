@@ -332,7 +332,7 @@ def _pilot_error(n, g, taus, k, t0, transient, hist, fld, fn_t, jac_t, kargs, ke
     advances at dt and at dt / 2 over the pilot window T_p = 2 max(delays), and so does each
     tangent segment alone, without normalisation in between, from t0 + max(transient, T_p)
     (the tangents' own start is the pilot's choice, not the run's; it carries the history's
-    kink in its derivative and its error says nothing of the run). Then
+    kink in its derivative and its error says nothing of the run). Then::
 
         E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x_dt/2|, max_a |v_a,dt - v_a,dt/2| / max|v_a,dt/2|)
                 / T_p
@@ -545,7 +545,7 @@ def dde_lyapunov(
         and k smooth tangent segments through the transient at dt / 2 (orthonormalised once
         per max(delays)), then from that state the solution, and from t0 + max(transient,
         T_p) each tangent segment, over a window T_p = 2 max(delays) at dt and at dt / 2, and
-        estimates (RK4: error O(dt^4))
+        estimates (RK4: error O(dt^4))::
 
             E(dt) = 16/15 max(|x_dt - x_dt/2| / max|x|, max_a |v_a,dt - v_a,dt/2| / max|v_a|)
                     / T_p
