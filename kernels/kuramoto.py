@@ -263,22 +263,29 @@ def graphon_windows(x, code, params, start, length):
             length[i] = fwd
 
 
+@njit(cache=True, inline="always")
+def _pairwise_row(x, mu, code, params, wfun, a, b, two, i):
+    """Row i of the on-the-fly sums: (Σ_j w(x_i, x_j) μ_j a_j, the same of b)."""
+    s = 0.0
+    c = 0.0
+    xi = x[i]
+    for j in range(x.shape[0]):
+        if wfun is None:
+            w = graphon_value(code, params, xi, x[j]) * mu[j]
+        else:
+            w = wfun(xi, x[j]) * mu[j]
+        s += w * a[j]
+        if two:
+            c += w * b[j]
+    return s, c
+
+
 @njit(cache=True, parallel=True)
 def coupling_pairwise(x, mu, code, params, wfun, a, b, two, sa, sb):
     """Sums with W_ij = w(x_i, x_j) μ_j evaluated on the fly (O(N^2) work, O(N) memory)."""
     n = x.shape[0]
     for i in prange(n):
-        s = 0.0
-        c = 0.0
-        xi = x[i]
-        for j in range(n):
-            if wfun is None:
-                w = graphon_value(code, params, xi, x[j]) * mu[j]
-            else:
-                w = wfun(xi, x[j]) * mu[j]
-            s += w * a[j]
-            if two:
-                c += w * b[j]
+        s, c = _pairwise_row(x, mu, code, params, wfun, a, b, two, i)
         sa[i] = s
         if two:
             sb[i] = c
@@ -405,18 +412,7 @@ def unit_sums(kind, cp, wfun, a, b, two, ta, tb, p, sa, sb, pa, pb):
         if two:
             sb[i0] = c
     else:
-        x, mu, code, params = cp[4], cp[5], cp[11], cp[10]
-        s = 0.0
-        c = 0.0
-        xi = x[i0]
-        for j in range(n):
-            if wfun is None:
-                w = graphon_value(code, params, xi, x[j]) * mu[j]
-            else:
-                w = wfun(xi, x[j]) * mu[j]
-            s += w * a[j]
-            if two:
-                c += w * b[j]
+        s, c = _pairwise_row(cp[4], cp[5], cp[11], cp[10], wfun, a, b, two, i0)
         sa[i0] = s
         if two:
             sb[i0] = c
