@@ -43,7 +43,10 @@ Per-trajectory state between calls (so a long run advances chunk by chunk): the 
 ``rt`` (B, cap), ``ry``/``rfl``/``rfr`` (B, cap, d) (left and right derivative at each node; they
 differ only where f jumps in time), ``ist`` (B, 8) int64 ``[head, count, disc pointer, grid index,
 accepted, rejected, f evaluations, status]`` and ``fst`` (B, 2) ``[proposed h, PI memory]``
-(zeros: a fresh controller; a caller may set only the first step).
+(zeros: a fresh controller; a caller may set only the first step), or ``fst`` (B, 3) with
+the controller's memory of a rejected last step as a third slot, so that a run stopped by its
+step budget (``MAX_STEPS``) and called again (its status reset to ``OK``) takes bitwise the
+steps of the uninterrupted run.
 
 Status codes, the error norm, the PI controller and the starting step are those of
 :mod:`~nndyn_fast.kernels.control`.
@@ -83,7 +86,9 @@ USER, LINEAR, NEURAL, MACKEY_GLASS = 0, 1, 2, 3
 H_CONST, H_SAMPLES, H_FUNC = 0, 1, 2
 # integer state slots
 I_HEAD, I_COUNT, I_DISC, I_GRID, I_ACC, I_REJ, I_NFEV, I_STATUS = 0, 1, 2, 3, 4, 5, 6, 7
-F_H, F_FACOLD = 0, 1
+# float state slots; F_REJ (optional: fst of 3 columns) keeps whether the last attempted step
+# was rejected, so a run stopped by its step budget continues bitwise (gradient checkpoints)
+F_H, F_FACOLD, F_REJ = 0, 1, 2
 
 _MAX_ITER = 30  # fixed-point passes when a delay is shorter than the step
 _ITER_TOL_DOPRI = 1e-3  # iteration converged: change below this in units of the error tolerance
@@ -445,7 +450,7 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
     nrej = 0
     nfev = 0
     nsteps = 0
-    rejected_last = False
+    rejected_last = fst.shape[0] > F_REJ and fst[F_REJ] != 0.0
     status = OK
     while t < t_end:
         if nsteps >= max_steps:
@@ -582,6 +587,8 @@ def dde_advance_one(fn, args, hfn, fld, hist, ctl, tout, yout, b, ring, ist, fst
     ist[I_REJ] += nrej
     ist[I_NFEV] += nfev
     ist[I_STATUS] = status
+    if fst.shape[0] > F_REJ:
+        fst[F_REJ] = 1.0 if rejected_last else 0.0
     return status
 
 

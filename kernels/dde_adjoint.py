@@ -26,8 +26,11 @@ delay; the caller checks), so the map has no fixed-point iteration to differenti
 The step sizes are those of the forward run, held fixed (for Dormand-Prince the step-size
 controller is not differentiated). ``∂/∂T`` stretches the last step: its stage inputs and the
 delayed times ``t_j + c_s h - tau_k`` of its stages move with ``h`` (the Hermite interpolant's
-time derivative). Memory: the nodes ``(n + 1)(3 d + 1)`` per row and, per worker, their three
-adjoints.
+time derivative). The sweep runs over the steps ``jlo <= j < jhi`` of a buffer of nodes (every
+node of the run, or one recomputed segment and the delay window before it), with the node
+adjoints and gradient accumulators carried in from the later segment, so a caller can bound
+memory by checkpointing (:mod:`nndyn_fast.dde_gradients`): the buffer, its three adjoints
+(B, cap, d) each, and per worker one step's stages.
 """
 
 import numpy as np
@@ -194,7 +197,8 @@ def _step_stages(model, l, TA, TC, taus, t0, tn, Y, Fl, Fr, x0, j, Ys, K, D, Da,
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
 def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, jf, first,
-               final, ybs, frbs, flbs, x0bs, aW, aA, aB, ab, gW, gA, gB, gb, dX0, dT):  # fmt: skip
+               final, ybs, frbs, flbs, x0bs, aW, aA, aB, ab, finish, gW, gA, gB, gb, dX0,
+               dT):  # fmt: skip
     """Reverse sweep of the recorded method of steps of every row of ``X0`` (B, d), over the
     steps ``jlo[r] <= j < jhi[r]`` (all of them, or one recomputed segment).
 
@@ -204,12 +208,15 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, 
     ``ls[r, j]`` the layer of step j, ``lj[r, j]`` the layer of the right derivative at node
     j, ``jf[r, j]`` whether node j is a layer switch (its right derivative recomputed there).
     Node adjoints ``ybs``/``frbs``/``flbs`` (B, cap, d) and the history's ``x0bs`` (B, d) carry
-    over between segments (zeros at the start). ``first``: the segment that ends at T, where
-    ``C`` (B, d), the cotangents of the end states, enter and ``dT`` (B,) ``C·∂y_T/∂T`` (the
-    last step stretched) is written. ``final``: the segment that starts at t0 (local node 0
-    the start), where ``dX0`` (B, d) ``(∂y_T/∂x0)^T C`` (start and history) is written.
-    Gradient accumulators ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), zero on entry, one per
-    worker; summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to). Returns 0.
+    over between segments (zeros at the start). ``first`` (B,) bool: the rows whose segment
+    ends at T (node ``jhi[r]`` the end state), where ``C`` (B, d), the cotangents of the end
+    states, enter and ``dT`` (B,) ``C·∂y_T/∂T`` (the last step stretched) is written.
+    ``final``: the segment that starts at t0 (local node 0 the start), where ``dX0`` (B, d)
+    ``(∂y_T/∂x0)^T C`` (start and history) is written. Gradient accumulators
+    ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), one per worker (row r goes to worker ``r % nw``),
+    zero before the first segment and carried over between segments; with ``finish`` they
+    are summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to), so the sums are
+    those of one sweep over every step whatever the segments. Returns 0.
     """
     W, A, B, b, code = model
     L, d, H = W.shape
@@ -236,14 +243,14 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, 
             n = jhi[r]
             tr, Yr, Flr, Frr = tn[r], Y[r], Fl[r], Fr[r]
             yb, frb, flb, x0b = ybs[r], frbs[r], flbs[r], x0bs[r]
-            if first:
+            if first[r]:
                 for i in range(d):
                     yb[n, i] += C[r, i]
                 dT[r] = 0.0
             for j in range(n - 1, jlo[r] - 1, -1):
                 l = ls[r, j]
                 h = tr[j + 1] - tr[j]
-                last = first and j == n - 1
+                last = first[r] and j == n - 1
                 _step_stages(model, l, TA, TC, taus, t0, tr, Yr, Flr, Frr, x0, j, Ys, K, D,
                              Da, Dt, Dh, PS)  # fmt: skip
                 kbar[:, :] = 0.0
@@ -305,6 +312,8 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, 
                 for k in range(m):
                     acc += Db[k, i]
                 dX0[r, i] = acc
+    if not finish:
+        return 0
     for w in range(nw):
         for l in range(L):
             for i in range(d):

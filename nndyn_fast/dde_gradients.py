@@ -20,28 +20,38 @@ the nodes is part of the gradient). Delays need not be multiples of ``dt``, nor 
   limited to ``hmax`` (default ``min(delays) / 1.05``, since a step landing on a
   discontinuity may exceed ``hmax`` by 5 %), so no delayed time falls inside a step.
 
-Memory: every node of a row, ``(n + 1)(3 d + 1)`` floats, plus their adjoints (rows are
-taken in chunks of at most about 64 MiB); with ``checkpoint=k`` (RK4) only the delay window
-at every k-th grid point is kept and each segment is rerun from it on the reverse sweep (by
-the same kernel, so the same nodes), the node adjoints of the window carried from segment to
-segment: memory ``O(n w / k + k + w)`` nodes for a window of ``w`` nodes.
+Memory is bounded by default: binomial checkpointing (Griewank's revolve schedule,
+:func:`nndyn_fast.kernels.adjoint.revolve_split`) over segments of ``segment`` attempted steps
+(default 64). A checkpoint is what the solver needs to continue bitwise: each row's delay
+window (the nodes within ``max(delays)`` before it), its counters (grid index, pointer into
+the discontinuity list, accepted steps) and its step-size controller (proposed step, PI
+memory, whether the last attempt was rejected). At most ``checkpoints`` (default 16) are
+kept; the reverse sweep reruns each segment from one (the same kernel, stopped by its step
+budget, so the same nodes) and carries the node adjoints of its window to the segment before.
+Memory is ``s w + 2 (w + q)`` nodes per row (``s`` checkpoints of ``w`` window nodes, one
+segment of ``q`` steps and its adjoints) whatever the number of steps ``n``; each segment is
+run at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n / q`` (dopri5
+adds one run that counts the steps). The gradients are bitwise those of keeping every node
+(``checkpoints=None``: ``(n + 1)(3 d + 1)`` floats per row and their adjoints, one forward
+run; rows are taken in chunks of at most about 64 MiB).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import delay as _dl
-from ._first_class import call
 from ._validate import as_array, check_int, check_option, check_positive, check_steps
 from .delay import NeuralDDE
 from .kernels import dde as _kdde
 from .kernels import dde_adjoint as _kd
 from .kernels.activations import ACTIVATIONS
+from .kernels.adjoint import revolve_split
 from .threads import for_work
 
 __all__ = [
@@ -56,6 +66,8 @@ __all__ = [
 _MAX_WORKERS = 64
 _CHUNK_BYTES = 2.0**26  # recorded nodes per chunk of rows
 _CAP0 = 256  # dopri5: nodes per row on the first try (doubled as needed)
+_SLOTS = 16  # checkpoints (delay windows) kept per chunk of rows by default
+_SEGMENT = 64  # attempted steps per recomputed segment by default
 _METHODS = ("rk4", "dopri5")
 _HMAX_MARGIN = 1.05  # a step landing on a discontinuity may be up to 5 % longer than hmax
 
@@ -96,7 +108,8 @@ def dde_with_params(model: NeuralDDE, params: dict) -> NeuralDDE:
                      t_layers=model._t_layers, T=model.T)  # fmt: skip
 
 
-def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps, checkpoint=None):
+def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps, checkpoints=_SLOTS,
+             segment=None, checkpoint=None):  # fmt: skip
     if not isinstance(model, NeuralDDE):
         raise TypeError(f"model must be a NeuralDDE, got {type(model).__name__}")
     X = as_array("X", X, ndim=(1, 2))
@@ -137,9 +150,18 @@ def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps, check
             )
         opts.update(dt=0.0, hmax=hmax, max_steps=check_int("max_steps", max_steps, minimum=1))
     if checkpoint is not None:
-        if method != "rk4":
-            raise ValueError("checkpoint is for method 'rk4' (dopri5 keeps every node)")
-        opts["checkpoint"] = check_int("checkpoint", checkpoint, minimum=1)
+        warnings.warn(
+            "checkpoint=k is deprecated: use segment=k (steps per recomputed segment) and "
+            "checkpoints=s (delay windows kept); it now means segment=k",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if segment is None:
+            segment = checkpoint
+    if checkpoints is not None:
+        checkpoints = check_int("checkpoints", checkpoints, minimum=1)
+    opts["checkpoints"] = checkpoints
+    opts["segment"] = _SEGMENT if segment is None else check_int("segment", segment, minimum=1)
     return X2, single, T, taus, method, opts
 
 
@@ -163,11 +185,12 @@ class _Solver:
         B, d = self.B, self.d
         ring = (np.zeros((B, cap)), np.zeros((B, cap, d)), np.zeros((B, cap, d)),
                 np.zeros((B, cap, d)))  # fmt: skip
-        return ring, np.zeros((B, 8), np.int64), np.zeros((B, 2))
+        return ring, np.zeros((B, 8), np.int64), np.zeros((B, 3))
 
-    def advance(self, ring, ist, fst, t_end):
+    def advance(self, ring, ist, fst, t_end, budget=None):
         o = self.opts
-        budget = _dl._MAX_STEPS if self.method == "rk4" else o["max_steps"]
+        if budget is None:
+            budget = _dl._MAX_STEPS if self.method == "rk4" else o["max_steps"]
         ctl = (_dl.METHODS[self.method], float(o["dt"]), o["rtol"], o["atol"], o["hmax"],
                float(t_end), self.disc, self.djump, budget)  # fmt: skip
         tout = np.array([float(t_end)])
@@ -175,7 +198,9 @@ class _Solver:
         secs = _dl._serial_seconds(self.method, self.B, self.d, self.taus.size, self.nP,
                                    np.array([0.0, float(t_end)]), float(o["dt"]))  # fmt: skip
         with for_work(secs):
-            call(self.kern, None, (), None, self.fld, self.hists, ctl, tout, yout, ring, ist, fst)
+            # the dispatcher itself (no first-class functions here): the cached entry point
+            # of _first_class.call leaves each call's argument tuple to the cycle collector
+            self.kern(None, (), None, self.fld, self.hists, ctl, tout, yout, ring, ist, fst)
 
     def layers(self, tn):
         """Per slot: the layer of the step from it, of the right derivative at it, and whether
@@ -229,7 +254,9 @@ def _tables(method):
 
 
 class _Reverse:
-    """The reverse kernel's fixed arguments and its gradient accumulators."""
+    """The reverse kernel's fixed arguments and its gradient accumulators (one set per chunk
+    of rows, carried over its segments and summed once, after the segment that starts at t0,
+    so the sums are those of one sweep over every step)."""
 
     def __init__(self, model, method, taus, g):
         W, A, B, b = model.layer_weights()
@@ -238,112 +265,183 @@ class _Reverse:
         self.taus, self.g = taus, g
         self.per = 8.0 * (W.size + A.size + B.size + b.size)
         self.flops = 3 * W.shape[1] * W.shape[2] * (2 + B.shape[1]) * self.TA.shape[0]
+        self.acc = None
+
+    def start(self, Bc):
+        nw = int(max(1, min(Bc, _MAX_WORKERS, 2.0**28 // max(self.per, 1.0))))
+        self.acc = [np.zeros((nw, *v.shape)) for v in self.g.values()]
 
     def __call__(self, Xc, C, nodes, jlo, jhi, lay, first, final, adj, x0b, dXc, dTc):
-        Bc = Xc.shape[0]
-        nw = int(max(1, min(Bc, _MAX_WORKERS, 2.0**28 // max(self.per, 1.0))))
-        acc = [np.zeros((nw, *v.shape)) for v in self.g.values()]
         # serial seconds: about 2e-9 per multiply-add, stages recomputed and reversed
         seconds = 2e-9 * float(np.sum(jhi - jlo)) * self.flops
         g = self.g
         with for_work(seconds):
             _kd.dde_rk_vjp(self.kmodel, Xc, C, self.taus, 0.0, self.TA, self.TC, *nodes, jlo,
-                           jhi, *lay, first, final, *adj, x0b, *acc, g["W"], g["A"], g["B"],
-                           g["b"], dXc, dTc)  # fmt: skip
+                           jhi, *lay, first, final, *adj, x0b, *self.acc, final, g["W"],
+                           g["A"], g["B"], g["b"], dXc, dTc)  # fmt: skip
 
 
-def _segment_ends(sv, dt, T, k):
-    """Ends of the recomputed segments: every k-th grid point (the next one when a
-    discontinuity sits there, so each end is an ordinary node of the run), then T."""
-    ends = []
-    K = k
-    tol = 1e-9 * dt
-    while True:
-        e = 0.0 + K * dt  # the solver's grid point t0 + K dt
-        if e >= T - tol:
-            break
-        if sv.disc.size and np.min(np.abs(sv.disc - e)) <= 2 * tol:
-            K += 1
-            continue
-        ends.append(e)
-        K += k
-    return ends + [T]
+class _Segments:
+    """The method of steps of a chunk of rows in segments of ``q`` attempted steps.
+
+    A checkpoint is what :func:`~nndyn_fast.kernels.dde.dde_advance` needs to continue bitwise:
+    each row's delay window (its ring, oldest node first, compacted), its counters ``ist``
+    (grid index, discontinuity pointer, accepted steps) and its controller ``fst`` (proposed
+    step, PI memory, rejected last). The kernel is stopped by its step budget, so a segment
+    ends where the uninterrupted run is, whatever the method."""
+
+    def __init__(self, sv, q, cap):
+        self.sv, self.q, self.cap = sv, q, cap
+
+    def fresh(self):
+        B = self.sv.B
+        return None, np.zeros((B, 8), np.int64), np.zeros((B, 3))
+
+    @staticmethod
+    def compact(ring, ist, fst):
+        ist = ist.copy()
+        n = int(ist[:, _kdde.I_COUNT].max())
+        return tuple(_dl._grow_ring(list(ring), ist, n)), ist, fst.copy()
+
+    def _restore(self, state, cap):
+        ring, ist, fst = state
+        ist, fst = ist.copy(), fst.copy()
+        if ring is None:
+            return self.sv.fresh(cap)[0], ist, fst
+        return tuple(_dl._grow_ring(list(ring), ist, cap)), ist, fst
+
+    def run(self, state, budget, record=False, to_end=False):
+        """Continue from ``state`` by ``budget`` attempted steps per row (rows at T stay);
+        ``record``: into a ring holding the window and every new node (no wrap, oldest at
+        slot 0); ``to_end``: the budget is the run's own (a stop on it is an error)."""
+        held = 0 if state[0] is None else int(state[1][:, _kdde.I_COUNT].max())
+        while True:
+            cap = held + budget + 2 if record else max(self.cap, held + 2)
+            ring, ist, fst = self._restore(state, cap)
+            self.sv.advance(ring, ist, fst, self.sv.T, budget)
+            st = ist[:, _kdde.I_STATUS]
+            if np.any(st == _kdde.RING_FULL):
+                if record:  # not expected: room for every node
+                    raise RuntimeError("dde_flow_vjp: the segment ring is full")
+                self.cap *= 2  # rerun from the checkpoint (a full ring alters the controller)
+                continue
+            if not to_end:
+                st[st == _kdde.MAX_STEPS] = _kdde.OK  # stopped by the segment's budget
+            _dl._raise_on_status(ist, list(ring))
+            return ring, ist, fst
 
 
-def _segments(model, Xc, T, taus, opts, k, rev, C_of, rv):
-    """RK4 with bounded memory: a forward run keeping the delay window at every k-th grid
-    point, then per segment (last first) a rerun from its window and the reverse sweep
-    through it. Returns (end states, steps, dX, dT)."""
-    sv = _Solver(model, Xc, T, taus, "rk4", opts)
+def _place(dst, src, off, upto):
+    """``dst[r, off[r] + i] = src[r, i]`` for ``i <= upto[r]`` (node adjoints of a window)."""
+    L = int(upto.max()) + 1
+    jj = np.arange(L)
+    valid = jj[None, :] <= upto[:, None]
+    rr = np.broadcast_to(np.arange(dst.shape[0])[:, None], valid.shape)[valid]
+    dst[rr, (off[:, None] + jj[None, :])[valid]] = src[rr, np.broadcast_to(jj, valid.shape)[valid]]
+
+
+def _checkpointed(sv, Xc, opts, rev, C_of, rv):
+    """Bounded memory: binomial checkpointing (Griewank's revolve, the schedule of
+    :func:`nndyn_fast.kernels.adjoint.revolve_split`) over segments of ``q`` attempted steps,
+    at most ``s`` checkpoints (delay windows), one segment's nodes and the node adjoints of a
+    window carried from a segment to the one before it. Returns (end states, steps, dX, dT)."""
     Bc, d = Xc.shape
-    dt = opts["dt"]
-    ends = _segment_ends(sv, dt, T, k)
-    cap = int(math.ceil(float(taus.max()) / dt)) + k + sv.disc.size + 8
-    ring, ist, fst = sv.fresh(cap)
-    ckpts = []
-    for e in ends:
-        ist_c = ist.copy()
-        n0 = int(ist_c[0, _kdde.I_COUNT])
-        ckpts.append((_dl._grow_ring(list(ring), ist_c, n0) if n0 else None, ist_c, fst.copy()))
-        sv.advance(ring, ist, fst, e)
-        if np.any(ist[:, _kdde.I_STATUS] == _kdde.RING_FULL):  # not expected: room for k
-            raise RuntimeError("dde_flow_vjp: the segment ring is full")
-        _dl._raise_on_status(ist, list(ring))
-    ns = ist[:, _kdde.I_ACC].copy()
-    last = (ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1) % cap
-    ZT = ring[1][np.arange(Bc), last].copy()
+    q, slots = opts["segment"], opts["checkpoints"]
+    wcap = _window_cap(sv, opts)
+    seg = _Segments(sv, q, wcap)
+    s0 = seg.fresh()
     dX, dT = np.zeros_like(Xc), np.zeros(Bc)
-    if not rev:
-        return ZT, ns, dX, dT
-    C = C_of(ZT)
+    if sv.method == "dopri5" or not rev:  # the run's length (and for no reverse, its end)
+        budget = opts["max_steps"] if sv.method == "dopri5" else _dl._MAX_STEPS
+        ring, ist, _ = seg.run(s0, budget, to_end=True)
+        if not rev:
+            last = (ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1) % ring[0].shape[1]
+            return ring[1][np.arange(Bc), last].copy(), ist[:, _kdde.I_ACC].copy(), dX, dT
+        n = int((ist[:, _kdde.I_ACC] + ist[:, _kdde.I_REJ]).max())
+    else:  # grid steps and at most one more per discontinuity
+        n = int(math.ceil(sv.T / opts["dt"])) + sv.disc.size + 1
+    N = max(1, -(-n // q))
+    ar = np.arange(Bc)
     x0b = np.zeros_like(Xc)
+    stack = [(0, s0)]
+    end = N
     carry = None
-    for c in range(len(ends) - 1, -1, -1):
-        ck, ist_c, fst_c = ckpts[c]
-        ist_r, fst_r = ist_c.copy(), fst_c.copy()
-        ring_r = sv.fresh(cap)[0] if ck is None else tuple(_dl._grow_ring(ck, ist_r, cap))
-        acc0, cnt0 = int(ist_r[0, _kdde.I_ACC]), int(ist_r[0, _kdde.I_COUNT])
-        sv.advance(ring_r, ist_r, fst_r, ends[c])
-        new = int(ist_r[0, _kdde.I_ACC]) - acc0
-        base, jlo = (0, 0) if cnt0 == 0 else (acc0 + 1 - cnt0, cnt0 - 1)
-        adj = tuple(np.zeros((Bc, cap, d)) for _ in range(3))
-        if carry is not None:  # node adjoints of the next segment's window, already summed
+    while end > 0:
+        a, st = stack[-1]
+        if a == end:
+            stack.pop()
+            continue
+        free = slots - (len(stack) - 1)
+        if end - a > 1 and free > 1:
+            m = a + int(revolve_split(end - a, free))
+            stack.append((m, seg.compact(*seg.run(st, (m - a) * q))))
+            continue
+        if end - 1 > a:
+            st = seg.compact(*seg.run(st, (end - 1 - a) * q))
+        c = end - 1
+        ring, ist, _ = seg.run(st, q, record=True)
+        tn = ring[0]
+        acc = ist[:, _kdde.I_ACC]
+        jhi = ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1
+        jlo = jhi - (acc - st[1][:, _kdde.I_ACC])
+        base = acc - jhi  # the run's index of slot 0
+        if end == N:
+            if not np.all(tn[ar, jhi] >= sv.T):  # not expected: the length bounds the steps
+                raise RuntimeError("dde_flow_vjp: the segments end before T")
+            ZT = ring[1][ar, jhi].copy()
+            ns = acc.copy()
+            endseg = (acc + ist[:, _kdde.I_REJ] - 1) // q
+            C = C_of(ZT)
+        adj = tuple(np.zeros((Bc, tn.shape[1], d)) for _ in range(3))
+        if carry is not None:  # node adjoints of the later segment's window, summed already
             old, obase, ojlo = carry
-            off = obase - base
-            for a, o in zip(adj, old, strict=True):
-                a[:, off : off + ojlo + 1] = o[:, : ojlo + 1]
-        jl = np.full(Bc, jlo, np.int64)
-        jh = np.full(Bc, jlo + new, np.int64)
-        _check_steps(ring_r[0], jh, taus)
-        rv(Xc, C, ring_r, jl, jh, sv.layers(ring_r[0]), c == len(ends) - 1, c == 0, adj, x0b,
-           dX, dT)  # fmt: skip
-        carry = (adj, base, jlo)
+            for x, o in zip(adj, old, strict=True):
+                _place(x, o, obase - base, ojlo)
+        _check_steps(tn, jhi, taus=sv.taus)
+        rv(Xc, C, ring[:4], jlo.copy(), jhi.copy(), sv.layers(tn), endseg == c, c == 0, adj,
+           x0b, dX, dT)  # fmt: skip
+        keep = int(jlo.max()) + 1
+        carry = (tuple(x[:, :keep].copy() for x in adj), base, jlo)
+        del ring, tn, adj  # before the next segment's arrays
+        end -= 1
     return ZT, ns, dX, dT
 
 
-def _run(model, X, T, taus, method, opts, cotangent=None, Y=None, checkpoint=None):
+def _window_cap(sv, opts):
+    """Nodes a delay window holds (RK4: as ddeint sizes its ring; dopri5: a first guess)."""
+    if sv.method == "rk4":
+        return int(math.ceil(float(sv.taus.max()) / opts["dt"])) + sv.disc.size + 8
+    return _CAP0 // 4
+
+
+def _run(model, X, T, taus, method, opts, cotangent=None, Y=None):
     """Forward (and, with ``cotangent`` or targets ``Y``, reverse) over chunks of rows:
     (grads, end states, dX, dT per row, steps per row, residuals or None)."""
     W, A, B, b = model.layer_weights()
     d = W.shape[1]
     Bn = X.shape[0]
-    if method == "rk4":
-        cap = int(math.ceil(T / opts["dt"])) + 4 * (B.shape[1] + model.n_layers) + 8
-    else:
-        cap = _CAP0
+    slots = opts["checkpoints"]
+    if slots is None:  # every node
+        if method == "rk4":
+            cap = int(math.ceil(T / opts["dt"])) + 4 * (B.shape[1] + model.n_layers) + 8
+        else:
+            cap = _CAP0
+        per_row = cap * (6 * d + 1)
+    else:  # the checkpoints, one segment's nodes and their adjoints
+        w = int(math.ceil(float(taus.max()) / opts["dt"])) + 8 if method == "rk4" else _CAP0
+        per_row = (slots + 2) * w * (3 * d + 1) + (w + opts["segment"]) * (6 * d + 1)
     g = {"W": np.zeros_like(W), "A": np.zeros_like(A), "B": np.zeros_like(B), "b": np.zeros_like(b)}
     ZT, dX, dT = np.empty_like(X), np.zeros_like(X), np.zeros(Bn)
     ns = np.zeros(Bn, np.int64)
     res = None if Y is None else np.empty_like(X)
     rev = cotangent is not None or Y is not None
-    if checkpoint is not None:
-        cap = int(math.ceil(float(taus.max()) / opts["dt"])) + checkpoint + 8
-    chunk = int(max(1, min(Bn, _CHUNK_BYTES // (8.0 * cap * (6 * d + 1)))))
+    chunk = int(max(1, min(Bn, _CHUNK_BYTES // (8.0 * per_row))))
     rv = _Reverse(model, method, taus, g)
     for lo in range(0, Bn, chunk):
         sl = slice(lo, lo + chunk)
         Xc = X[sl]
         Bc = Xc.shape[0]
+        rv.start(Bc)
 
         def C_of(Z, sl=sl):
             if Y is not None:
@@ -351,21 +449,19 @@ def _run(model, X, T, taus, method, opts, cotangent=None, Y=None, checkpoint=Non
                 return np.ascontiguousarray(res[sl] / Bn)
             return np.ascontiguousarray(cotangent[sl])
 
-        if checkpoint is not None:
-            ZT[sl], ns[sl], dX[sl], dT[sl] = _segments(model, Xc, T, taus, opts, checkpoint,
-                                                       rev, C_of, rv)  # fmt: skip
+        if slots is not None or not rev:
+            sv = _Solver(model, Xc, T, taus, method, opts)
+            ZT[sl], ns[sl], dX[sl], dT[sl] = _checkpointed(sv, Xc, opts, rev, C_of, rv)
             continue
         tn, Yn, Fl, Fr, nc, ls, lj, jf = _record(model, Xc, T, taus, method, opts, cap)
         cap = max(cap, tn.shape[1])
         ZT[sl] = Yn[np.arange(Bc), nc]
         ns[sl] = nc
-        if not rev:
-            continue
         C = C_of(ZT[sl])
         adj = tuple(np.zeros((Bc, tn.shape[1], d)) for _ in range(3))
         dXc, dTc = np.empty_like(Xc), np.empty(Bc)
-        rv(Xc, C, (tn, Yn, Fl, Fr), np.zeros(Bc, np.int64), nc, (ls, lj, jf), True, True, adj,
-           np.zeros_like(Xc), dXc, dTc)  # fmt: skip
+        rv(Xc, C, (tn, Yn, Fl, Fr), np.zeros(Bc, np.int64), nc, (ls, lj, jf),
+           np.ones(Bc, np.bool_), True, adj, np.zeros_like(Xc), dXc, dTc)  # fmt: skip
         dX[sl] = dXc
         dT[sl] = dTc
     if not np.all(np.isfinite(ZT)):
@@ -386,6 +482,8 @@ def dde_flow_vjp(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
+    checkpoints: int | None = _SLOTS,
+    segment: int | None = None,
     checkpoint: int | None = None,
 ) -> DDEGrad:
     """Vector-Jacobian products of the time-T map ``x0 -> x(T)`` of a :class:`NeuralDDE`.
@@ -407,11 +505,12 @@ def dde_flow_vjp(
     dt : the RK4 step, at most ``min(delays)``.
     rtol, atol, hmax, max_steps : dopri5's tolerances, largest step (default and at most
         ``min(delays) / 1.05``) and step budget per row.
-    checkpoint : rk4 only: keep only the delay window at every ``checkpoint``-th grid point
-        and rerun each segment from it on the reverse sweep (one more forward run), so
-        memory is ``(n / checkpoint) w + checkpoint + w`` nodes per row (``w`` those in a
-        delay window) instead of ``n``; ``checkpoint ~ sqrt(n w)`` makes it ``O(sqrt(n w))``.
-        Default None: every node kept. The same gradient up to the order of the sums.
+    checkpoints : delay windows kept per chunk of rows (at least 1; default 16), or None to
+        keep every node (one forward run, memory ~ n). Any number gives bitwise the same
+        gradients; fewer slots cost more reruns (see the module docstring).
+    segment : attempted steps per recomputed segment (default 64): memory
+        ``checkpoints * w + 2 (w + segment)`` nodes per row for a delay window of ``w``.
+    checkpoint : deprecated; means ``segment=checkpoint``.
 
     Returns
     -------
@@ -424,13 +523,13 @@ def dde_flow_vjp(
     when the forward run blows up.
     """
     X2, single, T, taus, method, opts = _options(model, X, T, delays, method, dt, rtol, atol,
-                                                 hmax, max_steps, checkpoint)  # fmt: skip
+                                                 hmax, max_steps, checkpoints, segment,
+                                                 checkpoint)  # fmt: skip
     if cotangent is None:
         raise ValueError("cotangent is required: an array with the shape of X")
     c = as_array("cotangent", cotangent, shape=X2.shape[1:] if single else X2.shape)
     C = np.ascontiguousarray(c.reshape(X2.shape))
-    g, ZT, dX, dT, ns, _ = _run(model, X2, T, taus, method, opts, cotangent=C,
-                                checkpoint=opts.get("checkpoint"))  # fmt: skip
+    g, ZT, dX, dT, ns, _ = _run(model, X2, T, taus, method, opts, cotangent=C)
     if single:
         ZT, dX = ZT[0], dX[0]
     return DDEGrad(g, dX, float(dT.sum()), ZT, ns)
@@ -449,16 +548,18 @@ def dde_loss_and_grad(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
+    checkpoints: int | None = _SLOTS,
+    segment: int | None = None,
     checkpoint: int | None = None,
 ) -> tuple[float, DDEGrad]:
     """``ℓ = 1/(2B) sum_i ||x_i(T) - y_i||^2`` and its gradients (one forward run and one
     reverse sweep), ``x_i(T)`` as in :func:`dde_flow_vjp`; ``X``, ``Y`` (B, d) finite.
     Returns ``(ℓ, DDEGrad)``; options as in :func:`dde_flow_vjp`."""
     X2, single, T, taus, method, opts = _options(model, X, T, delays, method, dt, rtol, atol,
-                                                 hmax, max_steps, checkpoint)  # fmt: skip
+                                                 hmax, max_steps, checkpoints, segment,
+                                                 checkpoint)  # fmt: skip
     Yt = as_array("Y", Y, shape=X2.shape[1:] if single else X2.shape).reshape(X2.shape)
-    g, ZT, dX, dT, ns, res = _run(model, X2, T, taus, method, opts, Y=np.ascontiguousarray(Yt),
-                                  checkpoint=opts.get("checkpoint"))  # fmt: skip
+    g, ZT, dX, dT, ns, res = _run(model, X2, T, taus, method, opts, Y=np.ascontiguousarray(Yt))
     loss = 0.5 * float(np.sum(res * res)) / X2.shape[0]
     if single:
         ZT, dX = ZT[0], dX[0]
@@ -469,7 +570,8 @@ def dde_forward(
     model: NeuralDDE, X: Any, T: float | None = None, *, delays: Any, **options: Any
 ) -> np.ndarray:
     """The end states ``x(T)`` (the shape of ``X``) of the map :func:`dde_flow_vjp`
-    differentiates (the forward run alone); options as there."""
+    differentiates: the forward run alone, keeping only the delay window; options as there
+    (``method``, ``dt``, ``rtol``, ``atol``, ``hmax``, ``max_steps``)."""
     X2, single, T, taus, method, opts = _options(
         model, X, T, delays, options.pop("method", "rk4"), options.pop("dt", None),
         options.pop("rtol", 1e-8), options.pop("atol", 1e-10), options.pop("hmax", None),
