@@ -68,6 +68,7 @@ _CHUNK_BYTES = 2.0**26  # recorded nodes per chunk of rows
 _CAP0 = 256  # dopri5: nodes per row on the first try (doubled as needed)
 _SLOTS = 16  # checkpoints (delay windows) kept per chunk of rows by default
 _SEGMENT = 64  # attempted steps per recomputed segment by default
+_BLOCK = 8  # RK4 rows per block of the reverse sweep
 _METHODS = ("rk4", "dopri5")
 _HMAX_MARGIN = 1.05  # a step landing on a discontinuity may be up to 5 % longer than hmax
 
@@ -256,11 +257,20 @@ def _tables(method):
 class _Reverse:
     """The reverse kernel's fixed arguments and its gradient accumulators (one set per chunk
     of rows, carried over its segments and summed once, after the segment that starts at t0,
-    so the sums are those of one sweep over every step)."""
+    so the sums are those of one sweep over every step). RK4 rows share their step times and
+    go to :func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_vjp_block` in blocks of
+    ``_BLOCK`` rows; dopri5 rows to the row-by-row kernel."""
 
     def __init__(self, model, method, taus, g):
         W, A, B, b = model.layer_weights()
-        self.kmodel = (W, A, B, b, int(ACTIVATIONS[model.activation]))
+        code = int(ACTIVATIONS[model.activation])
+        self.kmodel = (W, A, B, b, code)
+        L, m, H, d = B.shape
+        BT = np.ascontiguousarray(B.transpose(0, 1, 3, 2)).reshape(L * m, d, H)
+        self.bmodel = (W, np.ascontiguousarray(W.transpose(0, 2, 1)), A,
+                       np.ascontiguousarray(A.transpose(0, 2, 1)), B.reshape(L * m, H, d), BT, b,
+                       code)  # fmt: skip
+        self.blocked = method == "rk4"
         self.TA, self.TC = _tables(method)
         self.taus, self.g = taus, g
         self.per = 8.0 * (W.size + A.size + B.size + b.size)
@@ -268,17 +278,30 @@ class _Reverse:
         self.acc = None
 
     def start(self, Bc):
-        nw = int(max(1, min(Bc, _MAX_WORKERS, 2.0**28 // max(self.per, 1.0))))
+        units = -(-Bc // _BLOCK) if self.blocked else Bc
+        nw = int(max(1, min(units, _MAX_WORKERS, 2.0**28 // max(self.per, 1.0))))
         self.acc = [np.zeros((nw, *v.shape)) for v in self.g.values()]
 
     def __call__(self, Xc, C, nodes, jlo, jhi, lay, first, final, adj, x0b, dXc, dTc):
         # serial seconds: about 2e-9 per multiply-add, stages recomputed and reversed
         seconds = 2e-9 * float(np.sum(jhi - jlo)) * self.flops
         g = self.g
+        aW, aA, aB, ab = self.acc
+        shared = np.all(jlo == jlo[0]) and np.all(jhi == jhi[0]) and np.all(first == first[0])
         with for_work(seconds):
-            _kd.dde_rk_vjp(self.kmodel, Xc, C, self.taus, 0.0, self.TA, self.TC, *nodes, jlo,
-                           jhi, *lay, first, final, *adj, x0b, *self.acc, final, g["W"],
-                           g["A"], g["B"], g["b"], dXc, dTc)  # fmt: skip
+            if self.blocked and shared:
+                L, m, H, d = aB.shape[1:]
+                _kd.dde_rk4_vjp_block(self.bmodel, Xc, C, self.taus, 0.0, self.TA, self.TC,
+                                      *nodes, jlo, jhi, *lay, first, final, *adj, x0b, aW, aA,
+                                      aB.reshape(-1, L * m, H, d), ab, final, g["W"], g["A"],
+                                      g["B"].reshape(L * m, H, d), g["b"], dXc, dTc,
+                                      _BLOCK)  # fmt: skip
+            elif self.blocked:  # not expected: RK4 rows share their steps
+                raise RuntimeError("dde_flow_vjp: RK4 rows with different steps")
+            else:
+                _kd.dde_rk_vjp(self.kmodel, Xc, C, self.taus, 0.0, self.TA, self.TC, *nodes,
+                               jlo, jhi, *lay, first, final, *adj, x0b, *self.acc, final,
+                               g["W"], g["A"], g["B"], g["b"], dXc, dTc)  # fmt: skip
 
 
 class _Segments:
