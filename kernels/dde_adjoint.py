@@ -37,7 +37,25 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, dact, tanh_fast
-from .control import CONTRACT
+from .control import CONTRACT, EPS, LOCK_OVER, MAX_STEPS, NONFINITE, OK, RING_FULL, STEP_UNDERFLOW
+from .dde import (
+    _RK4F_A,
+    _RK4F_C,
+    I_ACC,
+    I_COUNT,
+    I_DISC,
+    I_GRID,
+    I_HEAD,
+    I_NFEV,
+    I_STATUS,
+    _block_finite,
+    _lock_field,
+    _wrap,
+    history_block,
+    next_stop,
+    ring_evict,
+    rk4_target,
+)
 from .neural import block_matmul_acc
 
 
@@ -587,3 +605,159 @@ def dde_rk4_vjp_block(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, 
                 for i in range(d):
                     gB2[lk, j, i] += aB2[w, lk, j, i]
     return 0
+
+
+# --- fixed-step RK4 in lockstep from a saved state ---------------------------------------------
+# kernels.dde.dde_rk4_lockstep's loop (the arithmetic of dde_advance for each row, rows of a block
+# innermost so the loops over them vectorise), started from the rows' rings and counters as
+# dde_advance leaves them and stopped by a step budget, writing the new nodes back into those
+# rings: the forward runs of the checkpointed gradient. No fastmath flags, as the loop it copies
+# (its callees must round as under ddeint's kernels).
+
+
+@njit(cache=True)
+def _resume_block(fld, hists, ctl, ring, ist, b0, nb, lring, K, Y, YT, XD, zr, tmp, cur):
+    model, ip, P, hkind, t0, taus = fld
+    dt, t_end, disc, djump, max_steps = ctl
+    rt, ry, rfl, rfr = ring
+    lrt, lry, lrfl, lrfr = lring
+    cap = rt.shape[1]
+    d = ry.shape[2]
+    m = taus.shape[0]
+    taumax = 0.0
+    for k in range(m):
+        taumax = max(taumax, taus[k])
+    tiny = 1e-9 * (1.0 + abs(t0))
+    head = ist[b0, I_HEAD]
+    cnt = ist[b0, I_COUNT]
+    for i in range(cnt):
+        p = _wrap(head + i, cap)
+        lrt[p] = rt[b0, p]
+        for c in range(d):
+            for q in range(nb):
+                lry[p, c, q] = ry[b0 + q, p, c]
+                lrfl[p, c, q] = rfl[b0 + q, p, c]
+                lrfr[p, c, q] = rfr[b0 + q, p, c]
+    status = OK
+    nfev = 0
+    if cnt == 0:  # the first node: the history at t0 and the right derivative there
+        head = 0
+        cnt = 1
+        nfev = 1
+        lrt[0] = t0
+        history_block(hkind, hists, None, b0, t0, lry[0], tmp)
+        _lock_field(None, fld, hists, b0, lring, 0, 1, cur, XD, zr, tmp, t0, t0 + tiny, lry[0],
+                    lrfr, 0)  # fmt: skip
+        lrfl[0, :, :] = lrfr[0]
+        if not _block_finite(lrfr[0]):
+            status = NONFINITE
+    start = head
+    held = cnt
+    last = _wrap(head + cnt - 1, cap)
+    t = lrt[last]
+    Y[:, :] = lry[last]
+    dp = ist[b0, I_DISC]
+    grid = ist[b0, I_GRID]
+    nacc = 0
+    nsteps = 0
+    while status == OK and t < t_end:
+        if nsteps >= max_steps:
+            status = MAX_STEPS
+            break
+        dp, stop, hit_disc = next_stop(disc, dp, t, t_end, tiny)
+        tnew, on_grid, hit_disc = rk4_target(t0, dt, grid, stop, hit_disc)
+        h = tnew - t
+        if h <= 16.0 * EPS * max(abs(t), 1.0):
+            status = STEP_UNDERFLOW
+            break
+        tl = t + 0.5 * h
+        K[0, :, :] = lrfr[last]
+        for s in range(1, 5):
+            for i in range(d):
+                YT[i, :] = 0.0
+                for p in range(s):
+                    a = _RK4F_A[s, p]
+                    for q in range(nb):
+                        YT[i, q] += a * K[p, i, q]
+                for q in range(nb):
+                    YT[i, q] = Y[i, q] + h * YT[i, q]
+            ts = tnew if s == 4 else t + _RK4F_C[s] * h
+            if _lock_field(None, fld, hists, b0, lring, head, cnt, cur, XD, zr, tmp, ts, tl, YT,
+                           K, s):  # fmt: skip
+                status = LOCK_OVER
+                break
+        if status != OK:
+            break
+        nfev += 4
+        nsteps += 1
+        head, cnt = ring_evict(lrt, head, cnt, cur, tnew - taumax)
+        if not (_block_finite(YT) and _block_finite(K[4])):
+            status = NONFINITE
+        elif cnt >= cap:
+            status = RING_FULL
+        if status != OK:
+            break
+        new = _wrap(head + cnt, cap)
+        lrt[new] = tnew
+        lry[new] = YT
+        lrfl[new] = K[4]
+        lrfr[new] = K[4]
+        cnt += 1
+        nacc += 1
+        if on_grid:
+            grid += 1
+        if hit_disc:
+            dp += 1
+            if djump[dp - 1]:
+                _lock_field(None, fld, hists, b0, lring, head, cnt, cur, XD, zr, tmp, tnew,
+                            tnew + tiny, YT, lrfr, new)  # fmt: skip
+                nfev += 1
+        last = new
+        t = tnew
+        Y[:, :] = YT
+    # the nodes written (the last cap of them when the ring wrapped) back into the rows' rings
+    tot = held + nacc
+    for i in range(max(0, tot - cap), tot):
+        p = (start + i) % cap
+        for q in range(nb):
+            rt[b0 + q, p] = lrt[p]
+            for c in range(d):
+                ry[b0 + q, p, c] = lry[p, c, q]
+                rfl[b0 + q, p, c] = lrfl[p, c, q]
+                rfr[b0 + q, p, c] = lrfr[p, c, q]
+    for q in range(nb):
+        b = b0 + q
+        ist[b, I_HEAD] = head
+        ist[b, I_COUNT] = cnt
+        ist[b, I_DISC] = dp
+        ist[b, I_GRID] = grid
+        ist[b, I_ACC] += nacc
+        ist[b, I_NFEV] += nfev
+        ist[b, I_STATUS] = status
+
+
+@njit(cache=True, parallel=True)
+def dde_rk4_lockstep_resume(fld, hists, ctl, ring, ist, block):
+    """Continue fixed-step RK4 of every row of the rings ``ring`` (as
+    :func:`~nndyn_fast.kernels.dde.dde_advance` keeps them, ``ist`` its counters; rows of a
+    block of ``block`` share their step times and ring positions) by ``max_steps`` steps or
+    to ``t_end``, blocks in parallel; ``ctl = (dt, t_end, disc, djump, max_steps)``. Each
+    row's nodes are bitwise those of :func:`~nndyn_fast.kernels.dde.dde_advance`; its status
+    goes to ``ist[b, 7]`` (a block's failure is reported on each of its rows)."""
+    B = ist.shape[0]
+    cap = ring[0].shape[1]
+    d = ring[1].shape[2]
+    m = fld[5].shape[0]
+    nblk = (B + block - 1) // block
+    for ib in prange(nblk):
+        b0 = ib * block
+        nb = min(block, B - b0)
+        lring = (np.empty(cap), np.empty((cap, d, nb)), np.empty((cap, d, nb)),
+                 np.empty((cap, d, nb)))  # fmt: skip
+        K = np.empty((5, d, nb))
+        Y, YT = np.empty((d, nb)), np.empty((d, nb))
+        XD = np.empty((m, d, nb))
+        zr = np.empty(nb)
+        tmp = np.empty(d)
+        cur = np.zeros(m, dtype=np.int64)
+        _resume_block(fld, hists, ctl, ring, ist, b0, nb, lring, K, Y, YT, XD, zr, tmp, cur)

@@ -69,6 +69,7 @@ _CAP0 = 256  # dopri5: nodes per row on the first try (doubled as needed)
 _SLOTS = 16  # checkpoints (delay windows) kept per chunk of rows by default
 _SEGMENT = 64  # attempted steps per recomputed segment by default
 _BLOCK = 8  # RK4 rows per block of the reverse sweep
+_LOCK_BLOCK = 64  # RK4 rows per block of the lockstep forward runs
 _METHODS = ("rk4", "dopri5")
 _HMAX_MARGIN = 1.05  # a step landing on a discontinuity may be up to 5 % longer than hmax
 
@@ -181,6 +182,9 @@ class _Solver:
         self.nP = P.size
         self.kern = _kdde.dde_advance if B > 1 else _kdde.dde_advance_serial
         self.stops = model._t_layers[1 : model.n_layers]
+        # RK4 with every delay longer than the step: the rows share their steps (ddeint's
+        # lockstep condition)
+        self.lock = method == "rk4" and float(taus.min()) > float(opts["dt"])
 
     def fresh(self, cap):
         B, d = self.B, self.d
@@ -202,6 +206,16 @@ class _Solver:
             # the dispatcher itself (no first-class functions here): the cached entry point
             # of _first_class.call leaves each call's argument tuple to the cycle collector
             self.kern(None, (), None, self.fld, self.hists, ctl, tout, yout, ring, ist, fst)
+
+    def advance_lock(self, ring, ist, budget):
+        """:meth:`advance` to T for RK4 rows in lockstep (kernels.dde_adjoint's resume of
+        ddeint's lockstep loop): the same nodes, several times faster."""
+        o = self.opts
+        ctl = (float(o["dt"]), float(self.T), self.disc, self.djump, budget)
+        secs = _dl._serial_seconds(self.method, self.B, self.d, self.taus.size, self.nP,
+                                   np.array([0.0, float(self.T)]), float(o["dt"]))  # fmt: skip
+        with for_work(secs / 4.0):
+            _kd.dde_rk4_lockstep_resume(self.fld, self.hists, ctl, ring, ist, _LOCK_BLOCK)
 
     def layers(self, tn):
         """Per slot: the layer of the step from it, of the right derivative at it, and whether
@@ -338,10 +352,18 @@ class _Segments:
         ``record``: into a ring holding the window and every new node (no wrap, oldest at
         slot 0); ``to_end``: the budget is the run's own (a stop on it is an error)."""
         held = 0 if state[0] is None else int(state[1][:, _kdde.I_COUNT].max())
+        lock = self.sv.lock
         while True:
             cap = held + budget + 2 if record else max(self.cap, held + 2)
             ring, ist, fst = self._restore(state, cap)
-            self.sv.advance(ring, ist, fst, self.sv.T, budget)
+            if lock:
+                self.sv.advance_lock(ring, ist, budget)
+                st = ist[:, _kdde.I_STATUS]
+                if np.any((st != _kdde.OK) & (st != _kdde.MAX_STEPS) & (st != _kdde.RING_FULL)):
+                    lock = False  # a failure: the row-by-row kernel names the row and step
+                    continue
+            else:
+                self.sv.advance(ring, ist, fst, self.sv.T, budget)
             st = ist[:, _kdde.I_STATUS]
             if np.any(st == _kdde.RING_FULL):
                 if record:  # not expected: room for every node
@@ -383,6 +405,8 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
         n = int((ist[:, _kdde.I_ACC] + ist[:, _kdde.I_REJ]).max())
     else:  # grid steps and at most one more per discontinuity
         n = int(math.ceil(sv.T / opts["dt"])) + sv.disc.size + 1
+        if _whole(n, opts, sv.taus):  # within the bound: one segment, one forward run
+            q = n
     N = max(1, -(-n // q))
     ar = np.arange(Bc)
     x0b = np.zeros_like(Xc)
@@ -430,6 +454,13 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
     return ZT, ns, dX, dT
 
 
+def _whole(n, opts, taus):
+    """Whether recording all ``n`` RK4 steps at once (nodes and adjoints, ~2 n nodes) stays
+    within the checkpointed bound ``s w + 2 (w + q)`` nodes (``w`` a delay window)."""
+    w = int(math.ceil(float(taus.max()) / opts["dt"])) + 1
+    return n + 2 <= opts["checkpoints"] * w // 2 + w + opts["segment"]
+
+
 def _window_cap(sv, opts):
     """Nodes a delay window holds (RK4: as ddeint sizes its ring; dopri5: a first guess)."""
     if sv.method == "rk4":
@@ -450,9 +481,15 @@ def _run(model, X, T, taus, method, opts, cotangent=None, Y=None):
         else:
             cap = _CAP0
         per_row = cap * (6 * d + 1)
-    else:  # the checkpoints, one segment's nodes and their adjoints
-        w = int(math.ceil(float(taus.max()) / opts["dt"])) + 8 if method == "rk4" else _CAP0
-        per_row = (slots + 2) * w * (3 * d + 1) + (w + opts["segment"]) * (6 * d + 1)
+    elif method == "rk4":  # the checkpoints used, one segment's nodes and their adjoints
+        w = int(math.ceil(float(taus.max()) / opts["dt"])) + 8
+        n = int(math.ceil(T / opts["dt"])) + 4 * (B.shape[1] + model.n_layers) + 8
+        q = n if _whole(n, opts, taus) else opts["segment"]
+        used = min(slots, -(-n // q)) + 1
+        per_row = used * w * (3 * d + 1) + (w + q + 2) * (6 * d + 1)
+    else:  # a window's nodes guessed
+        w = _CAP0 // 4
+        per_row = (slots + 1) * w * (3 * d + 1) + (w + opts["segment"] + 2) * (6 * d + 1)
     g = {"W": np.zeros_like(W), "A": np.zeros_like(A), "B": np.zeros_like(B), "b": np.zeros_like(b)}
     ZT, dX, dT = np.empty_like(X), np.zeros_like(X), np.zeros(Bn)
     ns = np.zeros(Bn, np.int64)
