@@ -107,7 +107,7 @@ def _peak(call):
 
 
 @pytest.mark.benchmark(group="grad-dde-memory")
-def test_grad_dde_memory_long_run(benchmark):
+def test_grad_dde_memory_long_run_ours(benchmark):
     d, b, dt, T = MEM
     model = _model(d, seed=2)
     rng = np.random.default_rng(3)
