@@ -396,14 +396,27 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
     seg = _Segments(sv, q, wcap)
     s0 = seg.fresh()
     dX, dT = np.zeros_like(Xc), np.zeros(Bc)
-    if sv.method == "dopri5" or not rev:  # the run's length (and for no reverse, its end)
+    pre = None
+    if sv.method == "dopri5" and rev:
+        # first the whole run in a ring of the bound's size: kept when it never wrapped (one
+        # forward run), else it counted the steps (unless the window itself overflowed)
+        cap = slots * 8 + 2 * q
+        ring, ist, fst = sv.fresh(cap)
+        sv.advance(ring, ist, fst, sv.T)
+        if not np.any(ist[:, _kdde.I_STATUS] == _kdde.RING_FULL):
+            _dl._raise_on_status(ist, list(ring))
+            n = int((ist[:, _kdde.I_ACC] + ist[:, _kdde.I_REJ]).max())
+            if int(ist[:, _kdde.I_ACC].max()) + 2 < cap:
+                pre, q = (ring, ist), max(n, 1)
+        del ring, ist, fst
+    if pre is None and (sv.method == "dopri5" or not rev):  # the run's length (and end)
         budget = opts["max_steps"] if sv.method == "dopri5" else _dl._MAX_STEPS
         ring, ist, _ = seg.run(s0, budget, to_end=True)
         if not rev:
             last = (ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1) % ring[0].shape[1]
             return ring[1][np.arange(Bc), last].copy(), ist[:, _kdde.I_ACC].copy(), dX, dT
         n = int((ist[:, _kdde.I_ACC] + ist[:, _kdde.I_REJ]).max())
-    else:  # grid steps and at most one more per discontinuity
+    elif sv.method == "rk4":  # grid steps and at most one more per discontinuity
         n = int(math.ceil(sv.T / opts["dt"])) + sv.disc.size + 1
         if _whole(n, opts, sv.taus):  # within the bound: one segment, one forward run
             q = n
@@ -426,7 +439,8 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
         if end - 1 > a:
             st = seg.compact(*seg.run(st, (end - 1 - a) * q))
         c = end - 1
-        ring, ist, _ = seg.run(st, q, record=True)
+        ring, ist = pre if pre is not None else seg.run(st, q, record=True)[:2]
+        pre = None
         tn = ring[0]
         acc = ist[:, _kdde.I_ACC]
         jhi = ist[:, _kdde.I_HEAD] + ist[:, _kdde.I_COUNT] - 1
@@ -490,11 +504,14 @@ def _run(model, X, T, taus, method, opts, cotangent=None, Y=None):
     else:  # a window's nodes guessed
         w = _CAP0 // 4
         per_row = (slots + 1) * w * (3 * d + 1) + (w + opts["segment"] + 2) * (6 * d + 1)
+    rev = cotangent is not None or Y is not None
+    if not rev:  # the forward run alone: a delay window
+        w = int(math.ceil(float(taus.max()) / opts["dt"])) + 8 if method == "rk4" else _CAP0
+        per_row = 2 * w * (3 * d + 1)
     g = {"W": np.zeros_like(W), "A": np.zeros_like(A), "B": np.zeros_like(B), "b": np.zeros_like(b)}
     ZT, dX, dT = np.empty_like(X), np.zeros_like(X), np.zeros(Bn)
     ns = np.zeros(Bn, np.int64)
     res = None if Y is None else np.empty_like(X)
-    rev = cotangent is not None or Y is not None
     chunk = int(max(1, min(Bn, _CHUNK_BYTES // (8.0 * per_row))))
     rv = _Reverse(model, method, taus, g)
     for lo in range(0, Bn, chunk):
