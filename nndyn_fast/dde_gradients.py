@@ -30,10 +30,16 @@ kept; the reverse sweep reruns each segment from one (the same kernel, stopped b
 budget, so the same nodes) and carries the node adjoints of its window to the segment before.
 Memory is ``s w + 2 (w + q)`` nodes per row (``s`` checkpoints of ``w`` window nodes, one
 segment of ``q`` steps and its adjoints) whatever the number of steps ``n``; each segment is
-run at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n / q`` (dopri5
-adds one run that counts the steps). The gradients are bitwise those of keeping every node
+run at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n / q``. Runs that
+fit in the bound are recorded whole in one forward run (RK4: ``n + 2 <= s w / 2 + w + q``;
+dopri5: a first run into ``8 s + 2 q`` nodes, kept when it fits, else it has counted the
+steps for the schedule). The gradients are bitwise those of keeping every node
 (``checkpoints=None``: ``(n + 1)(3 d + 1)`` floats per row and their adjoints, one forward
-run; rows are taken in chunks of at most about 64 MiB).
+run by the row-by-row kernel; rows are taken in chunks of at most about 64 MiB). RK4 rows
+share their steps: the forward runs go in lockstep over blocks of rows
+(:func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_lockstep_resume`, bitwise the row-by-row
+nodes) and the reverse sweep over blocks of 8 rows with blocked products
+(:func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_vjp_block`).
 """
 
 from __future__ import annotations
