@@ -144,6 +144,10 @@ def test_bad_input_is_refused():
         dde_loss_and_grad(model, X, np.ones((3, 2)), T, delays=TAUS, dt=DT)
     with pytest.raises(TypeError, match="NeuralDDE"):
         dde_flow_vjp(object(), X, T, X, delays=TAUS, dt=DT)
+    with pytest.raises(ValueError, match="checkpoints"):
+        dde_flow_vjp(model, X, T, X, delays=TAUS, dt=DT, checkpoints=0)
+    with pytest.raises(ValueError, match="segment"):
+        dde_loss_and_grad(model, X, X, T, delays=TAUS, method="dopri5", segment=0)
 
 
 def test_memory_capacity_fit_below_and_above_the_threshold():
