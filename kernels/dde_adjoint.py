@@ -234,8 +234,9 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, 
     ``(∂y_T/∂x0)^T C`` (start and history) is written. Gradient accumulators
     ``aW``/``aA``/``aB``/``ab`` (nw, L, ...), one per worker (row r goes to worker ``r % nw``),
     zero before the first segment and carried over between segments; with ``finish`` they
-    are summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to), so the sums are
-    those of one sweep over every step whatever the segments. Returns 0.
+    are summed in worker order into ``gW``/``gA``/``gB``/``gb`` (added to): with one row per
+    worker, the sums of one sweep over every step whatever the segments (with more, a worker
+    adds segment by segment, row by row). Returns 0.
     """
     W, A, B, b, code = model
     L, d, H = W.shape

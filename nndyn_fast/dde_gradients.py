@@ -33,9 +33,13 @@ segment of ``q`` steps and its adjoints) whatever the number of steps ``n``; eac
 run at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n / q``. Runs that
 fit in the bound are recorded whole in one forward run (RK4: ``n + 2 <= s w / 2 + w + q``;
 dopri5: a first run into ``8 s + 2 q`` nodes, kept when it fits, else it has counted the
-steps for the schedule). The gradients are bitwise those of keeping every node
-(``checkpoints=None``: ``(n + 1)(3 d + 1)`` floats per row and their adjoints, one forward
-run by the row-by-row kernel; rows are taken in chunks of at most about 64 MiB). RK4 rows
+steps for the schedule). The end states and the gradients with respect to the inputs and
+T are bitwise those of keeping every node (``checkpoints=None``: ``(n + 1)(3 d + 1)`` floats
+per row and their adjoints, one forward run by the row-by-row kernel; rows are taken in
+chunks of at most about 64 MiB), and so are the weight gradients while each row (dopri5) or
+block of 8 rows (RK4) of a chunk has an accumulator of its own (up to 64 of them, so up to
+64 or 512 rows); beyond, the sums over rows go in another order (relative differences
+~1e-14). RK4 rows
 share their steps: the forward runs go in lockstep over blocks of rows
 (:func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_lockstep_resume`, bitwise the row-by-row
 nodes) and the reverse sweep over blocks of 8 rows with blocked products
@@ -276,8 +280,8 @@ def _tables(method):
 
 class _Reverse:
     """The reverse kernel's fixed arguments and its gradient accumulators (one set per chunk
-    of rows, carried over its segments and summed once, after the segment that starts at t0,
-    so the sums are those of one sweep over every step). RK4 rows share their step times and
+    of rows, carried over its segments and summed once, after the segment that starts at t0:
+    the sums of one sweep over every step while each worker has one row or block). RK4 rows share their step times and
     go to :func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_vjp_block` in blocks of
     ``_BLOCK`` rows; dopri5 rows to the row-by-row kernel."""
 
@@ -589,8 +593,9 @@ def dde_flow_vjp(
     rtol, atol, hmax, max_steps : dopri5's tolerances, largest step (default and at most
         ``min(delays) / 1.05``) and step budget per row.
     checkpoints : delay windows kept per chunk of rows (at least 1; default 16), or None to
-        keep every node (one forward run, memory ~ n). Any number gives bitwise the same
-        gradients; fewer slots cost more reruns (see the module docstring).
+        keep every node (one forward run, memory ~ n). Any number gives the same gradients
+        (bitwise, up to the order of the sums over rows of large batches: see the module
+        docstring); fewer slots cost more reruns.
     segment : attempted steps per recomputed segment (default 64): memory
         ``checkpoints * w + 2 (w + segment)`` nodes per row for a delay window of ``w``.
     checkpoint : deprecated; means ``segment=checkpoint``.
