@@ -281,9 +281,10 @@ def _tables(method):
 class _Reverse:
     """The reverse kernel's fixed arguments and its gradient accumulators (one set per chunk
     of rows, carried over its segments and summed once, after the segment that starts at t0:
-    the sums of one sweep over every step while each worker has one row or block). RK4 rows share their step times and
-    go to :func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_vjp_block` in blocks of
-    ``_BLOCK`` rows; dopri5 rows to the row-by-row kernel."""
+    the sums of one sweep over every step while each worker has one row or block). RK4 rows
+    share their step times and go to
+    :func:`~nndyn_fast.kernels.dde_adjoint.dde_rk4_vjp_block` in blocks of ``_BLOCK`` rows;
+    dopri5 rows to the row-by-row kernel."""
 
     def __init__(self, model, method, taus, g):
         W, A, B, b = model.layer_weights()
