@@ -439,6 +439,151 @@ def _block_f_vjp(bm, l, X, D, nb, P, Sg, kbar, Xbar, Dbar, pbar, gW, gA, gB2, gb
         block_matmul_acc(B2, l * m + k, pbar, nb, H, Dbar[k], d)  # D̄_k = p̄ B_lk
 
 
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _vjp_worker(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, j0, j1, ls, lj, jf, isfirst, final,
+                ybs, frbs, flbs, x0bs, aW, aA, aB2, ab, dX0, dT, block, w, nw):  # fmt: skip
+    """The blocks ``w, w + nw, ...`` of :func:`dde_rk4_vjp_block` (one worker; a plain
+    function, so the parallel kernel around it stays small to compile)."""
+    W, WT, A, AT, B2, BT, b, code = bm
+    L, d, H = W.shape
+    m = taus.shape[0]
+    Bn = X0.shape[0]
+    S = TA.shape[0]
+    nblk = (Bn + block - 1) // block
+    nb0 = block
+    Ys = np.empty((S, nb0, d))
+    K = np.empty((S, nb0, d))
+    D = np.empty((S, m, nb0, d))
+    Da = np.empty((S, m), np.int64)
+    Dt = np.empty((S, m))
+    Dh = np.empty((S, m))
+    P = np.empty((S + 1, nb0, H))
+    Sg = np.empty((S + 1, nb0, H))
+    kbar = np.empty((S, nb0, d))
+    Ybar = np.empty((S, nb0, d))
+    Db = np.empty((m, nb0, d))
+    pbar = np.empty((nb0, H))
+    hb = np.empty(nb0)
+    tmp = np.empty((nb0, d))
+    kb = np.empty((nb0, d))
+    H0 = np.empty((m, nb0, d))
+    for blk in range(w, nblk, nw):
+        r0 = blk * block
+        nb = min(block, Bn - r0)
+        tr = tn[r0]
+        if isfirst:
+            for q in range(nb):
+                for i in range(d):
+                    ybs[r0 + q, j1, i] += C[r0 + q, i]
+                dT[r0 + q] = 0.0
+        for j in range(j1 - 1, j0 - 1, -1):
+            l = ls[r0, j]
+            t = tr[j]
+            tnew = tr[j + 1]
+            h = tnew - t
+            last = isfirst and j == j1 - 1
+            # the stages, recomputed from node j
+            for q in range(nb):
+                for i in range(d):
+                    K[0, q, i] = Fr[r0 + q, j, i]
+            for s in range(1, S):
+                for q in range(nb):
+                    for i in range(d):
+                        acc = 0.0
+                        for p in range(s):
+                            acc += TA[s, p] * K[p, q, i]
+                        Ys[s, q, i] = Y[r0 + q, j, i] + h * acc
+                ts = tnew if s == S - 1 else t + TC[s] * h
+                for k in range(m):
+                    a, th, ha = _locate(tr, j, ts - taus[k], t0)
+                    Da[s, k] = a
+                    Dt[s, k] = th
+                    Dh[s, k] = ha
+                    for q in range(nb):
+                        _hermite_value(Y[r0 + q], Fl[r0 + q], Fr[r0 + q], X0[r0 + q], a, th,
+                                       ha, D[s, k, q])  # fmt: skip
+                _block_f(bm, l, Ys[s], D[s], nb, P[s], Sg[s], K[s])
+            # the reverse step
+            kbar[:, :, :] = 0.0
+            Ybar[:, :, :] = 0.0
+            hb[:] = 0.0
+            for q in range(nb):
+                for i in range(d):
+                    Ybar[S - 1, q, i] = ybs[r0 + q, j + 1, i]
+            if jf[r0, j + 1]:
+                l2 = lj[r0, j + 1]
+                _block_f(bm, l2, Ys[S - 1], D[S - 1], nb, P[S], Sg[S], tmp)
+                for q in range(nb):
+                    for i in range(d):
+                        kb[q, i] = frbs[r0 + q, j + 1, i]
+                _block_f_vjp(bm, l2, Ys[S - 1], D[S - 1], nb, P[S], Sg[S], kb, Ybar[S - 1],
+                             Db, pbar, aW, aA, aB2, ab, w)  # fmt: skip
+                for k in range(m):
+                    for q in range(nb):
+                        r = r0 + q
+                        hb[q] += _hermite_adjoint(Y[r], Fl[r], Fr[r], Da[S - 1, k],
+                                                  Dt[S - 1, k], Dh[S - 1, k], Db[k, q],
+                                                  ybs[r], frbs[r], flbs[r], x0bs[r],
+                                                  1.0 if last else 0.0)  # fmt: skip
+            else:
+                for q in range(nb):
+                    for i in range(d):
+                        flbs[r0 + q, j + 1, i] += frbs[r0 + q, j + 1, i]
+            for q in range(nb):
+                for i in range(d):
+                    kbar[S - 1, q, i] = flbs[r0 + q, j + 1, i]
+            for s in range(S - 1, 0, -1):
+                _block_f_vjp(bm, l, Ys[s], D[s], nb, P[s], Sg[s], kbar[s], Ybar[s], Db,
+                             pbar, aW, aA, aB2, ab, w)  # fmt: skip
+                cs = (1.0 if s == S - 1 else TC[s]) if last else 0.0
+                for k in range(m):
+                    for q in range(nb):
+                        r = r0 + q
+                        hb[q] += _hermite_adjoint(Y[r], Fl[r], Fr[r], Da[s, k], Dt[s, k],
+                                                  Dh[s, k], Db[k, q], ybs[r], frbs[r],
+                                                  flbs[r], x0bs[r], cs)  # fmt: skip
+                for q in range(nb):
+                    for i in range(d):
+                        ybs[r0 + q, j, i] += Ybar[s, q, i]
+                for p in range(s):
+                    a = TA[s, p]
+                    if a != 0.0:
+                        for q in range(nb):
+                            acc = 0.0
+                            for i in range(d):
+                                kbar[p, q, i] += h * a * Ybar[s, q, i]
+                                acc += Ybar[s, q, i] * K[p, q, i]
+                            hb[q] += a * acc
+            for q in range(nb):
+                for i in range(d):
+                    frbs[r0 + q, j, i] += kbar[0, q, i]
+            if last:
+                for q in range(nb):
+                    dT[r0 + q] = hb[q]
+        if not final:
+            continue
+        # Fr_0 = f(x0, x0): the start and the history
+        for q in range(nb):
+            r = r0 + q
+            for i in range(d):
+                frbs[r, 0, i] += flbs[r, 0, i]
+                kb[q, i] = frbs[r, 0, i]
+                tmp[q, i] = X0[r, i]
+                Ybar[0, q, i] = x0bs[r, i]
+                for k in range(m):
+                    H0[k, q, i] = X0[r, i]
+        _block_f(bm, lj[r0, 0], tmp, H0, nb, P[0], Sg[0], K[0])
+        _block_f_vjp(bm, lj[r0, 0], tmp, H0, nb, P[0], Sg[0], kb, Ybar[0], Db, pbar, aW, aA,
+                     aB2, ab, w)  # fmt: skip
+        for q in range(nb):
+            r = r0 + q
+            for i in range(d):
+                acc = ybs[r, 0, i] + Ybar[0, q, i]
+                for k in range(m):
+                    acc += Db[k, q, i]
+                dX0[r, i] = acc
+
+
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
 def dde_rk4_vjp_block(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, jf, first,
                       final, ybs, frbs, flbs, x0bs, aW, aA, aB2, ab, finish, gW, gA, gB2, gb,
@@ -448,148 +593,16 @@ def dde_rk4_vjp_block(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, 
     B^T (L m, d, H), b, code)`` the weights laid out for blocked products, ``aB2``/``gB2`` the
     (.., L m, H, d) views of the B gradients, and ``jlo``/``jhi``/``first`` those of row 0 (the
     same for every row). Blocks go to worker ``blk % nw``. Returns 0."""
-    W, WT, A, AT, B2, BT, b, code = bm
+    W = bm[0]
     L, d, H = W.shape
     m = taus.shape[0]
-    Bn = X0.shape[0]
-    S = TA.shape[0]
     nw = aA.shape[0]
-    nblk = (Bn + block - 1) // block
     j0, j1 = jlo[0], jhi[0]
     isfirst = first[0]
     for w in prange(nw):
-        nb0 = block
-        Ys = np.empty((S, nb0, d))
-        K = np.empty((S, nb0, d))
-        D = np.empty((S, m, nb0, d))
-        Da = np.empty((S, m), np.int64)
-        Dt = np.empty((S, m))
-        Dh = np.empty((S, m))
-        P = np.empty((S + 1, nb0, H))
-        Sg = np.empty((S + 1, nb0, H))
-        kbar = np.empty((S, nb0, d))
-        Ybar = np.empty((S, nb0, d))
-        Db = np.empty((m, nb0, d))
-        pbar = np.empty((nb0, H))
-        hb = np.empty(nb0)
-        tmp = np.empty((nb0, d))
-        kb = np.empty((nb0, d))
-        H0 = np.empty((m, nb0, d))
-        for blk in range(w, nblk, nw):
-            r0 = blk * block
-            nb = min(block, Bn - r0)
-            tr = tn[r0]
-            if isfirst:
-                for q in range(nb):
-                    for i in range(d):
-                        ybs[r0 + q, j1, i] += C[r0 + q, i]
-                    dT[r0 + q] = 0.0
-            for j in range(j1 - 1, j0 - 1, -1):
-                l = ls[r0, j]
-                t = tr[j]
-                tnew = tr[j + 1]
-                h = tnew - t
-                last = isfirst and j == j1 - 1
-                # the stages, recomputed from node j
-                for q in range(nb):
-                    for i in range(d):
-                        K[0, q, i] = Fr[r0 + q, j, i]
-                for s in range(1, S):
-                    for q in range(nb):
-                        for i in range(d):
-                            acc = 0.0
-                            for p in range(s):
-                                acc += TA[s, p] * K[p, q, i]
-                            Ys[s, q, i] = Y[r0 + q, j, i] + h * acc
-                    ts = tnew if s == S - 1 else t + TC[s] * h
-                    for k in range(m):
-                        a, th, ha = _locate(tr, j, ts - taus[k], t0)
-                        Da[s, k] = a
-                        Dt[s, k] = th
-                        Dh[s, k] = ha
-                        for q in range(nb):
-                            _hermite_value(Y[r0 + q], Fl[r0 + q], Fr[r0 + q], X0[r0 + q], a, th,
-                                           ha, D[s, k, q])  # fmt: skip
-                    _block_f(bm, l, Ys[s], D[s], nb, P[s], Sg[s], K[s])
-                # the reverse step
-                kbar[:, :, :] = 0.0
-                Ybar[:, :, :] = 0.0
-                hb[:] = 0.0
-                for q in range(nb):
-                    for i in range(d):
-                        Ybar[S - 1, q, i] = ybs[r0 + q, j + 1, i]
-                if jf[r0, j + 1]:
-                    l2 = lj[r0, j + 1]
-                    _block_f(bm, l2, Ys[S - 1], D[S - 1], nb, P[S], Sg[S], tmp)
-                    for q in range(nb):
-                        for i in range(d):
-                            kb[q, i] = frbs[r0 + q, j + 1, i]
-                    _block_f_vjp(bm, l2, Ys[S - 1], D[S - 1], nb, P[S], Sg[S], kb, Ybar[S - 1],
-                                 Db, pbar, aW, aA, aB2, ab, w)  # fmt: skip
-                    for k in range(m):
-                        for q in range(nb):
-                            r = r0 + q
-                            hb[q] += _hermite_adjoint(Y[r], Fl[r], Fr[r], Da[S - 1, k],
-                                                      Dt[S - 1, k], Dh[S - 1, k], Db[k, q],
-                                                      ybs[r], frbs[r], flbs[r], x0bs[r],
-                                                      1.0 if last else 0.0)  # fmt: skip
-                else:
-                    for q in range(nb):
-                        for i in range(d):
-                            flbs[r0 + q, j + 1, i] += frbs[r0 + q, j + 1, i]
-                for q in range(nb):
-                    for i in range(d):
-                        kbar[S - 1, q, i] = flbs[r0 + q, j + 1, i]
-                for s in range(S - 1, 0, -1):
-                    _block_f_vjp(bm, l, Ys[s], D[s], nb, P[s], Sg[s], kbar[s], Ybar[s], Db,
-                                 pbar, aW, aA, aB2, ab, w)  # fmt: skip
-                    cs = (1.0 if s == S - 1 else TC[s]) if last else 0.0
-                    for k in range(m):
-                        for q in range(nb):
-                            r = r0 + q
-                            hb[q] += _hermite_adjoint(Y[r], Fl[r], Fr[r], Da[s, k], Dt[s, k],
-                                                      Dh[s, k], Db[k, q], ybs[r], frbs[r],
-                                                      flbs[r], x0bs[r], cs)  # fmt: skip
-                    for q in range(nb):
-                        for i in range(d):
-                            ybs[r0 + q, j, i] += Ybar[s, q, i]
-                    for p in range(s):
-                        a = TA[s, p]
-                        if a != 0.0:
-                            for q in range(nb):
-                                acc = 0.0
-                                for i in range(d):
-                                    kbar[p, q, i] += h * a * Ybar[s, q, i]
-                                    acc += Ybar[s, q, i] * K[p, q, i]
-                                hb[q] += a * acc
-                for q in range(nb):
-                    for i in range(d):
-                        frbs[r0 + q, j, i] += kbar[0, q, i]
-                if last:
-                    for q in range(nb):
-                        dT[r0 + q] = hb[q]
-            if not final:
-                continue
-            # Fr_0 = f(x0, x0): the start and the history
-            for q in range(nb):
-                r = r0 + q
-                for i in range(d):
-                    frbs[r, 0, i] += flbs[r, 0, i]
-                    kb[q, i] = frbs[r, 0, i]
-                    tmp[q, i] = X0[r, i]
-                    Ybar[0, q, i] = x0bs[r, i]
-                    for k in range(m):
-                        H0[k, q, i] = X0[r, i]
-            _block_f(bm, lj[r0, 0], tmp, H0, nb, P[0], Sg[0], K[0])
-            _block_f_vjp(bm, lj[r0, 0], tmp, H0, nb, P[0], Sg[0], kb, Ybar[0], Db, pbar, aW, aA,
-                         aB2, ab, w)  # fmt: skip
-            for q in range(nb):
-                r = r0 + q
-                for i in range(d):
-                    acc = ybs[r, 0, i] + Ybar[0, q, i]
-                    for k in range(m):
-                        acc += Db[k, q, i]
-                    dX0[r, i] = acc
+        _vjp_worker(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, j0, j1, ls, lj, jf, isfirst,
+                    final, ybs, frbs, flbs, x0bs, aW, aA, aB2, ab, dX0, dT, block, w,
+                    nw)  # fmt: skip
     if not finish:
         return 0
     for w in range(nw):
