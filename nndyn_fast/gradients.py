@@ -22,6 +22,7 @@ The layer grid ``t_layers`` is held fixed in ``∂/∂T``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from .integrate import _SECONDS_PER_DH, _SECONDS_PER_EVAL
 from .kernels import adjoint as _ka
 from .kernels import rk as _rk
 from .neural import AugmentedNeuralODE, NeuralODE
-from .threads import for_work
+from .threads import _blas_pools, for_work
 
 __all__ = ["FlowGrad", "flow_map_vjp", "loss_and_grad", "model_params", "with_params"]
 
@@ -46,6 +47,9 @@ _BLOCK = 16  # rows per block of a fixed-step sweep (multiple of the product's 4
 _MAX_WORKERS = 64  # accumulators: a fixed count, so results do not depend on the threads
 _ACC_BYTES = 2.0**28  # at most 256 MiB of per-worker gradient accumulators
 _DOPRI5_CAP0 = 256  # recorded steps per row on the first try (doubled as needed)
+_SLOTS = 32  # checkpoint slots per row when the tape does not fit (checkpoints=None)
+_TAPE_BYTES = 2**25  # at most 32 MiB of tape per thread (every step's stages of a block)
+_WINDOW_ROWS = 512  # rows (steps x stages x block rows) of a deferred weight product
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,19 @@ def _workers(nblocks: int, base: NeuralODE) -> int:
     return int(max(1, min(nblocks, _MAX_WORKERS, _ACC_BYTES // max(per_acc, 1.0))))
 
 
+def _tape_step_bytes(S: int, block: int, d: int, H: int) -> int:
+    """Bytes of one step on a tape: the stage inputs, stages, pre-activations and activations
+    of ``block`` rows, with the step's size, layer and ``∂h/∂T``."""
+    return 8 * (S * block * (2 * d + 2 * H) + 3)
+
+
+def _one_blas_thread():
+    """The BLAS calls inside the kernels (the deferred weight products, nested in parallel
+    loops) on one thread each."""
+    pools = _blas_pools()
+    return pools.limit(limits=1) if pools is not None else nullcontext()
+
+
 def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, checkpoints,
            max_steps):  # fmt: skip
     """Run the adjoint kernel; returns (grads dict over the base, ZT, dZ0, dT rows, res, ns,
@@ -210,7 +227,11 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
     method = check_option("method", method, _TABLEAUS)
     TA, TB = _TABLEAUS[method]
     B, d = Z0.shape
-    slots = check_int("checkpoints", checkpoints, minimum=1)
+    auto = checkpoints is None
+    slots = _SLOTS if auto else check_int("checkpoints", checkpoints, minimum=1)
+    kmodel = base._kernel_model()
+    L, H = base.b.shape
+    S = TB.shape[0]
     if method == "dopri5":
         if steps is not None or dt is not None:
             raise ValueError("steps and dt are for fixed-step methods; dopri5 takes rtol/atol")
@@ -220,54 +241,72 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         block = 1
         n_est = 100  # for the thread count only
         slots = min(slots, max_steps)  # no more states than steps
+        window = max(1, _WINDOW_ROWS // (S * block))
+        fit = int(_TAPE_BYTES // _tape_step_bytes(S, block, d, H))
+        tape_cap = min(fit, max_steps) if auto else 0
+        cap = max(window, tape_cap)
     else:
         cum, sh, sl, sw = _fixed_steps(base, t0, T, steps, dt)
         block = _BLOCK
         n_est = int(cum[-1])
         slots = min(slots, n_est)  # more than one slot per step is never used
-    kmodel = base._kernel_model()
-    L, H = base.b.shape
+        window = min(max(1, _WINDOW_ROWS // (S * block)), n_est)
+        tape = auto and n_est * _tape_step_bytes(S, block, d, H) <= _TAPE_BYTES
+        cap = n_est if tape else window
+        if tape:
+            slots = 1  # (unused)
     gW = np.zeros(kmodel[0].shape)
     gA = np.zeros(base.A.shape)
     gb = np.zeros(base.b.shape)
     nblocks = -(-B // block)
     nw = _workers(nblocks, base)
-    S = TB.shape[0]
     ZT = np.empty_like(Z0)
     dZ0 = np.empty_like(Z0)
     dTr = np.empty(B)
     res = np.empty((B if Yt.shape[0] else 0, R.shape[0]))
     nev = np.zeros(nblocks, np.int64)
     seconds = 3.0 * B * n_est * S * (_SECONDS_PER_DH * d * H * 3 + _SECONDS_PER_EVAL)
-    # per-worker scratch, allocated here (numpy's allocations are visible to tracemalloc):
-    # the checkpoint slots and one step's stages, whatever the number of steps
-    ckz = np.empty((nw, slots, block, d))
-    ckc = np.empty((nw, slots, _ka.NCTL))
-    pos = np.empty((nw, slots), np.int64)
-    Ys = np.empty((nw, 1, S, block, d))
-    Ks = np.empty((nw, 1, S, block, d))
-    Ps = np.empty((nw, 1, S, block, H))
-    Ss = np.empty((nw, 1, S, block, H))
     aW = np.zeros((nw, *gW.shape))
     aA = np.zeros((nw, *gA.shape))
     ab = np.zeros((nw, *gb.shape))
     need = _need(TA, TB)
-    with for_work(seconds):
+    with for_work(seconds) as nt, _one_blas_thread():
+        # per-lane scratch (one lane per thread), allocated here (numpy's allocations are
+        # visible to tracemalloc): the checkpoint slots, the tape (every step of a block, or
+        # the steps of one window) and the window's adjoints, whatever the number of steps
+        nl = max(1, min(nt, nw))
+        ckz = np.empty((nl, slots, block, d))
+        ckc = np.empty((nl, slots, _ka.NCTL))
+        pos = np.empty((nl, slots), np.int64)
+        Yf = np.empty((nl, cap * S * block * d))
+        Kf = np.empty((nl, cap * S * block * d))
+        Pf = np.empty((nl, cap * S * block * H))
+        Sf = np.empty((nl, cap * S * block * H))
+        th = np.empty((nl, cap))
+        tl = np.empty((nl, cap), np.int64)
+        tw = np.empty((nl, cap))
+        KBf = np.empty((nl, window * S * block * d))
+        PBf = np.empty((nl, window * S * block * H))
+        lay = np.empty((nl, window), np.int64)
+        tW = np.empty((nl, kmodel[0].shape[1], kmodel[0].shape[2]))
+        tA = np.empty((nl, H, d))
         if method == "dopri5":
             rt, at = _tolerances(rtol, atol, d)
             ns = np.zeros(B, np.int64)
             status = np.zeros(B, np.int64)
             _ka.dopri5_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, t0, T, base._tstops(), TA, TB,
-                _rk.DOPRI5_E, need, rt, at, max_steps, ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab,
-                gW, gA, gb, ZT, dZ0, dTr, ns, status, nev,
+                _rk.DOPRI5_E, need, rt, at, max_steps, tape_cap, ckz, ckc, pos, Yf, Pf, Sf, Kf,
+                th, tl, tw, KBf, PBf, lay, tW, tA, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, ns,
+                status, nev,
             )  # fmt: skip
             _check_status(status, ns, max_steps)
             nev_rows = nev
         else:
             _ka.rk_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, cum, sh, sl, sw, TA, TB, need, block,
-                ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, nev,
+                tape, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, tW, tA, aW, aA,
+                ab, gW, gA, gb, ZT, dZ0, dTr, nev,
             )  # fmt: skip
             ns = np.full(B, cum[-1], np.int64)
             nev_rows = np.repeat(nev, block)[:B]
@@ -293,7 +332,7 @@ def flow_map_vjp(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoints: int = 32,
+    checkpoints: int | None = None,
     max_steps: int = 100_000,
 ) -> FlowGrad:
     """Vector-Jacobian products of the flow map ``F(X) = R Φ_T(lift(X))``.
@@ -362,7 +401,7 @@ def loss_and_grad(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoints: int = 32,
+    checkpoints: int | None = None,
     max_steps: int = 100_000,
 ) -> tuple[float, FlowGrad]:
     """The loss ``ℓ = 1/(2B) sum_i ||F(x_i) - y_i||^2`` and its gradients (one forward and one
