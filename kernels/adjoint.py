@@ -153,10 +153,14 @@ def _flush_outer(model, Ys, Ss, q0, KB, PB, lay, cnt, nb, gW, gA, w, tW, tA):
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _step_store(model, l, h, z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q):
-    """One RK step ``z <- z + h sum B_s k_s`` of the rows ``< nb``, its stage inputs, pre-
-    activations, activations and stages stored in ``Ys[q, s]``, ``Ps``, ``Ss``, ``Ks``."""
+    """One RK step ``z <- z + h sum B_s k_s`` of the rows ``< nb``, its stage inputs and
+    activations stored in the tape step ``q`` (``Ys[q, s]``, ``Ss[q, s]``), the pre-
+    activations in ``Ps[q % Ps.shape[0], s]`` (a tape, or one step of scratch where the
+    reverse does not need them: tanh) and the stages in ``Ks[0, s]`` (scratch: the reverse
+    takes ``sum_j A_sj k_j = (Y_s - y) / h`` from the tape)."""
     S = TB.shape[0]
     d = z.shape[1]
+    qp = q % Ps.shape[0]
     for s in range(S):
         if not need[s]:
             continue
@@ -168,35 +172,34 @@ def _step_store(model, l, h, z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q):
             if c != 0.0:
                 for r in range(nb):
                     for i in range(d):
-                        Ys[q, s, r, i] += c * Ks[q, j, r, i]
-        block_field_store(model, l, Ys[q, s], nb, Ps[q, s], Ss[q, s], Ks[q, s])
+                        Ys[q, s, r, i] += c * Ks[0, j, r, i]
+        block_field_store(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], Ks[0, s])
     for s in range(S):
         c = h * TB[s]
         if c != 0.0:
             for r in range(nb):
                 for i in range(d):
-                    z[r, i] += c * Ks[q, s, r, i]
+                    z[r, i] += c * Ks[0, s, r, i]
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, kbar, sbar, Ybar, gb,
+def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar, sbar, Ybar, gb,
                   w, hbar):  # fmt: skip
-    """Reverse of step ``q`` (stored by :func:`_step_store`): ``lam`` (nb, d) goes from the
-    adjoint of the step's result to that of its start; ``hbar[r]`` gets ``∂/∂h`` of row r;
-    the stages' ``k̄`` and ``p̄`` are left in ``kbar`` (S, nb, d) and ``sbar`` (S, nb, H) (zero
-    for stages that do not enter the result) for :func:`_flush_outer`."""
+    """Reverse of step ``q`` (stored by :func:`_step_store`, ending at ``yend`` (nb, d)):
+    ``lam`` (nb, d) goes from the adjoint of the step's result to that of its start;
+    ``hbar[r]`` gets ``∂/∂h`` of row r, ``(ȳ'·(y' - y) + sum_s Ȳ_s·(Y_s - y)) / h`` (the sums
+    ``sum_s B_s k_s`` and ``sum_j A_sj k_j`` from the states); the stages' ``k̄`` and ``p̄``
+    are left in ``kbar`` (S, nb, d) and ``sbar`` (S, nb, H) (zero for stages that do not
+    enter the result) for :func:`_flush_outer`."""
     S = TB.shape[0]
     d = lam.shape[1]
     H = sbar.shape[2]
+    qp = q % Ps.shape[0]
     for r in range(nb):
-        hb = 0.0
-        for s in range(S):
-            if TB[s] != 0.0:
-                acc = 0.0
-                for i in range(d):
-                    acc += lam[r, i] * Ks[q, s, r, i]
-                hb += TB[s] * acc
-        hbar[r] = hb
+        acc = 0.0
+        for i in range(d):
+            acc += lam[r, i] * (yend[r, i] - Ys[q, 0, r, i])
+        hbar[r] = acc
     for s in range(S):
         c = h * TB[s]
         for r in range(nb):
@@ -208,38 +211,42 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, kbar, s
                 for j in range(H):
                     sbar[s, r, j] = 0.0
             continue
-        block_field_vjp(model, l, Ys[q, s], nb, Ps[q, s], Ss[q, s], kbar[s], gb, w, sbar[s],
+        block_field_vjp(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], kbar[s], gb, w, sbar[s],
                         Ybar)  # fmt: skip
         for r in range(nb):
             for i in range(d):
                 lam[r, i] += Ybar[r, i]
+        if s > 0:
+            for r in range(nb):
+                acc = 0.0
+                for i in range(d):
+                    acc += Ybar[r, i] * (Ys[q, s, r, i] - Ys[q, 0, r, i])
+                hbar[r] += acc
         for j in range(s):
             a = TA[s, j]
             if a != 0.0:
                 c = h * a
                 for r in range(nb):
-                    acc = 0.0
                     for i in range(d):
-                        yb = Ybar[r, i]
-                        kbar[j, r, i] += c * yb
-                        acc += yb * Ks[q, j, r, i]
-                    hbar[r] += a * acc
+                        kbar[j, r, i] += c * Ybar[r, i]
+    for r in range(nb):
+        hbar[r] /= h
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, KB, PB,
+def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB, PB,
                  lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT):  # fmt: skip
-    """Reverse step ``k`` of ``n`` (layer ``l``, size ``h``, ``∂h/∂T = hw``), stored at tape
-    step ``q``, into the window of ``m = KB.shape[0]`` steps ``k0 = m (k // m) <= k < k0 + m``
-    (bars at ``KB[k - k0]``, ``PB[k - k0]``); at ``k = k0`` (the window's last step reversed)
-    its weight gradients are added (:func:`_flush_outer`), its stages being at tape steps
-    ``q .. q + cnt - 1``. The windows are fixed by ``k`` alone, so every schedule of the
-    same steps does the same arithmetic."""
+    """Reverse step ``k`` of ``n`` (layer ``l``, size ``h``, ``∂h/∂T = hw``, end state
+    ``yend``), stored at tape step ``q``, into the window of ``m = KB.shape[0]`` steps
+    ``k0 = m (k // m) <= k < k0 + m`` (adjoints at ``KB[k - k0]``, ``PB[k - k0]``); at
+    ``k = k0`` (the window's last step reversed) its weight gradients are added
+    (:func:`_flush_outer`), its stages being at tape steps ``q .. q + cnt - 1``. The windows
+    are fixed by ``k`` alone, so every schedule of the same steps does the same arithmetic."""
     m = KB.shape[0]
     j = k % m
     lay[j] = l
-    _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, KB[j], PB[j], Ybar, gb,
-                  w, hbar)  # fmt: skip
+    _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB[j], PB[j], Ybar,
+                  gb, w, hbar)  # fmt: skip
     if hw != 0.0:
         for r in range(nb):
             dT[lo + r] += hw * hbar[r]
@@ -306,13 +313,14 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
                   expo1, Ys, Ps, Ss, Ks, q):  # fmt: skip
     """One accepted adaptive Dormand-Prince step of the single row ``z`` (1, d) from the
     controller state ``ctl`` (t, h, errold, rejected, nonfinite, tries), both updated; the
-    stages of the accepted step are left in the tape step ``Ys[q]``..``Ks[q]``. PI controller
+    accepted step is left in the tape step ``q`` (:func:`_step_store`). PI controller
     on the weighted RMS norm of the embedded error estimate, Hairer's starting step when
     ``h = 0``, steps that never cross a layer switch ``tstops`` or ``T``. Returns ``(status,
     h, layer, attempts)``; status ``OK``, ``NONFINITE``, ``STEP_UNDERFLOW`` or ``MAX_STEPS``
     (more than ``max_steps`` attempts in all)."""
     d = z.shape[1]
     S = TB.shape[0]
+    qp = q % Ps.shape[0]
     t = ctl[0]
     h = ctl[1]
     errold = ctl[2]
@@ -328,14 +336,14 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
         te = _next_stop(tstops, t, T)
         if h <= 0.0:
             # Hairer's starting step from two field evaluations
-            block_field_store(model, l, z, 1, Ps[q, 0], Ss[q, 0], Ks[q, 0])
-            h, d1 = initial_step_guess(z[0], Ks[q, 0, 0], rtol, atol)
+            block_field_store(model, l, z, 1, Ps[qp, 0], Ss[q, 0], Ks[0, 0])
+            h, d1 = initial_step_guess(z[0], Ks[0, 0, 0], rtol, atol)
             h = min(h, te - t)
             for i in range(d):
-                znew[0, i] = z[0, i] + h * Ks[q, 0, 0, i]
-            block_field_store(model, l, znew, 1, Ps[q, 1], Ss[q, 1], Ks[q, 1])
+                znew[0, i] = z[0, i] + h * Ks[0, 0, 0, i]
+            block_field_store(model, l, znew, 1, Ps[qp, 1], Ss[q, 1], Ks[0, 1])
             for i in range(d):
-                e[i] = Ks[q, 1, 0, i] - Ks[q, 0, 0, i]
+                e[i] = Ks[0, 1, 0, i] - Ks[0, 0, 0, i]
             d2 = wrms_norm(e, z[0], z[0], rtol, atol) / h
             h = min(initial_step_refine(h, d1, d2, 5), te - t)
         if tries >= max_steps:
@@ -354,7 +362,7 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
         for i in range(d):
             acc = 0.0
             for s in range(S):
-                acc += TE[s] * Ks[q, s, 0, i]
+                acc += TE[s] * Ks[0, s, 0, i]
             e[i] = h * acc
         err = wrms_norm(e, z[0], znew[0], rtol, atol)
         finite = True
@@ -401,7 +409,7 @@ ADAPTIVE = 1
 def _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T, tstops, TA, TB, TE,
                need, rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks, q):  # fmt: skip
     """Step ``k`` of ``z`` (and of ``ctl``), its stages left in the tape step ``q``
-    (``Ys[q]``..``Ks[q]``). Returns ``(h, layer, ∂h/∂T weight of a fixed step, evaluations)``."""
+    (:func:`_step_store`). Returns ``(h, layer, ∂h/∂T weight of a fixed step, evaluations)``."""
     if mode == FIXED:
         g = 0
         while cum[g + 1] <= k:
@@ -435,8 +443,8 @@ def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, Ss, Ks, th, tl,
-                  tw, KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, tW, tA, ZT, dZ0,
+def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, Ss, th, tl, tw,
+                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, tW, tA, ZT, dZ0,
                   dT):  # fmt: skip
     """The reverse sweep of ``n`` steps of rows ``lo .. lo + nb - 1`` whose stages are all on
     the tape (step ``k`` at tape step ``k``, size ``th[k]``, layer ``tl[k]``, ``∂h/∂T =
@@ -447,7 +455,8 @@ def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, 
         dT[lo + r] = 0.0
     _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
     for k in range(n - 1, -1, -1):
-        _reverse_one(model, k, n, tl[k], th[k], tw[k], lo, nb, TA, TB, need, Ys, Ps, Ss, Ks, k,
+        yend = z if k == n - 1 else Ys[k + 1, 0]
+        _reverse_one(model, k, n, tl[k], th[k], tw[k], lo, nb, TA, TB, need, Ys, Ps, Ss, k, yend,
                      lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT)  # fmt: skip
     for r in range(nb):
         for i in range(d):
@@ -522,7 +531,7 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
                 hw = 1.0  # the last step ends at T: h = T - t
             if end == n:
                 _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
-            _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, KB,
+            _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, z, lam, KB,
                          PB, lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT)  # fmt: skip
             end -= 1
         else:
@@ -597,6 +606,7 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
     nw = aA.shape[0]
     nl = Yf.shape[0]
     cap = th.shape[1]
+    capP = Pf.shape[1] // (S * block * H)
     m = lay.shape[1]
     nblocks = (B + block - 1) // block
     n = cum[cum.shape[0] - 1]
@@ -615,8 +625,8 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
                 lo = ib * block
                 nb = min(B, lo + block) - lo
                 Ys = Yf[lane, : cap * S * nb * d].reshape((cap, S, nb, d))
-                Ks = Kf[lane, : cap * S * nb * d].reshape((cap, S, nb, d))
-                Ps = Pf[lane, : cap * S * nb * H].reshape((cap, S, nb, H))
+                Ks = Kf[lane, : S * nb * d].reshape((1, S, nb, d))
+                Ps = Pf[lane, : capP * S * nb * H].reshape((capP, S, nb, H))
                 Ss = Sf[lane, : cap * S * nb * H].reshape((cap, S, nb, H))
                 KB = KBf[lane, : m * S * nb * d].reshape((m, S, nb, d))
                 PB = PBf[lane, : m * S * nb * H].reshape((m, S, nb, H))
@@ -633,7 +643,7 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
                         tl[lane, k] = sl[g]
                         tw[lane, k] = sw[g]
                     _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps,
-                                  Ss, Ks, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z,
+                                  Ss, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z,
                                   lam, Ybar, aW, aA, ab, w, hbar, tW[lane], tA[lane], ZT, dZ0,
                                   dT)  # fmt: skip
                     nev[ib] = n
@@ -674,6 +684,7 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
     nl = Yf.shape[0]
     s = ckz.shape[1]
     cap = th.shape[1]
+    capP = Pf.shape[1] // (S * H)
     m = lay.shape[1]
     expo1 = pi_exponent(5)
     needall = np.ones(S, np.bool_)
@@ -689,8 +700,8 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
         Ybar = np.empty((1, d))
         hbar = np.empty(1)
         Ys = Yf[lane].reshape((cap, S, 1, d))
-        Ks = Kf[lane].reshape((cap, S, 1, d))
-        Ps = Pf[lane].reshape((cap, S, 1, H))
+        Ks = Kf[lane].reshape((1, S, 1, d))
+        Ps = Pf[lane].reshape((capP, S, 1, H))
         Ss = Sf[lane].reshape((cap, S, 1, H))
         KB = KBf[lane].reshape((m, S, 1, d))
         PB = PBf[lane].reshape((m, S, 1, H))
@@ -731,7 +742,7 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                 if n <= tape_cap:  # no step recomputed
                     tw[lane, n - 1] = 1.0  # the last step ends at T: h = T - t
                     _reverse_tape(C, R, Yt, scale, res, r, 1, n, model, TA, TB, need, Ys, Ps, Ss,
-                                  Ks, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z, lam,
+                                  th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z, lam,
                                   Ybar, aW, aA, ab, w, hbar, tW[lane], tA[lane], ZT, dZ0,
                                   dT)  # fmt: skip
                     nev[r] = used

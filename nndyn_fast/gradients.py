@@ -30,6 +30,7 @@ import numpy as np
 
 from ._validate import as_array, check_int, check_option, check_positive
 from .integrate import _SECONDS_PER_DH, _SECONDS_PER_EVAL
+from .kernels import activations as _act
 from .kernels import adjoint as _ka
 from .kernels import rk as _rk
 from .neural import AugmentedNeuralODE, NeuralODE
@@ -206,10 +207,11 @@ def _workers(nblocks: int, base: NeuralODE) -> int:
     return int(max(1, min(nblocks, _MAX_WORKERS, _ACC_BYTES // max(per_acc, 1.0))))
 
 
-def _tape_step_bytes(S: int, block: int, d: int, H: int) -> int:
-    """Bytes of one step on a tape: the stage inputs, stages, pre-activations and activations
-    of ``block`` rows, with the step's size, layer and ``∂h/∂T``."""
-    return 8 * (S * block * (2 * d + 2 * H) + 3)
+def _tape_step_bytes(S: int, block: int, d: int, H: int, tanh: bool = True) -> int:
+    """Bytes of one step on a tape: the stage inputs and activations of ``block`` rows (and
+    the pre-activations, unless σ = tanh, whose derivative comes from the activations), with
+    the step's size, layer and ``∂h/∂T``."""
+    return 8 * (S * block * (d + (1 if tanh else 2) * H) + 3)
 
 
 def _one_blas_thread():
@@ -232,6 +234,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
     kmodel = base._kernel_model()
     L, H = base.b.shape
     S = TB.shape[0]
+    tanh = kmodel[5] == _act.TANH
     if method == "dopri5":
         if steps is not None or dt is not None:
             raise ValueError("steps and dt are for fixed-step methods; dopri5 takes rtol/atol")
@@ -242,7 +245,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         n_est = 100  # for the thread count only
         slots = min(slots, max_steps)  # no more states than steps
         window = max(1, _WINDOW_ROWS // (S * block))
-        fit = int(_TAPE_BYTES // _tape_step_bytes(S, block, d, H))
+        fit = int(_TAPE_BYTES // _tape_step_bytes(S, block, d, H, tanh))
         tape_cap = min(fit, max_steps) if auto else 0
         cap = max(window, tape_cap)
     else:
@@ -251,7 +254,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         n_est = int(cum[-1])
         slots = min(slots, n_est)  # more than one slot per step is never used
         window = min(max(1, _WINDOW_ROWS // (S * block)), n_est)
-        tape = auto and n_est * _tape_step_bytes(S, block, d, H) <= _TAPE_BYTES
+        tape = auto and n_est * _tape_step_bytes(S, block, d, H, tanh) <= _TAPE_BYTES
         cap = n_est if tape else window
         if tape:
             slots = 1  # (unused)
@@ -279,8 +282,8 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         ckc = np.empty((nl, slots, _ka.NCTL))
         pos = np.empty((nl, slots), np.int64)
         Yf = np.empty((nl, cap * S * block * d))
-        Kf = np.empty((nl, cap * S * block * d))
-        Pf = np.empty((nl, cap * S * block * H))
+        Kf = np.empty((nl, S * block * d))
+        Pf = np.empty((nl, (1 if tanh else cap) * S * block * H))
         Sf = np.empty((nl, cap * S * block * H))
         th = np.empty((nl, cap))
         tl = np.empty((nl, cap), np.int64)
