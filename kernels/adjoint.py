@@ -100,19 +100,20 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gb, w, sbar, Ybar):
         for r in range(nb):
             for j in range(H):
                 sbar[r, j] = kbar[r, j]
-    # p̄ = σ'(p) σ̄ (in sbar)
+    # p̄ = σ'(p) σ̄ (in sbar), b̄ += p̄
     if code == TANH:
         for r in range(nb):
             for j in range(H):
                 s = Sg[r, j]
-                sbar[r, j] *= 1.0 - s * s
+                v = sbar[r, j] * (1.0 - s * s)
+                sbar[r, j] = v
+                gb[w, l, j] += v
     else:
         for r in range(nb):
             for j in range(H):
-                sbar[r, j] *= dact(code, P[r, j])
-    for r in range(nb):
-        for j in range(H):
-            gb[w, l, j] += sbar[r, j]
+                v = sbar[r, j] * dact(code, P[r, j])
+                sbar[r, j] = v
+                gb[w, l, j] += v
     for r in range(nb):
         for i in range(d):
             Ybar[r, i] = 0.0
@@ -213,18 +214,27 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar,
             continue
         block_field_vjp(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], kbar[s], gb, w, sbar[s],
                         Ybar)  # fmt: skip
-        for r in range(nb):
-            for i in range(d):
-                lam[r, i] += Ybar[r, i]
-        if s > 0:
-            for r in range(nb):
-                acc = 0.0
-                for i in range(d):
-                    acc += Ybar[r, i] * (Ys[q, s, r, i] - Ys[q, 0, r, i])
-                hbar[r] += acc
+        # ȳ += Ȳ_s, h̄ += Ȳ_s·(Y_s - y), and k̄_j += h A_sj Ȳ_s for the (at most one, in the
+        # tableaus here) nonzero A_sj in one pass over Ȳ_s; any further ones after it
+        j1 = -1
         for j in range(s):
+            if TA[s, j] != 0.0:
+                j1 = j
+                break
+        c1 = h * TA[s, j1] if j1 >= 0 else 0.0
+        for r in range(nb):
+            acc = 0.0
+            for i in range(d):
+                yb = Ybar[r, i]
+                lam[r, i] += yb
+                acc += yb * (Ys[q, s, r, i] - Ys[q, 0, r, i])
+                if j1 >= 0:
+                    kbar[j1, r, i] += c1 * yb
+            if s > 0:
+                hbar[r] += acc
+        for j in range(j1 + 1, s):
             a = TA[s, j]
-            if a != 0.0:
+            if a != 0.0 and j1 >= 0:
                 c = h * a
                 for r in range(nb):
                     for i in range(d):

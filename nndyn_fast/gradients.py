@@ -50,7 +50,7 @@ _ACC_BYTES = 2.0**28  # at most 256 MiB of per-worker gradient accumulators
 _DOPRI5_CAP0 = 256  # recorded steps per row on the first try (doubled as needed)
 _SLOTS = 32  # checkpoint slots per row when the tape does not fit (checkpoints=None)
 _TAPE_BYTES = 2**25  # at most 32 MiB of tape per thread (every step's stages of a block)
-_WINDOW_ROWS = 512  # rows (steps x stages x block rows) of a deferred weight product
+_WINDOW_ROWS = 1024  # rows (steps x stages x block rows) of a deferred weight product
 
 
 @dataclass(frozen=True)

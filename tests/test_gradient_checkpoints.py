@@ -106,8 +106,10 @@ def test_peak_memory_does_not_grow_with_the_steps():
     # no allocation per step inside the kernel
     assert abs(big[0] - small[0]) < 1024, (small[0], big[0])
     assert big[1] == small[1]
-    tape = 16000 * 4 * 16 * (2 * 4 + 2 * 8) * 8  # every stage of every step
-    assert big[0] < tape / 1000
+    # against every stage of every step: the 32 slots (16 KB) and one window of 16 steps'
+    # stages and adjoints (200 KB)
+    tape = 16000 * 4 * 16 * (2 * 4 + 2 * 8) * 8
+    assert big[0] < tape / 500
     # the price: each step evaluated at most r + 1 times, C(32 + r, r) >= 16000 for r = 4
     assert big[2].n_evals.max() <= 5 * 16000
 
@@ -126,8 +128,9 @@ def test_the_default_tape_stays_within_its_budget(monkeypatch):
             for n in (half, fit, 1000, 16000)}  # fmt: skip
     ref = G.flow_map_vjp(m, X, None, C, steps=fit, checkpoints=32)
     for n, (peak, _, g) in runs.items():
-        # the tape (or the slots) and 70 KB besides: the window of adjoints (49 KB), scratch
-        assert peak < budget + 128 * 1024, (n, peak)
+        # the tape (or the slots and a window's stages) and 120 KB besides: the window's
+        # adjoints (98 KB), scratch
+        assert peak < budget + 160 * 1024, (n, peak)
         assert np.all(g.n_evals == n) == (n <= fit)  # tape: each step once; else recomputed
     np.testing.assert_array_equal(runs[fit][2].X, ref.X)  # tape == slots, bitwise
     for k in ref.params:
