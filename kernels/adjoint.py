@@ -13,19 +13,34 @@ and the field's vector-Jacobian product at ``p = A_l Y + b_l``, ``σ = σ(p)``: 
 This is the exact gradient of the discrete map (the same steps, the same rounding up to the
 order of summation), not of the ODE's flow.
 
-Memory: fixed, whatever the number of steps ``n``. Each worker holds ``s`` checkpoint slots
-(states of its block of rows, plus the controller state of a Dormand-Prince row) and the stages
-of one step; the reverse sweep recomputes the steps between checkpoints by binomial
+Memory: bounded, whatever the number of steps ``n``. Either the tape holds every step's
+stage inputs ``Y_s`` and activations ``σ_s`` (and pre-activations, where the activation's
+derivative needs them) of a block of ``nb`` rows, ``n S nb (d + H)`` floats, and the reverse
+sweep reads them back (each step evaluated once); or each lane holds ``s`` checkpoint slots
+(states of its block of rows, plus the controller state of a Dormand-Prince row) and a
+window's stages, and the reverse sweep recomputes the steps between checkpoints by binomial
 checkpointing (Griewank 1992, the revolve schedule, with an explicit stack of slots), so each
 step is evaluated at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n``,
-and the total is the least of any such schedule. Per block of ``nb`` rows the memory is
-``s nb d`` (checkpoints) plus ``S nb (2 d + 2 H)`` (one step's stages). A Dormand-Prince
-checkpoint holds the state and the step-size controller's state, so its steps are recomputed
-bitwise and no step size is stored; a first run counts the accepted steps.
+and the total is the least of any such schedule. A Dormand-Prince checkpoint holds the state
+and the step-size controller's state, so its steps are recomputed bitwise and no step size is
+stored; a first run counts the accepted steps, keeping them on the row's tape while they fit.
+The stages ``k_s`` are not kept: ``∂/∂h`` takes ``sum_j A_sj k_j = (Y_s - y) / h`` and
+``sum_s B_s k_s = (y' - y) / h`` from the states.
+
+The weight gradients ``W̄_l += k̄ σ^T``, ``Ā_l += p̄ Y^T`` are deferred: the ``k̄``/``p̄`` of the
+``m`` steps of a window ``m j <= k < m (j + 1)`` are kept, and when the window's last step is
+reversed its sums over steps, stages and rows are one blocked product each (:func:`_outer_acc`,
+each entry summed in row order). The windows depend on the step index alone, so the tape and
+every checkpoint schedule do the same arithmetic and give the same bits. (BLAS does these
+products about 1.4 times as fast in isolation, but its calls from the parallel loop stalled
+for milliseconds now and then on the shared development machine; these loops do not.)
 
 Rows are independent: blocks of ``block`` rows share the step schedule; the blocks are handed
-to ``nw`` workers (``prange``), each with its own gradient accumulator, and the accumulators are
-summed in worker order at the end, so results do not depend on the number of threads.
+to ``nw`` workers, each with its own gradient accumulator, and the workers to ``nl`` lanes
+(``prange``, one per thread), each with its own scratch (tape, slots); the accumulators are
+summed in worker order at the end, so results do not depend on the number of threads. (The
+results of a row do depend on nothing else in its block: ``dZ0``, ``ZT`` of a row computed
+alone are bitwise those in a batch.)
 """
 
 import math
@@ -121,14 +136,59 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gb, w, sbar, Ybar):
     return 0
 
 
+_CHUNK = 32  # rows of U, V per pass of _outer_acc (16 KB of V at n = 64: kept in cache)
+
+
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _flush_outer(model, Ys, Ss, q0, KB, PB, lay, cnt, nb, gW, gA, w, tW, tA):
+def _outer_acc(G, U, V, K, m, n):
+    """``G[i, j] += sum_k U[k, i] V[k, j]`` (i < m, j < n) over the rows ``k < K`` of ``U``
+    and ``V``, each entry summed in row order: the register tile of
+    :func:`~nndyn_fast.kernels.neural.block_matmul_acc` (four rows of ``G`` share each load
+    of a row of ``V``, four rows of ``V`` per pass over them), the rows taken ``_CHUNK`` at a
+    time so that ``V``'s stay in cache for every row of ``G``."""
+    for k0 in range(0, K, _CHUNK):
+        k1 = min(K, k0 + _CHUNK)
+        i = 0
+        while i + 4 <= m:
+            k = k0
+            while k + 4 <= k1:
+                u00, u01, u02, u03 = U[k, i], U[k + 1, i], U[k + 2, i], U[k + 3, i]
+                u10, u11, u12, u13 = U[k, i + 1], U[k + 1, i + 1], U[k + 2, i + 1], U[k + 3, i + 1]
+                u20, u21, u22, u23 = U[k, i + 2], U[k + 1, i + 2], U[k + 2, i + 2], U[k + 3, i + 2]
+                u30, u31, u32, u33 = U[k, i + 3], U[k + 1, i + 3], U[k + 2, i + 3], U[k + 3, i + 3]
+                for j in range(n):
+                    v0 = V[k, j]
+                    v1 = V[k + 1, j]
+                    v2 = V[k + 2, j]
+                    v3 = V[k + 3, j]
+                    G[i, j] = (((G[i, j] + u00 * v0) + u01 * v1) + u02 * v2) + u03 * v3
+                    G[i + 1, j] = (((G[i + 1, j] + u10 * v0) + u11 * v1) + u12 * v2) + u13 * v3
+                    G[i + 2, j] = (((G[i + 2, j] + u20 * v0) + u21 * v1) + u22 * v2) + u23 * v3
+                    G[i + 3, j] = (((G[i + 3, j] + u30 * v0) + u31 * v1) + u32 * v2) + u33 * v3
+                k += 4
+            while k < k1:
+                for q in range(4):
+                    c = U[k, i + q]
+                    for j in range(n):
+                        G[i + q, j] += c * V[k, j]
+                k += 1
+            i += 4
+        while i < m:
+            for k in range(k0, k1):
+                c = U[k, i]
+                for j in range(n):
+                    G[i, j] += c * V[k, j]
+            i += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _flush_outer(model, Ys, Ss, q0, KB, PB, lay, cnt, nb, gW, gA, w):
     """The deferred weight gradients of ``cnt`` reversed steps (a window): ``Ā_l += P̄^T Y``
     and (form 0) ``W̄_l += K̄^T Σ`` into ``gA[w, l]``, ``gW[w, l]``, the sums over every stage
     and row of the steps, whose stage inputs ``Y`` and activations ``Σ`` are the tape steps
     ``q0 .. q0 + cnt - 1`` of ``Ys``/``Ss`` and whose ``p̄``/``k̄`` are ``PB``/``KB[0 .. cnt)``
-    in layers ``lay[0 .. cnt)``: one matrix product (BLAS, into ``tA``/``tW``) per run of
-    steps in the same layer, with ``cnt S nb`` rows, then added to the accumulator."""
+    in layers ``lay[0 .. cnt)``: one product (:func:`_outer_acc`) per run of steps in the
+    same layer, ``cnt S nb`` rows deep."""
     form = model[6]
     S = Ys.shape[1]
     d = Ys.shape[3]
@@ -140,15 +200,11 @@ def _flush_outer(model, Ys, Ss, q0, KB, PB, lay, cnt, nb, gW, gA, w, tW, tA):
         while e < cnt and lay[e] == l:
             e += 1
         rows = (e - i) * S * nb
-        np.dot(PB[i:e].reshape((rows, H)).T, Ys[q0 + i : q0 + e].reshape((rows, d)), tA)
-        for j in range(H):
-            for k in range(d):
-                gA[w, l, j, k] += tA[j, k]
+        Y2 = Ys[q0 + i : q0 + e].reshape((rows, d))
+        _outer_acc(gA[w, l], PB[i:e].reshape((rows, H)), Y2, rows, H, d)
         if form == FORM_OUTER:
-            np.dot(KB[i:e].reshape((rows, d)).T, Ss[q0 + i : q0 + e].reshape((rows, H)), tW)
-            for k in range(d):
-                for j in range(H):
-                    gW[w, l, k, j] += tW[k, j]
+            S2 = Ss[q0 + i : q0 + e].reshape((rows, H))
+            _outer_acc(gW[w, l], KB[i:e].reshape((rows, d)), S2, rows, d, H)
         i = e
 
 
@@ -245,13 +301,14 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar,
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB, PB,
-                 lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT):  # fmt: skip
+                 lay, Ybar, gW, gA, gb, w, hbar, dT):  # fmt: skip
     """Reverse step ``k`` of ``n`` (layer ``l``, size ``h``, ``∂h/∂T = hw``, end state
     ``yend``), stored at tape step ``q``, into the window of ``m = KB.shape[0]`` steps
-    ``k0 = m (k // m) <= k < k0 + m`` (adjoints at ``KB[k - k0]``, ``PB[k - k0]``); at
-    ``k = k0`` (the window's last step reversed) its weight gradients are added
-    (:func:`_flush_outer`), its stages being at tape steps ``q .. q + cnt - 1``. The windows
-    are fixed by ``k`` alone, so every schedule of the same steps does the same arithmetic."""
+    ``k0 = m (k // m) <= k < k0 + m`` (its stages' ``k̄``, ``p̄`` at ``KB[k - k0]``,
+    ``PB[k - k0]``); at ``k = k0`` (the window's last step reversed) its weight gradients
+    are added (:func:`_flush_outer`), its stages being at tape steps ``q .. q + cnt - 1``.
+    The windows are fixed by ``k`` alone, so every schedule of the same steps does the same
+    arithmetic."""
     m = KB.shape[0]
     j = k % m
     lay[j] = l
@@ -261,7 +318,7 @@ def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yen
         for r in range(nb):
             dT[lo + r] += hw * hbar[r]
     if j == 0:
-        _flush_outer(model, Ys, Ss, q, KB, PB, lay, min(m, n - k), nb, gW, gA, w, tW, tA)
+        _flush_outer(model, Ys, Ss, q, KB, PB, lay, min(m, n - k), nb, gW, gA, w)
 
 
 @njit(cache=True, error_model="numpy")
@@ -454,8 +511,7 @@ def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, Ss, th, tl, tw,
-                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, tW, tA, ZT, dZ0,
-                  dT):  # fmt: skip
+                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, ZT, dZ0, dT):  # fmt: skip
     """The reverse sweep of ``n`` steps of rows ``lo .. lo + nb - 1`` whose stages are all on
     the tape (step ``k`` at tape step ``k``, size ``th[k]``, layer ``tl[k]``, ``∂h/∂T =
     tw[k]``), ``z`` the end state: no step is recomputed, and the arithmetic is that of
@@ -467,7 +523,7 @@ def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, 
     for k in range(n - 1, -1, -1):
         yend = z if k == n - 1 else Ys[k + 1, 0]
         _reverse_one(model, k, n, tl[k], th[k], tw[k], lo, nb, TA, TB, need, Ys, Ps, Ss, k, yend,
-                     lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT)  # fmt: skip
+                     lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
     for r in range(nb):
         for i in range(d):
             dZ0[lo + r, i] = lam[r, i]
@@ -477,7 +533,7 @@ def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, 
 def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl, sw, t0, T,
                    tstops, TA, TB, TE, needf, need, rtol, atol, max_steps, expo1, ckz, ckc, pos,
                    Ys, Ps, Ss, Ks, KB, PB, lay, z, znew, e, ctl, lam, Ybar, gW, gA, gb, w, hbar,
-                   tW, tA, ZT, dZ0, dT, top0):  # fmt: skip
+                   ZT, dZ0, dT, top0):  # fmt: skip
     """The forward sweep and the reverse sweep of the ``n`` steps of rows ``lo .. lo + nb - 1``
     with the ``s = ckz.shape[0]`` checkpoint slots ``ckz`` (s, block, d) (controller states
     ``ckc`` (s, NCTL), step indices ``pos`` (s,)): binomial checkpointing (Griewank 1992).
@@ -542,7 +598,7 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
             if end == n:
                 _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
             _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, z, lam, KB,
-                         PB, lay, Ybar, gW, gA, gb, w, hbar, tW, tA, dT)  # fmt: skip
+                         PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
             end -= 1
         else:
             mid = a + revolve_split(end - a, snaps)
@@ -582,8 +638,8 @@ def _sum_workers(aW, aA, ab, gW, gA, gb):
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
 def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, block, tape, ckz,
-                ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, tW, tA, aW, aA, ab, gW, gA,
-                gb, ZT, dZ0, dT, nev):  # fmt: skip
+                ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW, gA, gb, ZT,
+                dZ0, dT, nev):  # fmt: skip
     """Vector-Jacobian products of the fixed-step RK flow map of the built-in field for a batch.
 
     ``Z0`` (B, d) initial states, ``C`` (B, d) cotangents on the final states, or (loss mode,
@@ -600,12 +656,13 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
     gradient accumulators ``aW``/``aA``/``ab`` (nw, L, ...), zero on entry, and the workers to
     ``nl`` lanes (``prange``; at most one lane per thread), each with its own scratch
     (caller-allocated, so the memory is the caller's to see): the checkpoint slots ``ckz``
-    (nl, s, block, d) with ``ckc`` (nl, s, NCTL) and ``pos`` (nl, s); the tape, flat, ``Yf``,
-    ``Kf`` (nl, cap S block d), ``Pf``, ``Sf`` (nl, cap S block H) with the steps' sizes ``th``
-    (nl, cap), layers ``tl`` and ``∂h/∂T`` ``tw``; the window's bars ``KBf`` (nl, m S block
-    d), ``PBf`` (nl, m S block H) and layers ``lay`` (nl, m); product scratch ``tW`` (nl, d,
-    H) (form 0), ``tA`` (nl, H, d). Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter
-    gradients ``sum_r C_r·∂Z_T,r/∂θ`` (added to), ``ZT`` (B, d) final states, ``dZ0`` (B, d)
+    (nl, s, block, d) with ``ckc`` (nl, s, NCTL) and ``pos`` (nl, s); the tape, flat: stage
+    inputs ``Yf`` (nl, cap S block d), activations ``Sf`` (nl, cap S block H), pre-
+    activations ``Pf`` (nl, cap S block H, or S block H of scratch for tanh), the steps'
+    sizes ``th`` (nl, cap), layers ``tl`` and ``∂h/∂T`` ``tw``; one step's stages ``Kf`` (nl,
+    S block d); the window's adjoints ``KBf`` (nl, m S block d), ``PBf`` (nl, m S block H)
+    and layers ``lay`` (nl, m). Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter gradients
+    ``sum_r C_r·∂Z_T,r/∂θ`` (added to), ``ZT`` (B, d) final states, ``dZ0`` (B, d)
     ``(∂Z_T/∂Z0)^T C``, ``dT`` (B,) per-row ``C_r·∂Z_T,r/∂T``, ``nev`` (nblocks,) step
     evaluations per block. The worker accumulators are summed in worker order, so nothing
     depends on the number of threads or lanes. Returns 0.
@@ -654,16 +711,15 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
                         tw[lane, k] = sw[g]
                     _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps,
                                   Ss, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z,
-                                  lam, Ybar, aW, aA, ab, w, hbar, tW[lane], tA[lane], ZT, dZ0,
-                                  dT)  # fmt: skip
+                                  lam, Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
                     nev[ib] = n
                 else:
                     nev[ib] = _reverse_steps(FIXED, model, Z0, C, R, Yt, scale, res, lo, nb, n,
                                              cum, sh, sl, sw, 0.0, 0.0, tstops, TA, TB, TB, need,
                                              need, tol, tol, 0, 0.0, ckz[lane], ckc[lane],
                                              pos[lane], Ys, Ps, Ss, Ks, KB, PB, lay[lane], z,
-                                             znew, e, ctl, lam, Ybar, aW, aA, ab, w, hbar,
-                                             tW[lane], tA[lane], ZT, dZ0, dT, 0)  # fmt: skip
+                                             znew, e, ctl, lam, Ybar, aW, aA, ab, w, hbar, ZT,
+                                             dZ0, dT, 0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 
@@ -671,7 +727,7 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
 def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, need, rtol,
                     atol, max_steps, tape_cap, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf,
-                    PBf, lay, tW, tA, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT, ns, status,
+                    PBf, lay, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT, ns, status,
                     nev):  # fmt: skip
     """Vector-Jacobian products of the adaptive Dormand-Prince flow map, the accepted steps
     held fixed, row by row: a first run counts the accepted steps (``ns`` (B,), ``status``
@@ -753,8 +809,7 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                     tw[lane, n - 1] = 1.0  # the last step ends at T: h = T - t
                     _reverse_tape(C, R, Yt, scale, res, r, 1, n, model, TA, TB, need, Ys, Ps, Ss,
                                   th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z, lam,
-                                  Ybar, aW, aA, ab, w, hbar, tW[lane], tA[lane], ZT, dZ0,
-                                  dT)  # fmt: skip
+                                  Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
                     nev[r] = used
                     continue
                 top0 = n - 1 if n <= s else 0  # every state already stored, or start over
@@ -763,8 +818,7 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                                                needall, need, rtol, atol, max_steps, expo1,
                                                ckz[lane], ckc[lane], pos[lane], Ys, Ps, Ss, Ks,
                                                KB, PB, lay[lane], z, znew, e, ctl, lam, Ybar, aW,
-                                               aA, ab, w, hbar, tW[lane], tA[lane], ZT, dZ0, dT,
-                                               top0)  # fmt: skip
+                                               aA, ab, w, hbar, ZT, dZ0, dT, top0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 

@@ -3,8 +3,19 @@
 For the map ``F(x) = R Φ_T(lift(x))`` computed by ``n`` Runge-Kutta steps, the reverse sweep
 (:mod:`nndyn_fast.kernels.adjoint`) gives ``c·∂F/∂θ`` for the weights θ (and the readout), the
 input gradient ``(∂F/∂x)^T c`` and ``c·∂F/∂T`` in one pass back through the steps, at a cost
-of a few forward passes and a fixed memory: ``checkpoints`` stored states per row (binomial
-checkpointing, the steps between recomputed), whatever the number of steps.
+of a few forward passes and a bounded memory, whatever the number of steps ``n``:
+
+- ``checkpoints=None`` (default): every step's stages of a block of rows (the stage inputs
+  ``Y_s`` and activations ``σ_s``, and the pre-activations unless σ = tanh) on a tape of
+  ``n S block (d + H)`` floats per thread, when that fits ``_TAPE_BYTES`` (32 MiB) per
+  thread: each step evaluated once, forward, then reversed from the tape. A Dormand-Prince
+  row keeps its accepted steps on its tape in the run that counts them, as long as they fit.
+  Otherwise (the block's or the row's steps do not fit) 32 checkpoint slots, as below.
+- ``checkpoints=k``: ``k`` stored states per row and the stages of one window of steps
+  (binomial checkpointing, the steps between recomputed).
+
+Either way the weight gradients are summed per window of steps (``_WINDOW_ROWS`` rows of
+stages) as one matrix product each, so the tape and every number of slots give the same bits.
 
 What is differentiated is the discrete map, not the ODE's exact flow:
 
@@ -22,7 +33,6 @@ The layer grid ``t_layers`` is held fixed in ``∂/∂T``.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +44,7 @@ from .kernels import activations as _act
 from .kernels import adjoint as _ka
 from .kernels import rk as _rk
 from .neural import AugmentedNeuralODE, NeuralODE
-from .threads import _blas_pools, for_work
+from .threads import for_work
 
 __all__ = ["FlowGrad", "flow_map_vjp", "loss_and_grad", "model_params", "with_params"]
 
@@ -214,13 +224,6 @@ def _tape_step_bytes(S: int, block: int, d: int, H: int, tanh: bool = True) -> i
     return 8 * (S * block * (d + (1 if tanh else 2) * H) + 3)
 
 
-def _one_blas_thread():
-    """The BLAS calls inside the kernels (the deferred weight products, nested in parallel
-    loops) on one thread each."""
-    pools = _blas_pools()
-    return pools.limit(limits=1) if pools is not None else nullcontext()
-
-
 def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, checkpoints,
            max_steps):  # fmt: skip
     """Run the adjoint kernel; returns (grads dict over the base, ZT, dZ0, dT rows, res, ns,
@@ -273,7 +276,7 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
     aA = np.zeros((nw, *gA.shape))
     ab = np.zeros((nw, *gb.shape))
     need = _need(TA, TB)
-    with for_work(seconds) as nt, _one_blas_thread():
+    with for_work(seconds) as nt:
         # per-lane scratch (one lane per thread), allocated here (numpy's allocations are
         # visible to tracemalloc): the checkpoint slots, the tape (every step of a block, or
         # the steps of one window) and the window's adjoints, whatever the number of steps
@@ -291,8 +294,6 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         KBf = np.empty((nl, window * S * block * d))
         PBf = np.empty((nl, window * S * block * H))
         lay = np.empty((nl, window), np.int64)
-        tW = np.empty((nl, kmodel[0].shape[1], kmodel[0].shape[2]))
-        tA = np.empty((nl, H, d))
         if method == "dopri5":
             rt, at = _tolerances(rtol, atol, d)
             ns = np.zeros(B, np.int64)
@@ -300,16 +301,16 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
             _ka.dopri5_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, t0, T, base._tstops(), TA, TB,
                 _rk.DOPRI5_E, need, rt, at, max_steps, tape_cap, ckz, ckc, pos, Yf, Pf, Sf, Kf,
-                th, tl, tw, KBf, PBf, lay, tW, tA, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, ns,
-                status, nev,
+                th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, ns, status,
+                nev,
             )  # fmt: skip
             _check_status(status, ns, max_steps)
             nev_rows = nev
         else:
             _ka.rk_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, cum, sh, sl, sw, TA, TB, need, block,
-                tape, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, tW, tA, aW, aA,
-                ab, gW, gA, gb, ZT, dZ0, dTr, nev,
+                tape, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW,
+                gA, gb, ZT, dZ0, dTr, nev,
             )  # fmt: skip
             ns = np.full(B, cum[-1], np.int64)
             nev_rows = np.repeat(nev, block)[:B]
@@ -354,10 +355,14 @@ def flow_map_vjp(
     method : ``"rk4"``, ``"rk2"``, ``"euler"`` (fixed steps) or ``"dopri5"`` (adaptive).
     steps, dt : fixed steps: ``dt = (T - t_0) / steps`` (default 100 steps), or ``dt``.
     rtol, atol : dopri5 tolerances.
-    checkpoints : states stored per row (at least 1): the memory is that many states plus
-        one step's stages, whatever the number of steps ``n``; each step is then evaluated
-        at most ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n``
-        (with the default 32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905).
+    checkpoints : None (default): every step's stages of a block of rows on a tape while it
+        fits 32 MiB per thread (each step evaluated once; 511 RK4 steps at d = H = 64, a
+        Dormand-Prince row 4665 accepted steps), else 32 slots. An int: states stored per
+        row (at least 1): the memory is that many states plus the stages of a window of
+        steps, whatever the number of steps ``n``; each step is then evaluated at most
+        ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n`` (with
+        32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905). Every choice gives
+        the same bits.
     max_steps : dopri5 step budget per row.
 
     Returns
