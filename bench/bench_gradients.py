@@ -6,13 +6,14 @@ step's stages of a block on the tape: each step evaluated once) beside the 32 ch
 slots of ``checkpoints=32`` (each step evaluated at most 3 times) and every state stored (100
 slots: twice), the forward pass alone (``flow_map``, the package's RK4), a numpy reverse
 sweep of the same steps (every stage stored, whole-batch BLAS products,
-tests/reference_gradients.py) and the floor: the matrix products alone, whole-batch BLAS
-(``products_forward``: the forward's 2 per stage, ``A x`` and ``W σ``; ``products_gradient``:
-those and the reverse's 4, ``k̄ W``, ``p̄ A``, ``k̄ σ^T`` and ``p̄ Y^T``; their ratio is the
-floor of gradient / forward at equal product speed, 3); a long run (batch 16, d = H = 8, 10^4
-RK4 steps: the tape does not fit, 32 slots; the recompute factor, step evaluations per step,
-in ``extra_info``) beside its forward pass; the Dormand-Prince gradient (rtol 1e-6, the
-accepted steps held, on each row's tape) beside the package's dopri5 forward pass.
+tests/reference_gradients.py) and the floor: the matrix products alone, whole-batch BLAS on
+one thread (``products_forward``: the forward's 2 per stage, ``A x`` and ``W σ``;
+``products_gradient``: those and the reverse's 4, ``k̄ W``, ``p̄ A``, ``k̄ σ^T`` and
+``p̄ Y^T``; their ratio is the floor of gradient / forward at equal product speed, 3 by
+count). A long run (batch 16, d = H = 8, 10^4 RK4 steps: the tape does not fit, 32 slots;
+the recompute factor, step evaluations per step, in ``extra_info``) beside its forward pass.
+The Dormand-Prince gradient (rtol 1e-6, the accepted steps held, on each row's tape) beside
+the package's dopri5 forward pass.
 """
 
 import os
@@ -20,6 +21,7 @@ import os
 import numpy as np
 import pytest
 from reference_gradients import rk_vjp
+from threadpoolctl import threadpool_limits
 
 from nndyn_fast.gradients import loss_and_grad
 from nndyn_fast.kernels import rk as _rk
@@ -98,13 +100,19 @@ def test_grad_rk4_numpy(benchmark, problem):
 def _products(model, X, backward):
     # the matrix products of the RK4 steps alone, whole batch, BLAS into preallocated arrays:
     # per stage the forward's P = Y A^T and K = Σ W^T, and with `backward` the reverse's
-    # Σ̄ = K̄ W, Ȳ = P̄ A, W̄ += K̄^T Σ, Ā += P̄^T Y (the same shapes; values do not matter)
+    # Σ̄ = K̄ W, Ȳ = P̄ A, W̄ += K̄^T Σ, Ā += P̄^T Y (the same shapes; values do not matter).
+    # On one BLAS thread: on two, the long reductions K̄^T Σ (64 x 64 out of 1024 rows) ran
+    # at half the speed of the others, so the ratio measured the threading, not the count
     A, W = model.A[0], model.W[0]
     Yb, Sg = X.copy(), np.tanh(X[:, : A.shape[0]])
     P, K = np.empty((B, A.shape[0])), np.empty((B, D))
     gW, gA, tW, tA = np.zeros_like(W), np.zeros_like(A), np.empty_like(W), np.empty_like(A)
 
     def run():
+        with threadpool_limits(1):
+            _steps()
+
+    def _steps():
         for _ in range(STEPS * 4):
             np.dot(Yb, A.T, out=P)
             np.dot(Sg, W.T, out=K)
