@@ -13,19 +13,34 @@ and the field's vector-Jacobian product at ``p = A_l Y + b_l``, ``σ = σ(p)``: 
 This is the exact gradient of the discrete map (the same steps, the same rounding up to the
 order of summation), not of the ODE's flow.
 
-Memory: fixed, whatever the number of steps ``n``. Each worker holds ``s`` checkpoint slots
-(states of its block of rows, plus the controller state of a Dormand-Prince row) and the stages
-of one step; the reverse sweep recomputes the steps between checkpoints by binomial
+Memory: bounded, whatever the number of steps ``n``. Either the tape holds every step's
+stage inputs ``Y_s`` and activations ``σ_s`` (and pre-activations, where the activation's
+derivative needs them) of a block of ``nb`` rows, ``n S nb (d + H)`` floats, and the reverse
+sweep reads them back (each step evaluated once); or each lane holds ``s`` checkpoint slots
+(states of its block of rows, plus the controller state of a Dormand-Prince row) and a
+window's stages, and the reverse sweep recomputes the steps between checkpoints by binomial
 checkpointing (Griewank 1992, the revolve schedule, with an explicit stack of slots), so each
 step is evaluated at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n``,
-and the total is the least of any such schedule. Per block of ``nb`` rows the memory is
-``s nb d`` (checkpoints) plus ``S nb (2 d + 2 H)`` (one step's stages). A Dormand-Prince
-checkpoint holds the state and the step-size controller's state, so its steps are recomputed
-bitwise and no step size is stored; a first run counts the accepted steps.
+and the total is the least of any such schedule. A Dormand-Prince checkpoint holds the state
+and the step-size controller's state, so its steps are recomputed bitwise and no step size is
+stored; a first run counts the accepted steps, keeping them on the row's tape while they fit.
+The stages ``k_s`` are not kept: ``∂/∂h`` takes ``sum_j A_sj k_j = (Y_s - y) / h`` and
+``sum_s B_s k_s = (y' - y) / h`` from the states.
+
+The weight gradients ``W̄_l += k̄ σ^T``, ``Ā_l += p̄ Y^T`` are deferred: the ``k̄``/``p̄`` of the
+``m`` steps of a window ``m j <= k < m (j + 1)`` are kept, and when the window's last step is
+reversed its sums over steps, stages and rows are one blocked product each (:func:`_outer_acc`,
+each entry summed in row order). The windows depend on the step index alone, so the tape and
+every checkpoint schedule do the same arithmetic and give the same bits. (BLAS does these
+products about 1.4 times as fast in isolation, but its calls from the parallel loop stalled
+for milliseconds now and then on the shared development machine; these loops do not.)
 
 Rows are independent: blocks of ``block`` rows share the step schedule; the blocks are handed
-to ``nw`` workers (``prange``), each with its own gradient accumulator, and the accumulators are
-summed in worker order at the end, so results do not depend on the number of threads.
+to ``nw`` workers, each with its own gradient accumulator, and the workers to ``nl`` lanes
+(``prange``, one per thread), each with its own scratch (tape, slots); the accumulators are
+summed in worker order at the end, so results do not depend on the number of threads. (The
+results of a row do depend on nothing else in its block: ``dZ0``, ``ZT`` of a row computed
+alone are bitwise those in a batch.)
 """
 
 import math
@@ -84,30 +99,10 @@ def block_field_store(model, l, X, nb, P, Sg, K):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _outer_acc(G, w, l, U, V, nb, m, n):
-    """``G[w, l, i, j] += sum_r U[r, i] V[r, j]`` (i < m, j < n) over the rows ``r < nb``, added
-    row after row (the order of a row-by-row sweep), four rows per pass over ``G``."""
-    r = 0
-    while r + 4 <= nb:
-        for i in range(m):
-            c0, c1, c2, c3 = U[r, i], U[r + 1, i], U[r + 2, i], U[r + 3, i]
-            for j in range(n):
-                G[w, l, i, j] = (
-                    ((G[w, l, i, j] + c0 * V[r, j]) + c1 * V[r + 1, j]) + c2 * V[r + 2, j]
-                ) + c3 * V[r + 3, j]
-        r += 4
-    while r < nb:
-        for i in range(m):
-            c = U[r, i]
-            for j in range(n):
-                G[w, l, i, j] += c * V[r, j]
-        r += 1
-
-
-@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
-    """Reverse of :func:`block_field_store`: accumulate ``gW[w, l]``, ``gA[w, l]``, ``gb[w, l]``
-    and write ``Ybar = Df_l(X)^T kbar`` (nb, d); ``sbar`` (nb, H) is scratch."""
+def block_field_vjp(model, l, X, nb, P, Sg, kbar, gb, w, sbar, Ybar):
+    """Reverse of :func:`block_field_store` less the weight outer products (deferred to
+    :func:`_flush_outer`): ``sbar`` (nb, H) gets ``p̄ = σ'(p) (k̄ W_l)``, ``gb[w, l] += sum_r
+    p̄_r``, and ``Ybar = Df_l(X)^T kbar = p̄ A_l`` (nb, d)."""
     W, WT, A, AT, b, code, form = model
     d = X.shape[1]
     H = b.shape[1]
@@ -116,25 +111,24 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
             for j in range(H):
                 sbar[r, j] = 0.0
         block_matmul_acc(W, l, kbar, nb, d, sbar, H)  # σ̄ = k̄ W_l
-        _outer_acc(gW, w, l, kbar, Sg, nb, d, H)  # W̄_l += k̄ σ^T
     else:
         for r in range(nb):
             for j in range(H):
                 sbar[r, j] = kbar[r, j]
-    # p̄ = σ'(p) σ̄ (in sbar)
+    # p̄ = σ'(p) σ̄ (in sbar), b̄ += p̄
     if code == TANH:
         for r in range(nb):
             for j in range(H):
                 s = Sg[r, j]
-                sbar[r, j] *= 1.0 - s * s
+                v = sbar[r, j] * (1.0 - s * s)
+                sbar[r, j] = v
+                gb[w, l, j] += v
     else:
         for r in range(nb):
             for j in range(H):
-                sbar[r, j] *= dact(code, P[r, j])
-    for r in range(nb):
-        for j in range(H):
-            gb[w, l, j] += sbar[r, j]
-    _outer_acc(gA, w, l, sbar, X, nb, H, d)  # Ā_l += p̄ Y^T
+                v = sbar[r, j] * dact(code, P[r, j])
+                sbar[r, j] = v
+                gb[w, l, j] += v
     for r in range(nb):
         for i in range(d):
             Ybar[r, i] = 0.0
@@ -142,12 +136,88 @@ def block_field_vjp(model, l, X, nb, P, Sg, kbar, gW, gA, gb, w, sbar, Ybar):
     return 0
 
 
+_CHUNK = 32  # rows of U, V per pass of _outer_acc (16 KB of V at n = 64: kept in cache)
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _outer_acc(G, U, V, K, m, n):
+    """``G[i, j] += sum_k U[k, i] V[k, j]`` (i < m, j < n) over the rows ``k < K`` of ``U``
+    and ``V``, each entry summed in row order: the register tile of
+    :func:`~nndyn_fast.kernels.neural.block_matmul_acc` (four rows of ``G`` share each load
+    of a row of ``V``, four rows of ``V`` per pass over them), the rows taken ``_CHUNK`` at a
+    time so that ``V``'s stay in cache for every row of ``G``."""
+    for k0 in range(0, K, _CHUNK):
+        k1 = min(K, k0 + _CHUNK)
+        i = 0
+        while i + 4 <= m:
+            k = k0
+            while k + 4 <= k1:
+                u00, u01, u02, u03 = U[k, i], U[k + 1, i], U[k + 2, i], U[k + 3, i]
+                u10, u11, u12, u13 = U[k, i + 1], U[k + 1, i + 1], U[k + 2, i + 1], U[k + 3, i + 1]
+                u20, u21, u22, u23 = U[k, i + 2], U[k + 1, i + 2], U[k + 2, i + 2], U[k + 3, i + 2]
+                u30, u31, u32, u33 = U[k, i + 3], U[k + 1, i + 3], U[k + 2, i + 3], U[k + 3, i + 3]
+                for j in range(n):
+                    v0 = V[k, j]
+                    v1 = V[k + 1, j]
+                    v2 = V[k + 2, j]
+                    v3 = V[k + 3, j]
+                    G[i, j] = (((G[i, j] + u00 * v0) + u01 * v1) + u02 * v2) + u03 * v3
+                    G[i + 1, j] = (((G[i + 1, j] + u10 * v0) + u11 * v1) + u12 * v2) + u13 * v3
+                    G[i + 2, j] = (((G[i + 2, j] + u20 * v0) + u21 * v1) + u22 * v2) + u23 * v3
+                    G[i + 3, j] = (((G[i + 3, j] + u30 * v0) + u31 * v1) + u32 * v2) + u33 * v3
+                k += 4
+            while k < k1:
+                for q in range(4):
+                    c = U[k, i + q]
+                    for j in range(n):
+                        G[i + q, j] += c * V[k, j]
+                k += 1
+            i += 4
+        while i < m:
+            for k in range(k0, k1):
+                c = U[k, i]
+                for j in range(n):
+                    G[i, j] += c * V[k, j]
+            i += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _flush_outer(model, Ys, Ss, q0, KB, PB, lay, cnt, nb, gW, gA, w):
+    """The deferred weight gradients of ``cnt`` reversed steps (a window): ``Ā_l += P̄^T Y``
+    and (form 0) ``W̄_l += K̄^T Σ`` into ``gA[w, l]``, ``gW[w, l]``, the sums over every stage
+    and row of the steps, whose stage inputs ``Y`` and activations ``Σ`` are the tape steps
+    ``q0 .. q0 + cnt - 1`` of ``Ys``/``Ss`` and whose ``p̄``/``k̄`` are ``PB``/``KB[0 .. cnt)``
+    in layers ``lay[0 .. cnt)``: one product (:func:`_outer_acc`) per run of steps in the
+    same layer, ``cnt S nb`` rows deep."""
+    form = model[6]
+    S = Ys.shape[1]
+    d = Ys.shape[3]
+    H = Ss.shape[3]
+    i = 0
+    while i < cnt:
+        l = lay[i]
+        e = i + 1
+        while e < cnt and lay[e] == l:
+            e += 1
+        rows = (e - i) * S * nb
+        Y2 = Ys[q0 + i : q0 + e].reshape((rows, d))
+        _outer_acc(gA[w, l], PB[i:e].reshape((rows, H)), Y2, rows, H, d)
+        if form == FORM_OUTER:
+            S2 = Ss[q0 + i : q0 + e].reshape((rows, H))
+            _outer_acc(gW[w, l], KB[i:e].reshape((rows, d)), S2, rows, d, H)
+        i = e
+
+
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _step_store(model, l, h, z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q):
-    """One RK step ``z <- z + h sum B_s k_s`` of the rows ``< nb``, its stage inputs, pre-
-    activations, activations and stages stored in ``Ys[q, s]``, ``Ps``, ``Ss``, ``Ks``."""
+    """One RK step ``z <- z + h sum B_s k_s`` of the rows ``< nb``, its stage inputs and
+    activations stored in the tape step ``q`` (``Ys[q, s]``, ``Ss[q, s]``), the pre-
+    activations in ``Ps[q % Ps.shape[0], s]`` (a tape, or one step of scratch where the
+    reverse does not need them: tanh) and the stages in ``Ks[0, s]`` (scratch: the reverse
+    takes ``sum_j A_sj k_j = (Y_s - y) / h`` from the tape)."""
     S = TB.shape[0]
     d = z.shape[1]
+    qp = q % Ps.shape[0]
     for s in range(S):
         if not need[s]:
             continue
@@ -159,32 +229,34 @@ def _step_store(model, l, h, z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q):
             if c != 0.0:
                 for r in range(nb):
                     for i in range(d):
-                        Ys[q, s, r, i] += c * Ks[q, j, r, i]
-        block_field_store(model, l, Ys[q, s], nb, Ps[q, s], Ss[q, s], Ks[q, s])
+                        Ys[q, s, r, i] += c * Ks[0, j, r, i]
+        block_field_store(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], Ks[0, s])
     for s in range(S):
         c = h * TB[s]
         if c != 0.0:
             for r in range(nb):
                 for i in range(d):
-                    z[r, i] += c * Ks[q, s, r, i]
+                    z[r, i] += c * Ks[0, s, r, i]
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
-def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, kbar, Ybar, sbar,
-                  gW, gA, gb, w, hbar):  # fmt: skip
-    """Reverse of step ``q`` (stored by :func:`_step_store`): ``lam`` (nb, d) goes from the
-    adjoint of the step's result to that of its start; ``hbar[r]`` gets ``∂/∂h`` of row r."""
+def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar, sbar, Ybar, gb,
+                  w, hbar):  # fmt: skip
+    """Reverse of step ``q`` (stored by :func:`_step_store`, ending at ``yend`` (nb, d)):
+    ``lam`` (nb, d) goes from the adjoint of the step's result to that of its start;
+    ``hbar[r]`` gets ``∂/∂h`` of row r, ``(ȳ'·(y' - y) + sum_s Ȳ_s·(Y_s - y)) / h`` (the sums
+    ``sum_s B_s k_s`` and ``sum_j A_sj k_j`` from the states); the stages' ``k̄`` and ``p̄``
+    are left in ``kbar`` (S, nb, d) and ``sbar`` (S, nb, H) (zero for stages that do not
+    enter the result) for :func:`_flush_outer`."""
     S = TB.shape[0]
     d = lam.shape[1]
+    H = sbar.shape[2]
+    qp = q % Ps.shape[0]
     for r in range(nb):
-        hb = 0.0
-        for s in range(S):
-            if TB[s] != 0.0:
-                acc = 0.0
-                for i in range(d):
-                    acc += lam[r, i] * Ks[q, s, r, i]
-                hb += TB[s] * acc
-        hbar[r] = hb
+        acc = 0.0
+        for i in range(d):
+            acc += lam[r, i] * (yend[r, i] - Ys[q, 0, r, i])
+        hbar[r] = acc
     for s in range(S):
         c = h * TB[s]
         for r in range(nb):
@@ -192,23 +264,61 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, q, lam, kbar, Y
                 kbar[s, r, i] = c * lam[r, i]
     for s in range(S - 1, -1, -1):
         if not need[s]:
+            for r in range(nb):
+                for j in range(H):
+                    sbar[s, r, j] = 0.0
             continue
-        block_field_vjp(model, l, Ys[q, s], nb, Ps[q, s], Ss[q, s], kbar[s], gW, gA, gb, w,
-                        sbar, Ybar)  # fmt: skip
-        for r in range(nb):
-            for i in range(d):
-                lam[r, i] += Ybar[r, i]
+        block_field_vjp(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], kbar[s], gb, w, sbar[s],
+                        Ybar)  # fmt: skip
+        # ȳ += Ȳ_s, h̄ += Ȳ_s·(Y_s - y), and k̄_j += h A_sj Ȳ_s for the (at most one, in the
+        # tableaus here) nonzero A_sj in one pass over Ȳ_s; any further ones after it
+        j1 = -1
         for j in range(s):
+            if TA[s, j] != 0.0:
+                j1 = j
+                break
+        c1 = h * TA[s, j1] if j1 >= 0 else 0.0
+        for r in range(nb):
+            acc = 0.0
+            for i in range(d):
+                yb = Ybar[r, i]
+                lam[r, i] += yb
+                acc += yb * (Ys[q, s, r, i] - Ys[q, 0, r, i])
+                if j1 >= 0:
+                    kbar[j1, r, i] += c1 * yb
+            if s > 0:
+                hbar[r] += acc
+        for j in range(j1 + 1, s):
             a = TA[s, j]
-            if a != 0.0:
+            if a != 0.0 and j1 >= 0:
                 c = h * a
                 for r in range(nb):
-                    acc = 0.0
                     for i in range(d):
-                        yb = Ybar[r, i]
-                        kbar[j, r, i] += c * yb
-                        acc += yb * Ks[q, j, r, i]
-                    hbar[r] += a * acc
+                        kbar[j, r, i] += c * Ybar[r, i]
+    for r in range(nb):
+        hbar[r] /= h
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB, PB,
+                 lay, Ybar, gW, gA, gb, w, hbar, dT):  # fmt: skip
+    """Reverse step ``k`` of ``n`` (layer ``l``, size ``h``, ``∂h/∂T = hw``, end state
+    ``yend``), stored at tape step ``q``, into the window of ``m = KB.shape[0]`` steps
+    ``k0 = m (k // m) <= k < k0 + m`` (its stages' ``k̄``, ``p̄`` at ``KB[k - k0]``,
+    ``PB[k - k0]``); at ``k = k0`` (the window's last step reversed) its weight gradients
+    are added (:func:`_flush_outer`), its stages being at tape steps ``q .. q + cnt - 1``.
+    The windows are fixed by ``k`` alone, so every schedule of the same steps does the same
+    arithmetic."""
+    m = KB.shape[0]
+    j = k % m
+    lay[j] = l
+    _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB[j], PB[j], Ybar,
+                  gb, w, hbar)  # fmt: skip
+    if hw != 0.0:
+        for r in range(nb):
+            dT[lo + r] += hw * hbar[r]
+    if j == 0:
+        _flush_outer(model, Ys, Ss, q, KB, PB, lay, min(m, n - k), nb, gW, gA, w)
 
 
 @njit(cache=True, error_model="numpy")
@@ -267,16 +377,17 @@ NCTL = 6
 # caller's flags, and the controller must round alike under every caller
 @njit(cache=True, error_model="numpy", fastmath=EXACT)
 def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, atol, max_steps,
-                  expo1, Ys, Ps, Ss, Ks):  # fmt: skip
+                  expo1, Ys, Ps, Ss, Ks, q):  # fmt: skip
     """One accepted adaptive Dormand-Prince step of the single row ``z`` (1, d) from the
     controller state ``ctl`` (t, h, errold, rejected, nonfinite, tries), both updated; the
-    stages of the accepted step are left in ``Ys[0]``..``Ks[0]``. PI controller on the weighted
-    RMS norm of the embedded error estimate, Hairer's starting step when ``h = 0``, steps
-    that never cross a layer switch ``tstops`` or ``T``. Returns ``(status, h, layer,
-    attempts)``; status ``OK``, ``NONFINITE``, ``STEP_UNDERFLOW`` or ``MAX_STEPS`` (more than
-    ``max_steps`` attempts in all)."""
+    accepted step is left in the tape step ``q`` (:func:`_step_store`). PI controller
+    on the weighted RMS norm of the embedded error estimate, Hairer's starting step when
+    ``h = 0``, steps that never cross a layer switch ``tstops`` or ``T``. Returns ``(status,
+    h, layer, attempts)``; status ``OK``, ``NONFINITE``, ``STEP_UNDERFLOW`` or ``MAX_STEPS``
+    (more than ``max_steps`` attempts in all)."""
     d = z.shape[1]
     S = TB.shape[0]
+    qp = q % Ps.shape[0]
     t = ctl[0]
     h = ctl[1]
     errold = ctl[2]
@@ -292,12 +403,12 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
         te = _next_stop(tstops, t, T)
         if h <= 0.0:
             # Hairer's starting step from two field evaluations
-            block_field_store(model, l, z, 1, Ps[0, 0], Ss[0, 0], Ks[0, 0])
+            block_field_store(model, l, z, 1, Ps[qp, 0], Ss[q, 0], Ks[0, 0])
             h, d1 = initial_step_guess(z[0], Ks[0, 0, 0], rtol, atol)
             h = min(h, te - t)
             for i in range(d):
                 znew[0, i] = z[0, i] + h * Ks[0, 0, 0, i]
-            block_field_store(model, l, znew, 1, Ps[0, 1], Ss[0, 1], Ks[0, 1])
+            block_field_store(model, l, znew, 1, Ps[qp, 1], Ss[q, 1], Ks[0, 1])
             for i in range(d):
                 e[i] = Ks[0, 1, 0, i] - Ks[0, 0, 0, i]
             d2 = wrms_norm(e, z[0], z[0], rtol, atol) / h
@@ -314,7 +425,7 @@ def dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol, ato
             break
         for i in range(d):
             znew[0, i] = z[0, i]
-        _step_store(model, l, h, znew, 1, TA, TB, need, Ys, Ps, Ss, Ks, 0)
+        _step_store(model, l, h, znew, 1, TA, TB, need, Ys, Ps, Ss, Ks, q)
         for i in range(d):
             acc = 0.0
             for s in range(S):
@@ -363,17 +474,17 @@ ADAPTIVE = 1
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T, tstops, TA, TB, TE,
-               need, rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks):  # fmt: skip
-    """Step ``k`` of ``z`` (and of ``ctl``), its stages left in the tape ``Ys[0]``..``Ks[0]``.
-    Returns ``(h, layer, ∂h/∂T weight of a fixed step, evaluations)``."""
+               need, rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks, q):  # fmt: skip
+    """Step ``k`` of ``z`` (and of ``ctl``), its stages left in the tape step ``q``
+    (:func:`_step_store`). Returns ``(h, layer, ∂h/∂T weight of a fixed step, evaluations)``."""
     if mode == FIXED:
         g = 0
         while cum[g + 1] <= k:
             g += 1
-        _step_store(model, sl[g], sh[g], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, 0)
+        _step_store(model, sl[g], sh[g], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q)
         return sh[g], sl[g], sw[g], 1
     st, h, l, used = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need, rtol,
-                                   atol, max_steps, expo1, Ys, Ps, Ss, Ks)  # fmt: skip
+                                   atol, max_steps, expo1, Ys, Ps, Ss, Ks, q)  # fmt: skip
     return h, l, 0.0, used
 
 
@@ -399,9 +510,29 @@ def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, Ss, th, tl, tw,
+                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, ZT, dZ0, dT):  # fmt: skip
+    """The reverse sweep of ``n`` steps of rows ``lo .. lo + nb - 1`` whose stages are all on
+    the tape (step ``k`` at tape step ``k``, size ``th[k]``, layer ``tl[k]``, ``∂h/∂T =
+    tw[k]``), ``z`` the end state: no step is recomputed, and the arithmetic is that of
+    :func:`_reverse_steps` (the same steps, the same windows)."""
+    d = z.shape[1]
+    for r in range(nb):
+        dT[lo + r] = 0.0
+    _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
+    for k in range(n - 1, -1, -1):
+        yend = z if k == n - 1 else Ys[k + 1, 0]
+        _reverse_one(model, k, n, tl[k], th[k], tw[k], lo, nb, TA, TB, need, Ys, Ps, Ss, k, yend,
+                     lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
+    for r in range(nb):
+        for i in range(d):
+            dZ0[lo + r, i] = lam[r, i]
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl, sw, t0, T,
                    tstops, TA, TB, TE, needf, need, rtol, atol, max_steps, expo1, ckz, ckc, pos,
-                   Ys, Ps, Ss, Ks, z, znew, e, ctl, lam, kbar, Ybar, sbar, gW, gA, gb, w, hbar,
+                   Ys, Ps, Ss, Ks, KB, PB, lay, z, znew, e, ctl, lam, Ybar, gW, gA, gb, w, hbar,
                    ZT, dZ0, dT, top0):  # fmt: skip
     """The forward sweep and the reverse sweep of the ``n`` steps of rows ``lo .. lo + nb - 1``
     with the ``s = ckz.shape[0]`` checkpoint slots ``ckz`` (s, block, d) (controller states
@@ -413,12 +544,16 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
     there, or (one step left, or no free slot) advance to ``end - 1``, take that step storing
     its stages and reverse it. Each step is evaluated at most ``r + 1`` times, ``r`` the least
     integer with ``C(s + r, s) >= n``; the stored states are ``s`` whatever ``n``. Recomputed
-    steps are bitwise the forward ones, so the result is that of storing every stage. With
-    ``top0 > 0`` the caller has stored the states of steps ``0 .. top0`` in slots ``0 .. top0``
-    already (``pos[k] = k``). Returns the number of step evaluations.
+    steps are bitwise the forward ones, so the result is that of storing every stage. The
+    tape holds the ``m = KB.shape[0]`` steps of a window (:func:`_reverse_one`): step ``k`` is
+    taken into tape step ``k % m`` while it is the next to be reversed (the window's reversed
+    steps above it wait there for their flush). With ``top0 > 0`` the caller has stored the
+    states of steps ``0 .. top0`` in slots ``0 .. top0`` already (``pos[k] = k``). Returns the
+    number of step evaluations.
     """
     d = Z0.shape[1]
     s = ckz.shape[0]
+    m = KB.shape[0]
     for r in range(nb):
         dT[lo + r] = 0.0
     top = top0
@@ -446,36 +581,34 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
         for j in range(NCTL):
             ctl[j] = ckc[top, j]
         snaps = s - top
+        q = (end - 1) % m  # free: the window's steps above end - 1 wait for their flush
         if end - a == 1 or snaps == 1:
             for k in range(a, end - 1):
                 _, _, _, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
                                         tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
-                                        Ys, Ps, Ss, Ks)  # fmt: skip
+                                        Ys, Ps, Ss, Ks, q)  # fmt: skip
                 nev += u
             k = end - 1
             h, l, hw, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
                                      tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
-                                     Ys, Ps, Ss, Ks)  # fmt: skip
+                                     Ys, Ps, Ss, Ks, q)  # fmt: skip
             nev += u
             if mode == ADAPTIVE and k == n - 1:
                 hw = 1.0  # the last step ends at T: h = T - t
             if end == n:
                 _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
-            _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, Ks, 0, lam, kbar, Ybar,
-                          sbar, gW, gA, gb, w, hbar)  # fmt: skip
-            if hw != 0.0:
-                for r in range(nb):
-                    dT[lo + r] += hw * hbar[r]
+            _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, z, lam, KB,
+                         PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
             end -= 1
         else:
-            m = a + revolve_split(end - a, snaps)
-            for k in range(a, m):
+            mid = a + revolve_split(end - a, snaps)
+            for k in range(a, mid):
                 _, _, _, u = _take_step(mode, model, k, z, znew, e, ctl, nb, cum, sh, sl, sw, T,
                                         tstops, TA, TB, TE, needf, rtol, atol, max_steps, expo1,
-                                        Ys, Ps, Ss, Ks)  # fmt: skip
+                                        Ys, Ps, Ss, Ks, q)  # fmt: skip
                 nev += u
             top += 1
-            pos[top] = m
+            pos[top] = mid
             for r in range(nb):
                 for i in range(d):
                     ckz[top, r, i] = z[r, i]
@@ -504,124 +637,188 @@ def _sum_workers(aW, aA, ab, gW, gA, gb):
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
-def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, block, ckz, ckc,
-                pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT, nev):  # fmt: skip
+def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, block, tape, ckz,
+                ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW, gA, gb, ZT,
+                dZ0, dT, nev):  # fmt: skip
     """Vector-Jacobian products of the fixed-step RK flow map of the built-in field for a batch.
 
     ``Z0`` (B, d) initial states, ``C`` (B, d) cotangents on the final states, or (loss mode,
     ``Yt`` (B, p) not empty) the cotangents ``scale R^T (R z_T - Yt)`` of the loss
     ``scale/2 sum ||R z_T - y||^2`` with the residuals written to ``res`` (B, p). Steps: piece
     ``g`` of the schedule is the steps ``cum[g] <= k < cum[g + 1]`` of size ``sh[g]`` in layer
-    ``sl[g]``, ``∂h/∂T = sw[g]``; ``need[s]``: stage s enters the result. Blocks of ``block``
-    rows share the steps; each of the ``nw`` workers has its own scratch (caller-allocated, so
-    the memory is the caller's to see): checkpoint slots ``ckz`` (nw, s, block, d) with ``ckc``
-    (nw, s, NCTL) and ``pos`` (nw, s), the one-step tape ``Ys``/``Ks`` (nw, 1, S, block, d),
-    ``Ps``/``Ss`` (nw, 1, S, block, H), gradient accumulators ``aW``/``aA``/``ab`` (nw, L, ...),
-    zero on entry. Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter gradients
+    ``sl[g]``, ``∂h/∂T = sw[g]``; ``need[s]``: stage s enters the result.
+
+    Blocks of ``block`` rows share the steps. With ``tape`` true every step's stages of a block
+    are kept (the tape's ``cap >= n`` steps): one forward sweep, one reverse sweep; else the
+    binomial checkpointing of :func:`_reverse_steps` with the slots ``ckz``. Either way the
+    weight gradients of each window of ``m`` steps are added together (:func:`_flush_outer`),
+    so both give the same bits. The blocks are handed to ``nw`` workers, each with its own
+    gradient accumulators ``aW``/``aA``/``ab`` (nw, L, ...), zero on entry, and the workers to
+    ``nl`` lanes (``prange``; at most one lane per thread), each with its own scratch
+    (caller-allocated, so the memory is the caller's to see): the checkpoint slots ``ckz``
+    (nl, s, block, d) with ``ckc`` (nl, s, NCTL) and ``pos`` (nl, s); the tape, flat: stage
+    inputs ``Yf`` (nl, cap S block d), activations ``Sf`` (nl, cap S block H), pre-
+    activations ``Pf`` (nl, cap S block H, or S block H of scratch for tanh), the steps'
+    sizes ``th`` (nl, cap), layers ``tl`` and ``∂h/∂T`` ``tw``; one step's stages ``Kf`` (nl,
+    S block d); the window's adjoints ``KBf`` (nl, m S block d), ``PBf`` (nl, m S block H)
+    and layers ``lay`` (nl, m). Outputs: ``gW``/``gA``/``gb`` (L, ...) parameter gradients
     ``sum_r C_r·∂Z_T,r/∂θ`` (added to), ``ZT`` (B, d) final states, ``dZ0`` (B, d)
     ``(∂Z_T/∂Z0)^T C``, ``dT`` (B,) per-row ``C_r·∂Z_T,r/∂T``, ``nev`` (nblocks,) step
-    evaluations per block. The worker accumulators are summed in worker order. Returns 0.
+    evaluations per block. The worker accumulators are summed in worker order, so nothing
+    depends on the number of threads or lanes. Returns 0.
     """
     B, d = Z0.shape
     H = gb.shape[1]
     S = TB.shape[0]
     nw = aA.shape[0]
+    nl = Yf.shape[0]
+    cap = th.shape[1]
+    capP = Pf.shape[1] // (S * block * H)
+    m = lay.shape[1]
     nblocks = (B + block - 1) // block
     n = cum[cum.shape[0] - 1]
     tstops = np.empty(0)
     tol = np.ones(d)  # (the controller's arguments, unused by fixed steps)
-    for w in prange(nw):
+    for lane in prange(nl):
         z = np.empty((block, d))
         znew = np.empty((block, d))
         e = np.empty(d)
         ctl = np.empty(NCTL)
         lam = np.empty((block, d))
-        kbar = np.empty((S, block, d))
         Ybar = np.empty((block, d))
-        sbar = np.empty((block, H))
         hbar = np.empty(block)
-        for ib in range(w, nblocks, nw):
-            lo = ib * block
-            nb = min(B, lo + block) - lo
-            nev[ib] = _reverse_steps(FIXED, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh,
-                                     sl, sw, 0.0, 0.0, tstops, TA, TB, TB, need, need, tol,
-                                     tol, 0, 0.0, ckz[w], ckc[w], pos[w], Ys[w], Ps[w], Ss[w],
-                                     Ks[w], z, znew, e, ctl, lam, kbar, Ybar, sbar, aW, aA, ab,
-                                     w, hbar, ZT, dZ0, dT, 0)  # fmt: skip
+        for w in range(lane, nw, nl):
+            for ib in range(w, nblocks, nw):
+                lo = ib * block
+                nb = min(B, lo + block) - lo
+                Ys = Yf[lane, : cap * S * nb * d].reshape((cap, S, nb, d))
+                Ks = Kf[lane, : S * nb * d].reshape((1, S, nb, d))
+                Ps = Pf[lane, : capP * S * nb * H].reshape((capP, S, nb, H))
+                Ss = Sf[lane, : cap * S * nb * H].reshape((cap, S, nb, H))
+                KB = KBf[lane, : m * S * nb * d].reshape((m, S, nb, d))
+                PB = PBf[lane, : m * S * nb * H].reshape((m, S, nb, H))
+                if tape:
+                    for r in range(nb):
+                        for i in range(d):
+                            z[r, i] = Z0[lo + r, i]
+                    g = 0
+                    for k in range(n):
+                        while cum[g + 1] <= k:
+                            g += 1
+                        _step_store(model, sl[g], sh[g], z, nb, TA, TB, need, Ys, Ps, Ss, Ks, k)
+                        th[lane, k] = sh[g]
+                        tl[lane, k] = sl[g]
+                        tw[lane, k] = sw[g]
+                    _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps,
+                                  Ss, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z,
+                                  lam, Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
+                    nev[ib] = n
+                else:
+                    nev[ib] = _reverse_steps(FIXED, model, Z0, C, R, Yt, scale, res, lo, nb, n,
+                                             cum, sh, sl, sw, 0.0, 0.0, tstops, TA, TB, TB, need,
+                                             need, tol, tol, 0, 0.0, ckz[lane], ckc[lane],
+                                             pos[lane], Ys, Ps, Ss, Ks, KB, PB, lay[lane], z,
+                                             znew, e, ctl, lam, Ybar, aW, aA, ab, w, hbar, ZT,
+                                             dZ0, dT, 0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=CONTRACT)
 def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, need, rtol,
-                    atol, max_steps, ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT,
-                    dZ0, dT, ns, status, nev):  # fmt: skip
+                    atol, max_steps, tape_cap, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf,
+                    PBf, lay, aW, aA, ab, gW, gA, gb, ZT, dZ0, dT, ns, status,
+                    nev):  # fmt: skip
     """Vector-Jacobian products of the adaptive Dormand-Prince flow map, the accepted steps
     held fixed, row by row: a first run counts the accepted steps (``ns`` (B,), ``status``
-    (B,) as :func:`dopri5_accept`) and keeps every state while the slots last, then the
-    checkpointed sweeps as :func:`rk_flow_vjp` with ``block = 1`` (when the run took no more
-    steps than there are slots, only the reverse sweep), each checkpoint holding the state and
-    the controller state, so no step size is stored. ``t0``, ``T``: the interval; ``tstops``:
-    layer switches; ``TE``: the error weights; ``rtol``/``atol`` (d,). Rows that fail keep
-    ``status`` and their last state in ``ZT`` and are not reversed. ``nev`` (B,): step
-    evaluations per row (the counting run included). Other arguments as :func:`rk_flow_vjp`.
-    Returns 0.
+    (B,) as :func:`dopri5_accept`), keeping the first ``tape_cap`` accepted steps' stages on
+    the row's tape (step sizes and layers with them) and every state while the slots last. A
+    row of at most ``tape_cap`` steps is then reversed from its tape (:func:`_reverse_tape`);
+    a longer one by the checkpointed sweeps as :func:`rk_flow_vjp` with ``block = 1`` (when
+    the run took no more steps than there are slots, only the reverse sweep), each checkpoint
+    holding the state and the controller state, so no step size is stored there. Both give
+    the same bits. ``t0``, ``T``: the interval; ``tstops``: layer switches; ``TE``: the error
+    weights; ``rtol``/``atol`` (d,). Rows that fail keep ``status`` and their last state in
+    ``ZT`` and are not reversed. ``nev`` (B,): step evaluations per row (the counting run
+    included). Other arguments as :func:`rk_flow_vjp` (the tape's ``cap >= tape_cap`` and
+    ``cap >= m``). Returns 0.
     """
     B, d = Z0.shape
     H = gb.shape[1]
     S = TB.shape[0]
     nw = aA.shape[0]
+    nl = Yf.shape[0]
     s = ckz.shape[1]
+    cap = th.shape[1]
+    capP = Pf.shape[1] // (S * H)
+    m = lay.shape[1]
     expo1 = pi_exponent(5)
     needall = np.ones(S, np.bool_)
     cum = np.zeros(2, np.int64)
     sh = np.zeros(1)
     sl = np.zeros(1, np.int64)
-    for w in prange(nw):
+    for lane in prange(nl):
         z = np.empty((1, d))
         znew = np.empty((1, d))
         e = np.empty(d)
         ctl = np.empty(NCTL)
         lam = np.empty((1, d))
-        kbar = np.empty((S, 1, d))
         Ybar = np.empty((1, d))
-        sbar = np.empty((1, H))
         hbar = np.empty(1)
-        for r in range(w, B, nw):
-            for i in range(d):
-                z[0, i] = Z0[r, i]
-            _dopri5_start(ctl, t0)
-            n = 0
-            used = 0
-            st = OK
-            while ctl[0] < T:
-                if n < s:  # every state kept while the slots last: then no second forward run
-                    pos[w, n] = n
-                    for i in range(d):
-                        ckz[w, n, 0, i] = z[0, i]
-                    for j in range(NCTL):
-                        ckc[w, n, j] = ctl[j]
-                st, _, _, u = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE,
-                                            needall, rtol, atol, max_steps, expo1, Ys[w], Ps[w],
-                                            Ss[w], Ks[w])  # fmt: skip
-                used += u
-                if st != OK:
-                    break
-                n += 1
-            ns[r] = n
-            status[r] = st
-            if st != OK:
+        Ys = Yf[lane].reshape((cap, S, 1, d))
+        Ks = Kf[lane].reshape((1, S, 1, d))
+        Ps = Pf[lane].reshape((capP, S, 1, H))
+        Ss = Sf[lane].reshape((cap, S, 1, H))
+        KB = KBf[lane].reshape((m, S, 1, d))
+        PB = PBf[lane].reshape((m, S, 1, H))
+        for w in range(lane, nw, nl):
+            for r in range(w, B, nw):
                 for i in range(d):
-                    ZT[r, i] = z[0, i]
-                nev[r] = used
-                continue
-            top0 = n - 1 if n <= s else 0  # every state already stored, or start over
-            nev[r] = used + _reverse_steps(ADAPTIVE, model, Z0, C, R, Yt, scale, res, r, 1, n,
-                                           cum, sh, sl, sh, t0, T, tstops, TA, TB, TE, needall,
-                                           need, rtol, atol, max_steps, expo1, ckz[w], ckc[w],
-                                           pos[w], Ys[w], Ps[w], Ss[w], Ks[w], z, znew, e, ctl,
-                                           lam, kbar, Ybar, sbar, aW, aA, ab, w, hbar, ZT, dZ0,
-                                           dT, top0)  # fmt: skip
+                    z[0, i] = Z0[r, i]
+                _dopri5_start(ctl, t0)
+                n = 0
+                used = 0
+                st = OK
+                while ctl[0] < T:
+                    if n < s:  # every state kept while the slots last
+                        pos[lane, n] = n
+                        for i in range(d):
+                            ckz[lane, n, 0, i] = z[0, i]
+                        for j in range(NCTL):
+                            ckc[lane, n, j] = ctl[j]
+                    q = min(n, cap - 1)  # every accepted step's stages while the tape lasts
+                    st, h, l, u = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE,
+                                                needall, rtol, atol, max_steps, expo1, Ys, Ps,
+                                                Ss, Ks, q)  # fmt: skip
+                    used += u
+                    if st != OK:
+                        break
+                    if n < cap:
+                        th[lane, n] = h
+                        tl[lane, n] = l
+                        tw[lane, n] = 0.0
+                    n += 1
+                ns[r] = n
+                status[r] = st
+                if st != OK:
+                    for i in range(d):
+                        ZT[r, i] = z[0, i]
+                    nev[r] = used
+                    continue
+                if n <= tape_cap:  # no step recomputed
+                    tw[lane, n - 1] = 1.0  # the last step ends at T: h = T - t
+                    _reverse_tape(C, R, Yt, scale, res, r, 1, n, model, TA, TB, need, Ys, Ps, Ss,
+                                  th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z, lam,
+                                  Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
+                    nev[r] = used
+                    continue
+                top0 = n - 1 if n <= s else 0  # every state already stored, or start over
+                nev[r] = used + _reverse_steps(ADAPTIVE, model, Z0, C, R, Yt, scale, res, r, 1,
+                                               n, cum, sh, sl, sh, t0, T, tstops, TA, TB, TE,
+                                               needall, need, rtol, atol, max_steps, expo1,
+                                               ckz[lane], ckc[lane], pos[lane], Ys, Ps, Ss, Ks,
+                                               KB, PB, lay[lane], z, znew, e, ctl, lam, Ybar, aW,
+                                               aA, ab, w, hbar, ZT, dZ0, dT, top0)  # fmt: skip
     _sum_workers(aW, aA, ab, gW, gA, gb)
     return 0
 
@@ -659,7 +856,8 @@ def dopri5_record_steps(model, Z0, t0, T, tstops, TA, TB, TE, rtol, atol, max_st
                 st = MAX_STEPS
                 break
             st, h, l, _ = dopri5_accept(model, z, znew, e, ctl, T, tstops, TA, TB, TE, need,
-                                        rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks)  # fmt: skip
+                                        rtol, atol, max_steps, expo1, Ys, Ps, Ss, Ks,
+                                        0)  # fmt: skip
             if st != OK:
                 break
             hs[r, n] = h

@@ -77,6 +77,7 @@ def fit(
     solver_steps: int = 20,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    checkpoints: int | None = None,
     lr: float = 1e-2,
     batch_size: int | None = None,
     gtol: float = 1e-10,
@@ -105,6 +106,10 @@ def fit(
         ``solver_steps`` steps, or ``dopri5`` with ``rtol``/``atol``); a NeuralDDE takes
         ``rk4`` with ``dt = T / solver_steps`` or ``dopri5`` (steps at most the shortest
         delay), as :func:`~nndyn_fast.dde_gradients.dde_loss_and_grad`.
+    checkpoints : the memory of a neural ODE's gradient, as in
+        :func:`~nndyn_fast.gradients.loss_and_grad`: None (every step's stages while they
+        fit the tape's budget, else 32 checkpoint slots) or the number of slots; every choice
+        gives the same bits. Not for a NeuralDDE.
     commit_every : iterations per committed chunk of the run file.
     out, overwrite, resume : stream the loss curve to a run file (kind ``fit``: series
         ``loss`` with step, loss, grad_norm; the parameters hold what rebuilds the model from
@@ -145,6 +150,10 @@ def fit(
     steps = check_int("steps", steps, minimum=1)
     solver_steps = check_int("solver_steps", solver_steps, minimum=1)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    if checkpoints is not None:
+        if dde:
+            raise ValueError("checkpoints is for a neural ODE's gradient; a NeuralDDE takes none")
+        checkpoints = check_int("checkpoints", checkpoints, minimum=1)
     lr, gtol = check_positive("lr", lr), check_positive("gtol", gtol)
     seed = check_seed("seed", seed)
     commit_every = check_int("commit_every", commit_every, minimum=1)
@@ -181,6 +190,7 @@ def fit(
             if solver == "dopri5"
             else {"method": solver, "steps": solver_steps}
         )
+        sopts["checkpoints"] = checkpoints
         template = model_params(model)
         rebuild, lossgrad = with_params, loss_and_grad
     theta = _flat(template)
@@ -211,6 +221,7 @@ def fit(
                 "solver_steps": solver_steps,
                 "rtol": rtol,
                 "atol": atol,
+                "checkpoints": checkpoints,
                 "lr": lr,
                 "batch_size": batch_size,
                 "gtol": gtol,

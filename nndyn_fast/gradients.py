@@ -3,8 +3,19 @@
 For the map ``F(x) = R Φ_T(lift(x))`` computed by ``n`` Runge-Kutta steps, the reverse sweep
 (:mod:`nndyn_fast.kernels.adjoint`) gives ``c·∂F/∂θ`` for the weights θ (and the readout), the
 input gradient ``(∂F/∂x)^T c`` and ``c·∂F/∂T`` in one pass back through the steps, at a cost
-of a few forward passes and a fixed memory: ``checkpoints`` stored states per row (binomial
-checkpointing, the steps between recomputed), whatever the number of steps.
+of a few forward passes and a bounded memory, whatever the number of steps ``n``:
+
+- ``checkpoints=None`` (default): every step's stages of a block of rows (the stage inputs
+  ``Y_s`` and activations ``σ_s``, and the pre-activations unless σ = tanh) on a tape of
+  ``n S block (d + H)`` floats per thread, when that fits ``_TAPE_BYTES`` (32 MiB) per
+  thread: each step evaluated once, forward, then reversed from the tape. A Dormand-Prince
+  row keeps its accepted steps on its tape in the run that counts them, as long as they fit.
+  Otherwise (the block's or the row's steps do not fit) 32 checkpoint slots, as below.
+- ``checkpoints=k``: ``k`` stored states per row and the stages of one window of steps
+  (binomial checkpointing, the steps between recomputed).
+
+Either way the weight gradients are summed per window of steps (``_WINDOW_ROWS`` rows of
+stages) as one matrix product each, so the tape and every number of slots give the same bits.
 
 What is differentiated is the discrete map, not the ODE's exact flow:
 
@@ -29,6 +40,7 @@ import numpy as np
 
 from ._validate import as_array, check_int, check_option, check_positive
 from .integrate import _SECONDS_PER_DH, _SECONDS_PER_EVAL
+from .kernels import activations as _act
 from .kernels import adjoint as _ka
 from .kernels import rk as _rk
 from .neural import AugmentedNeuralODE, NeuralODE
@@ -46,6 +58,9 @@ _BLOCK = 16  # rows per block of a fixed-step sweep (multiple of the product's 4
 _MAX_WORKERS = 64  # accumulators: a fixed count, so results do not depend on the threads
 _ACC_BYTES = 2.0**28  # at most 256 MiB of per-worker gradient accumulators
 _DOPRI5_CAP0 = 256  # recorded steps per row on the first try (doubled as needed)
+_SLOTS = 32  # checkpoint slots per row when the tape does not fit (checkpoints=None)
+_TAPE_BYTES = 2**25  # at most 32 MiB of tape per thread (every step's stages of a block)
+_WINDOW_ROWS = 1024  # rows (steps x stages x block rows) of a deferred weight product
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,13 @@ def _workers(nblocks: int, base: NeuralODE) -> int:
     return int(max(1, min(nblocks, _MAX_WORKERS, _ACC_BYTES // max(per_acc, 1.0))))
 
 
+def _tape_step_bytes(S: int, block: int, d: int, H: int, tanh: bool = True) -> int:
+    """Bytes of one step on a tape: the stage inputs and activations of ``block`` rows (and
+    the pre-activations, unless σ = tanh, whose derivative comes from the activations), with
+    the step's size, layer and ``∂h/∂T``."""
+    return 8 * (S * block * (d + (1 if tanh else 2) * H) + 3)
+
+
 def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, checkpoints,
            max_steps):  # fmt: skip
     """Run the adjoint kernel; returns (grads dict over the base, ZT, dZ0, dT rows, res, ns,
@@ -210,7 +232,12 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
     method = check_option("method", method, _TABLEAUS)
     TA, TB = _TABLEAUS[method]
     B, d = Z0.shape
-    slots = check_int("checkpoints", checkpoints, minimum=1)
+    auto = checkpoints is None
+    slots = _SLOTS if auto else check_int("checkpoints", checkpoints, minimum=1)
+    kmodel = base._kernel_model()
+    L, H = base.b.shape
+    S = TB.shape[0]
+    tanh = kmodel[5] == _act.TANH
     if method == "dopri5":
         if steps is not None or dt is not None:
             raise ValueError("steps and dt are for fixed-step methods; dopri5 takes rtol/atol")
@@ -220,54 +247,70 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         block = 1
         n_est = 100  # for the thread count only
         slots = min(slots, max_steps)  # no more states than steps
+        window = max(1, _WINDOW_ROWS // (S * block))
+        fit = int(_TAPE_BYTES // _tape_step_bytes(S, block, d, H, tanh))
+        tape_cap = min(fit, max_steps) if auto else 0
+        cap = max(window, tape_cap)
     else:
         cum, sh, sl, sw = _fixed_steps(base, t0, T, steps, dt)
         block = _BLOCK
         n_est = int(cum[-1])
         slots = min(slots, n_est)  # more than one slot per step is never used
-    kmodel = base._kernel_model()
-    L, H = base.b.shape
+        window = min(max(1, _WINDOW_ROWS // (S * block)), n_est)
+        tape = auto and n_est * _tape_step_bytes(S, block, d, H, tanh) <= _TAPE_BYTES
+        cap = n_est if tape else window
+        if tape:
+            slots = 1  # (unused)
     gW = np.zeros(kmodel[0].shape)
     gA = np.zeros(base.A.shape)
     gb = np.zeros(base.b.shape)
     nblocks = -(-B // block)
     nw = _workers(nblocks, base)
-    S = TB.shape[0]
     ZT = np.empty_like(Z0)
     dZ0 = np.empty_like(Z0)
     dTr = np.empty(B)
     res = np.empty((B if Yt.shape[0] else 0, R.shape[0]))
     nev = np.zeros(nblocks, np.int64)
     seconds = 3.0 * B * n_est * S * (_SECONDS_PER_DH * d * H * 3 + _SECONDS_PER_EVAL)
-    # per-worker scratch, allocated here (numpy's allocations are visible to tracemalloc):
-    # the checkpoint slots and one step's stages, whatever the number of steps
-    ckz = np.empty((nw, slots, block, d))
-    ckc = np.empty((nw, slots, _ka.NCTL))
-    pos = np.empty((nw, slots), np.int64)
-    Ys = np.empty((nw, 1, S, block, d))
-    Ks = np.empty((nw, 1, S, block, d))
-    Ps = np.empty((nw, 1, S, block, H))
-    Ss = np.empty((nw, 1, S, block, H))
     aW = np.zeros((nw, *gW.shape))
     aA = np.zeros((nw, *gA.shape))
     ab = np.zeros((nw, *gb.shape))
     need = _need(TA, TB)
-    with for_work(seconds):
+    with for_work(seconds) as nt:
+        # per-lane scratch (one lane per thread), allocated here (numpy's allocations are
+        # visible to tracemalloc): the checkpoint slots, the tape (every step of a block, or
+        # the steps of one window) and the window's adjoints, whatever the number of steps
+        nl = max(1, min(nt, nw))
+        ckz = np.empty((nl, slots, block, d))
+        ckc = np.empty((nl, slots, _ka.NCTL))
+        pos = np.empty((nl, slots), np.int64)
+        Yf = np.empty((nl, cap * S * block * d))
+        Kf = np.empty((nl, S * block * d))
+        Pf = np.empty((nl, (1 if tanh else cap) * S * block * H))
+        Sf = np.empty((nl, cap * S * block * H))
+        th = np.empty((nl, cap))
+        tl = np.empty((nl, cap), np.int64)
+        tw = np.empty((nl, cap))
+        KBf = np.empty((nl, window * S * block * d))
+        PBf = np.empty((nl, window * S * block * H))
+        lay = np.empty((nl, window), np.int64)
         if method == "dopri5":
             rt, at = _tolerances(rtol, atol, d)
             ns = np.zeros(B, np.int64)
             status = np.zeros(B, np.int64)
             _ka.dopri5_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, t0, T, base._tstops(), TA, TB,
-                _rk.DOPRI5_E, need, rt, at, max_steps, ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab,
-                gW, gA, gb, ZT, dZ0, dTr, ns, status, nev,
+                _rk.DOPRI5_E, need, rt, at, max_steps, tape_cap, ckz, ckc, pos, Yf, Pf, Sf, Kf,
+                th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, ns, status,
+                nev,
             )  # fmt: skip
             _check_status(status, ns, max_steps)
             nev_rows = nev
         else:
             _ka.rk_flow_vjp(
                 kmodel, Z0, C, R, Yt, float(scale), res, cum, sh, sl, sw, TA, TB, need, block,
-                ckz, ckc, pos, Ys, Ps, Ss, Ks, aW, aA, ab, gW, gA, gb, ZT, dZ0, dTr, nev,
+                tape, ckz, ckc, pos, Yf, Pf, Sf, Kf, th, tl, tw, KBf, PBf, lay, aW, aA, ab, gW,
+                gA, gb, ZT, dZ0, dTr, nev,
             )  # fmt: skip
             ns = np.full(B, cum[-1], np.int64)
             nev_rows = np.repeat(nev, block)[:B]
@@ -293,7 +336,7 @@ def flow_map_vjp(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoints: int = 32,
+    checkpoints: int | None = None,
     max_steps: int = 100_000,
 ) -> FlowGrad:
     """Vector-Jacobian products of the flow map ``F(X) = R Φ_T(lift(X))``.
@@ -312,10 +355,14 @@ def flow_map_vjp(
     method : ``"rk4"``, ``"rk2"``, ``"euler"`` (fixed steps) or ``"dopri5"`` (adaptive).
     steps, dt : fixed steps: ``dt = (T - t_0) / steps`` (default 100 steps), or ``dt``.
     rtol, atol : dopri5 tolerances.
-    checkpoints : states stored per row (at least 1): the memory is that many states plus
-        one step's stages, whatever the number of steps ``n``; each step is then evaluated
-        at most ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n``
-        (with the default 32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905).
+    checkpoints : None (default): every step's stages of a block of rows on a tape while it
+        fits 32 MiB per thread (each step evaluated once; 511 RK4 steps at d = H = 64, a
+        Dormand-Prince row 4665 accepted steps), else 32 slots. An int: states stored per
+        row (at least 1): the memory is that many states plus the stages of a window of
+        steps, whatever the number of steps ``n``; each step is then evaluated at most
+        ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n`` (with
+        32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905). Every choice gives
+        the same bits.
     max_steps : dopri5 step budget per row.
 
     Returns
@@ -362,7 +409,7 @@ def loss_and_grad(
     dt: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    checkpoints: int = 32,
+    checkpoints: int | None = None,
     max_steps: int = 100_000,
 ) -> tuple[float, FlowGrad]:
     """The loss ``ℓ = 1/(2B) sum_i ||F(x_i) - y_i||^2`` and its gradients (one forward and one

@@ -65,6 +65,28 @@ def test_fit_streams_the_loss_curve_and_resumes_lbfgs(tmp_path):
     np.testing.assert_array_equal(again.loss, r.loss)  # complete: nothing more to do
 
 
+def test_checkpoints_reach_the_gradient_and_the_run_file(tmp_path):
+    # the tape (default) and 2 slots do the same arithmetic: the same curve, bitwise; the
+    # option is stored with the run, so a resume compares it and a rerun repeats it
+    from nndyn_fast.rerun import rerun
+
+    x, y = _data()
+    m = NeuralODE.random(1, 3, seed=4)
+    kw = dict(method="adam", steps=3, solver_steps=4, lr=0.05)
+    ref = fit(m, x, y, **kw)
+    out = tmp_path / "slots.h5"
+    r = fit(m, x, y, **kw, checkpoints=2, out=out)
+    np.testing.assert_array_equal(r.loss, ref.loss)
+    with open_run(out) as f:
+        assert f.params["checkpoints"] == 2
+    with pytest.raises(ValueError, match="checkpoints"):
+        fit(m, x, y, **kw, checkpoints=3, out=out, resume=True)
+    again = rerun(out, tmp_path / "again.h5")
+    np.testing.assert_array_equal(again.loss, ref.loss)
+    with open_run(tmp_path / "again.h5") as f:
+        assert f.params["checkpoints"] == 2
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -74,6 +96,7 @@ def test_fit_streams_the_loss_curve_and_resumes_lbfgs(tmp_path):
         ({"Y": np.ones((8, 1))}, "rows"),
         ({"resume": True}, "out"),
         ({"batch_size": 3}, "adam"),
+        ({"checkpoints": 0}, "checkpoints"),
     ],
 )
 def test_bad_input_is_refused(kw, match):
