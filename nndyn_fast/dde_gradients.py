@@ -34,7 +34,7 @@ run at most ``r + 1`` times, ``r`` the least integer with ``C(s + r, r) >= n / q
 fit in the bound are recorded whole in one forward run (RK4: ``n + 2 <= s w / 2 + w + q``;
 dopri5: a first run into ``8 s + 2 q`` nodes, kept when it fits, else it has counted the
 steps for the schedule). The end states and the gradients with respect to the inputs and
-T are bitwise those of keeping every node (``checkpoints=None``: ``(n + 1)(3 d + 1)`` floats
+T are bitwise those of keeping every node (``checkpoints="all"``: ``(n + 1)(3 d + 1)`` floats
 per row and their adjoints, one forward run by the row-by-row kernel; rows are taken in
 chunks of at most about 64 MiB), and so are the weight gradients while each row (dopri5) or
 block of 8 rows (RK4) of a chunk has an accumulator of its own (up to 64 of them, so up to
@@ -170,7 +170,16 @@ def _options(model, X, T, delays, method, dt, rtol, atol, hmax, max_steps, check
         )
         if segment is None:
             segment = checkpoint
-    if checkpoints is not None:
+    if checkpoints is None:
+        checkpoints = _SLOTS
+    elif isinstance(checkpoints, str):
+        if checkpoints != "all":
+            raise ValueError(
+                f"checkpoints must be a number of delay windows (>= 1), None (the default, "
+                f"{_SLOTS}) or 'all' (keep every node), got {checkpoints!r}"
+            )
+        checkpoints = None  # every node kept
+    else:
         checkpoints = check_int("checkpoints", checkpoints, minimum=1)
     opts["checkpoints"] = checkpoints
     opts["segment"] = _SEGMENT if segment is None else check_int("segment", segment, minimum=1)
@@ -570,7 +579,7 @@ def dde_flow_vjp(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
-    checkpoints: int | None = _SLOTS,
+    checkpoints: int | str | None = None,
     segment: int | None = None,
     checkpoint: int | None = None,
 ) -> DDEGrad:
@@ -593,10 +602,10 @@ def dde_flow_vjp(
     dt : the RK4 step, at most ``min(delays)``.
     rtol, atol, hmax, max_steps : dopri5's tolerances, largest step (default and at most
         ``min(delays) / 1.05``) and step budget per row.
-    checkpoints : delay windows kept per chunk of rows (at least 1; default 16), or None to
-        keep every node (one forward run, memory ~ n). Any number gives the same gradients
-        (bitwise, up to the order of the sums over rows of large batches: see the module
-        docstring); fewer slots cost more reruns.
+    checkpoints : delay windows kept per chunk of rows (at least 1; None, the default: 16), or
+        ``"all"`` to keep every node (one forward run, memory ~ n). Any number gives the
+        same gradients (bitwise, up to the order of the sums over rows of large batches: see
+        the module docstring); fewer slots cost more reruns.
     segment : attempted steps per recomputed segment (default 64): memory
         ``checkpoints * w + 2 (w + segment)`` nodes per row for a delay window of ``w``.
     checkpoint : deprecated; means ``segment=checkpoint``.
@@ -637,7 +646,7 @@ def dde_loss_and_grad(
     atol: float = 1e-10,
     hmax: float | None = None,
     max_steps: int = 100_000,
-    checkpoints: int | None = _SLOTS,
+    checkpoints: int | str | None = None,
     segment: int | None = None,
     checkpoint: int | None = None,
 ) -> tuple[float, DDEGrad]:

@@ -109,7 +109,8 @@ def fit(
     checkpoints : the memory of a neural ODE's gradient, as in
         :func:`~nndyn_fast.gradients.loss_and_grad`: None (every step's stages while they
         fit the tape's budget, else 32 checkpoint slots) or the number of slots; every choice
-        gives the same bits. Not for a NeuralDDE.
+        gives the same bits; for a NeuralDDE the delay windows kept, as in
+        :func:`~nndyn_fast.dde_gradients.dde_loss_and_grad` (None: 16).
     commit_every : iterations per committed chunk of the run file.
     out, overwrite, resume : stream the loss curve to a run file (kind ``fit``: series
         ``loss`` with step, loss, grad_norm; the parameters hold what rebuilds the model from
@@ -151,8 +152,6 @@ def fit(
     solver_steps = check_int("solver_steps", solver_steps, minimum=1)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     if checkpoints is not None:
-        if dde:
-            raise ValueError("checkpoints is for a neural ODE's gradient; a NeuralDDE takes none")
         checkpoints = check_int("checkpoints", checkpoints, minimum=1)
     lr, gtol = check_positive("lr", lr), check_positive("gtol", gtol)
     seed = check_seed("seed", seed)
@@ -181,6 +180,7 @@ def fit(
             else {"method": "rk4", "dt": T_end / solver_steps}
         )
         sopts["delays"] = taus
+        sopts["checkpoints"] = checkpoints
         template = dde_model_params(model)
         rebuild, lossgrad = dde_with_params, dde_loss_and_grad
     else:

@@ -146,6 +146,8 @@ def test_bad_input_is_refused():
         dde_flow_vjp(object(), X, T, X, delays=TAUS, dt=DT)
     with pytest.raises(ValueError, match="checkpoints"):
         dde_flow_vjp(model, X, T, X, delays=TAUS, dt=DT, checkpoints=0)
+    with pytest.raises(ValueError, match="'all'"):
+        dde_flow_vjp(model, X, T, X, delays=TAUS, dt=DT, checkpoints="every")
     with pytest.raises(ValueError, match="segment"):
         dde_loss_and_grad(model, X, X, T, delays=TAUS, method="dopri5", segment=0)
 
@@ -189,7 +191,7 @@ def test_checkpointed_gradients_are_bitwise_the_store_everything_ones(method):
     rng = np.random.default_rng(3)
     X, C = 2.0 * rng.standard_normal((9, 2)), rng.standard_normal((9, 2))
     kw = {"dt": DT} if method == "rk4" else {"method": "dopri5", "rtol": 1e-8, "atol": 1e-10}
-    ref = dde_flow_vjp(model, X, 7.3, C, delays=TAUS, checkpoints=None, **kw)
+    ref = dde_flow_vjp(model, X, 7.3, C, delays=TAUS, checkpoints="all", **kw)
     assert ref.n_steps.min() > 70
     for slots in (1, 2, 5):
         for seg in (1, 4, 13):
@@ -230,6 +232,6 @@ def test_peak_memory_does_not_grow_with_the_steps(method):
     assert big < 1.05 * small, (small, big)
     nodes = 64 * int(gb.n_steps.max()) * (6 * 2 + 1) * 8  # every node and its adjoints
     assert big < nodes / 3, (big, nodes)
-    kw.update(checkpoints=None)
+    kw.update(checkpoints="all")
     full = _peak(lambda: dde_flow_vjp(model, X, 80, C, delays=TAUS, **kw))
     assert full[0] > 3 * big
