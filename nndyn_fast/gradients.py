@@ -7,10 +7,11 @@ of a few forward passes and a bounded memory, whatever the number of steps ``n``
 
 - ``checkpoints=None`` (default): every step's stages of a block of rows (the stage inputs
   ``Y_s`` and activations ``σ_s``, and the pre-activations unless σ = tanh) on a tape of
-  ``n S block (d + H)`` floats per thread, when that fits ``_TAPE_BYTES`` (32 MiB) per
-  thread: each step evaluated once, forward, then reversed from the tape. A Dormand-Prince
-  row keeps its accepted steps on its tape in the run that counts them, as long as they fit.
-  Otherwise (the block's or the row's steps do not fit) 32 checkpoint slots, as below.
+  ``n S block (d + H)`` floats per thread, when that fits ``_TAPE_BYTES`` (32 MiB) per thread and
+  ``_TAPE_BYTES_ALL`` (256 MiB) over all threads: each step evaluated once, forward, then reversed
+  from the tape. A Dormand-Prince row keeps its accepted steps on its tape in the run that counts
+  them, as long as they fit. Otherwise (the block's or the row's steps do not fit) 32 checkpoint
+  slots, as below.
 - ``checkpoints=k``: ``k`` stored states per row and the stages of one window of steps
   (binomial checkpointing, the steps between recomputed).
 
@@ -60,6 +61,7 @@ _ACC_BYTES = 2.0**28  # at most 256 MiB of per-worker gradient accumulators
 _DOPRI5_CAP0 = 256  # recorded steps per row on the first try (doubled as needed)
 _SLOTS = 32  # checkpoint slots per row when the tape does not fit (checkpoints=None)
 _TAPE_BYTES = 2**25  # at most 32 MiB of tape per thread (every step's stages of a block)
+_TAPE_BYTES_ALL = 2**28  # and 256 MiB in all
 _WINDOW_ROWS = 1024  # rows (steps x stages x block rows) of a deferred weight product
 
 
@@ -248,19 +250,12 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         n_est = 100  # for the thread count only
         slots = min(slots, max_steps)  # no more states than steps
         window = max(1, _WINDOW_ROWS // (S * block))
-        fit = int(_TAPE_BYTES // _tape_step_bytes(S, block, d, H, tanh))
-        tape_cap = min(fit, max_steps) if auto else 0
-        cap = max(window, tape_cap)
     else:
         cum, sh, sl, sw = _fixed_steps(base, t0, T, steps, dt)
         block = _BLOCK
         n_est = int(cum[-1])
         slots = min(slots, n_est)  # more than one slot per step is never used
         window = min(max(1, _WINDOW_ROWS // (S * block)), n_est)
-        tape = auto and n_est * _tape_step_bytes(S, block, d, H, tanh) <= _TAPE_BYTES
-        cap = n_est if tape else window
-        if tape:
-            slots = 1  # (unused)
     gW = np.zeros(kmodel[0].shape)
     gA = np.zeros(base.A.shape)
     gb = np.zeros(base.b.shape)
@@ -281,6 +276,16 @@ def _sweep(model, Z0, C, R, Yt, scale, t0, T, method, steps, dt, rtol, atol, che
         # visible to tracemalloc): the checkpoint slots, the tape (every step of a block, or
         # the steps of one window) and the window's adjoints, whatever the number of steps
         nl = max(1, min(nt, nw))
+        budget = min(_TAPE_BYTES, _TAPE_BYTES_ALL // nl)  # per lane
+        step_bytes = _tape_step_bytes(S, block, d, H, tanh)
+        if method == "dopri5":
+            tape_cap = min(int(budget // step_bytes), max_steps) if auto else 0
+            cap = max(window, tape_cap)
+        else:
+            tape = auto and n_est * step_bytes <= budget
+            cap = n_est if tape else window
+            if tape:
+                slots = 1  # (unused)
         ckz = np.empty((nl, slots, block, d))
         ckc = np.empty((nl, slots, _ka.NCTL))
         pos = np.empty((nl, slots), np.int64)
@@ -356,10 +361,10 @@ def flow_map_vjp(
     steps, dt : fixed steps: ``dt = (T - t_0) / steps`` (default 100 steps), or ``dt``.
     rtol, atol : dopri5 tolerances.
     checkpoints : None (default): every step's stages of a block of rows on a tape while it
-        fits 32 MiB per thread (each step evaluated once; 511 RK4 steps at d = H = 64, a
-        Dormand-Prince row 4665 accepted steps), else 32 slots. An int: states stored per
-        row (at least 1): the memory is that many states plus the stages of a window of
-        steps, whatever the number of steps ``n``; each step is then evaluated at most
+        fits 32 MiB per thread and 256 MiB in all (each step evaluated once; 511 RK4 steps at
+        d = H = 64, a Dormand-Prince row 4665 accepted steps), else 32 slots. An int:
+        states stored per row (at least 1): the memory is that many states plus the stages
+        of a window of steps, whatever the number of steps ``n``; each step is then evaluated at most
         ``r + 1`` times, ``r`` the least integer with ``C(checkpoints + r, r) >= n`` (with
         32: 2 up to 33 steps, 3 up to 561, 4 up to 6545, 5 up to 58905). Every choice gives
         the same bits.
