@@ -361,8 +361,8 @@ def flow_map_vjp(
     steps, dt : fixed steps: ``dt = (T - t_0) / steps`` (default 100 steps), or ``dt``.
     rtol, atol : dopri5 tolerances.
     checkpoints : None (default): every step's stages of a block of rows on a tape while it fits
-        32 MiB per thread and 256 MiB in all (each step evaluated once; 511 RK4 steps at d = H = 64, a
-        Dormand-Prince row 4665 accepted steps), else 32 slots. An int: states stored per row (at
+        32 MiB per thread and 256 MiB in all (each step evaluated once; 511 RK4 steps at d = H = 64,
+        a Dormand-Prince row 4665 accepted steps), else 32 slots. An int: states stored per row (at
         least 1): the memory is that many states plus the stages of a window of steps, whatever the
         number of steps ``n``; each step is then evaluated at most ``r + 1`` times, ``r`` the least
         integer with ``C(checkpoints + r, r) >= n`` (with 32: 2 up to 33 steps, 3 up to 561, 4 up to
