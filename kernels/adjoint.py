@@ -25,7 +25,10 @@ and the total is the least of any such schedule. A Dormand-Prince checkpoint hol
 and the step-size controller's state, so its steps are recomputed bitwise and no step size is
 stored; a first run counts the accepted steps, keeping them on the row's tape while they fit.
 The stages ``k_s`` are not kept: ``∂/∂h`` takes ``sum_j A_sj k_j = (Y_s - y) / h`` and
-``sum_s B_s k_s = (y' - y) / h`` from the states.
+``sum_s B_s k_s = (y' - y) / h`` from the states, except for a step that enters ``∂/∂T`` and
+moves its state by less than ``_TINY_CHANGE`` (1e-6) of it (a short last step before T), whose
+stages are recomputed from the tape's activations (the forward's bits), so that ``∂/∂T`` keeps
+its digits.
 
 The weight gradients ``W̄_l += k̄ σ^T``, ``Ā_l += p̄ Y^T`` are deferred: the ``k̄``/``p̄`` of the
 ``m`` steps of a window ``m j <= k < m (j + 1)`` are kept, and when the window's last step is
@@ -239,24 +242,65 @@ def _step_store(model, l, h, z, nb, TA, TB, need, Ys, Ps, Ss, Ks, q):
                     z[r, i] += c * Ks[0, s, r, i]
 
 
+# a step whose state moves by less than this (relative, max norm over its block) takes ∂/∂h
+# from its stages, recomputed from the tape, instead of from (y' - y) / h, which would lose
+# about eps |y| / |y' - y| of its relative accuracy (a short last step before T)
+_TINY_CHANGE = 1e-6
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _stages_from_tape(model, l, nb, need, Ss, q, K):
+    """``K[s] = f_l(Y_s)`` (S, nb, d) of tape step ``q`` from its activations: ``W_l σ_s``
+    (form 0) or ``σ_s`` (form 1), the forward's arithmetic (so the forward's bits)."""
+    W, WT, A, AT, b, code, form = model
+    S = K.shape[0]
+    d = K.shape[2]
+    H = b.shape[1]
+    for s in range(S):
+        for r in range(nb):
+            for i in range(d):
+                K[s, r, i] = 0.0
+        if not need[s]:
+            continue
+        if form == FORM_OUTER:
+            block_matmul_acc(WT, l, Ss[q, s], nb, H, K[s], d)
+        else:
+            for r in range(nb):
+                for i in range(d):
+                    K[s, r, i] = Ss[q, s, r, i]
+
+
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar, sbar, Ybar, gb,
-                  w, hbar):  # fmt: skip
+                  w, hbar, K, exact):  # fmt: skip
     """Reverse of step ``q`` (stored by :func:`_step_store`, ending at ``yend`` (nb, d)):
     ``lam`` (nb, d) goes from the adjoint of the step's result to that of its start;
-    ``hbar[r]`` gets ``∂/∂h`` of row r, ``(ȳ'·(y' - y) + sum_s Ȳ_s·(Y_s - y)) / h`` (the sums
-    ``sum_s B_s k_s`` and ``sum_j A_sj k_j`` from the states); the stages' ``k̄`` and ``p̄``
-    are left in ``kbar`` (S, nb, d) and ``sbar`` (S, nb, H) (zero for stages that do not
-    enter the result) for :func:`_flush_outer`."""
+    ``hbar[r]`` gets ``∂/∂h`` of row r, ``ȳ'·sum_s B_s k_s + sum_s Ȳ_s·sum_j A_sj k_j``, the
+    sums from the states, ``(ȳ'·(y' - y) + sum_s Ȳ_s·(Y_s - y)) / h``, or with ``exact``
+    from the stages, recomputed into the scratch ``K`` (S, nb, d); the stages' ``k̄`` and
+    ``p̄`` are left in ``kbar`` (S, nb, d) and ``sbar`` (S, nb, H) (zero for stages that do
+    not enter the result) for :func:`_flush_outer`."""
     S = TB.shape[0]
     d = lam.shape[1]
     H = sbar.shape[2]
     qp = q % Ps.shape[0]
-    for r in range(nb):
-        acc = 0.0
-        for i in range(d):
-            acc += lam[r, i] * (yend[r, i] - Ys[q, 0, r, i])
-        hbar[r] = acc
+    if exact:
+        _stages_from_tape(model, l, nb, need, Ss, q, K)
+        for r in range(nb):
+            acc = 0.0
+            for s in range(S):
+                if TB[s] != 0.0:
+                    a = 0.0
+                    for i in range(d):
+                        a += lam[r, i] * K[s, r, i]
+                    acc += TB[s] * a
+            hbar[r] = acc
+    else:
+        for r in range(nb):
+            acc = 0.0
+            for i in range(d):
+                acc += lam[r, i] * (yend[r, i] - Ys[q, 0, r, i])
+            hbar[r] = acc
     for s in range(S):
         c = h * TB[s]
         for r in range(nb):
@@ -270,8 +314,9 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar,
             continue
         block_field_vjp(model, l, Ys[q, s], nb, Ps[qp, s], Ss[q, s], kbar[s], gb, w, sbar[s],
                         Ybar)  # fmt: skip
-        # ȳ += Ȳ_s, h̄ += Ȳ_s·(Y_s - y), and k̄_j += h A_sj Ȳ_s for the (at most one, in the
-        # tableaus here) nonzero A_sj in one pass over Ȳ_s; any further ones after it
+        # ȳ += Ȳ_s, h̄ += Ȳ_s·(Y_s - y), and k̄_j += h A_sj Ȳ_s for the first nonzero A_sj
+        # in one pass over Ȳ_s (the only one in the fixed-step tableaus); any further ones
+        # (Dormand-Prince) after it
         j1 = -1
         for j in range(s):
             if TA[s, j] != 0.0:
@@ -286,6 +331,15 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar,
                 acc += yb * (Ys[q, s, r, i] - Ys[q, 0, r, i])
                 if j1 >= 0:
                     kbar[j1, r, i] += c1 * yb
+            if exact:
+                acc = 0.0
+                for j in range(s):
+                    a = TA[s, j]
+                    if a != 0.0:
+                        e = 0.0
+                        for i in range(d):
+                            e += Ybar[r, i] * K[j, r, i]
+                        acc += a * e
             if s > 0:
                 hbar[r] += acc
         for j in range(j1 + 1, s):
@@ -295,13 +349,27 @@ def _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, kbar,
                 for r in range(nb):
                     for i in range(d):
                         kbar[j, r, i] += c * Ybar[r, i]
+    if not exact:
+        for r in range(nb):
+            hbar[r] /= h
+
+
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
+def _barely_moves(nb, Ys, q, yend):
+    """Whether step ``q`` moves the state of its block by less than ``_TINY_CHANGE`` of it."""
+    dmax = 0.0
+    ymax = 0.0
+    d = yend.shape[1]
     for r in range(nb):
-        hbar[r] /= h
+        for i in range(d):
+            dmax = max(dmax, abs(yend[r, i] - Ys[q, 0, r, i]))
+            ymax = max(ymax, abs(Ys[q, 0, r, i]))
+    return dmax < _TINY_CHANGE * ymax
 
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB, PB,
-                 lay, Ybar, gW, gA, gb, w, hbar, dT):  # fmt: skip
+                 lay, Ybar, gW, gA, gb, w, hbar, dT, K):  # fmt: skip
     """Reverse step ``k`` of ``n`` (layer ``l``, size ``h``, ``∂h/∂T = hw``, end state
     ``yend``), stored at tape step ``q``, into the window of ``m = KB.shape[0]`` steps
     ``k0 = m (k // m) <= k < k0 + m`` (its stages' ``k̄``, ``p̄`` at ``KB[k - k0]``,
@@ -312,8 +380,9 @@ def _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, yen
     m = KB.shape[0]
     j = k % m
     lay[j] = l
+    exact = hw != 0.0 and _barely_moves(nb, Ys, q, yend)  # ∂/∂h enters dT: keep its digits
     _step_reverse(model, l, h, nb, TA, TB, need, Ys, Ps, Ss, q, yend, lam, KB[j], PB[j], Ybar,
-                  gb, w, hbar)  # fmt: skip
+                  gb, w, hbar, K, exact)  # fmt: skip
     if hw != 0.0:
         for r in range(nb):
             dT[lo + r] += hw * hbar[r]
@@ -511,7 +580,7 @@ def _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT):
 
 @njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, Ss, th, tl, tw,
-                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, ZT, dZ0, dT):  # fmt: skip
+                  KB, PB, lay, z, lam, Ybar, gW, gA, gb, w, hbar, ZT, dZ0, dT, Ks):  # fmt: skip
     """The reverse sweep of ``n`` steps of rows ``lo .. lo + nb - 1`` whose stages are all on
     the tape (step ``k`` at tape step ``k``, size ``th[k]``, layer ``tl[k]``, ``∂h/∂T =
     tw[k]``), ``z`` the end state: no step is recomputed, and the arithmetic is that of
@@ -523,7 +592,7 @@ def _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps, 
     for k in range(n - 1, -1, -1):
         yend = z if k == n - 1 else Ys[k + 1, 0]
         _reverse_one(model, k, n, tl[k], th[k], tw[k], lo, nb, TA, TB, need, Ys, Ps, Ss, k, yend,
-                     lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
+                     lam, KB, PB, lay, Ybar, gW, gA, gb, w, hbar, dT, Ks[0])  # fmt: skip
     for r in range(nb):
         for i in range(d):
             dZ0[lo + r, i] = lam[r, i]
@@ -598,7 +667,7 @@ def _reverse_steps(mode, model, Z0, C, R, Yt, scale, res, lo, nb, n, cum, sh, sl
             if end == n:
                 _end_adjoint(z, C, R, Yt, scale, res, lo, nb, lam, ZT)
             _reverse_one(model, k, n, l, h, hw, lo, nb, TA, TB, need, Ys, Ps, Ss, q, z, lam, KB,
-                         PB, lay, Ybar, gW, gA, gb, w, hbar, dT)  # fmt: skip
+                         PB, lay, Ybar, gW, gA, gb, w, hbar, dT, Ks[0])  # fmt: skip
             end -= 1
         else:
             mid = a + revolve_split(end - a, snaps)
@@ -711,7 +780,7 @@ def rk_flow_vjp(model, Z0, C, R, Yt, scale, res, cum, sh, sl, sw, TA, TB, need, 
                         tw[lane, k] = sw[g]
                     _reverse_tape(C, R, Yt, scale, res, lo, nb, n, model, TA, TB, need, Ys, Ps,
                                   Ss, th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z,
-                                  lam, Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
+                                  lam, Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT, Ks)  # fmt: skip
                     nev[ib] = n
                 else:
                     nev[ib] = _reverse_steps(FIXED, model, Z0, C, R, Yt, scale, res, lo, nb, n,
@@ -809,7 +878,7 @@ def dopri5_flow_vjp(model, Z0, C, R, Yt, scale, res, t0, T, tstops, TA, TB, TE, 
                     tw[lane, n - 1] = 1.0  # the last step ends at T: h = T - t
                     _reverse_tape(C, R, Yt, scale, res, r, 1, n, model, TA, TB, need, Ys, Ps, Ss,
                                   th[lane], tl[lane], tw[lane], KB, PB, lay[lane], z, lam,
-                                  Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT)  # fmt: skip
+                                  Ybar, aW, aA, ab, w, hbar, ZT, dZ0, dT, Ks)  # fmt: skip
                     nev[r] = used
                     continue
                 top0 = n - 1 if n <= s else 0  # every state already stored, or start over

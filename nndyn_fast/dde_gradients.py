@@ -416,7 +416,7 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
     seg = _Segments(sv, q, wcap)
     s0 = seg.fresh()
     dX, dT = np.zeros_like(Xc), np.zeros(Bc)
-    pre = None
+    pre, n = None, None
     if sv.method == "dopri5" and rev:
         # first the whole run in a ring of the bound's size: kept when it never wrapped (one
         # forward run), else it counted the steps (unless the window itself overflowed)
@@ -429,7 +429,7 @@ def _checkpointed(sv, Xc, opts, rev, C_of, rv):
             if int(ist[:, _kdde.I_ACC].max()) + 2 < cap:
                 pre, q = (ring, ist), max(n, 1)
         del ring, ist, fst
-    if pre is None and (sv.method == "dopri5" or not rev):  # the run's length (and end)
+    if n is None and (sv.method == "dopri5" or not rev):  # the run's length (and end)
         budget = opts["max_steps"] if sv.method == "dopri5" else _dl._MAX_STEPS
         ring, ist, _ = seg.run(s0, budget, to_end=True)
         if not rev:

@@ -17,7 +17,7 @@ T_MODEL, DT, TAUS = 2.0, 0.1, [0.3, 0.45]
 T = 1.95  # no discontinuity within 1e-3 of it (sums of <= 4 delays from 0 and from 1)
 
 
-def _model(**kw):
+def _model(act="tanh", **kw):
     rng = np.random.default_rng(0)
     L, d, H, m = 2, 2, 3, 2
     p = {
@@ -27,7 +27,7 @@ def _model(**kw):
         "b": 0.1 * rng.standard_normal((L, H)),
     }
     p.update(kw)
-    return NeuralDDE(p["W"], p["A"], p["B"], p["b"], "tanh", T=T_MODEL), p
+    return NeuralDDE(p["W"], p["A"], p["B"], p["b"], act, T=T_MODEL), p
 
 
 def _central(fun, v, eps):
@@ -235,3 +235,19 @@ def test_peak_memory_does_not_grow_with_the_steps(method):
     kw.update(checkpoints="all")
     full = _peak(lambda: dde_flow_vjp(model, X, 80, C, delays=TAUS, **kw))
     assert full[0] > 3 * big
+
+
+def test_softplus_rk4_gradients_of_a_block_match_central_differences_of_ddeint():
+    # 9 rows: a block of 8 and one more for the blocked reverse sweep, and an activation
+    # other than tanh (σ' from the pre-activations); tolerances as in the tanh test above
+    model, P = _model(act="softplus")
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((9, 2))
+    C = rng.standard_normal((9, 2))
+    g = dde_flow_vjp(model, X, T, C, delays=TAUS, dt=DT)
+
+    def F(kw, x, t_end):
+        m = _model(act="softplus", **kw)[0]
+        return ddeint(m, x, np.array([0.0, t_end]), delays=TAUS, method="rk4", dt=DT).y[-1]
+
+    _check_all(g, P, X, C, F, 1e-6, 1e-6)

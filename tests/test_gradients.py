@@ -222,3 +222,34 @@ def test_blow_up_is_an_error():
     m = NeuralODE(np.eye(2), 100 * np.eye(2), np.zeros(2), "identity", T=1000.0)
     with pytest.raises(FloatingPointError, match="non-finite"):
         G.flow_map_vjp(m, np.ones((1, 2)), None, np.ones((1, 2)), steps=50)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_time_gradient_of_a_very_short_last_step(method):
+    # T = 1e-11: one step of that size, which moves x by ~1e-11 |f|; then dΦ/dT = f(Φ_T(x))
+    # to O(T |Df|) ~ 1e-11 (independent: the field itself). From (y' - y)/h the rounding of
+    # y' - y would cost eps |y| / (T |f|) ~ 2e-5 of it; from the stages (kept for such a
+    # step) it is exact up to O(T): tolerance 1e-9
+    model = NeuralODE.random(3, 5, seed=7)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((6, 3))
+    C = rng.standard_normal((6, 3))
+    T = 1e-11
+    kw = {"steps": 1} if method == "rk4" else {"method": "dopri5"}
+    g = G.flow_map_vjp(model, X, T, C, **kw)
+    ref = float(np.sum(C * model(g.y, T)))
+    assert abs(g.T - ref) < 1e-9 * np.sum(np.abs(C * model(g.y, T)))
+
+
+@pytest.mark.parametrize("checkpoints", [None, 2])
+def test_softplus_field_gradients_match_central_differences(checkpoints):
+    # an activation other than tanh takes σ' from the pre-activations, which the tape
+    # (default) keeps for it; 9 rows: a block of 16 partly filled. Tolerance as above
+    model = NeuralODE.random(3, 4, activation="softplus", seed=11)
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((9, 3))
+    C = rng.standard_normal((9, 3))
+    dt = 1.0 / 9.5
+    g = G.flow_map_vjp(model, X, None, C, method="rk4", dt=dt, checkpoints=checkpoints)
+    F = lambda m, x, T=None: flow_map(m, x, T, method="rk4", dt=dt)  # noqa: E731
+    _check_all(model, X, C, F, g, 1e-6)
