@@ -8,6 +8,10 @@ from nndyn_fast.fit import fit
 from nndyn_fast.neural import AugmentedNeuralODE, NeuralODE, flow_map
 from nndyn_fast.storage import open_run
 
+# one worker compiles the adjoint kernels once and runs these in turn (under two workers
+# each compiled them, at the same time)
+pytestmark = pytest.mark.xdist_group("gradients")
+
 
 def _data():
     x = np.linspace(-1, 1, 9)[:, None]

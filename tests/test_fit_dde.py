@@ -11,6 +11,10 @@ from nndyn_fast.model_record import model_from_record
 from nndyn_fast.rerun import rerun
 from nndyn_fast.storage import open_run
 
+# one worker compiles the adjoint kernels once and runs these in turn (under two workers
+# each compiled them, at the same time)
+pytestmark = pytest.mark.xdist_group("gradients")
+
 TAU, T, STEPS = 0.5, 1.0, 10  # dt = T / STEPS = 0.1
 
 

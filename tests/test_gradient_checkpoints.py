@@ -16,6 +16,10 @@ import nndyn_fast as nf
 from nndyn_fast import gradients as G
 from nndyn_fast.neural import AugmentedNeuralODE, NeuralODE
 
+# one worker compiles the adjoint kernels once and runs these in turn (under two workers
+# each compiled them, at the same time)
+pytestmark = pytest.mark.xdist_group("gradients")
+
 
 @lru_cache(None)
 def _fewest_evaluations(n: int, free: int) -> int:

@@ -11,6 +11,10 @@ from nndyn_fast import gradients as G
 from nndyn_fast.kernels import rk as _rk
 from nndyn_fast.neural import AugmentedNeuralODE, NeuralODE, flow_map
 
+# one worker compiles the adjoint kernels once and runs these in turn (under two workers
+# each compiled them, at the same time)
+pytestmark = pytest.mark.xdist_group("gradients")
+
 FIXED = {"euler": (_rk.EULER_A, _rk.EULER_B), "rk2": (_rk.RK2_A, _rk.RK2_B),
          "rk4": (_rk.RK4_A, _rk.RK4_B)}  # fmt: skip
 
