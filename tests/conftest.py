@@ -41,7 +41,16 @@ def pytest_cmdline_main(config):
         config.option.dist = "loadgroup"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Tell each worker whether the run groups its tests: the default above is set here, not in
+    the arguments the workers parse, and a worker marks its tests' groups only when it knows."""
+    node.workerinput["nndyn_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+
+
 def pytest_configure(config):
+    if getattr(config, "workerinput", {}).get("nndyn_loadgroup"):
+        config.option.loadgroup = True  # read by xdist when it names the groups of the tests
     config.addinivalue_line(
         "markers", "exclusive: runs while no other test runs (wall-clock bounds, process races)"
     )
