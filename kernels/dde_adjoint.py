@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import TANH, act, dact, tanh_fast
+from .adjoint import _sum_workers
 from .control import CONTRACT, EPS, LOCK_OVER, MAX_STEPS, NONFINITE, OK, RING_FULL, STEP_UNDERFLOW
 from .dde import (
     _RK4F_A,
@@ -334,15 +335,10 @@ def dde_rk_vjp(model, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, lj, 
                 dX0[r, i] = acc
     if not finish:
         return 0
+    _sum_workers(aW, aA, ab, gW, gA, gb)  # each entry summed in worker order, as below
     for w in range(nw):
         for l in range(L):
-            for i in range(d):
-                for j in range(H):
-                    gW[l, i, j] += aW[w, l, i, j]
             for j in range(H):
-                gb[l, j] += ab[w, l, j]
-                for i in range(d):
-                    gA[l, j, i] += aA[w, l, j, i]
                 for k in range(m):
                     for i in range(d):
                         gB[l, k, j, i] += aB[w, l, k, j, i]
@@ -605,15 +601,8 @@ def dde_rk4_vjp_block(bm, X0, C, taus, t0, TA, TC, tn, Y, Fl, Fr, jlo, jhi, ls, 
                     nw)  # fmt: skip
     if not finish:
         return 0
+    _sum_workers(aW, aA, ab, gW, gA, gb)
     for w in range(nw):
-        for l in range(L):
-            for i in range(d):
-                for j in range(H):
-                    gW[l, i, j] += aW[w, l, i, j]
-            for j in range(H):
-                gb[l, j] += ab[w, l, j]
-                for i in range(d):
-                    gA[l, j, i] += aA[w, l, j, i]
         for lk in range(L * m):
             for j in range(H):
                 for i in range(d):
